@@ -1,0 +1,21 @@
+"""User-facing errors.
+
+A ``TokencleanError`` is bad input or a bad setting the user can fix. The CLI prints its message as one line
+(no traceback) and exits with status 2. Internal invariants use ``assert`` instead.
+"""
+
+
+class TokencleanError(Exception):
+    """An error the user can fix; the message names the file, row and what was expected."""
+
+
+class DataError(TokencleanError):
+    """A data file or row does not have the expected structure."""
+
+
+class ConfigError(TokencleanError):
+    """A setting is out of range or settings contradict each other."""
+
+
+class MismatchError(TokencleanError):
+    """Artifacts were made from different data, tokenizer or ``max_seq_len`` than the ones they are used with."""
