@@ -1,0 +1,201 @@
+"""The Python API: one function per CLI command, same names and settings.
+
+>>> from tokenclean import score, select, train
+>>> base = score("my-base", "pool.jsonl", "runs/base")          # doctest: +SKIP
+>>> ref = score("my-ref", "pool.jsonl", "runs/ref")              # doctest: +SKIP
+>>> sel = select(base, ref, "runs/sel", SelectConfig(keep_ratio=0.6))  # doctest: +SKIP
+>>> train("my-base", "pool.jsonl", "runs/model", selection=sel)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import Scores, Selection, check_same_tokens
+from .data import DataConfig, LoadReport, load_conversations
+from .errors import MismatchError
+from .export import export_dataset
+from .io import atomic_dir, write_json
+from .modeling import load_model, load_tokenizer, path_fingerprint
+from .scoring import ScoreConfig, score_tokens
+from .selection import SelectConfig, select_tokens
+from .tokens import TokenizeConfig, TokenTable, tokenize
+from .training import TrainConfig, train_model
+
+log = logging.getLogger("tokenclean")
+
+PathLike = str | os.PathLike
+
+
+def prepare_tokens(
+    data: PathLike,
+    tokenizer,
+    data_config: DataConfig | None = None,
+    tokenize_config: TokenizeConfig | None = None,
+) -> tuple[TokenTable, LoadReport]:
+    """Read ``data``, render and tokenize it; log truncation and samples left without a response token."""
+    conversations, report = load_conversations(data, data_config)
+    tokens = tokenize(conversations, tokenizer, tokenize_config, data_fingerprint=path_fingerprint(data))
+    m = tokens.meta
+    log.info("%s: %d rows, %d used, %d skipped; %d tokens (%d response); %d truncated to %d tokens, %d left with "
+             "no response token", data, report.rows, report.used, len(report.skipped), m["tokens"],
+             m["response_tokens"], m["truncated_samples"], m["max_seq_len"], m["no_response"])
+    return tokens, report
+
+
+def _tokenizer_for(model: Any, tokenizer: Any, trust_remote_code: bool):
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer, trust_remote_code) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+    if isinstance(model, (str, os.PathLike)):
+        return load_tokenizer(model, trust_remote_code)
+    raise ValueError("pass tokenizer= when model is an already loaded model")
+
+
+def _model_for(model: Any, device: str | None, dtype: str, trust_remote_code: bool):
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, device, dtype, trust_remote_code), path_fingerprint(model)
+    return model, getattr(model, "name_or_path", "") or "in-memory"
+
+
+def score(
+    model: Any,
+    data: PathLike | TokenTable,
+    out: PathLike | None = None,
+    *,
+    tokenizer: Any = None,
+    data_config: DataConfig | None = None,
+    tokenize_config: TokenizeConfig | None = None,
+    score_config: ScoreConfig | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> Scores:
+    """Per-token loss of every response token of ``data`` under ``model`` (a path, hub id or loaded model).
+
+    Writes ``out/token_loss.parquet`` and ``out/scores.json`` when ``out`` is given.
+    """
+    if isinstance(data, TokenTable):
+        tokens = data
+    else:
+        tok = _tokenizer_for(model, tokenizer, trust_remote_code)
+        tokens, _ = prepare_tokens(data, tok, data_config, tokenize_config)
+    loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
+    scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress)
+    if out is not None:
+        with atomic_dir(out) as tmp:
+            scores.save(tmp)
+    return scores
+
+
+def _load_scores(s: Scores | PathLike) -> tuple[Scores, str]:
+    return (s, "scores") if isinstance(s, Scores) else (Scores.load(s), str(s))
+
+
+def select(
+    base: Scores | PathLike,
+    ref: Scores | PathLike,
+    out: PathLike | None = None,
+    config: SelectConfig | None = None,
+) -> Selection:
+    """Keep-mask from two score outputs: score = base loss - reference loss, ranked per ``config``."""
+    config = config or SelectConfig()
+    (base, base_name), (ref, ref_name) = _load_scores(base), _load_scores(ref)
+    check_same_tokens(base.meta, f"base scores ({base_name})", ref.meta, f"reference scores ({ref_name})")
+    if base.sample_ids != ref.sample_ids or not np.array_equal(base.offsets, ref.offsets):
+        raise MismatchError(f"{base_name} and {ref_name} cover different samples; score the same data with both")
+    mask, counts = select_tokens(base.token_loss - ref.token_loss, base.offsets, config)
+    keys = ("tokenizer_fingerprint", "max_seq_len", "template", "train_on_prompt", "data_fingerprint",
+            "tokens_fingerprint")
+    meta = {
+        **{k: base.meta[k] for k in keys if k in base.meta},
+        "base_model_fingerprint": base.meta.get("model_fingerprint"),
+        "ref_model_fingerprint": ref.meta.get("model_fingerprint"),
+        "config": asdict(config),
+        **counts,
+    }
+    log.info("selection (%s, keep_ratio %.2f): kept %d of %d response tokens (%.4f); %d samples with none kept",
+             config.level, config.keep_ratio, counts["kept_tokens"], counts["response_tokens"],
+             counts["kept_share"], counts["samples_zero_kept"])
+    selection = Selection(base.sample_ids, mask, base.offsets, meta)
+    if out is not None:
+        with atomic_dir(out) as tmp:
+            selection.save(tmp)
+    return selection
+
+
+def keep_mask_for(tokens: TokenTable, selection: Selection | PathLike | None, what: str) -> np.ndarray | None:
+    """The selection's keep-mask after checking it was made for exactly these tokens."""
+    if selection is None:
+        return None
+    name = "selection"
+    if not isinstance(selection, Selection):
+        name, selection = str(selection), Selection.load(selection)
+    check_same_tokens(selection.meta, f"selection ({name})", tokens.meta, what)
+    if selection.sample_ids != tokens.sample_ids or not np.array_equal(selection.offsets, tokens.offsets):
+        raise MismatchError(f"selection ({name}) covers different samples than {what}; select on the same data")
+    return selection.keep_mask
+
+
+def train(
+    model: Any,
+    data: PathLike | TokenTable,
+    out: PathLike,
+    *,
+    selection: Selection | PathLike | None = None,
+    tokenizer: Any = None,
+    data_config: DataConfig | None = None,
+    tokenize_config: TokenizeConfig | None = None,
+    train_config: TrainConfig | None = None,
+    drop_empty: bool = True,
+    seed: int = 0,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    checkpoint_dir: PathLike | None = None,
+) -> dict[str, Any]:
+    """Token-masked SFT of ``model`` on ``data`` (kept tokens of ``selection``, else all response tokens);
+    saves a merged standard model directory to ``out``. Returns counts and timings."""
+    tok = _tokenizer_for(model, tokenizer, trust_remote_code)
+    tokens = data if isinstance(data, TokenTable) else prepare_tokens(data, tok, data_config, tokenize_config)[0]
+    keep = keep_mask_for(tokens, selection, f"data ({data})")
+    # Weights stay fp32 for training; on a GPU the Trainer runs bf16 mixed precision.
+    loaded, _ = _model_for(model, device, "float32", trust_remote_code)
+    with atomic_dir(out) as tmp:
+        result = train_model(loaded, tok, tokens, tmp, train_config, keep, drop_empty, seed,
+                             checkpoint_dir or Path(out).with_name(Path(out).name + ".checkpoints"))
+        write_json(tmp / "training.json", result)
+    log.info("trained on %d tokens of %d samples in %d steps (%.1fs); model saved to %s", result["trained_tokens"],
+             result["samples"], result["optimizer_steps"], result["seconds"], out)
+    return result
+
+
+def export(
+    data: PathLike | TokenTable,
+    out: PathLike,
+    *,
+    tokenizer: Any = None,
+    selection: Selection | PathLike | None = None,
+    data_config: DataConfig | None = None,
+    tokenize_config: TokenizeConfig | None = None,
+    drop_empty: bool = True,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Write the cleaned dataset to ``out`` (``save_to_disk``) and ``out.parquet``; see ``tokenclean.export``."""
+    if isinstance(data, TokenTable):
+        tokens = data
+    else:
+        tokens = prepare_tokens(data, _tokenizer_for(None, tokenizer, trust_remote_code), data_config,
+                                tokenize_config)[0]
+    keep = keep_mask_for(tokens, selection, f"data ({data})")
+    with atomic_dir(out) as tmp:
+        result = export_dataset(tokens, tmp, keep, drop_empty, parquet_path=Path(out).with_suffix(".parquet"))
+    result["dataset_dir"] = str(out)
+    log.info("exported %d rows (%d trained tokens) to %s and %s", result["rows"], result["trained_tokens"],
+             result["dataset_dir"], result["parquet"])
+    return result

@@ -1,0 +1,242 @@
+"""The ``tokenclean`` command: a thin layer over ``tokenclean.api`` and ``tokenclean.pipeline``.
+
+Each subcommand parses flags (generated from the stage config dataclasses), calls one library function and
+prints what it did. Errors the user can fix are printed as one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from typing import Any
+
+from .config import add_config_args, build, field_names, merge_settings
+from .data import DataConfig
+from .errors import TokencleanError
+from .scoring import ScoreConfig
+from .selection import SelectConfig
+from .tokens import TokenizeConfig
+from .training import TrainConfig
+
+DESCRIPTION = """\
+Token cleaning for supervised fine-tuning (Pang et al., ICML 2025): score every response token by how much a
+short warm-up fine-tune lowered its loss (base loss - reference loss), keep the most informative share, and
+fine-tune on those tokens only.
+
+main job:   tokenclean run --method fixed --base MODEL --data pool.jsonl --out runs/fixed
+stages:     tokenclean score | select | train | export   (the same steps, one at a time)
+"""
+
+# Subcommands contributed by other modules: each has add_parser(subparsers) -> parser with func set.
+PLUGINS = ("tokenclean.evaluation.cli", "tokenclean.pretrain_cli", "tokenclean.compare_cli", "tokenclean.demo_cli",
+           "tokenclean.report_cli")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="only print warnings and the result")
+
+
+def _model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(flag, required=True, help="model directory or hub id (its tokenizer is used too)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository to run")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help=".json/.jsonl/.parquet file, saved datasets directory or hub id")
+    add_config_args(p, DataConfig, "data")
+    add_config_args(p, TokenizeConfig, "tokenization")
+
+
+def _data_configs(args: argparse.Namespace) -> tuple[DataConfig, TokenizeConfig]:
+    v = vars(args)
+    return build(DataConfig, v), build(TokenizeConfig, v)
+
+
+def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
+    from .api import score
+
+    data_cfg, tok_cfg = _data_configs(args)
+    scores = score(args.model, args.data, args.out, data_config=data_cfg, tokenize_config=tok_cfg,
+                   score_config=build(ScoreConfig, vars(args)), device=args.device, dtype=args.dtype,
+                   trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+    return scores.meta
+
+
+def cmd_select(args: argparse.Namespace) -> dict[str, Any]:
+    from .api import select
+
+    return select(args.base, args.ref, args.out, build(SelectConfig, vars(args))).meta
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from .api import train
+
+    data_cfg, tok_cfg = _data_configs(args)
+    return train(args.model, args.data, args.out, selection=args.selection, data_config=data_cfg,
+                 tokenize_config=tok_cfg, train_config=build(TrainConfig, vars(args)),
+                 drop_empty=args.drop_empty is not False, seed=args.seed, device=args.device,
+                 trust_remote_code=args.trust_remote_code)
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from .api import export
+
+    data_cfg, tok_cfg = _data_configs(args)
+    return export(args.data, args.out, tokenizer=args.tokenizer, selection=args.selection, data_config=data_cfg,
+                  tokenize_config=tok_cfg, drop_empty=args.drop_empty is not False,
+                  trust_remote_code=args.trust_remote_code)
+
+
+def run_settings_names() -> set[str]:
+    from .pipeline import RunConfig
+
+    return field_names(*RunConfig.SECTIONS.values())
+
+
+def add_run_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Every setting of a run as a flag, plus ``--config``. Shared by ``run`` and commands built on it."""
+    from .pipeline import METHODS, RunConfig, RunSettings
+
+    p.add_argument("--config", help="YAML file of settings (same names as the flags, with underscores); "
+                                    "flags given on the command line override it")
+    add_config_args(p, RunSettings, "run", skip=skip)
+    for name, section in RunConfig.SECTIONS.items():
+        if name != "run":
+            add_config_args(p, section, name)
+    for action in p._actions:
+        if action.dest == "method":
+            action.help += f"; one of: {', '.join(sorted(METHODS))}"
+
+
+def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
+    from .pipeline import RunConfig, run_pipeline
+
+    return run_pipeline(RunConfig.from_flat(merge_settings(args, run_settings_names())))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenclean", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"tokenclean {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a whole cleaning pipeline into a run directory (resumable)",
+                       description="Run a cleaning method end to end: tokenize, warm-up reference, score, select, "
+                                   "train, export. Re-running the same command skips finished stages.")
+    add_run_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("score", help="per-token loss of every response token under one model",
+                       description="Write OUT/token_loss.parquet (sample_id, token_loss: one float per token, NaN "
+                                   "where not a response token) and OUT/scores.json (fingerprints, counts).")
+    _model_args(p)
+    _data_args(p)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--dtype", default="auto", help="weights dtype: auto (bf16 on GPU), float32, bfloat16")
+    add_config_args(p, ScoreConfig, "scoring")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("select", help="choose the tokens to keep from base and reference scores",
+                       description="score = base loss - reference loss; keep the top --keep-ratio (global or per "
+                                   "sample) or score > --threshold. Writes OUT/keep_mask.parquet and "
+                                   "OUT/selection.json.")
+    p.add_argument("--base", required=True, help="score directory of the base model")
+    p.add_argument("--ref", required=True, help="score directory of the reference model")
+    p.add_argument("--out", required=True, help="output directory")
+    add_config_args(p, SelectConfig, "selection")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("train", help="token-masked fine-tuning on the kept tokens",
+                       description="Fine-tune MODEL on DATA, training only on kept response tokens (all response "
+                                   "tokens without --selection). Saves a merged model directory to OUT.")
+    _model_args(p)
+    _data_args(p)
+    p.add_argument("--selection", help="selection directory from tokenclean select")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    p.add_argument("--drop-empty", action=argparse.BooleanOptionalAction, default=None,
+                   help="leave out samples with no kept token (default: on)")
+    add_config_args(p, TrainConfig, "training")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="write the cleaned dataset for other trainers (TRL, Axolotl, LLaMA-Factory)",
+                       description="Write OUT (datasets.save_to_disk) and OUT.parquet with input_ids, "
+                                   "attention_mask and labels (-100 for dropped and prompt tokens).")
+    p.add_argument("--tokenizer", required=True, help="tokenizer (or model) directory or hub id")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow code from the tokenizer repository")
+    _data_args(p)
+    p.add_argument("--selection", help="selection directory (default: keep every response token)")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--drop-empty", action=argparse.BooleanOptionalAction, default=None,
+                   help="leave out samples with no kept token (default: on)")
+    p.set_defaults(func=cmd_export)
+
+    for module in PLUGINS:
+        try:
+            plugin = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        plugin.add_parser(sub)
+    for p in sub.choices.values():
+        _common(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    _quiet_libraries()
+    try:
+        result = args.func(args)
+    except TokencleanError as e:
+        print(f"tokenclean {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tokenclean {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    if isinstance(result, int):
+        return result
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (weight-loading bars, deprecation notes) out of the user's terminal."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

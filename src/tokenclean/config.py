@@ -1,0 +1,103 @@
+"""Configuration: typed dataclasses per stage, one flat YAML file, command-line overrides.
+
+Each stage's settings live in a dataclass next to the code that uses them (``DataConfig`` in ``data.py``,
+``TokenizeConfig`` in ``tokens.py``, ``ScoreConfig``, ``SelectConfig``, ``TrainConfig``). Fields are declared
+with ``option(default, help)``, so the command-line flags, their help and the YAML keys all come from one place:
+field ``keep_ratio`` is flag ``--keep-ratio`` and YAML key ``keep_ratio``. Precedence: defaults < YAML < flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with a help text (used for ``--help`` and the docs)."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(scalar type, is_list) of an annotation like ``int``, ``str | None``, ``list[int]``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    if origin is list:
+        return typing.get_args(tp)[0], True
+    return tp, False
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, title: str | None = None,
+                    skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per field of dataclass ``cls``; unset flags stay ``None`` so YAML values survive."""
+    group = parser.add_argument_group(title or cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or "help" not in f.metadata:
+            continue
+        scalar, is_list = _base_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        help_text = f.metadata["help"] + ("" if default in (None, dataclasses.MISSING) else f" (default: {default})")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if scalar is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif is_list:
+            group.add_argument(flag, nargs="+", type=scalar, **kwargs)
+        else:
+            group.add_argument(flag, type=scalar, **kwargs)
+
+
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """Instantiate ``cls`` from the keys of ``values`` that are its fields (unknown keys ignored here)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+
+def field_names(*classes: type) -> set[str]:
+    return {f.name for cls in classes for f in dataclasses.fields(cls)}
+
+
+def load_yaml(path: str | Path, allowed: set[str]) -> dict[str, Any]:
+    """Read a flat YAML mapping of settings; unknown keys are an error naming the allowed ones."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of setting: value, got {type(values).__name__}")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {unknown}; allowed: {sorted(allowed)}")
+    return values
+
+
+def merge_settings(args: argparse.Namespace, allowed: set[str]) -> dict[str, Any]:
+    """Defaults < ``--config`` YAML < flags given on the command line."""
+    values = load_yaml(args.config, allowed) if getattr(args, "config", None) else {}
+    for name in allowed:
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = v
+    return values
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,88 @@
+"""``tokenclean eval``: benchmark a model, print a table and write the results as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from tokenclean.errors import ConfigError
+from tokenclean.evaluation import local_tasks
+from tokenclean.evaluation.benchmarks import DEFAULT_TASKS, parse_tasks
+from tokenclean.evaluation.harness import evaluate
+from tokenclean.evaluation.results import results_table, write_results
+
+DEFAULT_OUT = "eval_results.json"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``eval`` on an argparse subparsers object; the parsed args carry ``func=run``."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="benchmark a model with lm-evaluation-harness (the paper's suite plus GSM8K)",
+        description="Evaluate a model on MMLU, TruthfulQA MC2, HellaSwag, ARC-C, BoolQ, LogiQA, TyDi QA and GSM8K.",
+    )
+    parser.add_argument("--model", required=True, help="model directory (or hub id)")
+    parser.add_argument("--tokenizer", help="tokenizer directory (default: the model directory)")
+    parser.add_argument(
+        "--tasks",
+        help=f"comma-separated benchmarks, or mmlu_<subject> (default: all of {','.join(DEFAULT_TASKS)}; "
+        "with --data-dir, those whose files are there)",
+    )
+    parser.add_argument("--limit", type=int, help="at most N questions per task (per MMLU subject, per TyDi QA language)")
+    parser.add_argument("--data-dir", help="read local evaluation files (layout of shared/data/eval); offline")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
+    parser.add_argument("--batch-size", default="8", help="batch size or 'auto' (default: 8)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: CUDA when available)")
+    parser.add_argument("--max-gen-toks", type=int, help="cap on generated tokens for GSM8K and TyDi QA")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the table, write ``args.out``; returns the exit status."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    tasks = _tasks(args.tasks, args.data_dir)
+    results = evaluate(
+        args.model,
+        tasks,
+        limit=args.limit,
+        data_dir=args.data_dir,
+        batch_size=_batch_size(args.batch_size),
+        device=args.device,
+        tokenizer=args.tokenizer,
+        max_gen_toks=args.max_gen_toks,
+    )
+    write_results(results, args.out)
+    print(results_table({results["model"]: results}, label="model"))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _tasks(spec: str | None, data_dir: str | None) -> list[str]:
+    """The requested benchmarks; by default all, minus (with a warning) those whose local files are missing."""
+    if spec is not None:
+        return [b.name for b in parse_tasks(spec)]
+    if data_dir is None:
+        return list(DEFAULT_TASKS)
+    benchmarks = parse_tasks(DEFAULT_TASKS)
+    missing = [b for b in benchmarks if not local_tasks.available(b, data_dir)]
+    for b in missing:
+        print(f"warning: skipping {b.name}: {b.local_path} not in {data_dir}", file=sys.stderr)
+    if len(missing) == len(benchmarks):
+        raise ConfigError(f"no evaluation files in {data_dir}; expected e.g. {benchmarks[0].local_path}")
+    return [b.name for b in benchmarks if b not in missing]
+
+
+def _batch_size(text: str) -> int | str:
+    if text.startswith("auto"):
+        return text
+    try:
+        size = int(text)
+    except ValueError:
+        raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {text!r}") from None
+    if size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {text!r}")
+    return size

@@ -1,0 +1,248 @@
+"""Run the benchmark suite through lm-evaluation-harness (``lm_eval``, an optional extra imported lazily).
+
+    >>> results = evaluate("runs/fixed/model", ["arc_challenge", "gsm8k"],
+    ...                    data_dir="../shared/data/eval", limit=20)  # doctest: +SKIP
+    >>> results["tasks"]["arc_challenge"]
+    {'metric': 'acc', 'value': 0.25, 'n': 20, 'num_fewshot': 0}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tokenclean.errors import ConfigError, TokencleanError
+from tokenclean.evaluation import local_tasks
+from tokenclean.evaluation.benchmarks import DEFAULT_TASKS, Benchmark, combine, parse_tasks
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+INSTALL_HINT = "evaluation needs lm-evaluation-harness: pip install 'tokenclean[eval]'"
+
+
+def evaluate(
+    model: str | os.PathLike | PreTrainedModel,
+    tasks: str | Sequence[str] = DEFAULT_TASKS,
+    *,
+    limit: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    batch_size: int | str = 8,
+    device: str | None = None,
+    tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None,
+    max_gen_toks: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate a causal LM on benchmarks and return one value in [0, 1] per benchmark plus their mean.
+
+    Args:
+        model: a model directory (or hub id), or a loaded ``PreTrainedModel`` (then ``tokenizer`` is required).
+        tasks: benchmark names (``benchmarks.BENCHMARKS``, or ``mmlu_<subject>``), as a list or "a,b,c".
+        limit: at most this many questions per harness task, i.e. per MMLU subject and per TyDi QA language.
+        data_dir: read local files (the layouts of ``shared/data/eval``) through the packaged task definitions,
+            with the network off; ``None`` runs the harness's standard hub tasks.
+        batch_size: harness batch size, or ``"auto"``.
+        device: ``"cpu"``, ``"cuda"``...; default: the loaded model's device, else CUDA when available.
+        tokenizer: a tokenizer or its directory; default: the model directory. A tokenizer without a pad token is
+            used through a copy whose pad token is its end-of-text token.
+        max_gen_toks: cap on generated tokens for the generation tasks (GSM8K, TyDi QA), for quick runs.
+
+    Returns:
+        ``{"model", "tasks": {name: {"metric", "value", "n", "num_fewshot"[, "parts"]}}, "average", ...}`` where
+        ``n`` counts questions, ``parts`` holds per-subject / per-language values and ``average`` is the
+        unweighted mean of the task values.
+    """
+    benchmarks = parse_tasks(tasks)
+    _check_settings(limit, data_dir, max_gen_toks)
+    lm_eval = _import_harness()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="tokenclean-eval-") as work_dir:
+        # Tasks first: bad data or an unknown task fails before any model loads.
+        task_manager, harness_tasks = _load_tasks(lm_eval, benchmarks, data_dir, Path(work_dir), max_gen_toks)
+        lm = _harness_model(model, tokenizer, device, batch_size)
+        n_tasks = sum(len(ts) for ts in harness_tasks.values())
+        logger.info("running %d benchmarks (%d harness tasks), limit=%s", len(benchmarks), n_tasks, limit)
+        with _offline(data_dir is not None):
+            output = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[task for ts in harness_tasks.values() for task in ts],
+                task_manager=task_manager,
+                limit=limit,
+                bootstrap_iters=0,
+                log_samples=False,
+            )
+    task_results = {b.name: _benchmark_result(b, harness_tasks[b.name], output, data_dir) for b in benchmarks}
+    return {
+        "model": _model_name(model),
+        "tasks": task_results,
+        "average": sum(r["value"] for r in task_results.values()) / len(task_results),
+        "limit": limit,
+        "data_dir": str(data_dir) if data_dir is not None else None,
+        "lm_eval_version": lm_eval.__version__,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def _check_settings(limit: int | None, data_dir: str | os.PathLike | None, max_gen_toks: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be a positive number of questions per task, got {limit}")
+    if max_gen_toks is not None and max_gen_toks < 1:
+        raise ConfigError(f"max_gen_toks must be positive, got {max_gen_toks}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise ConfigError(f"evaluation data directory {data_dir} not found")
+
+
+def _import_harness() -> Any:
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM  # noqa: F401 - fail here, not after the tasks are built
+    except ImportError:
+        raise TokencleanError(INSTALL_HINT) from None
+    return lm_eval
+
+
+def _load_tasks(
+    lm_eval: Any, benchmarks: list[Benchmark], data_dir: str | os.PathLike | None, work_dir: Path, max_gen_toks: int | None
+) -> tuple[Any, dict[str, list[Any]]]:
+    """Harness task objects per benchmark, with the benchmark's few-shot count and generation cap applied."""
+    from lm_eval.tasks import TaskManager
+
+    if data_dir is not None:
+        task_manager = TaskManager(include_defaults=False)
+        with _offline(True):
+            loaded = {b.name: _load(task_manager, local_tasks.task_configs(b, data_dir, work_dir)) for b in benchmarks}
+    else:
+        task_manager = TaskManager()
+        loaded = {b.name: _load_hub(task_manager, b) for b in benchmarks}
+    for benchmark in benchmarks:
+        for task in loaded[benchmark.name]:
+            task.set_config(key="num_fewshot", value=benchmark.num_fewshot)
+            if max_gen_toks is not None and task.get_config("output_type") == "generate_until":
+                task.set_config(key="generation_kwargs", value={"max_gen_toks": max_gen_toks}, update=True)
+    return task_manager, loaded
+
+
+def _load(task_manager: Any, specs: list[Any]) -> list[Any]:
+    return list(task_manager.load(specs)["tasks"].values())
+
+
+def _load_hub(task_manager: Any, benchmark: Benchmark) -> list[Any]:
+    try:
+        return _load(task_manager, [benchmark.hub_task])
+    except KeyError:
+        raise ConfigError(f"lm-evaluation-harness has no task {benchmark.hub_task!r}") from None
+    except (OSError, ConnectionError) as e:  # datasets raises these when the hub cannot be reached
+        raise TokencleanError(
+            f"could not load {benchmark.hub_task!r} from the Hugging Face hub ({type(e).__name__}); "
+            "pass --data-dir to read local files"
+        ) from e
+
+
+def _harness_model(
+    model: str | os.PathLike | PreTrainedModel,
+    tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None,
+    device: str | None,
+    batch_size: int | str,
+) -> Any:
+    """lm_eval's ``HFLM`` around the model, on ``device``, with a tokenizer that has a pad token."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(model, (str, os.PathLike)):
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = tokenizer if tokenizer is not None else model
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32 if device == "cpu" else "auto")
+        except (OSError, ValueError) as e:
+            raise TokencleanError(f"cannot load a causal language model from {model}: {e}") from None
+    elif tokenizer is None:
+        raise ConfigError("evaluating a model object needs its tokenizer (tokenizer=...)")
+    if isinstance(tokenizer, (str, os.PathLike)):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        except (OSError, ValueError) as e:
+            raise TokencleanError(f"cannot load a tokenizer from {tokenizer} (pass --tokenizer): {e}") from None
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return HFLM(pretrained=model, tokenizer=_with_pad_token(tokenizer), batch_size=batch_size)
+
+
+def _with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """The tokenizer itself if it has a pad token, else a copy padding with end-of-text (the caller's is untouched)."""
+    if tokenizer.pad_token is not None:
+        return tokenizer
+    if tokenizer.eos_token is None:
+        raise ConfigError("the tokenizer has neither a pad token nor an end-of-text token to pad with")
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _benchmark_result(
+    benchmark: Benchmark, tasks: list[Any], output: dict[str, Any], data_dir: str | os.PathLike | None
+) -> dict[str, Any]:
+    """Combine the harness values of a benchmark's tasks into ``{"metric", "value", "n", "num_fewshot"[, "parts"]}``."""
+    filter_name = "none" if data_dir is not None else benchmark.hub_filter
+    key = f"{benchmark.harness_metric},{filter_name}"
+    names = [task.task_name for task in tasks]
+    values = [float(output["results"][name][key]) for name in names]
+    sizes = [int(output["n-samples"][name]["effective"]) for name in names]
+    result = {
+        "metric": benchmark.metric,
+        "value": combine(benchmark, values, sizes),
+        "n": sum(sizes),
+        "num_fewshot": benchmark.num_fewshot,
+    }
+    if len(names) > 1:
+        result["parts"] = dict(zip(names, values, strict=True))
+    return result
+
+
+def _model_name(model: Any) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    return getattr(model.config, "_name_or_path", "") or type(model).__name__
+
+
+@contextlib.contextmanager
+def _offline(enabled: bool) -> Iterator[None]:
+    """Keep the Hugging Face libraries off the network while local tasks load and run.
+
+    The libraries read their offline switches when first imported, so the module flags are set as well as the
+    environment variables; all are restored afterwards.
+    """
+    if not enabled:
+        yield
+        return
+    import datasets
+    import huggingface_hub
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_patched(os.environ, {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}))
+        stack.enter_context(_patched(vars(datasets.config), {"HF_HUB_OFFLINE": True, "HF_DATASETS_OFFLINE": True}))
+        stack.enter_context(_patched(vars(huggingface_hub.constants), {"HF_HUB_OFFLINE": True}))
+        yield
+
+
+@contextlib.contextmanager
+def _patched(mapping: Any, values: dict[str, Any]) -> Iterator[None]:
+    missing = object()
+    saved = {key: mapping.get(key, missing) for key in values}
+    mapping.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is missing:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = value

@@ -1,0 +1,143 @@
+"""Loading models and tokenizers, choosing device and dtype, and fingerprints of both.
+
+Any ``AutoModelForCausalLM`` directory or hub id works. ``trust_remote_code`` stays off unless the user asks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, TokencleanError
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None``/``"auto"`` picks CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on a GPU that supports it and fp32 elsewhere."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ConfigError(f"unknown dtype {dtype!r}, expected one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    _check_model_path(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise TokencleanError(f"{name_or_path}: could not load a tokenizer ({_first_line(e)})") from None
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    device: torch.device | str | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+):
+    """Load a causal LM for inference or training on ``device`` in ``dtype`` (see ``resolve_dtype``)."""
+    from transformers import AutoModelForCausalLM
+
+    _check_model_path(name_or_path)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(name_or_path), dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise TokencleanError(f"{name_or_path}: could not load a causal LM ({_first_line(e)})") from None
+    except torch.cuda.OutOfMemoryError:
+        raise TokencleanError(
+            f"{name_or_path}: the model does not fit in device memory; use a smaller model, --dtype bf16, "
+            "or shard it over several GPUs with accelerate launch"
+        ) from None
+    return model.to(device)
+
+
+def _check_model_path(name_or_path: str | os.PathLike) -> None:
+    path = Path(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise TokencleanError(f"{path}: is a file, expected a model directory (with config.json)")
+        if not (path / "config.json").exists():
+            raise TokencleanError(f"{path}: no config.json, expected a model directory saved with save_pretrained")
+    elif str(name_or_path).startswith((".", "/", "~")):
+        raise TokencleanError(f"{name_or_path}: no such model directory")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that decides how text becomes ids: vocabulary, merges, normaliser, special tokens and
+    chat template."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    h.update(str(getattr(tokenizer, "chat_template", None) or "").encode())
+    return h.hexdigest()[:16]
+
+
+_FILE_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, cached per (path, size, mtime) within the process."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASH_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+        _FILE_HASH_CACHE[key] = h.hexdigest()
+    return _FILE_HASH_CACHE[key]
+
+
+def path_fingerprint(name_or_path: str | os.PathLike) -> str:
+    """Fingerprint of a model directory (config and weight files), a data file or directory, or a hub id."""
+    path = Path(name_or_path)
+    if not path.exists():
+        return f"hub:{name_or_path}"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and _counts(p))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(file_fingerprint(f).encode())
+    return h.hexdigest()[:16]
+
+
+def _counts(p: Path) -> bool:
+    """Files that decide a model's or dataset's content (not logs, READMEs or hidden files)."""
+    return not p.name.startswith(".") and p.suffix not in (".md", ".log")
+
+
+def model_summary(model) -> dict[str, Any]:
+    n = sum(p.numel() for p in model.parameters())
+    return {"parameters": n, "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}

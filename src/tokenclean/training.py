@@ -1,0 +1,244 @@
+"""Token-masked SFT on ``transformers.Trainer``: labels are ``IGNORE_INDEX`` everywhere except kept response tokens.
+
+The loss of an optimiser step is the mean over the kept tokens of the whole step: each micro-batch contributes
+``sum of its kept-token losses / kept tokens in the step`` (counted by the Trainer over all accumulated
+micro-batches and, under DDP, all processes). A step with no kept token contributes zero, never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import option
+from .errors import ConfigError
+from .losses import kept_token_loss_sum
+from .tokens import IGNORE_INDEX, TokenTable, make_labels
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning settings (defaults: the paper's)."""
+
+    lora: bool = option(True, "train a LoRA adapter and merge it at the end (--no-lora: full fine-tuning)")
+    lora_r: int = option(64, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA alpha")
+    lora_dropout: float = option(0.1, "LoRA dropout")
+    lora_target_modules: list[str] = option(["all-linear"], "modules that get adapters; all-linear = every "
+                                            "attention and MLP projection")
+    learning_rate: float = option(1e-4, "peak learning rate (AdamW)")
+    lr_scheduler: str = option("linear", "learning-rate schedule (any transformers scheduler name)")
+    warmup_ratio: float = option(0.03, "share of steps spent warming up the learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    epochs: float = option(1.0, "passes over the training data")
+    max_steps: int = option(-1, "stop after this many optimiser steps (-1: run --epochs)")
+    batch_size: int = option(4, "samples per device per micro-batch")
+    gradient_accumulation_steps: int = option(12, "micro-batches per optimiser step (global batch = batch size x "
+                                              "this x processes; the paper uses 48)")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
+    save_steps: int = option(500, "checkpoint every this many steps so an interrupted run resumes")
+    logging_steps: int = option(10, "log the loss every this many steps")
+
+    def __post_init__(self) -> None:
+        for name in ("lora_r", "batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.epochs <= 0 and self.max_steps < 1:
+            raise ConfigError("epochs must be > 0 (or max_steps >= 1)")
+
+
+def training_examples(tokens: TokenTable, keep_mask: np.ndarray | None = None, drop_empty: bool = True):
+    """A ``datasets.Dataset`` with ``input_ids`` and ``labels`` (lists of int).
+
+    ``keep_mask``: (total_tokens,) bool aligned with ``tokens``; None trains on all response tokens.
+    Samples with no trained token are left out when ``drop_empty`` (they contribute no loss).
+    Returns the dataset and the number of samples left out.
+    """
+    import datasets
+
+    ids = tokens.flat_input_ids()
+    labels = make_labels(ids, tokens.flat_response_mask(), keep_mask)
+    offsets = tokens.offsets
+    rows_ids, rows_labels = [], []
+    left_out = 0
+    for i in range(len(tokens)):
+        a, b = offsets[i], offsets[i + 1]
+        lab = labels[a:b]
+        if drop_empty and not (lab[1:] != IGNORE_INDEX).any():
+            left_out += 1
+            continue
+        rows_ids.append(ids[a:b].tolist())
+        rows_labels.append(lab.tolist())
+    ds = datasets.Dataset.from_dict({"input_ids": rows_ids, "labels": rows_labels})
+    return ds, left_out
+
+
+class PadCollator:
+    """Pads ``input_ids`` (with ``pad_id``) and ``labels`` (with ``IGNORE_INDEX``) to the longest row, builds the
+    attention mask. Written here rather than using ``DataCollatorForSeq2Seq`` because that one needs a tokenizer
+    with a pad token, and we must not change the user's tokenizer (GPT-2 has none)."""
+
+    def __init__(self, pad_id: int, multiple_of: int = 8):
+        self.pad_id, self.multiple_of = pad_id, multiple_of
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        width = math.ceil(width / self.multiple_of) * self.multiple_of
+        batch = {
+            "input_ids": torch.full((len(features), width), self.pad_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(features), width), dtype=torch.long),
+            "labels": torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long),
+        }
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            batch["input_ids"][row, :n] = torch.as_tensor(f["input_ids"])
+            batch["attention_mask"][row, :n] = 1
+            batch["labels"][row, :n] = torch.as_tensor(f["labels"])
+        return batch
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class MaskedLossTrainer(Trainer):
+        """Trainer whose loss is the mean over kept tokens of the whole optimiser step (see module docstring)."""
+
+        loss_is_scaled_for_ga = True  # our loss is already divided by the step's kept-token count
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Makes the Trainer count labels != IGNORE_INDEX over all micro-batches of the step (and processes)
+            # and pass that count to compute_loss as num_items_in_batch.
+            self.model_accepts_loss_kwargs = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            loss_sum, n = kept_token_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], labels)
+            denom = num_items_in_batch if num_items_in_batch is not None else n
+            loss = loss_sum / torch.clamp(torch.as_tensor(denom, device=loss_sum.device, dtype=torch.float32), min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # DDP averages gradients over processes; the count already covers all of them.
+                loss = loss * self.accelerator.num_processes
+            return (loss, None) if return_outputs else loss
+
+    return MaskedLossTrainer
+
+
+def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16: bool, seed: int):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        seed=seed,
+        data_seed=seed,
+        bf16=use_bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def train_model(
+    model,
+    tokenizer,
+    tokens: TokenTable,
+    out_dir: str | os.PathLike,
+    cfg: TrainConfig | None = None,
+    keep_mask: np.ndarray | None = None,
+    drop_empty: bool = True,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` on the kept response tokens of ``tokens`` and save a standard model directory.
+
+    ``keep_mask``: (total_tokens,) bool aligned with ``tokens`` (None: all response tokens). The LoRA (if any) is
+    merged and the result written to ``out_dir`` with ``save_pretrained`` (safetensors) together with the
+    tokenizer. Checkpoints go to ``checkpoint_dir`` (default ``<out_dir>.checkpoints``); a call that finds one
+    there resumes from it, and the directory is removed once the model is saved. Returns counts and timings.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    cfg = cfg or TrainConfig()
+    out_dir = Path(out_dir)
+    dataset, left_out = training_examples(tokens, keep_mask, drop_empty)
+    if len(dataset) == 0:
+        raise ConfigError("no sample has a token to train on (all labels are masked)")
+    trained_tokens = int(sum((np.asarray(lab[1:]) != IGNORE_INDEX).sum() for lab in dataset["labels"]))
+    use_bf16 = next(model.parameters()).device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if cfg.lora:
+        model = _with_lora(model, cfg)
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    trainer = _trainer_class()(
+        model=model,
+        args=training_arguments(cfg, ckpt_dir, use_bf16, seed),
+        train_dataset=dataset,
+        data_collator=PadCollator(pad_id),
+    )
+    start = time.perf_counter()
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    result = trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - start
+    model = trainer.model
+    if cfg.lora:
+        model = model.merge_and_unload()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "samples": len(dataset),
+        "samples_left_out": left_out,
+        "trained_tokens": trained_tokens,
+        "optimizer_steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "resumed_from": last,
+        "seconds": round(seconds, 3),
+    }
+
+
+def _with_lora(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules[0] if cfg.lora_target_modules == ["all-linear"]
+        else cfg.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)

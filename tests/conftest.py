@@ -1,0 +1,53 @@
+"""Shared fixtures: the GPT-2 tokenizer from ../shared/data and tiny Llama models built in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+GSM8K = SHARED / "sft" / "gsm8k_train.jsonl"
+GPT2_DIR = SHARED / "tokenizers" / "gpt2"
+
+
+def tiny_llama(vocab_size: int = 50257, seed: int = 0, hidden: int = 32, layers: int = 2):
+    """A randomly initialised Llama with a few hundred thousand parameters (mostly the embedding)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=50256, eos_token_id=50256,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    from transformers import GPT2TokenizerFast
+
+    return GPT2TokenizerFast.from_pretrained(str(GPT2_DIR))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, gpt2_tokenizer) -> Path:
+    """A saved tiny Llama with the GPT-2 tokenizer: a standard model directory."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama().save_pretrained(path)
+    gpt2_tokenizer.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gsm8k_rows() -> list[dict]:
+    with open(GSM8K, encoding="utf-8") as f:
+        return [json.loads(line) for _, line in zip(range(400), f)]
