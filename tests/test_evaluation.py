@@ -63,13 +63,17 @@ def model_dir(tiny_model, tokenizer, tmp_path_factory):
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Any attempt to open a connection fails the test."""
+    """Refuse every connection, and fail the test if anything tried one (even if the caller swallowed the error)."""
+    attempts = []
 
     def refuse(*args, **kwargs):
-        raise AssertionError(f"evaluation tried to reach the network: {args}")
+        attempts.append(args)
+        raise OSError("network disabled by the test")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+    yield
+    assert not attempts, f"evaluation tried to reach the network: {attempts}"
 
 
 @pytest.fixture

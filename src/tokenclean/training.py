@@ -34,7 +34,8 @@ class TrainConfig:
     lora_dropout: float = option(0.1, "LoRA dropout")
     lora_target_modules: list[str] = option(["all-linear"], "modules that get adapters; all-linear = every "
                                             "attention and MLP projection")
-    learning_rate: float = option(1e-4, "peak learning rate (AdamW)")
+    optimizer: str = option("adamw_torch", "optimizer (any transformers optim name, e.g. adamw_torch, sgd)")
+    learning_rate: float = option(1e-4, "peak learning rate")
     lr_scheduler: str = option("linear", "learning-rate schedule (any transformers scheduler name)")
     warmup_ratio: float = option(0.03, "share of steps spent warming up the learning rate")
     weight_decay: float = option(0.0, "AdamW weight decay")
@@ -145,6 +146,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16
         output_dir=str(output_dir),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        optim=cfg.optimizer,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps

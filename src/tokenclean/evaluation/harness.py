@@ -65,10 +65,12 @@ def evaluate(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="tokenclean-eval-") as work_dir:
         # Tasks first: bad data or an unknown task fails before any model loads.
-        task_manager, harness_tasks = _load_tasks(lm_eval, benchmarks, data_dir, Path(work_dir), max_gen_toks)
+        logger.info("loading %s from %s", ", ".join(b.name for b in benchmarks), data_dir or "the Hugging Face hub")
+        task_manager, harness_tasks = _load_tasks(benchmarks, data_dir, Path(work_dir), max_gen_toks)
+        logger.info("loading model %s", _model_name(model))
         lm = _harness_model(model, tokenizer, device, batch_size)
         n_tasks = sum(len(ts) for ts in harness_tasks.values())
-        logger.info("running %d benchmarks (%d harness tasks), limit=%s", len(benchmarks), n_tasks, limit)
+        logger.info("running %d harness tasks, limit=%s questions per task", n_tasks, limit)
         with _offline(data_dir is not None):
             output = lm_eval.simple_evaluate(
                 model=lm,
@@ -109,7 +111,7 @@ def _import_harness() -> Any:
 
 
 def _load_tasks(
-    lm_eval: Any, benchmarks: list[Benchmark], data_dir: str | os.PathLike | None, work_dir: Path, max_gen_toks: int | None
+    benchmarks: list[Benchmark], data_dir: str | os.PathLike | None, work_dir: Path, max_gen_toks: int | None
 ) -> tuple[Any, dict[str, list[Any]]]:
     """Harness task objects per benchmark, with the benchmark's few-shot count and generation cap applied."""
     from lm_eval.tasks import TaskManager

@@ -31,7 +31,8 @@ def available(benchmark: Benchmark, data_dir: str | Path) -> bool:
 def task_configs(benchmark: Benchmark, data_dir: str | Path, work_dir: str | Path) -> list[TaskConfig]:
     """Harness task configs for one benchmark, reading ``data_dir`` and writing converted files to ``work_dir``.
 
-    One config per sub-task: an MMLU subject or a TyDi QA language; one config for the other benchmarks.
+    One config per sub-task: an MMLU subject or a TyDi QA language; one config for the other benchmarks. The
+    benchmark's few-shot count is applied to the built tasks (``harness._load_tasks``), as for hub tasks.
     """
     data_dir, work_dir = Path(data_dir), Path(work_dir)
     if not available(benchmark, data_dir):
@@ -39,10 +40,7 @@ def task_configs(benchmark: Benchmark, data_dir: str | Path, work_dir: str | Pat
     if benchmark.name.startswith(MMLU_SUBJECT_PREFIX):
         subject = benchmark.name.removeprefix(MMLU_SUBJECT_PREFIX)
         return [_mmlu_subject(data_dir, work_dir, subject)]
-    configs = _BUILDERS[benchmark.name](data_dir, work_dir)
-    for config in configs:
-        config["num_fewshot"] = benchmark.num_fewshot
-    return configs
+    return _BUILDERS[benchmark.name](data_dir, work_dir)
 
 
 def _arc_challenge(data_dir: Path, work_dir: Path) -> list[TaskConfig]:
@@ -92,7 +90,6 @@ def _mmlu_subject(data_dir: Path, work_dir: Path, subject: str) -> TaskConfig:
     config = _config("mmlu", work_dir, **files)
     config["task"] = f"{MMLU_SUBJECT_PREFIX}{subject}"
     config["description"] = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-    config["num_fewshot"] = 5
     return config
 
 
