@@ -62,11 +62,11 @@ class PretrainConfig:
     """Attention heads per block (key/value heads: the same; no grouped-query attention at this size)."""
     intermediate_size: int = 384
     """Width of the SwiGLU MLP."""
-    max_seq_len: int = 128
-    """Block length of packed pretraining sequences, and the model's maximum position."""
+    max_seq_len: int = 256
+    """Block length of packed pretraining sequences, and the model's maximum position (demo samples: <= 160)."""
     steps: int = 200
     """Optimizer steps."""
-    batch_size: int = 16
+    batch_size: int = 8
     """Blocks per step."""
     lr: float = 3e-3
     """Peak AdamW learning rate (cosine decay, 5% linear warm-up)."""

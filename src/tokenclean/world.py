@@ -218,6 +218,7 @@ def _notes_doc(rng: random.Random) -> str:
 # --- tasks: each returns (key, prompt, informative steps, answer, wrong answer) --------------------------------
 # The key names the problem regardless of wording: a key held out for eval never occurs in training.
 
+Problem = tuple[str, str, str, str, str]  # (key, prompt, steps, answer, wrong answer)
 EVAL_SHARE = 5  # one key in EVAL_SHARE is reserved for eval
 
 
@@ -226,12 +227,11 @@ def is_held_out(seed: int, task: str, key: str) -> bool:
     return zlib.crc32(f"{seed}|{task}|{key}".encode()) % EVAL_SHARE == 0
 
 
-
 def _letters(word: str) -> str:
     return ", ".join(word)
 
 
-def _task_add(rng: random.Random) -> tuple[str, str, str, str]:
+def _task_add(rng: random.Random) -> Problem:
     a, b = rng.randint(10, 99), rng.randint(10, 99)
     c = a + b
     prompt = rng.choice((f"What is {a} + {b}?", f"Add {a} and {b}.", f"Compute {a} plus {b}.",
@@ -247,7 +247,7 @@ def _task_add(rng: random.Random) -> tuple[str, str, str, str]:
     return f"{min(a, b)}+{max(a, b)}", prompt, steps, str(c), str(wrong)
 
 
-def _task_compare(rng: random.Random) -> tuple[str, str, str, str]:
+def _task_compare(rng: random.Random) -> Problem:
     a, b = rng.sample(range(10, 100), 2)
     prompt = rng.choice((f"Which number is larger, {a} or {b}?", f"Which is bigger: {a} or {b}?",
                          f"Of {a} and {b}, which is greater?"))  # fmt: skip
@@ -255,7 +255,8 @@ def _task_compare(rng: random.Random) -> tuple[str, str, str, str]:
     if a // 10 != b // 10:
         steps = f"Compare the tens: {a // 10} and {b // 10}. {big // 10} is larger, so {big} > {small}."
     else:
-        steps = f"The tens are equal. Compare the ones: {a % 10} and {b % 10}. {big % 10} is larger, so {big} > {small}."
+        steps = (f"The tens are equal. Compare the ones: {a % 10} and {b % 10}. "
+                 f"{big % 10} is larger, so {big} > {small}.")
     return f"{min(a, b)},{max(a, b)}", prompt, steps, str(big), str(small)
 
 
@@ -273,7 +274,7 @@ def _shuffled_other(rng: random.Random, word: str, correct: str) -> str:
     return correct[::-1] if correct[::-1] != correct else correct + correct[-1]
 
 
-def _task_reverse(rng: random.Random) -> tuple[str, str, str, str]:
+def _task_reverse(rng: random.Random) -> Problem:
     word, prompt = _word_prompt(rng, ('Reverse the letters of the word "{w}".', 'Write "{w}" backwards.',
                                       'What is "{w}" spelled backwards?'))  # fmt: skip
     answer = word[::-1]
@@ -281,7 +282,7 @@ def _task_reverse(rng: random.Random) -> tuple[str, str, str, str]:
     return word, prompt, steps, answer, _shuffled_other(rng, word, answer)
 
 
-def _task_sort(rng: random.Random) -> tuple[str, str, str, str]:
+def _task_sort(rng: random.Random) -> Problem:
     word, prompt = _word_prompt(rng, ('Sort the letters of "{w}" in alphabetical order.',
                                       'Put the letters of the word "{w}" in alphabetical order.'))  # fmt: skip
     answer = "".join(sorted(word))
@@ -289,7 +290,7 @@ def _task_sort(rng: random.Random) -> tuple[str, str, str, str]:
     return word, prompt, steps, answer, _shuffled_other(rng, word, answer)
 
 
-def _task_count(rng: random.Random) -> tuple[str, str, str, str]:
+def _task_count(rng: random.Random) -> Problem:
     word, prompt = _word_prompt(rng, ('How many letters are in the word "{w}"?', 'Count the letters in "{w}".',
                                       'How long is the word "{w}"?'))  # fmt: skip
     numbered = ", ".join(f"{ch} ({i})" for i, ch in enumerate(word, 1))
@@ -298,7 +299,7 @@ def _task_count(rng: random.Random) -> tuple[str, str, str, str]:
     return word, prompt, steps, str(len(word)), str(wrong)
 
 
-def _task_lookup(rng: random.Random) -> tuple[str, str, str, str]:
+def _task_lookup(rng: random.Random) -> Problem:
     people = rng.sample(NAMES, rng.randint(3, 4))
     towns = rng.sample(TOWNS, len(people))
     jobs = rng.sample(JOBS, len(people))
@@ -314,7 +315,7 @@ def _task_lookup(rng: random.Random) -> tuple[str, str, str, str]:
     return prompt, prompt, steps, answer, wrong
 
 
-TASK_FNS: dict[str, Callable[[random.Random], tuple[str, str, str, str, str]]] = {
+TASK_FNS: dict[str, Callable[[random.Random], Problem]] = {
     "add": _task_add, "compare": _task_compare, "reverse": _task_reverse, "sort": _task_sort,
     "count": _task_count, "lookup": _task_lookup,
 }  # fmt: skip
@@ -401,8 +402,8 @@ def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
     """Write ``corpus.txt`` (documents separated by a blank line), ``train.jsonl``, ``eval.jsonl`` and
     ``world.json`` (the config) into ``out_dir``, each atomically. Returns their paths by name."""
     out_dir = Path(out_dir)
-    paths = {name: out_dir / file for name, file in
-             (("corpus", "corpus.txt"), ("train", "train.jsonl"), ("eval", "eval.jsonl"), ("config", "world.json"))}  # fmt: skip
+    files = {"corpus": "corpus.txt", "train": "train.jsonl", "eval": "eval.jsonl", "config": "world.json"}
+    paths = {name: out_dir / file for name, file in files.items()}
     atomic_write_text(paths["corpus"], "\n\n".join(make_corpus(cfg)) + "\n")
     for split in ("train", "eval"):
         atomic_write_text(paths[split], "".join(json.dumps(row) + "\n" for row in make_sft(cfg, split)))

@@ -1,0 +1,126 @@
+"""The fixed-model pipeline end to end through the CLI, resume, and refusals of mismatched artifacts."""
+
+import json
+import logging
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pytest
+
+from conftest import write_jsonl
+from tokenclean.cli import main
+
+FAST = ["--max-seq-len", "256", "--batch-size", "8", "--gradient-accumulation-steps", "1", "--lora-r", "8",
+        "--max-steps", "3", "--batch-tokens", "4096"]
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory, gsm8k_rows):
+    return write_jsonl(tmp_path_factory.mktemp("data") / "gsm8k.jsonl", gsm8k_rows[:200])
+
+
+@pytest.fixture(scope="module")
+def fixed_run(tmp_path_factory, tiny_model_dir, pool):
+    out = tmp_path_factory.mktemp("runs") / "fixed"
+    config = out.parent / "run.yaml"
+    config.write_text(f"base: {tiny_model_dir}\nprompt_field: question\nresponse_field: answer\nkeep_ratio: 0.6\n")
+    assert main(["run", "--config", str(config), "--data", str(pool), "--out", str(out), "--quiet", *FAST]) == 0
+    return out, config
+
+
+@pytest.mark.slow
+def test_fixed_pipeline_outputs(fixed_run):
+    from transformers import AutoModelForCausalLM
+
+    out, _ = fixed_run
+    summary = json.loads((out / "summary.json").read_text())
+    sel = summary["selection"]
+    assert sel["kept_tokens"] == int(np.floor(0.6 * sel["response_tokens"] + 0.5))
+    assert abs(sel["kept_share"] - 0.6) < 1 / sel["response_tokens"]
+    assert summary["data"]["rows"] == 200 and summary["data"]["used"] == 200
+    ds = datasets.load_from_disk(str(out / "export"))
+    assert set(ds.column_names) >= {"input_ids", "attention_mask", "labels"}
+    trained = sum(int((np.asarray(lab) != -100).sum()) for lab in ds["labels"])
+    assert trained == sel["kept_tokens"] == summary["training"]["trained_tokens"]
+    assert (out / "export" / "parquet" / "train.parquet").exists()
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert model.config.model_type == "llama"
+    assert (out / "config.yaml").exists() and "keep_ratio: 0.6" in (out / "config.yaml").read_text()
+    # the reference was trained on a 20% warm-up split of the pool, all response tokens
+    ref = json.loads((out / "reference" / "training.json").read_text())
+    assert ref["samples"] == 40
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages_and_a_change_recomputes_only_its_dependants(fixed_run, pool, caplog):
+    out, config = fixed_run
+    model_file = out / "model" / "model.safetensors"
+    mtime = model_file.stat().st_mtime_ns
+    args = ["run", "--config", str(config), "--data", str(pool), "--out", str(out), *FAST]
+    with caplog.at_level(logging.INFO, logger="tokenclean"):
+        assert main(args) == 0
+    skipped = [r.getMessage() for r in caplog.records if "up to date" in r.getMessage()]
+    assert len(skipped) == 7 and model_file.stat().st_mtime_ns == mtime
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tokenclean"):
+        assert main(args + ["--keep-ratio", "0.5"]) == 0
+    ran = {r.getMessage().split("]")[0][1:] for r in caplog.records if r.getMessage().endswith("running")}
+    assert ran == {"selection", "model", "export"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["selection"]["kept_tokens"] == int(np.floor(0.5 * summary["selection"]["response_tokens"] + 0.5))
+
+
+@pytest.mark.slow
+def test_selection_from_other_tokenization_is_refused(fixed_run, pool, tiny_model_dir, tmp_path, capsys):
+    out, _ = fixed_run
+    code = main(["train", "--model", str(tiny_model_dir), "--data", str(pool), "--prompt-field", "question",
+                 "--response-field", "answer", "--selection", str(out / "selection"), "--out", str(tmp_path / "m"),
+                 "--max-seq-len", "128"])
+    err = capsys.readouterr().err
+    assert code == 2 and "different max_seq_len" in err and ("256 vs 128" in err or "128 vs 256" in err)
+    assert not (tmp_path / "m").exists()
+
+
+def test_stage_commands_mirror_the_pipeline(tmp_path, tiny_model_dir, gsm8k_rows, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", gsm8k_rows[:20])
+    common = ["--data", str(data), "--prompt-field", "question", "--response-field", "answer", "--quiet"]
+    assert main(["score", "--model", str(tiny_model_dir), "--out", str(tmp_path / "base"), *common]) == 0
+    assert main(["train", "--model", str(tiny_model_dir), "--out", str(tmp_path / "ref"), "--max-steps", "1",
+                 "--batch-size", "4", "--gradient-accumulation-steps", "1", "--lora-r", "4", *common]) == 0
+    assert main(["score", "--model", str(tmp_path / "ref"), "--out", str(tmp_path / "refs"), *common]) == 0
+    assert main(["select", "--base", str(tmp_path / "base"), "--ref", str(tmp_path / "refs"),
+                 "--out", str(tmp_path / "sel"), "--level", "sample", "--keep-ratio", "0.5", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--tokenizer", str(tiny_model_dir), "--selection", str(tmp_path / "sel"),
+                 "--out", str(tmp_path / "export"), *common]) == 0
+    result = json.loads(capsys.readouterr().out)
+    selection = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert result["trained_tokens"] == selection["kept_tokens"]
+    assert datasets.load_from_disk(str(tmp_path / "export")).num_rows == result["rows"]
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n{"question": "q", "answer": \n')
+    proc = subprocess.run([sys.executable, "-m", "tokenclean", "score", "--model", str(tiny_model_dir), "--data",
+                           str(bad), "--prompt-field", "question", "--response-field", "answer", "--out",
+                           str(tmp_path / "s")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"tokenclean score: error: {bad}:2: malformed JSON")
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tokenclean", "select", "--base", str(tmp_path), "--ref",
+                           str(tmp_path), "--out", str(tmp_path / "x"), "--keep-ratio", "1.5"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "keep_ratio must be in (0, 1]" in proc.stderr
+
+
+def test_help_explains_every_command():
+    for cmd in ([], ["run"], ["score"], ["select"], ["train"], ["export"]):
+        proc = subprocess.run([sys.executable, "-m", "tokenclean", *cmd, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage: tokenclean" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "tokenclean", "run", "--help"], capture_output=True, text=True)
+    for flag in ("--base", "--data", "--out", "--keep-ratio", "--level", "--max-seq-len", "--seed", "--config",
+                 "--warmup-data", "--warmup-fraction"):
+        assert flag in proc.stdout
