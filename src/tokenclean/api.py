@@ -158,9 +158,11 @@ def train(
     device: str | None = None,
     trust_remote_code: bool = False,
     checkpoint_dir: PathLike | None = None,
+    slm: tuple[np.ndarray, float] | None = None,
 ) -> dict[str, Any]:
     """Token-masked SFT of ``model`` on ``data`` (kept tokens of ``selection``, else all response tokens);
-    saves a merged standard model directory to ``out``. Returns counts and timings."""
+    saves a merged standard model directory to ``out``. ``slm``: (reference losses aligned with the tokens,
+    keep ratio) for Rho-1's online selection. Returns counts and timings."""
     tok = _tokenizer_for(model, tokenizer, trust_remote_code)
     tokens = data if isinstance(data, TokenTable) else prepare_tokens(data, tok, data_config, tokenize_config)[0]
     keep = keep_mask_for(tokens, selection, f"data ({data})")
@@ -168,7 +170,7 @@ def train(
     loaded, _ = _model_for(model, device, "float32", trust_remote_code)
     with atomic_dir(out) as tmp:
         result = train_model(loaded, tok, tokens, tmp, train_config, keep, drop_empty, seed,
-                             checkpoint_dir or Path(out).with_name(Path(out).name + ".checkpoints"))
+                             checkpoint_dir or Path(out).with_name(Path(out).name + ".checkpoints"), slm)
         write_json(tmp / "training.json", result)
     log.info("trained on %d tokens of %d samples in %d steps (%.1fs); model saved to %s", result["trained_tokens"],
              result["samples"], result["optimizer_steps"], result["seconds"], out)

@@ -87,3 +87,23 @@ def kept_token_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Te
     targets = labels[:, 1:][target[:, 1:]]
     loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
     return loss_sum, targets.numel()
+
+
+def slm_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                 ref_loss: torch.Tensor, keep_ratio: float):
+    """Rho-1's Selective Language Modeling, online: sum of the current losses of the batch's top ``keep_ratio``
+    response tokens by excess loss (current loss - reference loss), and the number selected.
+
+    ``ref_loss``: (B, T) fp32, the reference model's loss of token j at [:, j] (precomputed once). Response tokens
+    are those with a label. Ties go to the earlier token (row-major). Unselected tokens get exactly zero gradient.
+    """
+    from .selection import round_half_up, top_k_mask
+
+    target = labels != IGNORE_INDEX
+    target[:, 0] = False
+    pred = prediction_mask(target)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=pred).logits  # (N, V)
+    current = F.cross_entropy(logits.float(), labels[:, 1:][target[:, 1:]], reduction="none")  # (N,)
+    excess = (current.detach() - ref_loss[:, 1:][target[:, 1:]].float()).cpu().numpy()
+    keep = torch.from_numpy(top_k_mask(excess, int(round_half_up(keep_ratio * len(excess))))).to(current.device)
+    return (current * keep).sum(), int(keep.sum())

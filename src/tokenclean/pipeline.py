@@ -49,6 +49,12 @@ class RunSettings:
                                      "the pool)")
     warmup_fraction: float = option(0.2, "share of the pool (random, seeded) used to train the reference")
     seed: int = option(0, "seed for data splits, sampling and training")
+    rounds: int = option(4, "self-evolving: rounds of cleaning (the pool is split into rounds + 1 chunks)")
+    contiguous: bool = option(False, "self-evolving: split the pool into chunks in file order instead of shuffled")
+    eval_data: str | None = option(None, "held-out data: the final model's mean loss on its response tokens is "
+                                   "reported")
+    eval_fraction: float = option(0.0, "hold out this share of the pool (fixed split, never trained on) for the "
+                                  "held-out loss, when no --eval-data is given")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: CUDA when available)")
     dtype: str = option("auto", "scoring weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     trust_remote_code: bool = option(False, "allow model/tokenizer code from the model repository to run")
@@ -56,6 +62,10 @@ class RunSettings:
     def __post_init__(self) -> None:
         if not 0.0 < self.warmup_fraction < 1.0:
             raise ConfigError(f"warmup_fraction must be in (0, 1), got {self.warmup_fraction}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
 
 
 @dataclass
@@ -110,29 +120,43 @@ def key_of(*parts: Any) -> str:
 
 
 class Run:
-    """A run directory and its stages."""
+    """A run directory and its stages.
 
-    def __init__(self, cfg: RunConfig):
+    Stage names are paths under the run directory. Stages that depend only on the data and the base model
+    (``tokens``, ``scores/base``) live at the top; stages that depend on the seed live under ``seed_ns`` and those
+    of one method under ``seed_ns + method_ns``. A single ``run`` uses empty namespaces; ``compare`` gives each seed
+    and method its own, so shared stages are computed once and reused by all.
+    """
+
+    def __init__(self, cfg: RunConfig, seed_ns: str = "", method_ns: str = "", shared: Run | None = None):
         cfg.check()
         self.cfg = cfg
         self.dir = Path(cfg.run.out)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.seed_ns, self.ns = seed_ns, seed_ns + method_ns
         self.stages: dict[str, dict[str, Any]] = {}  # name -> stage.json of stages run or reused
-        self._tokenizer = None
-        self._base_fingerprint: str | None = None
+        self._cache: dict[str, Any] = shared._cache if shared else {}
+
+    def variant(self, method: str, seed: int, seed_ns: str, method_ns: str) -> Run:
+        """The same run directory for another method and seed, sharing loaded state."""
+        import copy
+
+        cfg = copy.deepcopy(self.cfg)
+        cfg.run.method, cfg.run.seed = method, seed
+        return Run(cfg, seed_ns, method_ns, shared=self)
 
     # -- shared state -------------------------------------------------------------------------------------------
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.cfg.run.base, self.cfg.run.trust_remote_code)
-        return self._tokenizer
+        if "tokenizer" not in self._cache:
+            self._cache["tokenizer"] = load_tokenizer(self.cfg.run.base, self.cfg.run.trust_remote_code)
+        return self._cache["tokenizer"]
 
     @property
     def base_fingerprint(self) -> str:
-        if self._base_fingerprint is None:
-            self._base_fingerprint = path_fingerprint(self.cfg.run.base)
-        return self._base_fingerprint
+        if "base" not in self._cache:
+            self._cache["base"] = path_fingerprint(self.cfg.run.base)
+        return self._cache["base"]
 
     def path(self, stage: str) -> Path:
         return self.dir / stage
@@ -168,59 +192,71 @@ class Run:
         return result
 
     # -- stages ----------------------------------------------------------------------------------------------------
-    def tokens_stage(self) -> tuple[TokenTable, TokenTable | None]:
-        """Tokenize the pool (and the warm-up data, if given). Stage ``tokens``: pool/ and warmup/."""
+    def tokens_stage(self) -> dict[str, TokenTable]:
+        """Tokenize the pool, the warm-up data and the held-out data. Stage ``tokens`` with one directory each:
+        ``pool`` (what methods train on), ``warmup`` (if given), ``eval`` (``--eval-data``, or a fixed
+        ``--eval-fraction`` of the pool, which is then removed from ``pool``)."""
         from .api import prepare_tokens
 
         c = self.cfg
-        inputs = {"data": path_fingerprint(c.run.data), "warmup_data": c.run.warmup_data and
-                  path_fingerprint(c.run.warmup_data), "tokenizer": self._tokenizer_key(),
+        inputs = {"data": path_fingerprint(c.run.data), "tokenizer": self._tokenizer_key(),
+                  "warmup_data": c.run.warmup_data and path_fingerprint(c.run.warmup_data),
+                  "eval_data": c.run.eval_data and path_fingerprint(c.run.eval_data),
+                  "eval_fraction": 0.0 if c.run.eval_data else c.run.eval_fraction,
                   "data_config": asdict(c.data), "tokenize_config": asdict(c.tokenize)}
 
         def build(tmp: Path) -> dict[str, Any]:
             pool, report = prepare_tokens(c.run.data, self.tokenizer, c.data, c.tokenize)
-            pool.save(tmp / "pool")
-            result = {"pool": _counts(pool.meta), "load": report.to_dict()}
-            if c.run.warmup_data:
-                warm, wreport = prepare_tokens(c.run.warmup_data, self.tokenizer, c.data, c.tokenize)
-                warm.save(tmp / "warmup")
-                result.update(warmup=_counts(warm.meta), warmup_load=wreport.to_dict())
+            result: dict[str, Any] = {"load": report.to_dict()}
+            tables = {"pool": pool}
+            for name, source in (("warmup", c.run.warmup_data), ("eval", c.run.eval_data)):
+                if source:
+                    tables[name], rep = prepare_tokens(source, self.tokenizer, c.data, c.tokenize)
+                    result[f"{name}_load"] = rep.to_dict()
+            if inputs["eval_fraction"]:
+                # A fixed split (seed 0), the same for every method and seed, so held-out losses are comparable.
+                perm = np.random.default_rng(0).permutation(len(pool))
+                n_eval = max(1, int(round(inputs["eval_fraction"] * len(pool))))
+                tables["eval"] = pool.select(np.sort(perm[:n_eval]))
+                tables["pool"] = pool.select(np.sort(perm[n_eval:]))
+            for name, table in tables.items():
+                table.save(tmp / name)
+                result[name] = _counts(table.meta)
             return result
 
         self.stage("tokens", inputs, build)
-        pool = TokenTable.load(self.path("tokens") / "pool")
-        warm_dir = self.path("tokens") / "warmup"
-        return pool, (TokenTable.load(warm_dir) if warm_dir.exists() else None)
+        return {d.name: TokenTable.load(d) for d in sorted(self.path("tokens").iterdir()) if d.is_dir()}
 
     def _tokenizer_key(self) -> str:
         from .modeling import tokenizer_fingerprint
 
         return tokenizer_fingerprint(self.tokenizer)
 
-    def split_stage(self, pool: TokenTable, warm: TokenTable | None) -> TokenTable:
+    def warmup_split(self, tables: dict[str, TokenTable]) -> TokenTable:
         """The warm-up set: the given warm-up data, or a seeded random ``warmup_fraction`` of the pool."""
-        if warm is not None:
-            return warm
-        c = self.cfg.run
-        n = len(pool)
-        n_warm = max(1, int(round(c.warmup_fraction * n)))
-        idx = np.sort(np.random.default_rng(c.seed).permutation(n)[:n_warm])
-        return pool.select(idx)
+        if "warmup" in tables:
+            return tables["warmup"]
+        pool, c = tables["pool"], self.cfg.run
+        n_warm = max(1, int(round(c.warmup_fraction * len(pool))))
+        return pool.select(np.sort(np.random.default_rng(c.seed).permutation(len(pool))[:n_warm]))
 
     def train_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable,
-                    selection: str | None = None, extra: dict[str, Any] | None = None) -> Path:
-        """Train ``model_path`` on ``tokens`` (kept tokens of stage ``selection``, else all response tokens)."""
+                    keep: tuple[str, np.ndarray] | None = None, slm: tuple[str, np.ndarray] | None = None) -> Path:
+        """Train ``model_path`` on ``tokens``: the kept tokens of ``keep`` = (key, mask), Rho-1 online selection
+        with ``slm`` = (key, reference losses), else all response tokens."""
         from .api import train
 
         c = self.cfg
         inputs = {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"],
-                  "selection": selection and self.key(selection), "train_config": asdict(c.train),
-                  "drop_empty": c.select.drop_empty, "seed": c.run.seed, **(extra or {})}
-        sel = Selection.load(self.path(selection)) if selection else None
+                  "keep": keep and keep[0],
+                  "slm": slm and [slm[0], c.select.keep_ratio], "train_config": asdict(c.train),
+                  "drop_empty": c.select.drop_empty, "seed": c.run.seed}
+        mask = keep[1] if keep else None
         self.stage(name, inputs, lambda tmp: train(
-            str(model_path), tokens, tmp, selection=sel, tokenizer=self.tokenizer, train_config=c.train,
+            str(model_path), tokens, tmp, tokenizer=self.tokenizer, train_config=c.train,
             drop_empty=c.select.drop_empty, seed=c.run.seed, device=c.run.device,
-            trust_remote_code=c.run.trust_remote_code, checkpoint_dir=self.dir / "checkpoints" / name))
+            trust_remote_code=c.run.trust_remote_code, checkpoint_dir=self.dir / "checkpoints" / name,
+            slm=(slm[1], c.select.keep_ratio) if slm else None, selection=_as_selection(mask, tokens)))
         return self.path(name)
 
     def score_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable) -> Scores:
@@ -234,28 +270,47 @@ class Run:
             trust_remote_code=c.run.trust_remote_code).meta)
         return Scores.load(self.path(name))
 
-    def select_stage(self, name: str, base: str, ref: str, config: SelectConfig | None = None) -> Selection:
+    def select_stage(self, name: str, base: Scores, ref: Scores, inputs: dict[str, Any],
+                     config: SelectConfig | None = None) -> Selection:
+        """Select from two ``Scores`` (``inputs`` identifies them: their stage keys)."""
         from .api import select
 
         config = config or self.cfg.select
-        inputs = {"base": self.key(base), "ref": self.key(ref), "select_config": asdict(config)}
-        self.stage(name, inputs, lambda tmp: select(self.path(base), self.path(ref), tmp, config).meta)
+        self.stage(name, {**inputs, "select_config": asdict(config)},
+                   lambda tmp: select(base, ref, tmp, config).meta)
         return Selection.load(self.path(name))
 
-    def export_stage(self, tokens: TokenTable, selection: str | None) -> dict[str, Any]:
+    def export_stage(self, name: str, tokens: TokenTable, keep: tuple[str, np.ndarray] | None) -> dict[str, Any]:
+        """Export ``tokens`` with ``keep`` = (key, mask), or all response tokens."""
         from .export import export_dataset
 
-        inputs = {"tokens": tokens.meta["tokens_fingerprint"], "selection": selection and self.key(selection),
+        inputs = {"tokens": tokens.meta["tokens_fingerprint"], "keep": keep and keep[0],
                   "drop_empty": self.cfg.select.drop_empty}
-        keep = Selection.load(self.path(selection)).keep_mask if selection else None
-        return self.stage("export", inputs, lambda tmp: export_dataset(
-            tokens, tmp, keep, self.cfg.select.drop_empty, parquet_path=tmp / "parquet" / "train.parquet"))
+        return self.stage(name, inputs, lambda tmp: export_dataset(
+            tokens, tmp, keep[1] if keep else None, self.cfg.select.drop_empty,
+            parquet_path=tmp / "parquet" / "train.parquet"))
 
-    def reference_stage(self, pool: TokenTable, warm: TokenTable | None) -> Path:
-        """The warm-up reference: the base trained on all response tokens of the warm-up set."""
-        warmup = self.split_stage(pool, warm)
-        return self.train_stage("reference", self.base_fingerprint, self.cfg.run.base, warmup,
-                                extra={"warmup": warmup.meta["tokens_fingerprint"]})
+    def base_scores(self, pool: TokenTable) -> Scores:
+        """The base model's losses over the whole pool: computed once, shared by every method and seed."""
+        return self.score_stage("scores/base", self.base_fingerprint, self.cfg.run.base, pool)
+
+    def reference(self, tables: dict[str, TokenTable]) -> tuple[Path, Scores]:
+        """The warm-up reference (the base trained on all response tokens of the warm-up set) and its losses
+        over the pool."""
+        warmup = self.warmup_split(tables)
+        ref = self.train_stage(f"{self.seed_ns}reference", self.base_fingerprint, self.cfg.run.base, warmup)
+        scores = self.score_stage(f"{self.seed_ns}scores/reference", self.key(f"{self.seed_ns}reference"), ref,
+                                  tables["pool"])
+        return ref, scores
+
+    def heldout_stage(self, model_stage: str, tables: dict[str, TokenTable]) -> float | None:
+        """Mean loss of the held-out response tokens under the model of stage ``model_stage`` (None without
+        held-out data). The mean divides by the number of held-out response tokens."""
+        if "eval" not in tables:
+            return None
+        name = f"{model_stage.rsplit('model', 1)[0]}heldout"
+        return self.score_stage(name, self.key(model_stage), self.path(model_stage), tables["eval"]).meta[
+            "mean_token_loss"]
 
     # -- bookkeeping -----------------------------------------------------------------------------------------------
     def write_config(self) -> None:
@@ -268,54 +323,39 @@ class Run:
     def write_summary(self, extra: dict[str, Any]) -> dict[str, Any]:
         summary = {
             "method": self.cfg.run.method,
-            "run_dir": str(self.dir),
+            "seed": self.cfg.run.seed,
+            "run_dir": str(self.dir / self.ns) if self.ns else str(self.dir),
             **extra,
+            "seconds": round(sum(rec.get("seconds") or 0 for rec in self.stages.values()), 3),
             "stages": {name: {"seconds": rec.get("seconds"), "key": rec["key"]} for name, rec in self.stages.items()},
         }
-        write_json(self.dir / "summary.json", summary)
+        write_json(self.path(self.ns) / "summary.json", summary)
         return summary
+
+
+def _as_selection(mask: np.ndarray | None, tokens: TokenTable) -> Selection | None:
+    if mask is None:
+        return None
+    meta = {k: tokens.meta[k] for k in ("tokenizer_fingerprint", "max_seq_len", "template", "data_fingerprint",
+                                        "tokens_fingerprint") if k in tokens.meta}
+    return Selection(tokens.sample_ids, mask, tokens.offsets, meta)
 
 
 def _counts(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in ("samples", "tokens", "response_tokens", "truncated_samples", "no_response")}
 
 
-def run_fixed(run: Run) -> dict[str, Any]:
-    """Fixed-model cleaning: warm-up reference -> score the pool with base and reference -> select -> train the
-    base on the kept tokens -> export."""
-    pool, warm = run.tokens_stage()
-    reference = run.reference_stage(pool, warm)
-    run.score_stage("scores/base", run.base_fingerprint, run.cfg.run.base, pool)
-    run.score_stage("scores/reference", run.key("reference"), reference, pool)
-    selection = run.select_stage("selection", "scores/base", "scores/reference")
-    run.train_stage("model", run.base_fingerprint, run.cfg.run.base, pool, selection="selection")
-    export = run.export_stage(pool, "selection")
-    return _summary_counts(run, selection.meta, export)
-
-
-def _summary_counts(run: Run, selection: dict[str, Any], export: dict[str, Any]) -> dict[str, Any]:
-    tokens = run.stages["tokens"]["result"]
-    model = run.stages["model"]["result"]
-    return {
-        "data": tokens["load"],
-        "pool": tokens["pool"],
-        "selection": {k: selection[k] for k in ("response_tokens", "kept_tokens", "dropped_tokens", "kept_share",
-                                                "samples_zero_kept", "score_threshold") if k in selection},
-        "training": {k: model[k] for k in ("samples", "samples_left_out", "trained_tokens", "optimizer_steps",
-                                           "train_loss")},
-        "export": {k: export[k] for k in ("rows", "rows_left_out", "trained_tokens")},
-        "model_dir": str(run.path("model")),
-        "export_dir": str(run.path("export")),
-    }
-
-
-METHODS: dict[str, Callable[[Run], dict[str, Any]]] = {"fixed": run_fixed}
-
-
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg.run.method`` in ``cfg.run.out`` and return the summary (also written to ``summary.json``)."""
     run = Run(cfg)
     run.write_config()
-    start = time.perf_counter()
-    result = METHODS[cfg.run.method](run)
-    return run.write_summary({**result, "seconds": round(time.perf_counter() - start, 3)})
+    return run_method(run)
+
+
+def run_method(run: Run) -> dict[str, Any]:
+    """Run one method within ``run``'s namespaces and write its ``summary.json``."""
+    result = METHODS[run.cfg.run.method](run)
+    return run.write_summary(result)
+
+
+from .methods import METHODS  # noqa: E402  (the methods use Run; registered after it is defined)

@@ -20,7 +20,8 @@ import torch
 
 from .config import option
 from .errors import ConfigError
-from .losses import kept_token_loss_sum
+from .losses import kept_token_loss_sum, slm_loss_sum
+from .selection import round_half_up
 from .tokens import IGNORE_INDEX, TokenTable, make_labels
 
 
@@ -62,10 +63,12 @@ class TrainConfig:
             raise ConfigError("epochs must be > 0 (or max_steps >= 1)")
 
 
-def training_examples(tokens: TokenTable, keep_mask: np.ndarray | None = None, drop_empty: bool = True):
-    """A ``datasets.Dataset`` with ``input_ids`` and ``labels`` (lists of int).
+def training_examples(tokens: TokenTable, keep_mask: np.ndarray | None = None, drop_empty: bool = True,
+                      ref_loss: np.ndarray | None = None):
+    """A ``datasets.Dataset`` with ``input_ids`` and ``labels`` (lists of int) and, for SLM, ``ref_loss``.
 
     ``keep_mask``: (total_tokens,) bool aligned with ``tokens``; None trains on all response tokens.
+    ``ref_loss``: (total_tokens,) float32 reference losses (NaN where not scored), for online selection.
     Samples with no trained token are left out when ``drop_empty`` (they contribute no loss).
     Returns the dataset and the number of samples left out.
     """
@@ -74,7 +77,10 @@ def training_examples(tokens: TokenTable, keep_mask: np.ndarray | None = None, d
     ids = tokens.flat_input_ids()
     labels = make_labels(ids, tokens.flat_response_mask(), keep_mask)
     offsets = tokens.offsets
-    rows_ids, rows_labels = [], []
+    rows: dict[str, list] = {"input_ids": [], "labels": []}
+    if ref_loss is not None:
+        rows["ref_loss"] = []
+        ref_loss = np.nan_to_num(ref_loss, nan=0.0)
     left_out = 0
     for i in range(len(tokens)):
         a, b = offsets[i], offsets[i + 1]
@@ -82,10 +88,11 @@ def training_examples(tokens: TokenTable, keep_mask: np.ndarray | None = None, d
         if drop_empty and not (lab[1:] != IGNORE_INDEX).any():
             left_out += 1
             continue
-        rows_ids.append(ids[a:b].tolist())
-        rows_labels.append(lab.tolist())
-    ds = datasets.Dataset.from_dict({"input_ids": rows_ids, "labels": rows_labels})
-    return ds, left_out
+        rows["input_ids"].append(ids[a:b].tolist())
+        rows["labels"].append(lab.tolist())
+        if ref_loss is not None:
+            rows["ref_loss"].append(ref_loss[a:b].tolist())
+    return datasets.Dataset.from_dict(rows), left_out
 
 
 class PadCollator:
@@ -104,11 +111,15 @@ class PadCollator:
             "attention_mask": torch.zeros((len(features), width), dtype=torch.long),
             "labels": torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long),
         }
+        if "ref_loss" in features[0]:
+            batch["ref_loss"] = torch.zeros((len(features), width), dtype=torch.float32)
         for row, f in enumerate(features):
             n = len(f["input_ids"])
             batch["input_ids"][row, :n] = torch.as_tensor(f["input_ids"])
             batch["attention_mask"][row, :n] = 1
             batch["labels"][row, :n] = torch.as_tensor(f["labels"])
+            if "ref_loss" in batch:
+                batch["ref_loss"][row, :n] = torch.as_tensor(f["ref_loss"])
         return batch
 
 
@@ -116,19 +127,31 @@ def _trainer_class():
     from transformers import Trainer
 
     class MaskedLossTrainer(Trainer):
-        """Trainer whose loss is the mean over kept tokens of the whole optimiser step (see module docstring)."""
+        """Trainer whose loss is the mean over kept tokens of the whole optimiser step (see module docstring).
+
+        With ``slm_keep_ratio`` set (and a ``ref_loss`` column), tokens are selected online instead: Rho-1's
+        SLM keeps the micro-batch's top ``slm_keep_ratio`` response tokens by excess loss, and the step's loss is
+        divided by ``round(slm_keep_ratio x response tokens in the step)``.
+        """
 
         loss_is_scaled_for_ga = True  # our loss is already divided by the step's kept-token count
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, slm_keep_ratio: float | None = None, **kwargs):
             super().__init__(*args, **kwargs)
+            self.slm_keep_ratio = slm_keep_ratio
             # Makes the Trainer count labels != IGNORE_INDEX over all micro-batches of the step (and processes)
             # and pass that count to compute_loss as num_items_in_batch.
             self.model_accepts_loss_kwargs = True
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
-            loss_sum, n = kept_token_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], labels)
+            if self.slm_keep_ratio is not None:
+                loss_sum, n = slm_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], labels,
+                                           inputs["ref_loss"], self.slm_keep_ratio)
+                if num_items_in_batch is not None:
+                    num_items_in_batch = round_half_up(self.slm_keep_ratio * float(num_items_in_batch))
+            else:
+                loss_sum, n = kept_token_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], labels)
             denom = num_items_in_batch if num_items_in_batch is not None else n
             loss = loss_sum / torch.clamp(torch.as_tensor(denom, device=loss_sum.device, dtype=torch.float32), min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -178,19 +201,22 @@ def train_model(
     drop_empty: bool = True,
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
+    slm: tuple[np.ndarray, float] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on the kept response tokens of ``tokens`` and save a standard model directory.
 
     ``keep_mask``: (total_tokens,) bool aligned with ``tokens`` (None: all response tokens). The LoRA (if any) is
     merged and the result written to ``out_dir`` with ``save_pretrained`` (safetensors) together with the
     tokenizer. Checkpoints go to ``checkpoint_dir`` (default ``<out_dir>.checkpoints``); a call that finds one
-    there resumes from it, and the directory is removed once the model is saved. Returns counts and timings.
+    there resumes from it, and the directory is removed once the model is saved. ``slm``: (reference losses
+    aligned with ``tokens``, keep ratio) to select tokens online with Rho-1's SLM instead of a fixed mask.
+    Returns counts and timings.
     """
     from transformers.trainer_utils import get_last_checkpoint
 
     cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
-    dataset, left_out = training_examples(tokens, keep_mask, drop_empty)
+    dataset, left_out = training_examples(tokens, keep_mask, drop_empty, slm[0] if slm else None)
     if len(dataset) == 0:
         raise ConfigError("no sample has a token to train on (all labels are masked)")
     trained_tokens = int(sum((np.asarray(lab[1:]) != IGNORE_INDEX).sum() for lab in dataset["labels"]))
@@ -206,6 +232,7 @@ def train_model(
         args=training_arguments(cfg, ckpt_dir, use_bf16, seed),
         train_dataset=dataset,
         data_collator=PadCollator(pad_id),
+        slm_keep_ratio=slm[1] if slm else None,
     )
     start = time.perf_counter()
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
@@ -222,7 +249,7 @@ def train_model(
     return {
         "samples": len(dataset),
         "samples_left_out": left_out,
-        "trained_tokens": trained_tokens,
+        "trained_tokens": int(round_half_up(slm[1] * trained_tokens)) if slm else trained_tokens,
         "optimizer_steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "first_logged_loss": losses[0] if losses else None,
