@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write ``args.out``; returns the exit status."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # the harness's progress bars remain
     tasks = _tasks(args.tasks, args.data_dir)
     results = evaluate(
         args.model,

@@ -60,7 +60,7 @@ def evaluate(
         unweighted mean of the task values.
     """
     benchmarks = parse_tasks(tasks)
-    _check_settings(limit, data_dir, max_gen_toks)
+    _check_settings(model, limit, data_dir, max_gen_toks)
     lm_eval = _import_harness()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="tokenclean-eval-") as work_dir:
@@ -92,13 +92,23 @@ def evaluate(
     }
 
 
-def _check_settings(limit: int | None, data_dir: str | os.PathLike | None, max_gen_toks: int | None) -> None:
+def _check_settings(
+    model: Any, limit: int | None, data_dir: str | os.PathLike | None, max_gen_toks: int | None
+) -> None:
+    if isinstance(model, (str, os.PathLike)) and _looks_like_path(model) and not Path(model).is_dir():
+        raise ConfigError(f"model directory {model} not found")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be a positive number of questions per task, got {limit}")
     if max_gen_toks is not None and max_gen_toks < 1:
         raise ConfigError(f"max_gen_toks must be positive, got {max_gen_toks}")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise ConfigError(f"evaluation data directory {data_dir} not found")
+
+
+def _looks_like_path(model: str | os.PathLike) -> bool:
+    """A path rather than a hub id such as ``org/name``: absolute, relative with dots, or existing."""
+    text = str(model)
+    return Path(text).is_absolute() or text.startswith((".", "~")) or Path(text).exists()
 
 
 def _import_harness() -> Any:
