@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from .config import add_config_args, build, field_names, merge_settings
@@ -31,8 +32,7 @@ stages:     tokenclean score | select | train | export   (the same steps, one at
 """
 
 # Subcommands contributed by other modules: each has add_parser(subparsers) -> parser with func set.
-PLUGINS = ("tokenclean.evaluation.cli", "tokenclean.pretrain_cli", "tokenclean.compare_cli", "tokenclean.demo_cli",
-           "tokenclean.report_cli")
+PLUGINS = ("tokenclean.evaluation.cli", "tokenclean.pretrain_cli", "tokenclean.demo_cli", "tokenclean.report_cli")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -119,6 +119,17 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     return run_pipeline(RunConfig.from_flat(merge_settings(args, run_settings_names())))
 
 
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
+    from .compare import compare
+    from .pipeline import RunConfig
+
+    values = merge_settings(args, run_settings_names())
+    cfg = RunConfig.from_flat({**values, "method": args.methods[0]})
+    result = compare(cfg, args.methods, args.seeds)
+    print((Path(cfg.run.out) / "comparison.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenclean", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "train, export. Re-running the same command skips finished stages.")
     add_run_args(p)
     p.set_defaults(func=cmd_run)
+
+    from .compare import DEFAULT_METHODS
+
+    p = sub.add_parser("compare", help="run several methods side by side and compare held-out loss",
+                       description="Run several methods on the same data, base, warm-up reference and seeds, "
+                                   "sharing every common stage, and write OUT/comparison.md and "
+                                   "OUT/comparison.json (held-out split: --eval-data, or --eval-fraction, "
+                                   "default 0.1).")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                   help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)})")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="repeat for each seed (default: --seed)")
+    add_run_args(p, skip=("method",))
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("score", help="per-token loss of every response token under one model",
                        description="Write OUT/token_loss.parquet (sample_id, token_loss: one float per token, NaN "

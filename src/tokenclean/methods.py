@@ -162,6 +162,9 @@ def run_self_evolving(run: Run) -> dict[str, Any]:
     summary["selection"] = {"response_tokens": response, "kept_tokens": int(keep.sum()),
                             "kept_share": float(keep.sum() / response) if response else 0.0}
     summary["rounds"] = trajectory
+    summary["training"]["trained_tokens"] = sum(r["trained_tokens"] for r in trajectory)  # over all rounds
+    summary["training"]["optimizer_steps"] = sum(
+        run.stages[f"{run.ns}rounds/{r['round']}/model"]["result"]["optimizer_steps"] for r in trajectory)
     return summary
 
 

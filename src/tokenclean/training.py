@@ -221,6 +221,9 @@ def train_model(
         raise ConfigError("no sample has a token to train on (all labels are masked)")
     trained_tokens = int(sum((np.asarray(lab[1:]) != IGNORE_INDEX).sum() for lab in dataset["labels"]))
     use_bf16 = next(model.parameters()).device.type == "cuda" and torch.cuda.is_bf16_supported()
+    from transformers import set_seed
+
+    set_seed(seed)  # before the adapter is created, so its initialisation is reproducible
     if cfg.lora:
         model = _with_lora(model, cfg)
     if cfg.gradient_checkpointing:
