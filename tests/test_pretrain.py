@@ -118,8 +118,8 @@ def test_reads_txt_jsonl_and_directories(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("bad.jsonl", '{"text": "ok"}\n{"txt": "no"}\n', "bad.jsonl:2: expected an object"),
-        ("bad.jsonl", "{not json\n", "bad.jsonl:1: not valid JSON"),
+        ("bad.jsonl", '{"text": "ok"}\n{"txt": "no"}\n', "bad.jsonl: row 1: expected an object"),
+        ("bad.jsonl", "{not json\n", "bad.jsonl:1: malformed JSON"),
         ("bad.csv", "a,b\n", "unsupported file type '.csv'"),
     ],
 )

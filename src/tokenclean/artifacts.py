@@ -8,7 +8,6 @@ different data, tokenizer, template or ``max_seq_len``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,57 +50,45 @@ def _read_list_file(path: Path, column: str, what: str):
     return table.column("sample_id").to_pylist(), values, offsets - offsets[0]
 
 
-@dataclass
-class Scores:
-    """Token losses of one model over one token table."""
+class _TokenArtifact:
+    """A flat per-token array keyed by sample, saved as ``FILE`` (``sample_id`` + list column ``COLUMN``) and
+    ``META`` (JSON)."""
 
-    sample_ids: list[str]
-    token_loss: np.ndarray  # (total_tokens,) float32, NaN at non-response tokens
-    offsets: np.ndarray  # (n_samples + 1,)
-    meta: dict[str, Any]
+    FILE = META = COLUMN = ""
+    DTYPE: type = np.float32
 
-    FILE = "token_loss.parquet"
-    META = "scores.json"
+    def __init__(self, sample_ids: list[str], values: np.ndarray, offsets: np.ndarray, meta: dict[str, Any]):
+        self.sample_ids, self.offsets, self.meta = sample_ids, offsets, meta
+        setattr(self, self.COLUMN, values)
 
     def save(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
         table = pa.table({"sample_id": pa.array(self.sample_ids, pa.string()),
-                          "token_loss": list_column(self.token_loss, self.offsets)})
+                          self.COLUMN: list_column(getattr(self, self.COLUMN), self.offsets)})
         write_parquet(table, directory / self.FILE)
         write_json(directory / self.META, self.meta)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> Scores:
+    def load(cls, directory: str | os.PathLike):
         directory = Path(directory)
-        ids, values, offsets = _read_list_file(directory / cls.FILE, "token_loss", "score")
-        return cls(ids, values.astype(np.float32), offsets, read_json(directory / cls.META))
+        ids, values, offsets = _read_list_file(directory / cls.FILE, cls.COLUMN, cls.__name__.lower())
+        return cls(ids, values.astype(cls.DTYPE), offsets, read_json(directory / cls.META))
 
 
-@dataclass
-class Selection:
-    """A keep-mask over one token table, with its counts and settings."""
+class Scores(_TokenArtifact):
+    """Token losses of one model over one token table: ``token_loss`` (total_tokens,) float32, NaN at non-response
+    tokens; ``offsets`` (n_samples + 1,)."""
 
-    sample_ids: list[str]
-    keep_mask: np.ndarray  # (total_tokens,) bool
-    offsets: np.ndarray  # (n_samples + 1,)
-    meta: dict[str, Any]
+    FILE, META, COLUMN, DTYPE = "token_loss.parquet", "scores.json", "token_loss", np.float32
+    token_loss: np.ndarray
 
-    FILE = "keep_mask.parquet"
-    META = "selection.json"
+
+class Selection(_TokenArtifact):
+    """A keep-mask over one token table: ``keep_mask`` (total_tokens,) bool, with its counts and settings."""
+
+    FILE, META, COLUMN, DTYPE = "keep_mask.parquet", "selection.json", "keep_mask", bool
+    keep_mask: np.ndarray
 
     def kept_per_sample(self) -> np.ndarray:
         """(n_samples,) number of kept tokens per sample."""
         return np.add.reduceat(self.keep_mask.astype(np.int64), self.offsets[:-1]) * (np.diff(self.offsets) > 0)
-
-    def save(self, directory: str | os.PathLike) -> None:
-        directory = Path(directory)
-        table = pa.table({"sample_id": pa.array(self.sample_ids, pa.string()),
-                          "keep_mask": list_column(self.keep_mask, self.offsets)})
-        write_parquet(table, directory / self.FILE)
-        write_json(directory / self.META, self.meta)
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> Selection:
-        directory = Path(directory)
-        ids, values, offsets = _read_list_file(directory / cls.FILE, "keep_mask", "selection")
-        return cls(ids, values.astype(bool), offsets, read_json(directory / cls.META))

@@ -143,18 +143,13 @@ def iter_documents(files: Sequence[str | Path]) -> Iterator[str]:
 
 
 def _jsonl_texts(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise DataError(f"{path}:{line_no}: expected an object with a string field 'text'")
-            if row["text"].strip():
-                yield row["text"]
+    from .data import read_rows  # one JSON reader: same BOM/UTF-8/malformed-line handling and messages
+
+    for i, row in enumerate(read_rows(path)):
+        if not isinstance(row.get("text"), str):
+            raise DataError(f"{path}: row {i}: expected an object with a string field 'text'")
+        if row["text"].strip():
+            yield row["text"]
 
 
 # --- tokenizer -----------------------------------------------------------------------------------------------
