@@ -85,6 +85,8 @@ def select_tokens(score: np.ndarray, offsets: np.ndarray, cfg: SelectConfig) -> 
     ``samples``, ``samples_with_response``, ``samples_zero_kept`` (samples with candidates but none kept),
     ``score_threshold`` (lowest kept score).
     """
+    if cfg.level == "global" and not cfg.min_kept_per_sample:
+        return _select_global(score, offsets, cfg.keep_ratio)
     cand = np.flatnonzero(~np.isnan(score))
     values = score[cand]
     if not np.isfinite(values).all():
@@ -117,5 +119,56 @@ def select_tokens(score: np.ndarray, offsets: np.ndarray, cfg: SelectConfig) -> 
         "samples_with_response": int((per_sample > 0).sum()),
         "samples_zero_kept": int(((per_sample > 0) & (kept_per_sample == 0)).sum()),
         "score_threshold": float(values[keep].min()) if keep.any() else None,
+    }
+    return mask, counts
+
+
+def _per_sample_sums(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(n_samples,) int64 number of True ``flags`` per sample (empty samples, also trailing ones, get 0)."""
+    n_samples = len(offsets) - 1
+    if len(flags) == 0:
+        return np.zeros(n_samples, np.int64)
+    starts = np.minimum(offsets[:-1], len(flags) - 1)
+    return np.add.reduceat(flags, starts, dtype=np.int64) * (np.diff(offsets) > 0)
+
+
+def _check_finite(score: np.ndarray, offsets: np.ndarray) -> None:
+    if np.isinf(score).any():
+        bad = int(np.flatnonzero(np.isinf(score))[0])
+        sample = int(np.searchsorted(offsets, bad, side="right") - 1)
+        raise ConfigError(f"score of sample {sample}, token {bad - offsets[sample]} is infinite; losses must be finite")
+
+
+def _select_global(score: np.ndarray, offsets: np.ndarray, keep_ratio: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """``select_tokens`` at level ``global``, on the flat array itself: no candidate-index or per-token sample
+    arrays (8 bytes per token each), one float32 working copy for the partition. Same result and counts."""
+    _check_finite(score, offsets)
+    is_cand = ~np.isnan(score)
+    per_sample = _per_sample_sums(is_cand, offsets)
+    n = int(per_sample.sum())
+    k = int(round_half_up(keep_ratio * n))
+    work = np.where(is_cand, score, -np.inf)  # (total_tokens,) in score's dtype; non-candidates rank last
+    del is_cand
+    kth = None
+    if 0 < k:
+        work.partition(len(work) - k)
+        kth = work[len(work) - k]  # the k-th largest candidate score (k <= n, so never -inf)
+    del work
+    mask = np.zeros(len(score), dtype=bool)
+    if kth is not None:
+        np.greater(score, kth, out=mask)
+        need = k - int(np.count_nonzero(mask))
+        if need:
+            mask[np.flatnonzero(score == kth)[:need]] = True  # ties: the earlier tokens
+    kept_per_sample = _per_sample_sums(mask, offsets)
+    counts = {
+        "response_tokens": n,
+        "kept_tokens": k,
+        "dropped_tokens": n - k,
+        "kept_share": k / n if n else 0.0,
+        "samples": len(offsets) - 1,
+        "samples_with_response": int((per_sample > 0).sum()),
+        "samples_zero_kept": int(((per_sample > 0) & (kept_per_sample == 0)).sum()),
+        "score_threshold": float(kth) if kth is not None else None,
     }
     return mask, counts
