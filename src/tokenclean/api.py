@@ -20,6 +20,7 @@ import numpy as np
 from .artifacts import Scores, Selection, check_same_tokens
 from .data import DataConfig, LoadReport, load_conversations
 from .errors import MismatchError
+from . import score_cache
 from .export import export_dataset
 from .io import atomic_dir, write_json
 from .modeling import load_model, load_tokenizer, path_fingerprint
@@ -76,10 +77,14 @@ def score(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     progress: bool = True,
+    cache: bool | PathLike = False,
 ) -> Scores:
     """Per-token loss of every response token of ``data`` under ``model`` (a path, hub id or loaded model).
 
-    Writes ``out/token_loss.parquet`` and ``out/scores.json`` when ``out`` is given.
+    Writes ``out/token_loss.parquet`` and ``out/scores.json`` when ``out`` is given. ``cache``: True (the
+    directory ``$TOKENCLEAN_CACHE`` or ``~/.cache/tokenclean``) or a directory: reuse losses computed before for
+    the same model content, dtype, tokenizer and data, and store new ones (see ``tokenclean.score_cache``).
+    Under ``torch.distributed`` every rank scores a share and gets all losses; rank 0 writes.
     """
     if isinstance(data, TokenTable):
         tokens = data
@@ -87,11 +92,83 @@ def score(
         tok = _tokenizer_for(model, tokenizer, trust_remote_code)
         tokens, _ = prepare_tokens(data, tok, data_config, tokenize_config)
     loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
-    scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress)
+    root = key = scores = None
+    if cache:
+        root = score_cache.cache_root(cache)
+        key = score_cache.scores_key(_content_fingerprint(model, loaded, fingerprint), tokens.meta, loaded)
+        scores = score_cache.load_cached(root, key, tokens.meta)
+        if scores is not None:
+            log.info("scores of %s taken from the cache (%s)", fingerprint, scores.meta["cache_hit"])
+    if scores is None:
+        scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress)
+        if root is not None:
+            score_cache.store(root, key, scores)
     if out is not None:
-        with atomic_dir(out) as tmp:
-            scores.save(tmp)
+        score_cache.save_scores(scores, out)
     return scores
+
+
+def _content_fingerprint(model: Any, loaded: Any, fingerprint: str, skip_adapters: bool = False) -> str:
+    """A fingerprint of the model's weights: the files' hash for a local directory, else the parameters' hash."""
+    if isinstance(model, (str, os.PathLike)) and Path(model).exists():
+        return fingerprint
+    return score_cache.model_fingerprint(loaded, skip_adapters)
+
+
+def score_pair(
+    model: Any,
+    adapter: PathLike | None,
+    data: PathLike | TokenTable,
+    base_out: PathLike | None = None,
+    ref_out: PathLike | None = None,
+    *,
+    tokenizer: Any = None,
+    data_config: DataConfig | None = None,
+    tokenize_config: TokenizeConfig | None = None,
+    score_config: ScoreConfig | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    progress: bool = True,
+    cache: bool | PathLike = False,
+) -> tuple[Scores, Scores]:
+    """Base and reference losses with one model in memory, when the reference is a LoRA adapter on the base.
+
+    ``model``: the base (path, hub id or loaded model), or an already loaded PEFT model when ``adapter`` is None;
+    ``adapter``: the reference's PEFT adapter directory. One pass over the batches scores each batch with the
+    adapter off (base) and on (reference). With ``cache``, cached base losses are reused (only the reference
+    pass runs) and new ones stored. Returns ``(base scores, reference scores)``; writes them when outs are given.
+    """
+    from .scoring import score_adapter_pair
+
+    if isinstance(data, TokenTable):
+        tokens = data
+    else:
+        tokens, _ = prepare_tokens(data, _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
+                                   tokenize_config)
+    loaded, base_fp = _model_for(model, device, dtype, trust_remote_code)
+    if adapter is not None:
+        from peft import PeftModel
+
+        loaded = PeftModel.from_pretrained(loaded, str(adapter))
+        ref_fp = f"{base_fp}+{path_fingerprint(adapter)}"
+    else:
+        ref_fp = base_fp + "+adapter"
+    root = key = base = None
+    if cache:
+        root = score_cache.cache_root(cache)
+        key = score_cache.scores_key(_content_fingerprint(model, loaded, base_fp, skip_adapters=True), tokens.meta,
+                                     loaded)
+        base = score_cache.load_cached(root, key, tokens.meta)
+    computed, ref = score_adapter_pair(loaded, tokens, score_config, base_fp, ref_fp, progress, base=base is None)
+    if computed is not None:
+        base = computed
+        if root is not None:
+            score_cache.store(root, key, base)
+    for scores, out in ((base, base_out), (ref, ref_out)):
+        if out is not None:
+            score_cache.save_scores(scores, out)
+    return base, ref
 
 
 def _load_scores(s: Scores | PathLike) -> tuple[Scores, str]:

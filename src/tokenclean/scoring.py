@@ -47,45 +47,97 @@ def length_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
     return batches
 
 
-def compute_token_loss(model, tokens: TokenTable, cfg: ScoreConfig | None = None, progress: bool = True) -> np.ndarray:
-    """Per-token losses of ``tokens`` under ``model``: flat float32 array aligned with ``tokens.flat_input_ids()``,
-    NaN where the token is not a response token (and at position 0)."""
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the initialised ``torch.distributed`` group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _padded_batch(batch: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, ids_flat: np.ndarray,
+                  mask_flat: np.ndarray):
+    """(B, T) int64 ids, attention and bool target mask of the samples in ``batch``, right-padded."""
+    width = int(lengths[batch].max())
+    ids = np.zeros((len(batch), width), dtype=np.int64)
+    target = np.zeros((len(batch), width), dtype=bool)
+    for row, i in enumerate(batch):
+        a, b = offsets[i], offsets[i + 1]
+        ids[row, : b - a] = ids_flat[a:b]
+        target[row, : b - a] = mask_flat[a:b]
+    attention = (np.arange(width)[None, :] < lengths[batch][:, None]).astype(np.int64)
+    return ids, attention, target
+
+
+def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = None, progress: bool = True,
+                         passes: tuple = (None,)) -> list[np.ndarray]:
+    """Per-token losses of ``tokens``, one flat float32 array per entry of ``passes``, each aligned with
+    ``tokens.flat_input_ids()`` and NaN where the token is not a response token (and at position 0).
+
+    ``passes``: for each output, ``None`` (the model as it is) or a function returning a context manager under
+    which the model is scored (e.g. PEFT's ``model.disable_adapter`` for the base under a LoRA reference). All
+    passes run batch by batch, so the data is padded and moved to the device once.
+
+    Under ``torch.distributed`` (``torchrun``, ``accelerate launch``) each rank scores every world-size-th batch
+    of the length-sorted list and the results are gathered, so every rank returns the full arrays, equal to what
+    one process computes.
+    """
+    import contextlib
+
     cfg = cfg or ScoreConfig()
     device = next(model.parameters()).device
     offsets, lengths = tokens.offsets, tokens.lengths
     ids_flat, mask_flat = tokens.flat_input_ids(), tokens.flat_response_mask()
-    out = np.full(len(ids_flat), np.nan, dtype=np.float32)
+    rank, world = _world()
+    batches = length_batches(lengths, cfg.batch_tokens)[rank::world]
+    where, found = [], [[] for _ in passes]  # flat positions and their losses, batch by batch
     was_training = model.training
     model.eval()
-    bar = tqdm(total=int(lengths.sum()), unit="tok", desc="scoring", disable=not progress, dynamic_ncols=True)
-    for batch in length_batches(lengths, cfg.batch_tokens):
-        width = int(lengths[batch].max())
-        ids = np.zeros((len(batch), width), dtype=np.int64)
-        target = np.zeros((len(batch), width), dtype=bool)
-        for row, i in enumerate(batch):
-            a, b = offsets[i], offsets[i + 1]
-            ids[row, : b - a] = ids_flat[a:b]
-            target[row, : b - a] = mask_flat[a:b]
-        attention = (np.arange(width)[None, :] < lengths[batch][:, None]).astype(np.int64)
-        losses = token_losses(
-            model, torch.from_numpy(ids).to(device), torch.from_numpy(attention).to(device),
-            torch.from_numpy(target).to(device),
-        ).cpu().numpy()
-        # Scatter back: target positions in row-major order are exactly the order of `losses`.
+    total = int(sum(int(lengths[b].sum()) for b in batches))
+    bar = tqdm(total=total, unit="tok", desc="scoring", disable=not progress or rank != 0, dynamic_ncols=True)
+    for batch in batches:
+        ids, attention, target = _padded_batch(batch, offsets, lengths, ids_flat, mask_flat)
+        ids_t, att_t, tgt_t = (torch.from_numpy(a).to(device) for a in (ids, attention, target))
+        for k, scope in enumerate(passes):
+            with scope() if scope is not None else contextlib.nullcontext():
+                found[k].append(token_losses(model, ids_t, att_t, tgt_t).cpu().numpy())
+        # Target positions in row-major order are exactly the order of the losses.
         rows, cols = np.nonzero(target[:, 1:])
-        out[offsets[batch[rows]] + cols + 1] = losses
+        where.append(offsets[batch[rows]] + cols + 1)
         bar.update(int(lengths[batch].sum()))
     bar.close()
     model.train(was_training)
-    return out
+    where_all = np.concatenate(where) if where else np.zeros(0, np.int64)
+    found_all = [np.concatenate(f) if f else np.zeros(0, np.float32) for f in found]
+    if world > 1:
+        where_all, found_all = _gather(where_all, found_all)
+    outs = []
+    for values in found_all:
+        out = np.full(len(ids_flat), np.nan, dtype=np.float32)
+        out[where_all] = values
+        outs.append(out)
+    return outs
 
 
-def score_tokens(model, tokens: TokenTable, cfg: ScoreConfig | None = None, model_fingerprint: str = "",
-                 progress: bool = True) -> Scores:
-    """Score every response token of ``tokens`` with ``model`` and return the losses with their metadata."""
-    start = time.perf_counter()
-    losses = compute_token_loss(model, tokens, cfg, progress)
-    seconds = time.perf_counter() - start
+def _gather(where: np.ndarray, found: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Concatenate every rank's (positions, losses) on every rank. Object gather works on gloo and NCCL alike;
+    numpy arrays pickle as raw buffers, so this costs one copy of the scores per rank."""
+    import torch.distributed as dist
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (where, found))
+    where_all = np.concatenate([p[0] for p in parts])
+    return where_all, [np.concatenate([p[1][k] for p in parts]) for k in range(len(found))]
+
+
+def compute_token_loss(model, tokens: TokenTable, cfg: ScoreConfig | None = None, progress: bool = True) -> np.ndarray:
+    """Per-token losses of ``tokens`` under ``model``: flat float32 array aligned with ``tokens.flat_input_ids()``,
+    NaN where the token is not a response token (and at position 0)."""
+    return compute_token_losses(model, tokens, cfg, progress)[0]
+
+
+def _scores(tokens: TokenTable, losses: np.ndarray, seconds: float, model_fingerprint: str) -> Scores:
     scored = ~np.isnan(losses)
     meta = {
         "model_fingerprint": model_fingerprint,
@@ -99,3 +151,27 @@ def score_tokens(model, tokens: TokenTable, cfg: ScoreConfig | None = None, mode
         "tokens_per_second": round(len(losses) / seconds, 1) if seconds > 0 else None,
     }
     return Scores(tokens.sample_ids, losses, tokens.offsets, meta)
+
+
+def score_tokens(model, tokens: TokenTable, cfg: ScoreConfig | None = None, model_fingerprint: str = "",
+                 progress: bool = True) -> Scores:
+    """Score every response token of ``tokens`` with ``model`` and return the losses with their metadata."""
+    start = time.perf_counter()
+    losses = compute_token_loss(model, tokens, cfg, progress)
+    return _scores(tokens, losses, time.perf_counter() - start, model_fingerprint)
+
+
+def score_adapter_pair(model, tokens: TokenTable, cfg: ScoreConfig | None = None, base_fingerprint: str = "",
+                       ref_fingerprint: str = "", progress: bool = True, base: bool = True) -> tuple[Scores | None,
+                                                                                                   Scores]:
+    """Base and reference losses from one PEFT model in memory: the base with the adapter disabled, the
+    reference with it enabled, both in one pass over the batches. ``base=False`` skips the base (e.g. cached).
+    Returns ``(base scores or None, reference scores)``; the seconds of each are half the pass when both run."""
+    if not hasattr(model, "disable_adapter"):
+        raise ConfigError("score_adapter_pair needs a PEFT model (the base with the reference's LoRA adapter)")
+    start = time.perf_counter()
+    passes = (model.disable_adapter, None) if base else (None,)
+    losses = compute_token_losses(model, tokens, cfg, progress, passes)
+    seconds = (time.perf_counter() - start) / len(passes)
+    ref = _scores(tokens, losses[-1], seconds, ref_fingerprint)
+    return (_scores(tokens, losses[0], seconds, base_fingerprint) if base else None), ref
