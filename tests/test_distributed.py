@@ -23,8 +23,9 @@ WORKER = textwrap.dedent("""
     from tokenclean.scoring import ScoreConfig
 
     model, data, out = sys.argv[1:4]
-    dist.init_process_group("gloo")
+    # No init_process_group here: scoring starts the group itself under torchrun (WORLD_SIZE > 1), as the CLI does.
     scores = api.score(model, data, out, score_config=ScoreConfig(batch_tokens=256), progress=False)
+    assert dist.is_initialized() and dist.get_world_size() == 2
     # every rank holds the full, merged losses
     np.save(f"{out}.rank{dist.get_rank()}.npy", scores.token_loss)
     dist.destroy_process_group()

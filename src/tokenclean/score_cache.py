@@ -77,9 +77,11 @@ def save_scores(scores: Scores, out: str | os.PathLike) -> None:
     """Write ``scores`` to ``out`` atomically; under ``torch.distributed`` rank 0 writes and every rank waits."""
     import torch.distributed as dist
 
-    distributed = dist.is_available() and dist.is_initialized()
-    if not distributed or dist.get_rank() == 0:
+    from .scoring import distributed_world
+
+    rank, world = distributed_world()
+    if rank == 0:
         with atomic_dir(out) as tmp:
             scores.save(tmp)
-    if distributed:
+    if world > 1:
         dist.barrier()

@@ -47,11 +47,18 @@ def length_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
     return batches
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the initialised ``torch.distributed`` group, else (0, 1)."""
+def distributed_world() -> tuple[int, int]:
+    """(rank, world size) of the ``torch.distributed`` group, else (0, 1). Under ``torchrun`` / ``accelerate
+    launch`` (``WORLD_SIZE`` > 1) a group that is not initialised yet is started (NCCL on GPUs, else gloo)."""
+    import os
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
@@ -89,7 +96,7 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
     device = next(model.parameters()).device
     offsets, lengths = tokens.offsets, tokens.lengths
     ids_flat, mask_flat = tokens.flat_input_ids(), tokens.flat_response_mask()
-    rank, world = _world()
+    rank, world = distributed_world()
     batches = length_batches(lengths, cfg.batch_tokens)[rank::world]
     where, found = [], [[] for _ in passes]  # flat positions and their losses, batch by batch
     was_training = model.training
