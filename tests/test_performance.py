@@ -143,9 +143,14 @@ def test_score_pair_reuses_cached_base(tmp_path, monkeypatch, tiny_model_dir, gs
     base_alone = api.score(tiny_model_dir, data, cache=cache, progress=False)  # fills the cache
     import tokenclean.scoring as scoring
 
-    seen = []
+    seen = []  # number of passes of each scoring call
     original = scoring.compute_token_losses
-    monkeypatch.setattr(scoring, "compute_token_losses", lambda *a, **k: seen.append(len(a[4]) if len(a) > 4 else 1) or original(*a, **k))
+
+    def counting(*args, **kwargs):
+        seen.append(len(args[4]) if len(args) > 4 else 1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "compute_token_losses", counting)
     base, ref = api.score_pair(tiny_model_dir, tmp_path / "adapter", data, tmp_path / "b", tmp_path / "r",
                                cache=cache, progress=False)
     assert seen == [1]  # only the reference pass ran

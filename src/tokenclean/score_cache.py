@@ -24,7 +24,8 @@ _TOKEN_KEYS = ("tokenizer_fingerprint", "max_seq_len", "template", "train_on_pro
 
 
 def cache_root(cache: bool | str | os.PathLike) -> Path:
-    """The cache directory: ``cache`` itself when it is a path, else ``$TOKENCLEAN_CACHE`` or ``~/.cache/tokenclean``."""
+    """The cache directory: ``cache`` itself when it is a path, else ``$TOKENCLEAN_CACHE`` or
+    ``~/.cache/tokenclean``."""
     if not isinstance(cache, bool):
         return Path(cache)
     return Path(os.environ.get("TOKENCLEAN_CACHE") or Path.home() / ".cache" / "tokenclean")

@@ -4,10 +4,16 @@ Output (a directory): ``token_loss.parquet`` with columns ``sample_id`` and ``to
 entry per token of the sample, ``token_loss[j]`` = loss of token ``j``, NaN where the token is not a response
 token) and ``scores.json`` with the model, tokenizer, data and tokens fingerprints, ``max_seq_len``, counts and
 timings.
+
+Samples are scored in length-sorted batches under a token budget. ``score_adapter_pair`` scores base and
+reference from one PEFT model (adapter off, then on, per batch). Under ``torch.distributed`` each rank scores a
+strided share of the batches and all ranks end with the full arrays (rank 0 writes; see ``score_cache``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass
 
@@ -50,8 +56,6 @@ def length_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
 def distributed_world() -> tuple[int, int]:
     """(rank, world size) of the ``torch.distributed`` group, else (0, 1). Under ``torchrun`` / ``accelerate
     launch`` (``WORLD_SIZE`` > 1) a group that is not initialised yet is started (NCCL on GPUs, else gloo)."""
-    import os
-
     import torch.distributed as dist
 
     if not dist.is_available():
@@ -90,8 +94,6 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
     of the length-sorted list and the results are gathered, so every rank returns the full arrays, equal to what
     one process computes.
     """
-    import contextlib
-
     cfg = cfg or ScoreConfig()
     device = next(model.parameters()).device
     offsets, lengths = tokens.offsets, tokens.lengths
