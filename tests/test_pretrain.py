@@ -78,18 +78,12 @@ def test_pretraining_lowers_held_out_loss(base, corpus):
     assert meta["n_parameters"] == sum(p.numel() for p in model.parameters())
 
 
-def test_quick_preset_is_quick(base):
-    _, seconds = base
-    assert seconds < 30
-
-
 def test_same_inputs_hit_the_cache_and_changes_retrain(base, corpus):
     out, _ = base
     marker = out / MARKER
     before = marker.stat().st_mtime_ns
-    started = time.perf_counter()
     assert pretrain([corpus], out, QUICK, progress=False) == out
-    assert time.perf_counter() - started < 2 and marker.stat().st_mtime_ns == before
+    assert marker.stat().st_mtime_ns == before  # nothing retrained or rewritten
 
     fingerprint = json.loads(marker.read_text())["fingerprint"]
     pretrain([corpus], out, PretrainConfig.preset("quick", steps=2), progress=False)
