@@ -42,6 +42,16 @@ def tiny_model_dir(tmp_path_factory, gpt2_tokenizer) -> Path:
     return path
 
 
+def chat_table(tokenizer, pairs: list[tuple[str, str]]):
+    """A ``TokenTable`` of one-turn chats (user prompt, assistant reply); sample ids are "0", "1", ..."""
+    from tokenclean.data import Conversation
+    from tokenclean.tokens import tokenize
+
+    convs = [Conversation(str(i), [{"role": "user", "content": p}, {"role": "assistant", "content": r}], i)
+             for i, (p, r) in enumerate(pairs)]
+    return tokenize(convs, tokenizer)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -8,20 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_llama, write_jsonl
+from conftest import chat_table, tiny_llama, write_jsonl
 from tokenclean import api
-from tokenclean.data import Conversation
 from tokenclean.losses import head_losses, kept_token_loss_sum, token_losses
 from tokenclean.scoring import ScoreConfig, compute_token_loss, score_adapter_pair
-from tokenclean.tokens import IGNORE_INDEX, tokenize
+from tokenclean.tokens import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")
 def table(gpt2_tokenizer):
-    convs = [Conversation(str(i), [{"role": "user", "content": f"Question {i}: " + "how? " * i},
-                                   {"role": "assistant", "content": f"So {i}." * (1 + i % 3)}], i)
-             for i in range(10)]
-    return tokenize(convs, gpt2_tokenizer)
+    return chat_table(gpt2_tokenizer, [(f"Question {i}: " + "how? " * i, f"So {i}." * (1 + i % 3))
+                                       for i in range(10)])
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, None])

@@ -4,21 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_llama
+from conftest import chat_table, tiny_llama
 from tokenclean import score
 from tokenclean.artifacts import Scores
-from tokenclean.data import Conversation
 from tokenclean.losses import token_losses
 from tokenclean.scoring import ScoreConfig, compute_token_loss, length_batches
-from tokenclean.tokens import tokenize
 
 
 @pytest.fixture(scope="module")
 def table(gpt2_tokenizer):
-    convs = [Conversation(str(i), [{"role": "user", "content": f"Question {i}: " + "why? " * i},
-                                   {"role": "assistant", "content": f"Because {i}." * (1 + i % 4)}], i)
-             for i in range(12)]
-    return tokenize(convs, gpt2_tokenizer)
+    return chat_table(gpt2_tokenizer, [(f"Question {i}: " + "why? " * i, f"Because {i}." * (1 + i % 4))
+                                       for i in range(12)])
 
 
 def direct_losses(model, ids: np.ndarray) -> np.ndarray:

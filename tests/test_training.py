@@ -2,7 +2,6 @@
 tokens (correct under gradient accumulation); empty batches give zero, never NaN; models save and load."""
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import tiny_llama

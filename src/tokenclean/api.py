@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -50,6 +51,14 @@ def prepare_tokens(
     return tokens, report
 
 
+def _as_tokens(data: PathLike | TokenTable, tokenizer: Callable[[], Any], data_config: DataConfig | None,
+               tokenize_config: TokenizeConfig | None) -> TokenTable:
+    """``data`` as tokens: a ``TokenTable`` as is, a path read and tokenized (``tokenizer()`` is called only then)."""
+    if isinstance(data, TokenTable):
+        return data
+    return prepare_tokens(data, tokenizer(), data_config, tokenize_config)[0]
+
+
 def _tokenizer_for(model: Any, tokenizer: Any, trust_remote_code: bool):
     if tokenizer is not None:
         return load_tokenizer(tokenizer, trust_remote_code) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
@@ -86,11 +95,8 @@ def score(
     the same model content, dtype, tokenizer and data, and store new ones (see ``tokenclean.score_cache``).
     Under ``torch.distributed`` every rank scores a share and gets all losses; rank 0 writes.
     """
-    if isinstance(data, TokenTable):
-        tokens = data
-    else:
-        tok = _tokenizer_for(model, tokenizer, trust_remote_code)
-        tokens, _ = prepare_tokens(data, tok, data_config, tokenize_config)
+    tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
+                        tokenize_config)
     loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
     root = key = scores = None
     if cache:
@@ -141,11 +147,8 @@ def score_pair(
     """
     from .scoring import score_adapter_pair
 
-    if isinstance(data, TokenTable):
-        tokens = data
-    else:
-        tokens, _ = prepare_tokens(data, _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
-                                   tokenize_config)
+    tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
+                        tokenize_config)
     loaded, base_fp = _model_for(model, device, dtype, trust_remote_code)
     if adapter is not None:
         from peft import PeftModel
@@ -241,7 +244,7 @@ def train(
     saves a merged standard model directory to ``out``. ``slm``: (reference losses aligned with the tokens,
     keep ratio) for Rho-1's online selection. Returns counts and timings."""
     tok = _tokenizer_for(model, tokenizer, trust_remote_code)
-    tokens = data if isinstance(data, TokenTable) else prepare_tokens(data, tok, data_config, tokenize_config)[0]
+    tokens = _as_tokens(data, lambda: tok, data_config, tokenize_config)
     keep = keep_mask_for(tokens, selection, f"data ({data})")
     # Weights stay fp32 for training; on a GPU the Trainer runs bf16 mixed precision.
     loaded, _ = _model_for(model, device, "float32", trust_remote_code)
@@ -266,11 +269,8 @@ def export(
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Write the cleaned dataset to ``out`` (``save_to_disk``) and ``out.parquet``; see ``tokenclean.export``."""
-    if isinstance(data, TokenTable):
-        tokens = data
-    else:
-        tokens = prepare_tokens(data, _tokenizer_for(None, tokenizer, trust_remote_code), data_config,
-                                tokenize_config)[0]
+    tokens = _as_tokens(data, lambda: _tokenizer_for(None, tokenizer, trust_remote_code), data_config,
+                        tokenize_config)
     keep = keep_mask_for(tokens, selection, f"data ({data})")
     with atomic_dir(out) as tmp:
         result = export_dataset(tokens, tmp, keep, drop_empty, parquet_path=Path(out).with_suffix(".parquet"))

@@ -125,7 +125,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 
     values = merge_settings(args, run_settings_names())
     cfg = RunConfig.from_flat({**values, "method": args.methods[0]})
-    result = compare(cfg, args.methods, args.seeds)
+    compare(cfg, args.methods, args.seeds)
     print((Path(cfg.run.out) / "comparison.md").read_text())
     return 0
 

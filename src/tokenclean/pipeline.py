@@ -230,7 +230,9 @@ class Run:
     def _tokenizer_key(self) -> str:
         from .modeling import tokenizer_fingerprint
 
-        return tokenizer_fingerprint(self.tokenizer)
+        if "tokenizer_key" not in self._cache:  # serialising a large vocabulary is not free; once per process
+            self._cache["tokenizer_key"] = tokenizer_fingerprint(self.tokenizer)
+        return self._cache["tokenizer_key"]
 
     def warmup_split(self, tables: dict[str, TokenTable]) -> TokenTable:
         """The warm-up set: the given warm-up data, or a seeded random ``warmup_fraction`` of the pool."""
