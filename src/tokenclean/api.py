@@ -10,21 +10,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .artifacts import Scores, Selection, check_same_tokens
-from .data import DataConfig, LoadReport, load_conversations
-from .errors import MismatchError
+from .artifacts import Scores, Selection, check_losses, check_same_tokens, token_position
+from .data import DataConfig, LoadReport, RowError, load_conversations, where
+from .errors import DataError, MismatchError, ModelError
 from . import score_cache
 from .export import export_dataset
 from .io import atomic_dir, write_json
-from .modeling import load_model, load_tokenizer, path_fingerprint
+from .modeling import load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint
 from .scoring import ScoreConfig, score_tokens
 from .selection import SelectConfig, select_tokens
 from .tokens import TokenizeConfig, TokenTable, tokenize
@@ -41,14 +42,67 @@ def prepare_tokens(
     data_config: DataConfig | None = None,
     tokenize_config: TokenizeConfig | None = None,
 ) -> tuple[TokenTable, LoadReport]:
-    """Read ``data``, render and tokenize it; log truncation and samples left without a response token."""
+    """Read ``data``, render and tokenize it; log what happened to every row.
+
+    A row whose response is cut off entirely by truncation to ``max_seq_len`` has nothing to train on: it is an
+    error naming the row, or with ``skip_invalid`` skipped and counted (reason ``response cut off by
+    truncation``). ``report.truncated`` counts the used rows that were cut but keep some response.
+    """
+    data_config = data_config or DataConfig()
     conversations, report = load_conversations(data, data_config)
     tokens = tokenize(conversations, tokenizer, tokenize_config, data_fingerprint=path_fingerprint(data))
+    tokens = _without_cut_off_responses(data, tokens, conversations, report, data_config.skip_invalid)
     m = tokens.meta
-    log.info("%s: %d rows, %d used, %d skipped; %d tokens (%d response); %d truncated to %d tokens, %d left with "
-             "no response token", data, report.rows, report.used, len(report.skipped), m["tokens"],
-             m["response_tokens"], m["truncated_samples"], m["max_seq_len"], m["no_response"])
+    report.truncated = m["truncated_samples"]
+    log.info("%s: %d rows, %d used, %d skipped %s; %d tokens (%d response); %d truncated to %d tokens", data,
+             report.rows, report.used, len(report.skipped), report.skip_counts() or "", m["tokens"],
+             m["response_tokens"], m["truncated_samples"], m["max_seq_len"])
     return tokens, report
+
+
+def _without_cut_off_responses(data: PathLike, tokens: TokenTable, conversations: list, report: LoadReport,
+                               skip_invalid: bool) -> TokenTable:
+    """``tokens`` without the samples whose every response token was cut off by truncation (see
+    ``prepare_tokens``)."""
+    empty = np.flatnonzero(_response_tokens_per_sample(tokens) == 0)
+    if not len(empty):
+        return tokens
+    max_seq_len = tokens.meta["max_seq_len"]
+    for i in empty:
+        c = conversations[i]
+        e = RowError("response cut off by truncation",
+                     f"no response token is left after truncation to max_seq_len {max_seq_len} (the prompt fills "
+                     "it), expected a response to train on; raise --max-seq-len or shorten the prompt")
+        if not skip_invalid:
+            raise DataError(f"{where(data, c.row, c.line)}: {e} (use --skip-invalid to skip such rows)")
+        report.skip(c.row, c.line, e)
+    report.skipped.sort(key=lambda s: s["row"])
+    report.used -= len(empty)
+    if report.used == 0:
+        raise DataError(f"{data}: no row has a response token within max_seq_len {max_seq_len}; raise --max-seq-len")
+    kept = tokens.select(np.setdiff1d(np.arange(len(tokens)), empty))
+    kept.meta["truncated_samples"] = tokens.meta["truncated_samples"] - len(empty)  # every one of them was cut
+    return kept
+
+
+def _response_tokens_per_sample(tokens: TokenTable) -> np.ndarray:
+    """(n_samples,) number of response tokens of each sample."""
+    counts = np.zeros(len(tokens), np.int64)
+    mask, offsets = tokens.flat_response_mask(), tokens.offsets
+    sample_of = np.searchsorted(offsets, np.flatnonzero(mask), side="right") - 1
+    np.add.at(counts, sample_of, 1)
+    return counts
+
+
+def check_vocab(model: Any, tokens: TokenTable, model_name: Any) -> None:
+    """Refuse tokens the model's embedding has no row for: the tokenizer does not belong to the model."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(emb, "num_embeddings", None)
+    ids = tokens.flat_input_ids()
+    if rows is not None and len(ids) and int(ids.max()) >= rows:
+        raise ModelError(f"{model_name}: the data was tokenized into token id {int(ids.max())} but the model's "
+                         f"embedding has only {rows} rows; the tokenizer does not belong to this model (use the "
+                         "model's own tokenizer)")
 
 
 def _as_tokens(data: PathLike | TokenTable, tokenizer: Callable[[], Any], data_config: DataConfig | None,
@@ -87,17 +141,21 @@ def score(
     trust_remote_code: bool = False,
     progress: bool = True,
     cache: bool | PathLike = False,
+    work_dir: PathLike | None = None,
 ) -> Scores:
     """Per-token loss of every response token of ``data`` under ``model`` (a path, hub id or loaded model).
 
     Writes ``out/token_loss.parquet`` and ``out/scores.json`` when ``out`` is given. ``cache``: True (the
     directory ``$TOKENCLEAN_CACHE`` or ``~/.cache/tokenclean``) or a directory: reuse losses computed before for
     the same model content, dtype, tokenizer and data, and store new ones (see ``tokenclean.score_cache``).
+    ``work_dir``: keep finished shards there while scoring, so a killed call started again resumes at the shard
+    it was in (one model per work directory); removed once ``out`` is written.
     Under ``torch.distributed`` every rank scores a share and gets all losses; rank 0 writes.
     """
     tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
     loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
+    check_vocab(loaded, tokens, model)
     root = key = scores = None
     if cache:
         root = score_cache.cache_root(cache)
@@ -106,12 +164,35 @@ def score(
         if scores is not None:
             log.info("scores of %s taken from the cache (%s)", fingerprint, scores.meta["cache_hit"])
     if scores is None:
-        scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress)
+        with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
+            scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress,
+                                  work_dir=work_dir)
+        _check_model_losses(scores, tokens, model, loaded)
         if root is not None:
             score_cache.store(root, key, scores)
     if out is not None:
         score_cache.save_scores(scores, out)
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
     return scores
+
+
+def _check_model_losses(scores: Scores, tokens: TokenTable, model: Any, loaded: Any) -> None:
+    """A model whose loss is NaN or infinite at a response token (corrupt weights, or overflow in half precision)
+    would make that token silently vanish from selection: refuse it."""
+    expected = tokens.flat_response_mask().copy()
+    expected[tokens.offsets[:-1][tokens.lengths > 0]] = False  # position 0 of a sample is never scored
+    bad = np.flatnonzero(expected & ~np.isfinite(scores.token_loss))
+    if len(bad):
+        dtype = str(next(loaded.parameters()).dtype).replace("torch.", "")
+        raise ModelError(f"{model}: the loss is {scores.token_loss[bad[0]]} at {token_position(scores, bad[0])} "
+                         f"({len(bad)} response tokens in all), expected finite losses; the weights may be corrupt, "
+                         f"or {dtype} overflows (try --dtype float32)")
+
+
+_SCORING_MEMORY_ADVICE = "lower --batch-tokens, use --dtype bfloat16, or score on a GPU (--device cuda)"
+_TRAINING_MEMORY_ADVICE = ("lower --batch-size (raise --gradient-accumulation-steps to keep the global batch), "
+                           "turn on --gradient-checkpointing, keep --lora on, or train on a GPU")
 
 
 def _content_fingerprint(model: Any, loaded: Any, fingerprint: str, skip_adapters: bool = False) -> str:
@@ -190,6 +271,13 @@ def select(
     check_same_tokens(base.meta, f"base scores ({base_name})", ref.meta, f"reference scores ({ref_name})")
     if base.sample_ids != ref.sample_ids or not np.array_equal(base.offsets, ref.offsets):
         raise MismatchError(f"{base_name} and {ref_name} cover different samples; score the same data with both")
+    differ = np.flatnonzero(np.isnan(base.token_loss) != np.isnan(ref.token_loss))
+    if len(differ):
+        name = base_name if np.isnan(base.token_loss[differ[0]]) else ref_name
+        raise DataError(f"{name}: token_loss is NaN at {token_position(base, differ[0])}, a token the other scores "
+                        "file scored, expected a finite loss at every response token; score again")
+    check_losses(base, base_name)
+    check_losses(ref, ref_name)
     mask, counts = select_tokens(base.token_loss - ref.token_loss, base.offsets, config)
     keys = ("tokenizer_fingerprint", "max_seq_len", "template", "train_on_prompt", "data_fingerprint",
             "tokens_fingerprint")
@@ -248,7 +336,8 @@ def train(
     keep = keep_mask_for(tokens, selection, f"data ({data})")
     # Weights stay fp32 for training; on a GPU the Trainer runs bf16 mixed precision.
     loaded, _ = _model_for(model, device, "float32", trust_remote_code)
-    with atomic_dir(out) as tmp:
+    check_vocab(loaded, tokens, model)
+    with atomic_dir(out) as tmp, out_of_memory_as_error(f"training {model}", _TRAINING_MEMORY_ADVICE):
         result = train_model(loaded, tok, tokens, tmp, train_config, keep, drop_empty, seed,
                              checkpoint_dir or Path(out).with_name(Path(out).name + ".checkpoints"), slm)
         write_json(tmp / "training.json", result)
@@ -273,7 +362,7 @@ def export(
                         tokenize_config)
     keep = keep_mask_for(tokens, selection, f"data ({data})")
     with atomic_dir(out) as tmp:
-        result = export_dataset(tokens, tmp, keep, drop_empty, parquet_path=Path(out).with_suffix(".parquet"))
+        result = export_dataset(tokens, tmp, keep, drop_empty, parquet_path=Path(out).with_name(f"{Path(out).name}.parquet"))
     result["dataset_dir"] = str(out)
     log.info("exported %d rows (%d trained tokens) to %s and %s", result["rows"], result["trained_tokens"],
              result["dataset_dir"], result["parquet"])

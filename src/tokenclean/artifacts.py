@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import MismatchError
+from .errors import DataError, MismatchError
 from .io import read_json, write_json
 from .tokens import list_column, write_parquet
 
@@ -43,7 +43,12 @@ def check_same_tokens(a: dict[str, Any], a_name: str, b: dict[str, Any], b_name:
 def _read_list_file(path: Path, column: str, what: str):
     if not path.exists():
         raise MismatchError(f"{path.parent}: not a {what} directory (no {path.name})")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)}); make the {what} again") from None
+    if column not in table.column_names or "sample_id" not in table.column_names:
+        raise DataError(f"{path}: columns {table.column_names}, expected 'sample_id' and '{column}'")
     col = table.column(column).combine_chunks()
     offsets = col.offsets.to_numpy().astype(np.int64)
     values = col.flatten().to_numpy(zero_copy_only=False)
@@ -72,7 +77,12 @@ class _TokenArtifact:
     def load(cls, directory: str | os.PathLike):
         directory = Path(directory)
         ids, values, offsets = _read_list_file(directory / cls.FILE, cls.COLUMN, cls.__name__.lower())
-        return cls(ids, values.astype(cls.DTYPE), offsets, read_json(directory / cls.META))
+        try:
+            meta = read_json(directory / cls.META)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{directory / cls.META}: not readable JSON ({_first_line(e)}), expected the "
+                            f"{cls.__name__.lower()} metadata; make it again") from None
+        return cls(ids, values.astype(cls.DTYPE), offsets, meta)
 
 
 class Scores(_TokenArtifact):
@@ -92,3 +102,27 @@ class Selection(_TokenArtifact):
     def kept_per_sample(self) -> np.ndarray:
         """(n_samples,) number of kept tokens per sample."""
         return np.add.reduceat(self.keep_mask.astype(np.int64), self.offsets[:-1]) * (np.diff(self.offsets) > 0)
+
+
+def token_position(artifact: _TokenArtifact, flat_index: int) -> str:
+    """Where flat token ``flat_index`` is, for messages: ``sample 'ID' (row I), token J``."""
+    sample = int(np.searchsorted(artifact.offsets, flat_index, side="right") - 1)
+    return f"sample {artifact.sample_ids[sample]!r} (row {sample}), token {int(flat_index - artifact.offsets[sample])}"
+
+
+def check_losses(scores: Scores, name: str) -> None:
+    """Refuse token losses that are infinite, or NaN at tokens the scoring recorded as scored (a file edited or
+    corrupted after it was written): either would silently change which tokens are ranked."""
+    loss = scores.token_loss
+    inf = np.flatnonzero(np.isinf(loss))
+    if len(inf):
+        raise DataError(f"{name}: token_loss is {loss[inf[0]]} at {token_position(scores, inf[0])} ({len(inf)} in "
+                        "all), expected finite losses; score again")
+    scored, finite = scores.meta.get("scored_tokens"), int(np.count_nonzero(~np.isnan(loss)))
+    if scored is not None and finite != scored:
+        raise DataError(f"{name}: {finite} finite losses but {scored} scored tokens recorded in {Scores.META}; "
+                        "expected a finite loss at every scored token (NaN where none was scored); score again")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

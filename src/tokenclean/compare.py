@@ -47,7 +47,7 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     if not cfg.run.eval_data and not cfg.run.eval_fraction:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, eval_fraction=DEFAULT_EVAL_FRACTION))
     root = Run(cfg)
-    root.write_config()
+    root.write_config(ignore=("method",))  # the methods are an argument of compare, not one setting
     runs: list[dict[str, Any]] = []
     tables = root.tokens_stage()
     base_loss = root.score_stage("heldout-base", root.base_fingerprint, cfg.run.base, tables["eval"]).meta[

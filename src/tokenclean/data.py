@@ -50,29 +50,51 @@ class Conversation:
     sample_id: str
     messages: list[dict[str, str]]
     row: int  # 0-based row index in the source, for error messages
+    line: int | None = None  # 1-based line in a JSON Lines source
+
+
+class RowError(ValueError):
+    """Why one row is invalid. ``reason`` is a short fixed phrase (the key under which ``--skip-invalid`` counts
+    the row, e.g. ``missing field``); the message says what was found and what was expected."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
 class LoadReport:
-    """What happened to every input row: used, or skipped with a reason."""
+    """What happened to every input row: used, or skipped with a reason. ``rows == used + len(skipped)``;
+    ``truncated`` counts used rows cut to ``max_seq_len`` (they keep at least one response token)."""
 
     source: str
     rows: int = 0
     used: int = 0
-    skipped: list[dict[str, Any]] = field(default_factory=list)  # {"row": int, "reason": str}
+    truncated: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # {"row", "line" (JSON Lines), "reason", "detail"}
 
     def skip_counts(self) -> dict[str, int]:
-        return dict(Counter(s["reason"].split(":")[0] for s in self.skipped))
+        return dict(Counter(s["reason"] for s in self.skipped))
+
+    def skip(self, row: int, line: int | None, e: ValueError) -> None:
+        entry = {"row": row, "reason": getattr(e, "reason", "invalid row"), "detail": str(e)}
+        self.skipped.append(entry if line is None else {"row": row, "line": line, **entry})
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "rows": self.rows,
             "used": self.used,
+            "truncated": self.truncated,
             "skipped": len(self.skipped),
             "skipped_by_reason": self.skip_counts(),
             "skipped_rows": self.skipped[:1000],
         }
+
+
+def where(source: str | os.PathLike, row: int, line: int | None) -> str:
+    """How messages point at a row: ``FILE:LINE`` in a JSON Lines file, else ``FILE: row N`` (0-based)."""
+    return f"{source}:{line}" if line is not None else f"{source}: row {row}"
 
 
 def read_rows(source: str | os.PathLike) -> list[dict[str, Any]]:
@@ -81,6 +103,16 @@ def read_rows(source: str | os.PathLike) -> list[dict[str, Any]]:
     JSON is parsed here rather than with ``datasets.load_dataset("json")`` so that a malformed line is reported
     with its file and line number instead of a pyarrow traceback.
     """
+    rows, lines = _read_source(source)
+    for i, row in enumerate(rows):
+        if isinstance(row, RowError):
+            raise DataError(f"{where(source, i, lines[i] if lines else None)}: {row}")
+    return rows
+
+
+def _read_source(source: str | os.PathLike) -> tuple[list[dict[str, Any] | RowError], list[int] | None]:
+    """Rows of ``source`` (a ``RowError`` in place of a line or element that is not a JSON object) and, for
+    JSON Lines files, each row's 1-based line number."""
     path = Path(source)
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists():
@@ -91,7 +123,7 @@ def read_rows(source: str | os.PathLike) -> list[dict[str, Any]]:
                 if "train" not in ds:
                     raise DataError(f"{path}: a DatasetDict without a 'train' split; splits are {list(ds)}")
                 ds = ds["train"]
-            return ds.to_list()
+            return ds.to_list(), None
         raise DataError(f"{path}: is a directory, expected a .json/.jsonl/.parquet file or a saved datasets directory")
     if path.exists():
         suffix = path.suffix.lower()
@@ -101,13 +133,13 @@ def read_rows(source: str | os.PathLike) -> list[dict[str, Any]]:
             import pyarrow.parquet as pq
 
             try:
-                return pq.read_table(path).to_pylist()
+                return pq.read_table(path).to_pylist(), None
             except Exception as e:  # pyarrow raises several types for a corrupt file
                 raise DataError(f"{path}: not a readable Parquet file ({e})") from None
         raise DataError(f"{path}: unsupported file type '{suffix}', expected .json, .jsonl or .parquet")
     if _looks_like_path(str(source)):
         raise DataError(f"{source}: no such file or directory")
-    return _read_hub(str(source))
+    return _read_hub(str(source)), None
 
 
 def _looks_like_path(s: str) -> bool:
@@ -124,43 +156,59 @@ def _read_hub(name: str) -> list[dict[str, Any]]:
         raise DataError(f"{name}: not a local file and could not be loaded as a hub dataset ({e})") from None
 
 
-def _read_json(path: Path) -> list[dict[str, Any]]:
+def _read_json(path: Path) -> tuple[list[dict[str, Any] | RowError], list[int] | None]:
     raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: UTF-16 text (it starts with a UTF-16 byte-order mark), expected UTF-8; "
+                        "save the file as UTF-8")
     if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is legal and common
         raw = raw[3:]
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty, expected JSON rows")
+    if raw.lstrip().startswith(b"["):
+        return _read_json_array(path, raw), None
+    rows, lines = [], []
+    # Split on "\n" only: str.splitlines() would also split on U+2028 and friends, which JSON allows in strings.
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if line.strip():
+            rows.append(_parse_line(line))
+            lines.append(lineno)
+    return rows, lines
+
+
+def _parse_line(line: bytes) -> dict[str, Any] | RowError:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return RowError("invalid UTF-8", f"invalid UTF-8 bytes at byte {e.start} of the line, expected UTF-8 text")
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        return RowError("malformed JSON", f"malformed JSON ({e.msg} at column {e.colno}), expected one JSON object "
+                        "per line")
+    if not isinstance(row, dict):
+        return RowError("not an object", f"expected a JSON object, got {_kind(row)}")
+    return row
+
+
+def _read_json_array(path: Path, raw: bytes) -> list[dict[str, Any] | RowError]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: invalid UTF-8 bytes at offset {e.start}, expected UTF-8 text") from None
-    stripped = text.lstrip()
-    if not stripped:
-        raise DataError(f"{path}: the file is empty, expected JSON rows")
-    if stripped.startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}), expected an array of objects") from None
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: row {i}: expected a JSON object, got {type(row).__name__}")
-        return rows
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}), expected one JSON object per line") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}), expected an array of objects") from None
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON array of objects or one object per line, got {_kind(rows)}")
+    return [row if isinstance(row, dict) else RowError("not an object", f"expected a JSON object, got {_kind(row)}")
+            for row in rows]
 
 
-def detect_format(row: dict[str, Any], prompt_field: str | None = None) -> str:
-    """The format of ``row`` (see the module docstring); raises when none fits."""
+def detect_format(row: dict[str, Any], prompt_field: str | None = None, index: int = 0) -> str:
+    """The format of ``row`` (row ``index`` of its file; see the module docstring); raises when none fits."""
     if prompt_field:
         return "fields"
     if "messages" in row:
@@ -170,33 +218,40 @@ def detect_format(row: dict[str, Any], prompt_field: str | None = None) -> str:
     if "instruction" in row and "output" in row:
         return "alpaca"
     raise DataError(
-        f"row 0 has fields {sorted(row)}; expected 'messages', 'prompt'+'completion', "
+        f"row {index} has fields {sorted(row)}; expected 'messages', 'prompt'+'completion', "
         "'instruction'+'output', or name two fields with --prompt-field/--response-field"
     )
 
 
 def to_messages(row: dict[str, Any], fmt: str, prompt_field: str | None, response_field: str | None) -> list[dict]:
-    """Convert one raw row to a validated message list; raises ``ValueError`` with the reason."""
+    """Convert one raw row to a validated message list; raises ``RowError`` with the reason."""
     if fmt == "messages":
-        messages = row.get("messages")
+        if "messages" not in row:
+            raise RowError("missing field", f"missing field 'messages' (row has {sorted(row)})")
+        messages = row["messages"]
         if not isinstance(messages, list):
-            raise ValueError(f"'messages' must be a list of {{role, content}} objects, got {_kind(messages)}")
+            raise RowError("wrong type", f"'messages' must be a list of {{role, content}} objects, "
+                           f"got {_kind(messages)}")
         out = []
         for k, m in enumerate(messages):
             if not isinstance(m, dict):
-                raise ValueError(f"messages[{k}] must be an object with 'role' and 'content', got {_kind(m)}")
-            role, content = m.get("role"), m.get("content")
-            if role not in ROLES:
-                raise ValueError(f"messages[{k}] has unknown role {role!r}, expected one of {list(ROLES)}")
-            _check_text(content, f"messages[{k}].content")
-            out.append({"role": role, "content": content})
+                raise RowError("wrong type", f"messages[{k}] must be an object with 'role' and 'content', "
+                               f"got {_kind(m)}")
+            for name in ("role", "content"):
+                if name not in m:
+                    raise RowError("missing field", f"messages[{k}] has no '{name}' (it has {sorted(m)})")
+            if m["role"] not in ROLES:
+                raise RowError("unknown role", f"messages[{k}] has unknown role {m['role']!r}, expected one of "
+                               f"{list(ROLES)}")
+            _check_text(m["content"], f"messages[{k}].content")
+            out.append({"role": m["role"], "content": m["content"]})
     elif fmt == "prompt_completion":
         out = [_msg("user", row, "prompt"), _msg("assistant", row, "completion")]
     elif fmt == "alpaca":
         instruction = _field(row, "instruction")
         extra = row.get("input") or ""
         if not isinstance(extra, str):
-            raise ValueError(f"field 'input' must be a string, got {_kind(extra)}")
+            raise RowError("wrong type", f"field 'input' must be a string, got {_kind(extra)}")
         prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
         out = [{"role": "user", "content": prompt}, _msg("assistant", row, "output")]
     elif fmt == "fields":
@@ -204,7 +259,8 @@ def to_messages(row: dict[str, Any], fmt: str, prompt_field: str | None, respons
     else:
         raise AssertionError(fmt)
     if not any(m["role"] == "assistant" for m in out):
-        raise ValueError("the chat has no assistant turn, expected at least one response to train on")
+        raise RowError("no assistant turn", "the chat has no assistant turn, expected at least one response to "
+                       "train on")
     return out
 
 
@@ -214,7 +270,7 @@ def _msg(role: str, row: dict, name: str | None) -> dict[str, str]:
 
 def _field(row: dict, name: str | None) -> str:
     if name not in row:
-        raise ValueError(f"missing field '{name}' (row has {sorted(row)})")
+        raise RowError("missing field", f"missing field '{name}' (row has {sorted(row)})")
     value = row[name]
     _check_text(value, f"field '{name}'")
     return value
@@ -222,11 +278,11 @@ def _field(row: dict, name: str | None) -> str:
 
 def _check_text(value: Any, what: str) -> None:
     if value is None:
-        raise ValueError(f"{what} is null, expected a string")
+        raise RowError("null", f"{what} is null, expected a string")
     if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, got {_kind(value)}")
+        raise RowError("wrong type", f"{what} must be a string, got {_kind(value)}")
     if not value.strip():
-        raise ValueError(f"{what} is empty or whitespace only, expected text")
+        raise RowError("empty text", f"{what} is empty or whitespace only, expected text")
 
 
 def _kind(v: Any) -> str:
@@ -238,44 +294,50 @@ def load_conversations(
 ) -> tuple[list[Conversation], LoadReport]:
     """Read ``source`` and normalise every row.
 
-    Invalid rows raise ``DataError`` naming the file, row and expectation, unless ``cfg.skip_invalid``, in which
-    case they are skipped and recorded (with the reason) in the returned ``LoadReport``.
+    Invalid rows raise ``DataError`` naming the file, row (and line) and expectation, unless ``cfg.skip_invalid``,
+    in which case they are skipped and recorded (with the reason) in the returned ``LoadReport``.
     """
     cfg = cfg or DataConfig()
-    fmt, prompt_field, response_field, skip_invalid = cfg.format, cfg.prompt_field, cfg.response_field, cfg.skip_invalid
+    fmt, prompt_field, response_field = cfg.format, cfg.prompt_field, cfg.response_field
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}, expected one of {list(FORMATS)}")
     if (prompt_field is None) != (response_field is None):
         raise DataError("--prompt-field and --response-field must be given together")
     if prompt_field and fmt == "auto":
         fmt = "fields"
-    rows = read_rows(source)
+    rows, lines = _read_source(source)
     report = LoadReport(source=str(source), rows=len(rows))
     if not rows:
         raise DataError(f"{source}: contains no rows")
     if fmt == "auto":
-        try:
-            fmt = detect_format(rows[0], prompt_field)
-        except DataError as e:
-            raise DataError(f"{source}: {e}") from None
+        first = next((i for i, row in enumerate(rows) if isinstance(row, dict)), 0)
+        if isinstance(rows[first], dict):
+            try:
+                fmt = detect_format(rows[first], prompt_field, first)
+            except DataError as e:
+                raise DataError(f"{source}: {e}") from None
     conversations: list[Conversation] = []
     seen: dict[str, int] = {}
     for i, row in enumerate(rows):
+        line = lines[i] if lines else None
         try:
+            if isinstance(row, RowError):
+                raise row
             messages = to_messages(row, fmt, prompt_field, response_field)
             sample_id = _sample_id(row, i)
             if sample_id in seen:
-                raise ValueError(f"duplicate id {sample_id!r} (first seen at row {seen[sample_id]}), expected unique ids")
-        except ValueError as e:
-            if not skip_invalid:
-                raise DataError(f"{source}: row {i}: {e} (use --skip-invalid to skip such rows)") from None
-            report.skipped.append({"row": i, "reason": str(e)})
+                raise RowError("duplicate id", f"duplicate id {sample_id!r} (first seen at row {seen[sample_id]}), "
+                               "expected unique ids")
+        except RowError as e:
+            if not cfg.skip_invalid:
+                raise DataError(f"{where(source, i, line)}: {e} (use --skip-invalid to skip such rows)") from None
+            report.skip(i, line, e)
             continue
         seen[sample_id] = i
-        conversations.append(Conversation(sample_id=sample_id, messages=messages, row=i))
+        conversations.append(Conversation(sample_id=sample_id, messages=messages, row=i, line=line))
     report.used = len(conversations)
     if not conversations:
-        raise DataError(f"{source}: all {len(rows)} rows are invalid; first reason: {report.skipped[0]['reason']}")
+        raise DataError(f"{source}: all {len(rows)} rows are invalid; first reason: {report.skipped[0]['detail']}")
     return conversations, report
 
 
@@ -284,5 +346,5 @@ def _sample_id(row: dict, index: int) -> str:
         return str(index)
     value = row["id"]
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError(f"field 'id' must be a string or integer, got {_kind(value)}")
+        raise RowError("wrong type", f"field 'id' must be a string or integer, got {_kind(value)}")
     return str(value)

@@ -19,3 +19,11 @@ class ConfigError(TokencleanError):
 
 class MismatchError(TokencleanError):
     """Artifacts were made from different data, tokenizer or ``max_seq_len`` than the ones they are used with."""
+
+
+class ModelError(TokencleanError):
+    """A model or tokenizer is missing, incomplete or corrupt, or does not fit the data it is used with."""
+
+
+class ResourceError(TokencleanError):
+    """The machine ran out of something: disk space, memory, or the requested device is not there."""

@@ -51,7 +51,7 @@ def export_dataset(
 
     table = export_table(tokens, keep_mask, drop_empty)
     out_dir = Path(out_dir)
-    parquet_path = Path(parquet_path) if parquet_path else out_dir.with_suffix(".parquet")
+    parquet_path = Path(parquet_path) if parquet_path else out_dir.with_name(f"{out_dir.name}.parquet")
     datasets.Dataset(table).save_to_disk(str(out_dir))
     write_parquet(table, parquet_path)
     labels = table.column("labels").combine_chunks().flatten().to_numpy()

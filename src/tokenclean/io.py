@@ -1,36 +1,65 @@
 """Atomic file writes and small JSON helpers.
 
 Every file tokenclean writes goes through these functions: content is written to a temporary file in the same
-directory and renamed into place, so a crash never leaves a half-written file behind.
+directory and renamed into place, so a crash never leaves a half-written file behind. A full disk becomes a
+one-line ``ResourceError`` naming the path (and the temporary file is removed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import ResourceError
+
+# errno values that mean "the disk (or the user's quota) is full", and how libraries that wrap the OS error
+# (safetensors, torch's zip writer) spell it.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXT = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), "os error 28")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in _NO_SPACE:
+        return True
+    return isinstance(e, Exception) and any(t in str(e) for t in _NO_SPACE_TEXT)
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: str | os.PathLike) -> Iterator[None]:
+    """Turn "no space left on device" (or a full quota) in the block into a one-line ``ResourceError``."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, ResourceError) or not is_disk_full(e):
+            raise
+        raise ResourceError(f"{path}: no space left on the device while writing; free some disk space or choose "
+                            "another --out, then run the same command again") from None
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with disk_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -59,21 +88,30 @@ def _json_default(obj: Any) -> Any:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temporary name and move it to ``path`` only when the block succeeds.
 
-    An existing ``path`` is replaced. Yields the temporary directory to write into.
+    An existing ``path`` is replaced. Yields the temporary directory to write into. A full disk while the block
+    writes becomes a ``ResourceError`` naming ``path``; the temporary directory is removed either way.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with disk_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        try:
+            yield tmp
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def crash_point(where: str) -> None:
+    """Test hook for the crash-safety tests: SIGKILL this process when ``$TOKENCLEAN_TEST_KILL_AT`` equals
+    ``where`` (e.g. ``score:base:shard1``, ``train:model:step2``, ``stage:selection``). A no-op otherwise."""
+    if os.environ.get("TOKENCLEAN_TEST_KILL_AT") == where:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -5,25 +5,60 @@ Any ``AutoModelForCausalLM`` directory or hub id works. ``trust_remote_code`` st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import ConfigError, TokencleanError
+from .errors import ConfigError, ModelError, ResourceError
+
+# Any of these in a model directory means a tokenizer was saved with it.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                    "spiece.model", "sentencepiece.bpe.model")
 
 
 def resolve_device(device: str | None) -> torch.device:
     """``None``/``"auto"`` picks CUDA when present, else CPU; asking for CUDA without one is an error."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}, expected cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
+        raise ConfigError(f"device {device!r} requested but no CUDA device is available (torch "
+                          f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu, or "
+                          "install a CUDA build of torch on a machine with a GPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) are "
+                          "visible; use --device cuda:0 or check CUDA_VISIBLE_DEVICES")
     return dev
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for the ways torch and Python report an allocation that failed (GPU or CPU)."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("out of memory", "can't allocate memory", "not enough memory", "Cannot allocate memory"))
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(what: str, advice: str) -> Iterator[None]:
+    """Turn an allocation failure in the block into a one-line ``ResourceError``: ``what`` ran out of memory,
+    then ``advice``."""
+    try:
+        yield
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        raise ResourceError(f"{what}: out of memory ({_first_line(e)}); {advice}") from None
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -43,10 +78,14 @@ def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = Fa
     from transformers import AutoTokenizer
 
     _check_model_path(name_or_path)
+    path = Path(name_or_path)
+    if path.is_dir() and not any((path / f).exists() for f in _TOKENIZER_FILES):
+        raise ModelError(f"{path}: no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...), expected a model "
+                         "directory saved with its tokenizer (tokenizer.save_pretrained(DIR))")
     try:
         return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise TokencleanError(f"{name_or_path}: could not load a tokenizer ({_first_line(e)})") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{name_or_path}: could not load a tokenizer ({_first_line(e)})") from None
 
 
 def load_model(
@@ -55,34 +94,47 @@ def load_model(
     dtype: str = "auto",
     trust_remote_code: bool = False,
 ):
-    """Load a causal LM for inference or training on ``device`` in ``dtype`` (see ``resolve_dtype``)."""
+    """Load a causal LM for inference or training on ``device`` in ``dtype`` (see ``resolve_dtype``).
+
+    Weights are read from safetensors only: pickled ``.bin`` checkpoints are refused, never unpickled.
+    """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     _check_model_path(name_or_path)
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(name_or_path), dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError, KeyError) as e:
-        raise TokencleanError(f"{name_or_path}: could not load a causal LM ({_first_line(e)})") from None
-    except torch.cuda.OutOfMemoryError:
-        raise TokencleanError(
-            f"{name_or_path}: the model does not fit in device memory; use a smaller model, --dtype bf16, "
-            "or shard it over several GPUs with accelerate launch"
-        ) from None
-    return model.to(device)
+    advice = ("use --dtype bfloat16, a machine or GPU with more memory, or a smaller model" if device.type == "cpu"
+              else "use --dtype bfloat16, a GPU with more memory, or a smaller model")
+    with out_of_memory_as_error(f"{name_or_path}: loading the model on {device}", advice):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(name_or_path), dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+            )
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
+            raise ModelError(_load_failure(name_or_path, e)) from None
+        return model.to(device)
+
+
+def _load_failure(name_or_path: str | os.PathLike, e: Exception) -> str:
+    path = Path(name_or_path)
+    if path.is_dir() and not list(path.glob("*.safetensors")) and list(path.glob("*.bin")):
+        return (f"{path}: only pickled .bin weights, expected model.safetensors (tokenclean never unpickles "
+                "weights); convert them once with AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR)")
+    if type(e).__name__ == "SafetensorError":
+        return f"{name_or_path}: the safetensors weights are corrupt or truncated ({_first_line(e)}); copy them again"
+    return f"{name_or_path}: could not load a causal LM ({_first_line(e)})"
 
 
 def _check_model_path(name_or_path: str | os.PathLike) -> None:
     path = Path(name_or_path)
     if path.exists():
         if not path.is_dir():
-            raise TokencleanError(f"{path}: is a file, expected a model directory (with config.json)")
+            raise ModelError(f"{path}: is a file, expected a model directory (with config.json)")
         if not (path / "config.json").exists():
-            raise TokencleanError(f"{path}: no config.json, expected a model directory saved with save_pretrained")
+            raise ModelError(f"{path}: no config.json, expected a model directory saved with save_pretrained")
     elif str(name_or_path).startswith((".", "/", "~")):
-        raise TokencleanError(f"{name_or_path}: no such model directory")
+        raise ModelError(f"{name_or_path}: no such model directory")
 
 
 def _first_line(e: Exception) -> str:

@@ -4,7 +4,9 @@ A run is a list of stages (tokens -> reference -> scores -> selection -> model -
 outputs into ``<run>/<stage>/`` atomically (built under a temporary name, then renamed) together with
 ``stage.json``, which records the stage's *key*: a hash of its settings and of the keys of the stages it reads.
 Running the same command again skips every stage whose key is unchanged; changing a setting recomputes the
-stages that depend on it and nothing else.
+stages that depend on it and nothing else, but only with ``--overwrite``: a run directory whose ``config.yaml``
+differs from the new settings is refused, never silently overwritten. A stage that is killed resumes from its
+last finished unit (scoring shards, training checkpoints), kept in ``checkpoints/<stage>/`` while it runs.
 
 Methods (``fixed`` here; the baselines and self-evolving cleaning register themselves the same way) are short
 functions over these stages, registered by name in ``METHODS``.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,7 +30,7 @@ from .artifacts import Scores, Selection
 from .config import as_dict, option
 from .data import DataConfig
 from .errors import ConfigError
-from .io import atomic_dir, read_json, write_json
+from .io import atomic_dir, atomic_write_text, crash_point, disk_full_as_error, read_json, write_json
 from .modeling import load_tokenizer, path_fingerprint
 from .scoring import ScoreConfig
 from .selection import SelectConfig
@@ -58,6 +61,8 @@ class RunSettings:
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: CUDA when available)")
     dtype: str = option("auto", "scoring weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     trust_remote_code: bool = option(False, "allow model/tokenizer code from the model repository to run")
+    overwrite: bool = option(False, "run even if --out holds a run with other settings: stages whose inputs "
+                             "changed are recomputed, the old config.yaml is kept as config.<time>.yaml")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.warmup_fraction < 1.0:
@@ -132,7 +137,14 @@ class Run:
         cfg.check()
         self.cfg = cfg
         self.dir = Path(cfg.run.out)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ConfigError(f"{self.dir}: is a file, expected a run directory for --out")
+        with disk_full_as_error(self.dir):
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except PermissionError as e:
+                raise ConfigError(f"{self.dir}: cannot create the run directory ({e.strerror}); choose another "
+                                  "--out") from None
         self.seed_ns, self.ns = seed_ns, seed_ns + method_ns
         self.stages: dict[str, dict[str, Any]] = {}  # name -> stage.json of stages run or reused
         self._cache: dict[str, Any] = shared._cache if shared else {}
@@ -159,7 +171,22 @@ class Run:
         return self._cache["base"]
 
     def path(self, stage: str) -> Path:
-        return self.dir / stage
+        path = self.dir / stage
+        if not path.resolve().is_relative_to(self.dir.resolve()):
+            raise ConfigError(f"stage {stage!r} would write outside the run directory {self.dir}")
+        return path
+
+    def work_dir(self, name: str, inputs: dict[str, Any]) -> Path:
+        """``checkpoints/<name>/``: where stage ``name`` keeps its finished units (scoring shards, Trainer
+        checkpoints) while it runs, so a killed run resumes there. Units left by a run of the stage with other
+        inputs are discarded first."""
+        path = self.path(f"checkpoints/{name}")
+        stamp, key = path / "stage-key.txt", key_of(name, inputs)
+        if path.exists() and (not stamp.exists() or stamp.read_text() != key):
+            log.info("[%s] discarding the unfinished work of a run with other settings", name)
+            shutil.rmtree(path)
+        atomic_write_text(stamp, key)
+        return path
 
     def key(self, stage: str) -> str:
         return self.stages[stage]["key"]
@@ -181,11 +208,14 @@ class Run:
             changed = sorted(k for k in inputs if record.get("inputs", {}).get(k) != inputs[k])
             log.info("[%s] settings changed (%s): recomputing", name, ", ".join(changed) or "code")
         log.info("[%s] running", name)
+        for leftover in self.path(name).parent.glob(f".{self.path(name).name}.*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)  # a killed run's half-built directory
         start = time.perf_counter()
         with atomic_dir(self.path(name)) as tmp:
             result = fn(tmp)
             record = {"stage": name, "key": key, "inputs": inputs, "result": result,
                       "seconds": round(time.perf_counter() - start, 3)}
+            crash_point(f"stage:{name}")
             write_json(tmp / "stage.json", record)
         log.info("[%s] done in %.1fs", name, record["seconds"])
         self.stages[name] = record
@@ -219,6 +249,7 @@ class Run:
                 n_eval = max(1, int(round(inputs["eval_fraction"] * len(pool))))
                 tables["eval"] = pool.select(np.sort(perm[:n_eval]))
                 tables["pool"] = pool.select(np.sort(perm[n_eval:]))
+                result["load"]["heldout"] = n_eval  # used rows held out of the pool
             for name, table in tables.items():
                 table.save(tmp / name)
                 result[name] = _counts(table.meta)
@@ -257,7 +288,7 @@ class Run:
         self.stage(name, inputs, lambda tmp: train(
             str(model_path), tokens, tmp, tokenizer=self.tokenizer, train_config=c.train,
             drop_empty=c.select.drop_empty, seed=c.run.seed, device=c.run.device,
-            trust_remote_code=c.run.trust_remote_code, checkpoint_dir=self.dir / "checkpoints" / name,
+            trust_remote_code=c.run.trust_remote_code, checkpoint_dir=self.work_dir(name, inputs),
             slm=(slm[1], c.select.keep_ratio) if slm else None, selection=_as_selection(mask, tokens)))
         return self.path(name)
 
@@ -269,7 +300,7 @@ class Run:
         inputs = {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"], "dtype": c.run.dtype}
         self.stage(name, inputs, lambda tmp: score(
             str(model_path), tokens, tmp, score_config=c.score, device=c.run.device, dtype=c.run.dtype,
-            trust_remote_code=c.run.trust_remote_code).meta)
+            trust_remote_code=c.run.trust_remote_code, work_dir=self.work_dir(name, inputs)).meta)
         return Scores.load(self.path(name))
 
     def select_stage(self, name: str, base: Scores, ref: Scores, inputs: dict[str, Any],
@@ -315,24 +346,67 @@ class Run:
             "mean_token_loss"]
 
     # -- bookkeeping -----------------------------------------------------------------------------------------------
-    def write_config(self) -> None:
+    def write_config(self, ignore: tuple[str, ...] = ()) -> None:
+        """Save the settings as ``config.yaml``, after checking that ``--out`` is new, empty, or a run of the same
+        settings (any of them but ``ignore`` and ``overwrite``); with ``--overwrite`` the old file is kept as
+        ``config.<time>.yaml``."""
         import yaml
 
-        from .io import atomic_write_text
-
-        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(self.cfg.flat(), sort_keys=False))
+        path, new = self.dir / "config.yaml", self.cfg.flat()
+        if path.exists():
+            old = {**RunConfig().flat(), **(yaml.safe_load(path.read_text(encoding="utf-8")) or {})}
+            ignore = (*ignore, "overwrite", "out")
+            changed = sorted(k for k in new if k not in ignore and _same(old.get(k)) != _same(new[k]))
+            if changed and not self.cfg.run.overwrite:
+                shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
+                more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+                raise ConfigError(f"{self.dir} holds a run with other settings ({shown}{more}); pass --overwrite to "
+                                  "recompute the stages they change, or choose a new --out")
+            if changed:
+                atomic_write_text(self.dir / f"config.{time.strftime('%Y%m%d-%H%M%S')}.yaml",
+                                  path.read_text(encoding="utf-8"))
+        elif any(self.dir.iterdir()):
+            raise ConfigError(f"{self.dir}: exists and is not empty, but holds no tokenclean run (no config.yaml); "
+                              "choose a new or empty --out")
+        atomic_write_text(path, yaml.safe_dump(new, sort_keys=False))
 
     def write_summary(self, extra: dict[str, Any]) -> dict[str, Any]:
         summary = {
             "method": self.cfg.run.method,
             "seed": self.cfg.run.seed,
             "run_dir": str(self.dir / self.ns) if self.ns else str(self.dir),
+            "versions": library_versions(),
             **extra,
             "seconds": round(sum(rec.get("seconds") or 0 for rec in self.stages.values()), 3),
             "stages": {name: {"seconds": rec.get("seconds"), "key": rec["key"]} for name, rec in self.stages.items()},
         }
         write_json(self.path(self.ns) / "summary.json", summary)
         return summary
+
+
+def _same(value: Any) -> Any:
+    """A setting as compared between runs: paths that exist by their absolute form (``./a`` and ``a`` agree)."""
+    if isinstance(value, str) and value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
+def library_versions() -> dict[str, Any]:
+    """Versions of Python and the libraries that decide a run's numbers, and torch's CPU thread count."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    versions: dict[str, Any] = {"python": platform.python_version()}
+    for name in ("tokenclean", "torch", "transformers", "peft", "datasets", "numpy", "pyarrow", "accelerate"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    versions["torch_cuda"] = torch.version.cuda
+    versions["torch_threads"] = torch.get_num_threads()
+    return versions
 
 
 def _as_selection(mask: np.ndarray | None, tokens: TokenTable) -> Selection | None:

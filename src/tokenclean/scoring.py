@@ -5,7 +5,10 @@ entry per token of the sample, ``token_loss[j]`` = loss of token ``j``, NaN wher
 token) and ``scores.json`` with the model, tokenizer, data and tokens fingerprints, ``max_seq_len``, counts and
 timings.
 
-Samples are scored in length-sorted batches under a token budget. ``score_adapter_pair`` scores base and
+Samples are scored in length-sorted batches under a token budget. Consecutive batches form *shards* of about
+``shard_tokens`` tokens; with a work directory (``ScoreShards``) each finished shard is written there as a Parquet
+part file, so a killed run started again skips the shards it finished and ends with bitwise the same losses
+(the batches, and so every float operation, are the same). ``score_adapter_pair`` scores base and
 reference from one PEFT model (adapter off, then on, per batch). Under ``torch.distributed`` each rank scores a
 strided share of the batches and all ranks end with the full arrays (rank 0 writes; see ``score_cache``).
 """
@@ -13,9 +16,14 @@ strided share of the batches and all ranks end with the full arrays (rank 0 writ
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +35,8 @@ from .losses import token_losses
 from .artifacts import Scores
 from .tokens import TokenTable
 
+log = logging.getLogger("tokenclean")
+
 
 @dataclass
 class ScoreConfig:
@@ -34,10 +44,13 @@ class ScoreConfig:
 
     batch_tokens: int = option(16384, "token budget per scoring batch (samples sorted by length; rows x longest "
                                "row <= budget)")
+    shard_tokens: int = option(1_000_000, "in a run, finished scoring work is saved every this many tokens, so a "
+                               "killed run resumes there")
 
     def __post_init__(self) -> None:
-        if self.batch_tokens < 1:
-            raise ConfigError(f"batch_tokens must be >= 1, got {self.batch_tokens}")
+        for name in ("batch_tokens", "shard_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def length_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
@@ -82,7 +95,7 @@ def _padded_batch(batch: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, i
 
 
 def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = None, progress: bool = True,
-                         passes: tuple = (None,)) -> list[np.ndarray]:
+                         passes: tuple = (None,), shards: ScoreShards | None = None) -> list[np.ndarray]:
     """Per-token losses of ``tokens``, one flat float32 array per entry of ``passes``, each aligned with
     ``tokens.flat_input_ids()`` and NaN where the token is not a response token (and at position 0).
 
@@ -93,6 +106,8 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
     Under ``torch.distributed`` (``torchrun``, ``accelerate launch``) each rank scores every world-size-th batch
     of the length-sorted list and the results are gathered, so every rank returns the full arrays, equal to what
     one process computes.
+
+    ``shards``: keep finished shards there and reuse those a killed call left (see ``ScoreShards``).
     """
     cfg = cfg or ScoreConfig()
     device = next(model.parameters()).device
@@ -105,17 +120,33 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
     model.eval()
     total = int(sum(int(lengths[b].sum()) for b in batches))
     bar = tqdm(total=total, unit="tok", desc="scoring", disable=not progress or rank != 0, dynamic_ncols=True)
-    for batch in batches:
-        ids, attention, target = _padded_batch(batch, offsets, lengths, ids_flat, mask_flat)
-        ids_t, att_t, tgt_t = (torch.from_numpy(a).to(device) for a in (ids, attention, target))
-        for k, scope in enumerate(passes):
-            with scope() if scope is not None else contextlib.nullcontext():
-                found[k].append(token_losses(model, ids_t, att_t, tgt_t).cpu().numpy())
-        # Target positions in row-major order are exactly the order of the losses.
-        rows, cols = np.nonzero(target[:, 1:])
-        where.append(offsets[batch[rows]] + cols + 1)
-        bar.update(int(lengths[batch].sum()))
+    plan = shard_batches(batches, lengths, cfg.shard_tokens)
+    if shards is not None:
+        shards.open(_shards_key(model, tokens, cfg, len(passes), rank, world), len(plan))
+    for s, shard in enumerate(plan):
+        done = shards.load(s, rank, len(passes)) if shards is not None else None
+        if done is not None:
+            where.append(done[0])
+            for k in range(len(passes)):
+                found[k].append(done[1][k])
+            bar.update(int(sum(int(lengths[b].sum()) for b in shard)))
+            continue
+        first = len(where)
+        for batch in shard:
+            ids, attention, target = _padded_batch(batch, offsets, lengths, ids_flat, mask_flat)
+            ids_t, att_t, tgt_t = (torch.from_numpy(a).to(device) for a in (ids, attention, target))
+            for k, scope in enumerate(passes):
+                with scope() if scope is not None else contextlib.nullcontext():
+                    found[k].append(token_losses(model, ids_t, att_t, tgt_t).cpu().numpy())
+            # Target positions in row-major order are exactly the order of the losses.
+            rows, cols = np.nonzero(target[:, 1:])
+            where.append(offsets[batch[rows]] + cols + 1)
+            bar.update(int(lengths[batch].sum()))
+        if shards is not None:
+            shards.save(s, rank, where[first:], [f[first:] for f in found])
     bar.close()
+    if shards is not None and shards.reused:
+        log.info("scoring resumed: %d of %d shards reused from %s", shards.reused, len(plan), shards.dir)
     model.train(was_training)
     where_all = np.concatenate(where) if where else np.zeros(0, np.int64)
     found_all = [np.concatenate(f) if f else np.zeros(0, np.float32) for f in found]
@@ -163,11 +194,19 @@ def _scores(tokens: TokenTable, losses: np.ndarray, seconds: float, model_finger
 
 
 def score_tokens(model, tokens: TokenTable, cfg: ScoreConfig | None = None, model_fingerprint: str = "",
-                 progress: bool = True) -> Scores:
-    """Score every response token of ``tokens`` with ``model`` and return the losses with their metadata."""
+                 progress: bool = True, work_dir: str | os.PathLike | None = None) -> Scores:
+    """Score every response token of ``tokens`` with ``model`` and return the losses with their metadata.
+
+    ``work_dir``: keep finished shards there, so a killed call started again resumes (see ``ScoreShards``);
+    ``meta["resumed_shards"]`` then says how many were reused.
+    """
     start = time.perf_counter()
-    losses = compute_token_loss(model, tokens, cfg, progress)
-    return _scores(tokens, losses, time.perf_counter() - start, model_fingerprint)
+    shards = ScoreShards(work_dir) if work_dir is not None else None
+    losses = compute_token_losses(model, tokens, cfg, progress, shards=shards)[0]
+    scores = _scores(tokens, losses, time.perf_counter() - start, model_fingerprint)
+    if shards is not None:
+        scores.meta["resumed_shards"] = shards.reused
+    return scores
 
 
 def score_adapter_pair(model, tokens: TokenTable, cfg: ScoreConfig | None = None, base_fingerprint: str = "",
@@ -184,3 +223,79 @@ def score_adapter_pair(model, tokens: TokenTable, cfg: ScoreConfig | None = None
     seconds = (time.perf_counter() - start) / len(passes)
     ref = _scores(tokens, losses[-1], seconds, ref_fingerprint)
     return (_scores(tokens, losses[0], seconds, base_fingerprint) if base else None), ref
+
+
+def shard_batches(batches: list[np.ndarray], lengths: np.ndarray, shard_tokens: int) -> list[list[np.ndarray]]:
+    """Consecutive batches grouped into shards of at least ``shard_tokens`` tokens (the last may be smaller)."""
+    shards: list[list[np.ndarray]] = [[]]
+    size = 0
+    for batch in batches:
+        if size >= shard_tokens:
+            shards.append([])
+            size = 0
+        shards[-1].append(batch)
+        size += int(lengths[batch].sum())
+    return shards if shards[0] else []
+
+
+def _shards_key(model, tokens: TokenTable, cfg: ScoreConfig, n_passes: int, rank: int, world: int) -> str:
+    """What decides a shard's content besides the model's weights (the work directory belongs to one model)."""
+    param = next(model.parameters())
+    what = {"tokens": tokens.meta.get("tokens_fingerprint"), "batch_tokens": cfg.batch_tokens,
+            "shard_tokens": cfg.shard_tokens, "passes": n_passes, "world": world,
+            "model": getattr(model, "name_or_path", ""), "parameters": sum(p.numel() for p in model.parameters()),
+            "dtype": str(param.dtype), "device": param.device.type}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ScoreShards:
+    """Finished shards of one scoring pass, kept in a work directory while it runs.
+
+    Shard ``s`` of rank ``r`` is ``rank<r>-shard<s>.parquet`` with columns ``position`` (int64, flat token index)
+    and ``loss_<k>`` (float32, one per pass), written atomically once the shard is done. ``shards.json`` records
+    the key of the settings the shards were made with; shards of other settings are discarded. The caller removes
+    the directory when the scores are saved.
+    """
+
+    def __init__(self, work_dir: str | os.PathLike):
+        self.dir = Path(work_dir)
+        self.reused = 0
+
+    def open(self, key: str, n_shards: int) -> None:
+        from .io import read_json, write_json
+
+        manifest = self.dir / "shards.json"
+        if manifest.exists() and read_json(manifest).get("key") != key:
+            log.info("discarding scoring shards of other settings in %s", self.dir)
+            for old in self.dir.glob("rank*-shard*.parquet"):
+                old.unlink()
+        write_json(manifest, {"key": key, "shards": n_shards})
+
+    def _path(self, index: int, rank: int) -> Path:
+        return self.dir / f"rank{rank}-shard{index:05d}.parquet"
+
+    def load(self, index: int, rank: int, n_passes: int) -> tuple[np.ndarray, list[np.ndarray]] | None:
+        import pyarrow.parquet as pq
+
+        path = self._path(index, rank)
+        if not path.exists():
+            return None
+        table = pq.read_table(path)
+        self.reused += 1
+        return (table.column("position").to_numpy(),
+                [table.column(f"loss_{k}").to_numpy() for k in range(n_passes)])
+
+    def save(self, index: int, rank: int, where: list[np.ndarray], found: list[list[np.ndarray]]) -> None:
+        import pyarrow as pa
+
+        from .io import crash_point
+        from .tokens import write_parquet
+
+        columns = {"position": np.concatenate(where) if where else np.zeros(0, np.int64)}
+        for k, parts in enumerate(found):
+            columns[f"loss_{k}"] = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        write_parquet(pa.table(columns), self._path(index, rank))
+        crash_point(f"score:{self.dir.name}:shard{index}")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

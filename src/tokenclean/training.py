@@ -237,6 +237,8 @@ def train_model(
         data_collator=PadCollator(pad_id),
         slm_keep_ratio=slm[1] if slm else None,
     )
+    if os.environ.get("TOKENCLEAN_TEST_KILL_AT"):
+        trainer.add_callback(_crash_after_save(ckpt_dir.name))
     start = time.perf_counter()
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
@@ -260,6 +262,19 @@ def train_model(
         "resumed_from": last,
         "seconds": round(seconds, 3),
     }
+
+
+def _crash_after_save(name: str):
+    """A callback for the crash-safety tests: ``crash_point("train:<name>:step<N>")`` once checkpoint N is saved."""
+    from transformers import TrainerCallback
+
+    from .io import crash_point
+
+    class CrashAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            crash_point(f"train:{name}:step{state.global_step}")
+
+    return CrashAfterSave()
 
 
 def _with_lora(model, cfg: TrainConfig):

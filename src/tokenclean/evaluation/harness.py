@@ -172,7 +172,8 @@ def _harness_model(
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = tokenizer if tokenizer is not None else model
         try:
-            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32 if device == "cpu" else "auto")
+            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32 if device == "cpu" else "auto",
+                                                         use_safetensors=True)  # never unpickle .bin weights
         except (OSError, ValueError) as e:
             raise TokencleanError(f"cannot load a causal language model from {model}: {e}") from None
     elif tokenizer is None:
