@@ -65,7 +65,8 @@ def test_rerun_skips_finished_stages_and_a_change_recomputes_only_its_dependants
     assert len(skipped) == 7 and model_file.stat().st_mtime_ns == mtime
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="tokenclean"):
-        assert main(args + ["--keep-ratio", "0.5"]) == 0
+        assert main(args + ["--keep-ratio", "0.5"]) == 2  # another run's directory: refused, nothing recomputed
+        assert main(args + ["--keep-ratio", "0.5", "--overwrite"]) == 0
     ran = {r.getMessage().split("]")[0][1:] for r in caplog.records if r.getMessage().endswith("running")}
     assert ran == {"selection", "model", "export"}
     summary = json.loads((out / "summary.json").read_text())
@@ -77,7 +78,7 @@ def test_selection_from_other_tokenization_is_refused(fixed_run, pool, tiny_mode
     out, _ = fixed_run
     code = main(["train", "--model", str(tiny_model_dir), "--data", str(pool), "--prompt-field", "question",
                  "--response-field", "answer", "--selection", str(out / "selection"), "--out", str(tmp_path / "m"),
-                 "--max-seq-len", "128"])
+                 "--max-seq-len", "128", "--skip-invalid"])  # at 128 tokens one prompt leaves no room
     err = capsys.readouterr().err
     assert code == 2 and "different max_seq_len" in err and ("256 vs 128" in err or "128 vs 256" in err)
     assert not (tmp_path / "m").exists()

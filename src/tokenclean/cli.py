@@ -61,9 +61,11 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     from .api import score
 
     data_cfg, tok_cfg = _data_configs(args)
-    scores = score(args.model, args.data, args.out, data_config=data_cfg, tokenize_config=tok_cfg,
+    out = Path(args.out)
+    scores = score(args.model, args.data, out, data_config=data_cfg, tokenize_config=tok_cfg,
                    score_config=build(ScoreConfig, vars(args)), device=args.device, dtype=args.dtype,
-                   trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+                   trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+                   work_dir=out.with_name(f"{out.name}.shards"))  # a killed command resumes from here
     return scores.meta
 
 
@@ -116,14 +118,15 @@ def add_run_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from .pipeline import RunConfig, run_pipeline
 
-    return run_pipeline(RunConfig.from_flat(merge_settings(args, run_settings_names())))
+    return run_pipeline(RunConfig.from_flat(merge_settings(args, run_settings_names(),
+                                                           tuple(RunConfig.SECTIONS.values()))))
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     from .compare import compare
     from .pipeline import RunConfig
 
-    values = merge_settings(args, run_settings_names())
+    values = merge_settings(args, run_settings_names(), tuple(RunConfig.SECTIONS.values()))
     cfg = RunConfig.from_flat({**values, "method": args.methods[0]})
     compare(cfg, args.methods, args.seeds)
     print((Path(cfg.run.out) / "comparison.md").read_text())
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except TokencleanError as e:
-        print(f"tokenclean {args.command}: error: {e}", file=sys.stderr)
+        print(f"tokenclean {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
         print(f"tokenclean {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

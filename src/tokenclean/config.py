@@ -60,17 +60,39 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, title: str | Non
 
 
 def build(cls: type, values: dict[str, Any]) -> Any:
-    """Instantiate ``cls`` from the keys of ``values`` that are its fields (unknown keys ignored here)."""
+    """Instantiate ``cls`` from the keys of ``values`` that are its fields (unknown keys ignored here); a value of
+    the wrong type (e.g. from YAML) is a ``ConfigError`` naming the setting."""
+    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+    return cls(**{k: _checked(k, v, hints[k]) for k, v in values.items() if k in names and v is not None})
+
+
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _checked(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the field's type: ints are accepted for floats, one string for a list of strings."""
+    scalar, is_list = _base_type(hint)
+    if is_list and not isinstance(value, list):
+        value = [value]
+    for v in value if is_list else [value]:
+        ok = isinstance(v, scalar) and not (scalar is int and isinstance(v, bool))
+        ok = ok or (scalar is float and isinstance(v, int) and not isinstance(v, bool))
+        if not ok and scalar in _KINDS:
+            raise ConfigError(f"setting {name} (--{name.replace('_', '-')}) must be {_KINDS[scalar]}"
+                              f"{' or a list of them' if is_list else ''}, got {v!r}")
+    if scalar is float and not is_list:
+        return float(value)
+    return value
 
 
 def field_names(*classes: type) -> set[str]:
     return {f.name for cls in classes for f in dataclasses.fields(cls)}
 
 
-def load_yaml(path: str | Path, allowed: set[str]) -> dict[str, Any]:
-    """Read a flat YAML mapping of settings; unknown keys are an error naming the allowed ones."""
+def load_yaml(path: str | Path, allowed: set[str], classes: tuple[type, ...] = ()) -> dict[str, Any]:
+    """Read a flat YAML mapping of settings; unknown keys are an error naming the allowed ones, and so is a value
+    of the wrong type for a field of ``classes``."""
     import yaml
 
     path = Path(path)
@@ -86,12 +108,20 @@ def load_yaml(path: str | Path, allowed: set[str]) -> dict[str, Any]:
     unknown = sorted(set(values) - allowed)
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {unknown}; allowed: {sorted(allowed)}")
+    hints = {k: v for cls in classes for k, v in typing.get_type_hints(cls).items()}
+    for name, value in values.items():
+        if name in hints and value is not None:
+            try:
+                values[name] = _checked(name, value, hints[name])
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
     return values
 
 
-def merge_settings(args: argparse.Namespace, allowed: set[str]) -> dict[str, Any]:
-    """Defaults < ``--config`` YAML < flags given on the command line."""
-    values = load_yaml(args.config, allowed) if getattr(args, "config", None) else {}
+def merge_settings(args: argparse.Namespace, allowed: set[str], classes: tuple[type, ...] = ()) -> dict[str, Any]:
+    """Defaults < ``--config`` YAML < flags given on the command line. ``classes``: check the YAML values' types
+    against these dataclasses' fields."""
+    values = load_yaml(args.config, allowed, classes) if getattr(args, "config", None) else {}
     for name in allowed:
         v = getattr(args, name, None)
         if v is not None:

@@ -184,7 +184,7 @@ def _parse_line(line: bytes) -> dict[str, Any] | RowError:
     try:
         row = json.loads(text)
     except json.JSONDecodeError as e:
-        return RowError("malformed JSON", f"malformed JSON ({e.msg} at column {e.colno}), expected one JSON object "
+        return RowError("malformed JSON", f"malformed JSON ({e.msg}, column {e.colno}), expected one JSON object "
                         "per line")
     if not isinstance(row, dict):
         return RowError("not an object", f"expected a JSON object, got {_kind(row)}")

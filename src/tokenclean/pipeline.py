@@ -104,6 +104,9 @@ class RunConfig:
             raise ConfigError(f"missing required setting(s): {', '.join(missing)}")
         if r.method not in METHODS:
             raise ConfigError(f"unknown method {r.method!r}, expected one of {sorted(METHODS)}")
+        from .modeling import resolve_device, resolve_dtype
+
+        resolve_dtype(r.dtype, resolve_device(r.device))  # a missing GPU is reported before anything runs
 
 
 def _check_unique_fields() -> None:
@@ -208,8 +211,7 @@ class Run:
             changed = sorted(k for k in inputs if record.get("inputs", {}).get(k) != inputs[k])
             log.info("[%s] settings changed (%s): recomputing", name, ", ".join(changed) or "code")
         log.info("[%s] running", name)
-        for leftover in self.path(name).parent.glob(f".{self.path(name).name}.*.tmp"):
-            shutil.rmtree(leftover, ignore_errors=True)  # a killed run's half-built directory
+        self._remove_leftovers(self.path(name))
         start = time.perf_counter()
         with atomic_dir(self.path(name)) as tmp:
             result = fn(tmp)
@@ -220,6 +222,17 @@ class Run:
         log.info("[%s] done in %.1fs", name, record["seconds"])
         self.stages[name] = record
         return result
+
+    @staticmethod
+    def _remove_leftovers(path: Path) -> None:
+        """Remove what a killed run left of ``path``: half-built temporary directories (``.NAME.*.tmp``, and
+        ``..NAME.*.tmp`` of the API call inside the stage) and a replaced one (``.NAME.old``)."""
+        if not path.parent.is_dir():
+            return
+        for p in path.parent.iterdir():
+            if (p.name.startswith((f".{path.name}.", f"..{path.name}.")) and p.name.endswith(".tmp")) or \
+                    p.name == f".{path.name}.old":
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     # -- stages ----------------------------------------------------------------------------------------------------
     def tokens_stage(self) -> dict[str, TokenTable]:
