@@ -119,7 +119,8 @@ def check_losses(scores: Scores, name: str) -> None:
         raise DataError(f"{name}: token_loss is {loss[inf[0]]} at {token_position(scores, inf[0])} ({len(inf)} in "
                         "all), expected finite losses; score again")
     scored, finite = scores.meta.get("scored_tokens"), int(np.count_nonzero(~np.isnan(loss)))
-    if scored is not None and finite != scored:
+    describes_these = scores.meta.get("tokens") == len(loss)  # not a subset of the scored samples
+    if scored is not None and describes_these and finite != scored:
         raise DataError(f"{name}: {finite} finite losses but {scored} scored tokens recorded in {Scores.META}; "
                         "expected a finite loss at every scored token (NaN where none was scored); score again")
 
