@@ -151,7 +151,8 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
                         progress=progress)
     run_cfg = RunConfig.from_flat({**profile.run, **(overrides or {}), "base": str(base), "data": str(inputs.train),
                                    "eval_data": str(inputs.eval), "out": str(out / "run"), "device": cfg.device,
-                                   "method": cfg.methods[0]})
+                                   "method": cfg.methods[0],
+                                   "skip_invalid": True})  # sampled rows that do not fit: skipped and counted
     root = Run(run_cfg)
     tables = root.tokens_stage()
     with clock("token kinds, prompts"):
