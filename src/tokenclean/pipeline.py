@@ -30,7 +30,7 @@ from .artifacts import Scores, Selection
 from .config import as_dict, option
 from .data import DataConfig
 from .errors import ConfigError
-from .io import atomic_dir, atomic_write_text, crash_point, disk_full_as_error, read_json, write_json
+from .io import atomic_dir, atomic_write_text, crash_point, read_json, write_json
 from .modeling import load_tokenizer, path_fingerprint
 from .scoring import ScoreConfig
 from .selection import SelectConfig
@@ -140,6 +140,8 @@ class Run:
         cfg.check()
         self.cfg = cfg
         self.dir = Path(cfg.run.out)
+        from .io import disk_full_as_error
+
         if self.dir.exists() and not self.dir.is_dir():
             raise ConfigError(f"{self.dir}: is a file, expected a run directory for --out")
         with disk_full_as_error(self.dir):
