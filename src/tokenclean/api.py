@@ -361,8 +361,9 @@ def export(
     tokens = _as_tokens(data, lambda: _tokenizer_for(None, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
     keep = keep_mask_for(tokens, selection, f"data ({data})")
+    parquet = Path(out).with_name(f"{Path(out).name}.parquet")  # not with_suffix: "runs/v1.5" keeps its ".5"
     with atomic_dir(out) as tmp:
-        result = export_dataset(tokens, tmp, keep, drop_empty, parquet_path=Path(out).with_name(f"{Path(out).name}.parquet"))
+        result = export_dataset(tokens, tmp, keep, drop_empty, parquet_path=parquet)
     result["dataset_dir"] = str(out)
     log.info("exported %d rows (%d trained tokens) to %s and %s", result["rows"], result["trained_tokens"],
              result["dataset_dir"], result["parquet"])
