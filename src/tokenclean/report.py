@@ -161,10 +161,11 @@ def _locate(root: Path, method: str | None, seed: int | None, comparison: dict[s
     elif seed not in seeds:
         raise TokencleanError(f"{root}: no seed {seed}; seeds here: {', '.join(map(str, seeds))}")
     seed_dir = root / f"seed-{seed}"
-    order = list((comparison or {}).get("methods", []))
+    from .pipeline import METHODS
+
+    order = list((comparison or {}).get("methods", []))  # empty while the comparison runs
     present = [m for m in order if (seed_dir / m).is_dir()] + sorted(
-        d.name for d in seed_dir.iterdir()
-        if d.is_dir() and d.name not in order and (d / "summary.json").is_file())
+        d.name for d in seed_dir.iterdir() if d.is_dir() and d.name in METHODS and d.name not in order)
     if method is None:
         if not present:
             raise TokencleanError(f"{seed_dir}: no method has run here yet")
@@ -228,6 +229,8 @@ def _read_rounds(view: RunView, rounds_dir: Path) -> None:
             view.sample_round[i] = int(d.name)
     view.note("self-evolving: each round's score uses that round's model as the reference; round 0 is trained on "
               "all its response tokens and has no score")
+    if not view.summary:
+        view.note(f"{view.method_dir} has no summary.json yet: samples of rounds still to run are shown as round 0")
 
 
 def _read_kinds(path: Path, tokens: TokenTable) -> np.ndarray | None:

@@ -19,18 +19,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``report`` and ``show`` on an argparse subparsers object; returns the ``report`` parser."""
+    """Register ``report`` and ``show`` on an argparse subparsers object; returns the ``report`` parser (``show``
+    is registered too: ``cli.build_parser`` does not use the return value)."""
     from .report import DEFAULT_SAMPLES
-
-    show = subparsers.add_parser(
-        "show", help="print one sample with its kept and dropped tokens in colour",
-        description="Print a sample's tokens: kept green, dropped red and dim, prompt grey (plain text marks "
-                    "{+kept+} and [-dropped-] without colour: --no-color, or when the output is not a terminal).")
-    _run_args(show)
-    show.add_argument("--sample", required=True, metavar="N", help="sample id, or index in the pool")
-    show.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
-                      help="colour the output (default: when writing to a terminal and NO_COLOR is unset)")
-    show.set_defaults(func=run_show)
 
     report = subparsers.add_parser(
         "report", help="an HTML page of a run: tokens coloured by score, kept/dropped, plots, comparison",
@@ -43,6 +34,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     report.add_argument("--out", help="output directory (default: RUN_DIR/report)")
     report.add_argument("--no-plots", action="store_true", help="leave the plots out (no matplotlib needed)")
     report.set_defaults(func=run_report)
+
+    show = subparsers.add_parser(
+        "show", help="print one sample with its kept and dropped tokens in colour",
+        description="Print a sample's tokens: kept green, dropped red and dim, prompt grey (plain text marks "
+                    "{+kept+} and [-dropped-] without colour: --no-color, or when the output is not a terminal).")
+    _run_args(show)
+    show.add_argument("--sample", default="0", metavar="N",
+                      help="sample id, else index in the pool (default: 0, the first sample)")
+    show.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
+                      help="colour the output (default: when writing to a terminal and NO_COLOR is unset)")
+    show.set_defaults(func=run_show)
     return report
 
 

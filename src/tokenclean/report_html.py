@@ -46,10 +46,10 @@ def score_scale(view: RunView, shown: list[int]) -> float:
     score = view.score
     if score is None or not shown:
         return 1.0
-    parts = [score[view.offsets[i]:view.offsets[i + 1]] for i in shown]
-    values = np.abs(np.concatenate(parts))
+    values = np.abs(np.concatenate([score[view.offsets[i]:view.offsets[i + 1]] for i in shown]))
     values = values[~np.isnan(values)]
-    return float(np.percentile(values, 99)) if len(values) and np.percentile(values, 99) > 0 else 1.0
+    scale = float(np.percentile(values, 99)) if len(values) else 0.0
+    return scale if scale > 0 else 1.0
 
 
 def score_bins(score: np.ndarray, scale: float) -> np.ndarray:
