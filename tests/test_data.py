@@ -109,3 +109,10 @@ def test_duplicate_ids_and_odd_sources(tmp_path):
         load_conversations(tmp_path / "bytes.jsonl")
     with pytest.raises(DataError, match="expected 'messages'"):
         load_conversations(write_jsonl(tmp_path / "unknown.jsonl", [{"text": "hi"}]))
+
+
+def test_question_answer_rows_are_detected_without_field_flags(tmp_path):
+    convs, _ = load_conversations(write_jsonl(tmp_path / "g.jsonl", [{"question": "1+1?", "answer": "2"}]))
+    assert convs[0].messages == [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]
+    with pytest.raises(DataError, match=r"'question'\+'answer', 'query'\+'response', or name two fields"):
+        load_conversations(write_jsonl(tmp_path / "h.jsonl", [{"q": "1+1?", "a": "2"}]))

@@ -209,3 +209,34 @@ def test_interrupted_runs_resume_to_the_same_weights(tmp_path, tiny_model_dir, p
     assert _run_cli([*flags, "--out", str(out)]).wait() == 0
     for k, v in load_file(out / "model" / "model.safetensors").items():
         assert torch.equal(v, expected[k]), k
+
+
+@pytest.mark.slow
+def test_compare_adds_benchmark_columns_and_their_average(tmp_path, tiny_model_dir, pool, caplog):
+    import logging
+
+    from conftest import SHARED
+    from tokenclean.cli import main
+
+    out = tmp_path / "bench"
+    argv = ["compare", "--methods", "full", "random", "--base", str(tiny_model_dir), "--data", str(pool),
+            "--out", str(out), "--eval-fraction", "0.2", "--eval-tasks", "arc_challenge,boolq",
+            "--eval-data-dir", str(SHARED / "eval"), "--eval-limit", "2", "--quiet"]
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
+    assert main(argv) == 0
+    md = (out / "comparison.md").read_text()
+    header = md.splitlines()[2]
+    assert "ARC-C" in header and "BoolQ" in header and "avg" in header
+    data = json.loads((out / "comparison.json").read_text())
+    for run in data["runs"]:
+        m = run["metrics"]
+        assert 0.0 <= m["boolq"] <= 1.0 and 0.0 <= m["arc_challenge"] <= 1.0
+        assert m["average"] == pytest.approx((m["boolq"] + m["arc_challenge"]) / 2)
+        results = json.loads((out / f"seed-0/{run['method']}/benchmarks/results.json").read_text())
+        assert results["limit"] == 2 and set(results["tasks"]) == {"boolq", "arc_challenge"}
+    # a second run evaluates nothing again
+    with caplog.at_level(logging.INFO, logger="tokenclean"):
+        assert main(argv) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert "[seed-0/full/benchmarks] up to date, skipped" in messages
+    assert not any(m.endswith("benchmarks] running") for m in messages)

@@ -16,7 +16,7 @@ from typing import Any
 
 from .config import add_config_args, build, field_names, merge_settings
 from .data import DataConfig
-from .errors import TokencleanError
+from .errors import ConfigError, TokencleanError
 from .scoring import ScoreConfig
 from .selection import SelectConfig
 from .tokens import TokenizeConfig
@@ -120,12 +120,17 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
-    from .compare import compare
+    from .compare import benchmark_metrics, compare
     from .pipeline import RunConfig
 
     values = merge_settings(args, run_settings_names())
     cfg = RunConfig.from_flat({**values, "method": args.methods[0]})
-    compare(cfg, args.methods, args.seeds)
+    metrics, columns = None, []
+    if args.eval_tasks:
+        metrics, columns = benchmark_metrics(args.eval_tasks, args.eval_data_dir, args.eval_limit)
+    elif args.eval_data_dir or args.eval_limit:
+        raise ConfigError("--eval-data-dir and --eval-limit need --eval-tasks")
+    compare(cfg, args.methods, args.seeds, extra_metrics=metrics, extra_columns=columns)
     print((Path(cfg.run.out) / "comparison.md").read_text())
     return 0
 
@@ -154,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                    help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="repeat for each seed (default: --seed)")
+    g = p.add_argument_group("benchmarks", "evaluate every final model with lm-evaluation-harness (pip install "
+                                           "'tokenclean[eval]') and add a column per task and their average")
+    g.add_argument("--eval-tasks", help="comma-separated benchmarks, e.g. gsm8k,arc_challenge (see tokenclean eval)")
+    g.add_argument("--eval-data-dir", help="read the benchmarks from local files (the layout of tokenclean eval "
+                                           "--data-dir) instead of the hub")
+    g.add_argument("--eval-limit", type=int, help="at most this many questions per task")
     add_run_args(p, skip=("method",))
     p.set_defaults(func=cmd_compare)
 

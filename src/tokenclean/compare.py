@@ -3,7 +3,8 @@
 All methods run in one directory, so the stages they share (tokenization, the base model's losses, and per seed
 the warm-up reference and its losses) are computed once. Each final model's mean loss over the response tokens of
 a held-out split is measured, and one row per method (mean and spread over seeds) goes to ``comparison.json`` and
-``comparison.md``. More columns (benchmarks) join through ``extra_metrics``.
+``comparison.md``. More columns join through ``extra_metrics``: benchmark scores (``benchmark_metrics``, the
+paper's Table 1 layout) or the demo's ground-truth measurements.
 """
 
 from __future__ import annotations
@@ -24,20 +25,29 @@ log = logging.getLogger("tokenclean")
 DEFAULT_METHODS = ("full", "random", "rho", "slm", "fixed", "self-evolving")
 DEFAULT_EVAL_FRACTION = 0.1
 
-# (key in a row's metrics, column header, format); lower is better for losses
-COLUMNS = [
+Column = tuple[str, str, str]  # (key in a row's metrics, column header, format of one value)
+
+# lower is better for losses
+COLUMNS: list[Column] = [
     ("kept_tokens", "kept tokens", "{:.0f}"),
     ("training_tokens", "training tokens", "{:.0f}"),
     ("seconds", "wall time (s)", "{:.1f}"),
     ("heldout_loss", "held-out loss", "{:.4f}"),
 ]
 
-Metrics = Callable[[str, Path], dict[str, float]]  # (method, model_dir) -> extra columns
+# (the method's run, its summary) -> extra columns. The run gives the stage mechanism, so a costly metric can be
+# a stage keyed by the model's stage key (``summary["model_stage"]``) and is not recomputed on a re-run.
+Metrics = Callable[[Run, dict[str, Any]], dict[str, float]]
 
 
 def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS, seeds: list[int] | None = None,
-            extra_metrics: Metrics | None = None) -> dict[str, Any]:
-    """Run ``methods`` for each seed in ``cfg.run.out`` and write the comparison. Returns it."""
+            extra_metrics: Metrics | None = None, extra_columns: list[Column] | tuple[Column, ...] = ()
+            ) -> dict[str, Any]:
+    """Run ``methods`` for each seed in ``cfg.run.out`` and write the comparison. Returns it.
+
+    ``extra_columns`` gives headers and formats to keys ``extra_metrics`` returns (others show under their key).
+    The result's ``timings`` lists every stage with the seconds it took in *this* call (0 when reused).
+    """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}, expected some of {sorted(METHODS)}")
@@ -64,10 +74,12 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
                 "heldout_loss": summary["heldout_loss"],
             }
             if extra_metrics:
-                metrics.update(extra_metrics(method, Path(summary["model_dir"])))
+                metrics.update(extra_metrics(run, summary))
             runs.append({"method": method, "seed": seed, "metrics": metrics, "model_dir": summary["model_dir"]})
+    rows = aggregate(runs, methods)
     result = {"methods": list(methods), "seeds": seeds, "base_heldout_loss": base_loss,
-              "rows": aggregate(runs, methods), "runs": runs}
+              "columns": _columns(rows, [*COLUMNS, *extra_columns]), "rows": rows, "runs": runs,
+              "timings": root.timings}
     out = Path(cfg.run.out)
     write_json(out / "comparison.json", result)
     atomic_write_text(out / "comparison.md", render_markdown(result))
@@ -86,11 +98,17 @@ def aggregate(runs: list[dict[str, Any]], methods: list[str] | tuple[str, ...]) 
     return rows
 
 
+def _columns(rows: list[dict[str, Any]], specs: list[Column]) -> list[Column]:
+    """The columns to show: the ``specs`` some row has, then any other metric under its own key."""
+    known = [c for c in specs if any(c[0] in r["mean"] for r in rows)]
+    named = {c[0] for c in specs}
+    extra = [(k, k, "{:.4f}") for r in rows for k in r["mean"] if k not in named]
+    return known + list(dict.fromkeys(extra))
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """The comparison as a markdown table: methods as rows; every metric present becomes a column."""
-    known = [c for c in COLUMNS if any(c[0] in r["mean"] for r in result["rows"])]
-    extra = [(k, k, "{:.4f}") for r in result["rows"] for k in r["mean"] if k not in {c[0] for c in COLUMNS}]
-    columns = known + list(dict.fromkeys(extra))
+    columns = [tuple(c) for c in result.get("columns") or _columns(result["rows"], COLUMNS)]
     multi = len(result["seeds"]) > 1
     lines = [
         f"# Comparison ({len(result['seeds'])} seed{'s' if multi else ''}: {', '.join(map(str, result['seeds']))})",
@@ -105,7 +123,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                 cells.append("")
                 continue
             cell = fmt.format(row["mean"][key])
-            if multi:
+            if multi and key in row["std"]:
                 cell += " ± " + fmt.format(row["std"][key])
             cells.append(cell)
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
@@ -114,3 +132,32 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines += ["", "Held-out loss: mean loss per response token of the held-out split (lower is better). "
               "Wall time: seconds of every stage the method used, shared stages included, as recorded when computed."]
     return "\n".join(lines) + "\n"
+
+
+def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit: int | None = None
+                      ) -> tuple[Metrics, list[Column]]:
+    """Benchmark columns (lm-evaluation-harness through ``evaluation.evaluate``) and the unweighted average, for
+    ``compare(extra_metrics=..., extra_columns=...)``. Each model's evaluation is a stage next to its model
+    (``.../benchmarks/results.json``), so a re-run does not evaluate it again."""
+    from .evaluation.benchmarks import parse_tasks
+    from .evaluation.results import AVERAGE, COLUMN_TITLES, benchmark_columns, write_results
+    from .modeling import path_fingerprint
+
+    names = [b.name for b in parse_tasks(tasks)]  # unknown names fail here, before any training
+
+    def metrics(run: Run, summary: dict[str, Any]) -> dict[str, float]:
+        from .evaluation.harness import evaluate
+
+        stage = f"{summary['model_stage'].rsplit('model', 1)[0]}benchmarks"
+        inputs = {"model": run.key(summary["model_stage"]), "tasks": names, "limit": limit,
+                  "data": data_dir and path_fingerprint(data_dir)}
+
+        def build(tmp: Path) -> dict[str, float]:
+            results = evaluate(summary["model_dir"], names, limit=limit, data_dir=data_dir, device=run.cfg.run.device)
+            write_results(results, tmp / "results.json")
+            return benchmark_columns(results)
+
+        return run.stage(stage, inputs, build)
+
+    columns = [(name, COLUMN_TITLES.get(name, name), "{:.1%}") for name in [*names, AVERAGE]]
+    return metrics, columns

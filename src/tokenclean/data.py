@@ -9,7 +9,8 @@ Supported row formats (``DataConfig.format``, detected from the first row when `
 - ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``, multi-turn;
 - ``prompt_completion``: ``{"prompt": str, "completion": str}``;
 - ``alpaca``: ``{"instruction": str, "input": str (optional), "output": str}``;
-- ``fields``: any two fields named by ``prompt_field`` / ``response_field`` (e.g. GSM8K's ``question``/``answer``).
+- ``fields``: any two fields named by ``prompt_field`` / ``response_field``; detected without them for the common
+  pairs in ``FIELD_PAIRS`` (GSM8K's ``question``/``answer``, ``query``/``response``).
 
 A sample id comes from the row's ``id`` field when present, else it is the row's 0-based index in the file.
 """
@@ -28,6 +29,7 @@ from .errors import DataError
 
 ROLES = ("system", "user", "assistant")
 FORMATS = ("auto", "messages", "prompt_completion", "alpaca", "fields")
+FIELD_PAIRS = (("question", "answer"), ("query", "response"))  # (prompt, response) fields ``auto`` recognises
 
 
 @dataclass
@@ -169,10 +171,17 @@ def detect_format(row: dict[str, Any], prompt_field: str | None = None) -> str:
         return "prompt_completion"
     if "instruction" in row and "output" in row:
         return "alpaca"
+    if field_pair(row):
+        return "fields"
     raise DataError(
-        f"row 0 has fields {sorted(row)}; expected 'messages', 'prompt'+'completion', "
-        "'instruction'+'output', or name two fields with --prompt-field/--response-field"
+        f"row 0 has fields {sorted(row)}; expected 'messages', 'prompt'+'completion', 'instruction'+'output', "
+        + ", ".join(f"'{a}'+'{b}'" for a, b in FIELD_PAIRS) + ", or name two fields with --prompt-field/--response-field"
     )
+
+
+def field_pair(row: dict[str, Any]) -> tuple[str, str] | None:
+    """The first of ``FIELD_PAIRS`` that ``row`` has, else None."""
+    return next((pair for pair in FIELD_PAIRS if pair[0] in row and pair[1] in row), None)
 
 
 def to_messages(row: dict[str, Any], fmt: str, prompt_field: str | None, response_field: str | None) -> list[dict]:
@@ -258,6 +267,8 @@ def load_conversations(
             fmt = detect_format(rows[0], prompt_field)
         except DataError as e:
             raise DataError(f"{source}: {e}") from None
+        if fmt == "fields" and not prompt_field:
+            prompt_field, response_field = field_pair(rows[0])
     conversations: list[Conversation] = []
     seen: dict[str, int] = {}
     for i, row in enumerate(rows):

@@ -41,6 +41,7 @@ def _finish(run: Run, tables: dict[str, TokenTable], model_stage: str, keep: tup
                                               "train_loss")},
         "export": {k: export[k] for k in ("rows", "rows_left_out", "trained_tokens")},
         "heldout_loss": run.heldout_stage(model_stage, tables),
+        "model_stage": model_stage,
         "model_dir": str(run.path(model_stage)),
         "export_dir": str(run.path(f"{run.ns}export")),
     }
@@ -91,13 +92,12 @@ def random_keep_mask(tokens: TokenTable, keep_ratio: float, seed: int) -> tuple[
 def run_random(run: Run) -> dict[str, Any]:
     """Random token selection with the same count as fixed-model cleaning keeps."""
     tables = run.tokens_stage()
-    mask, counts = random_keep_mask(tables["pool"], run.cfg.select.keep_ratio, run.cfg.run.seed)
-    from .pipeline import key_of
-
-    keep = (key_of("random", tables["pool"].meta["tokens_fingerprint"], run.cfg.select.keep_ratio, run.cfg.run.seed),
-            mask)
+    ratio, seed = run.cfg.select.keep_ratio, run.cfg.run.seed
+    selection = run.mask_stage(f"{run.ns}selection", tables["pool"], {"random": [ratio, seed]},
+                               lambda: random_keep_mask(tables["pool"], ratio, seed))
+    keep = (run.key(f"{run.ns}selection"), selection.keep_mask)
     run.train_stage(f"{run.ns}model", run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
-    return _finish(run, tables, f"{run.ns}model", keep, _selection_counts(counts))
+    return _finish(run, tables, f"{run.ns}model", keep, _selection_counts(selection.meta))
 
 
 def run_slm(run: Run) -> dict[str, Any]:
@@ -155,12 +155,11 @@ def run_self_evolving(run: Run) -> dict[str, Any]:
         _mark(keep, pool, parts[t], selection.keep_mask)
         keep_key.append(run.key(f"{run.ns}rounds/{t}/selection"))
         trajectory.append(_round_record(run, t, model_stage, selection.meta, tables))
-    from .pipeline import key_of
-
-    summary = _finish(run, tables, model_stage, (key_of(keep_key), keep), None)
     response = pool.meta["response_tokens"]
-    summary["selection"] = {"response_tokens": response, "kept_tokens": int(keep.sum()),
-                            "kept_share": float(keep.sum() / response) if response else 0.0}
+    counts = {"response_tokens": response, "kept_tokens": int(keep.sum()),
+              "kept_share": float(keep.sum() / response) if response else 0.0}
+    union = run.mask_stage(f"{run.ns}selection", pool, {"rounds": keep_key}, lambda: (keep, counts))
+    summary = _finish(run, tables, model_stage, (run.key(f"{run.ns}selection"), union.keep_mask), counts)
     summary["rounds"] = trajectory
     summary["training"]["trained_tokens"] = sum(r["trained_tokens"] for r in trajectory)  # over all rounds
     summary["training"]["optimizer_steps"] = sum(

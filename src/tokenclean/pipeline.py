@@ -136,6 +136,8 @@ class Run:
         self.seed_ns, self.ns = seed_ns, seed_ns + method_ns
         self.stages: dict[str, dict[str, Any]] = {}  # name -> stage.json of stages run or reused
         self._cache: dict[str, Any] = shared._cache if shared else {}
+        # every stage entered through this run or its variants, in order: {stage, seconds (this call), reused}
+        self.timings: list[dict[str, Any]] = shared.timings if shared else []
 
     def variant(self, method: str, seed: int, seed_ns: str, method_ns: str) -> Run:
         """The same run directory for another method and seed, sharing loaded state."""
@@ -177,6 +179,7 @@ class Run:
             if record.get("key") == key:
                 log.info("[%s] up to date, skipped", name)
                 self.stages[name] = record
+                self.timings.append({"stage": name, "seconds": 0.0, "reused": True})
                 return record["result"]
             changed = sorted(k for k in inputs if record.get("inputs", {}).get(k) != inputs[k])
             log.info("[%s] settings changed (%s): recomputing", name, ", ".join(changed) or "code")
@@ -189,6 +192,7 @@ class Run:
             write_json(tmp / "stage.json", record)
         log.info("[%s] done in %.1fs", name, record["seconds"])
         self.stages[name] = record
+        self.timings.append({"stage": name, "seconds": record["seconds"], "reused": False})
         return result
 
     # -- stages ----------------------------------------------------------------------------------------------------
@@ -282,6 +286,18 @@ class Run:
                    lambda tmp: select(base, ref, tmp, config).meta)
         return Selection.load(self.path(name))
 
+    def mask_stage(self, name: str, tokens: TokenTable, inputs: dict[str, Any],
+                   make: Callable[[], tuple[np.ndarray, dict[str, Any]]]) -> Selection:
+        """Save the keep-mask ``make() -> (mask, counts)`` over ``tokens`` as a ``Selection`` stage, for methods
+        whose mask does not come from ``select_stage`` (random, self-evolving's union of rounds)."""
+        def build(tmp: Path) -> dict[str, Any]:
+            mask, counts = make()
+            _as_selection(mask, tokens, counts).save(tmp)
+            return counts
+
+        self.stage(name, {**inputs, "tokens": tokens.meta["tokens_fingerprint"]}, build)
+        return Selection.load(self.path(name))
+
     def export_stage(self, name: str, tokens: TokenTable, keep: tuple[str, np.ndarray] | None) -> dict[str, Any]:
         """Export ``tokens`` with ``keep`` = (key, mask), or all response tokens."""
         from .export import export_dataset
@@ -335,12 +351,15 @@ class Run:
         return summary
 
 
-def _as_selection(mask: np.ndarray | None, tokens: TokenTable) -> Selection | None:
+def _as_selection(mask: np.ndarray | None, tokens: TokenTable, counts: dict[str, Any] | None = None
+                  ) -> Selection | None:
+    """``mask`` ((total_tokens,) bool over ``tokens``) as a ``Selection`` carrying the tokens' fingerprints and
+    ``counts``."""
     if mask is None:
         return None
     meta = {k: tokens.meta[k] for k in ("tokenizer_fingerprint", "max_seq_len", "template", "data_fingerprint",
                                         "tokens_fingerprint") if k in tokens.meta}
-    return Selection(tokens.sample_ids, mask, tokens.offsets, meta)
+    return Selection(tokens.sample_ids, mask, tokens.offsets, {**meta, **(counts or {})})
 
 
 def _counts(meta: dict[str, Any]) -> dict[str, Any]:
