@@ -16,17 +16,17 @@ import pytest
 from conftest import chat_table, write_jsonl
 
 from tokenclean import select
-from tokenclean.artifacts import Scores
+from tokenclean.artifacts import Scores, Selection
 from tokenclean.cli import main
-from tokenclean.compare import aggregate
+from tokenclean.compare import COLUMNS, _columns, aggregate
 from tokenclean.errors import TokencleanError
 from tokenclean.report import (
-    build_report,
     find_sample,
     load_run,
     per_sample_sum,
     sample_stats,
     token_texts,
+    write_report,
 )
 from tokenclean.report_html import BINS, score_bins
 from tokenclean.report_show import show, use_color
@@ -84,7 +84,7 @@ def single_run(tmp_path_factory, tiny_model_dir, gpt2_tokenizer):
 
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory, tiny_model_dir, gpt2_tokenizer):
-    """A ``tokenclean compare`` directory: methods fixed and full, seeds 1 and 2, with comparison.json."""
+    """A ``tokenclean compare`` directory: methods fixed, random and full, seeds 1 and 2, with comparison.json."""
     root = tmp_path_factory.mktemp("runs") / "cmp"
     tokens = chat_table(gpt2_tokenizer, PAIRS)
     tokens.save(root / "tokens" / "pool")
@@ -95,14 +95,18 @@ def compare_run(tmp_path_factory, tiny_model_dir, gpt2_tokenizer):
         seed_dir = root / f"seed-{seed}"
         save_scores(tokens, seed_dir / "scores" / "reference", ref + 0.1 * seed)
         select(root / "scores" / "base", seed_dir / "scores" / "reference", seed_dir / "fixed" / "selection")
-        for method, loss in (("fixed", 2.0 + seed / 100), ("full", 2.5 + seed / 100)):
+        random = Selection(tokens.sample_ids, tokens.flat_response_mask(), tokens.offsets,  # as run_random saves
+                           {**{k: tokens.meta[k] for k in META_KEYS}, "kept_tokens": 5, "score_threshold": 0.5})
+        random.save(seed_dir / "random" / "selection")
+        for method, loss in (("fixed", 2.0 + seed / 100), ("random", 2.2), ("full", 2.5 + seed / 100)):
             (seed_dir / method).mkdir(parents=True, exist_ok=True)
             (seed_dir / method / "summary.json").write_text(json.dumps({"method": method, "heldout_loss": loss}))
             runs.append({"method": method, "seed": seed, "metrics": {
                 "kept_tokens": 10 + seed, "training_tokens": 20, "seconds": 1.5, "heldout_loss": loss,
                 "gsm8k": 0.125 * seed}})
-    comparison = {"methods": ["fixed", "full"], "seeds": [1, 2], "base_heldout_loss": 3.0,
-                  "rows": aggregate(runs, ["fixed", "full"]), "runs": runs}
+    rows = aggregate(runs, ["fixed", "random", "full"])
+    comparison = {"methods": ["fixed", "random", "full"], "seeds": [1, 2], "base_heldout_loss": 3.0, "rows": rows,
+                  "columns": _columns(rows, [*COLUMNS, ("gsm8k", "GSM8K", "{:.1%}")]), "runs": runs}
     (root / "comparison.json").write_text(json.dumps(comparison))
     (root / "config.yaml").write_text(f"base: {tiny_model_dir}\n")
     return root
@@ -122,7 +126,7 @@ def assert_png(path):
 
 
 def test_report_of_a_single_run(single_run, gpt2_tokenizer):
-    page_path = build_report(single_run, samples=3)
+    page_path = write_report(single_run, samples=3)
     assert page_path == single_run / "report" / "index.html"
     page = page_path.read_text(encoding="utf-8")
     view = load_run(single_run)
@@ -150,7 +154,7 @@ def test_report_of_a_single_run(single_run, gpt2_tokenizer):
 
 
 def test_html_escapes_text_and_keeps_multibyte_characters(single_run):
-    page = build_report(single_run, samples=2, plots=False).read_text(encoding="utf-8")
+    page = write_report(single_run, samples=2, plots=False).read_text(encoding="utf-8")
     text = re.sub(r"<span[^>]*>|</span>", "", page)  # the samples' text without the token spans
     assert "&lt;b&gt;café ☕ &amp; co&lt;/b&gt;\u21b5\nsecond line" in text  # escaped; newlines visible
     assert "<b>caf" not in page and "\ufffd" not in page  # ☕ is split over byte-level tokens and rejoined
@@ -165,27 +169,32 @@ def test_token_texts_rejoin_characters_split_over_tokens(gpt2_tokenizer):
 
 
 def test_comparison_table_and_method_choice(compare_run):
-    page = build_report(compare_run, samples=2, plots=False).read_text(encoding="utf-8")
+    page = write_report(compare_run, samples=2, plots=False).read_text(encoding="utf-8")
     assert "method fixed · seed 1" in page  # defaults: fixed, the first seed
     rows = json.loads((compare_run / "comparison.json").read_text())["rows"]
     fixed = next(r for r in rows if r["method"] == "fixed")
-    for key, fmt in (("kept_tokens", "{:.0f}"), ("heldout_loss", "{:.4f}"), ("gsm8k", "{:.4f}")):
+    for key, fmt in (("kept_tokens", "{:.0f}"), ("heldout_loss", "{:.4f}"), ("gsm8k", "{:.1%}")):
         assert f"<td>{fmt.format(fixed['mean'][key])} ± {fmt.format(fixed['std'][key])}</td>" in page
-    assert "<th>gsm8k</th>" in page and "<th>held-out loss</th>" in page
+    assert "<th>GSM8K</th>" in page and "<th>held-out loss</th>" in page
+    assert "<th>score threshold</th>" in page
     assert '<tr class="current"><th>fixed</th>' in page
     # the other seed and method
     view = load_run(compare_run, method="full", seed=2)
     assert view.method_dir == compare_run / "seed-2" / "full" and view.keep_mask is None
     assert view.ref_loss is not None  # the seed's reference scores colour the tokens of every method
-    page = build_report(compare_run, method="full", seed=2, samples=2).read_text(encoding="utf-8")
+    page = write_report(compare_run, method="full", seed=2, samples=2).read_text(encoding="utf-8")
     assert not spans(page, "k") and not spans(page, "d") and spans(page, "r")
     assert "records no token selection" in page and not (compare_run / "report" / "kept_per_sample.png").exists()
+    # random's threshold is over its own random scores, not base - reference: not shown
+    page = write_report(compare_run, method="random", samples=2, plots=False).read_text(encoding="utf-8")
+    assert spans(page, "k") and "<th>score threshold</th>" not in page
 
 
 def test_demo_conclusion_and_token_kinds(single_run, tmp_path, caplog):
     run = tmp_path / "demo"
     shutil.copytree(single_run, run, ignore=shutil.ignore_patterns("report"))
-    (run / "demo.json").write_text(json.dumps({"conclusion": "Cleaning <kept> the informative tokens."}))
+    conclusion = ["Cleaning <kept> the informative tokens.", "Noise & co dropped."]  # the demo's sentences
+    (run / "demo.json").write_text(json.dumps({"conclusion": conclusion}))
     view = load_run(run)
     response = view.tokens.flat_response_mask()
     kinds = np.where(response, np.arange(len(response)) % 3, -1).astype(np.int8)
@@ -193,8 +202,9 @@ def test_demo_conclusion_and_token_kinds(single_run, tmp_path, caplog):
     column = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(kinds, pa.int8()))
     pq.write_table(pa.table({"sample_id": view.tokens.sample_ids[::-1], "kind": column.take(
         pa.array(np.arange(len(view.tokens))[::-1]))}), run / "tokens" / "pool_kinds.parquet")  # other row order
-    page = build_report(run, samples=2, plots=False).read_text(encoding="utf-8")
-    assert '<div class="conclusion">Cleaning &lt;kept&gt; the informative tokens.</div>' in page
+    page = write_report(run, samples=2, plots=False).read_text(encoding="utf-8")
+    assert ('<div class="conclusion"><p>Cleaning &lt;kept&gt; the informative tokens.</p><p>Noise &amp; co dropped.'
+            '</p></div>') in page
     shown = kinds[:offsets[2]]
     samples = page.split('<div id="samples">')[1]
     assert len(re.findall(r'class="t [^"]*\bkd2\b', samples)) == int((shown == 2).sum()) > 0
@@ -202,7 +212,7 @@ def test_demo_conclusion_and_token_kinds(single_run, tmp_path, caplog):
     # kinds not aligned with the tokens: left out with a warning, the page still builds
     pq.write_table(pa.table({"sample_id": view.tokens.sample_ids, "kind": pa.array(
         [[0]] * len(view.tokens), pa.list_(pa.int8()))}), run / "tokens" / "pool_kinds.parquet")
-    page = build_report(run, samples=2, plots=False).read_text(encoding="utf-8")
+    page = write_report(run, samples=2, plots=False).read_text(encoding="utf-8")
     assert "kd0" not in page.split("</style>")[1] and "not aligned" in caplog.text
 
 
@@ -249,7 +259,7 @@ def test_errors_name_the_path(tmp_path, single_run, compare_run, capsys):
     assert err.count("\n") == 1 and str(tmp_path) in err and "not a tokenclean run directory" in err
     assert main(["show", str(tmp_path / "missing"), "--sample", "0"]) == 2
     assert f"{tmp_path / 'missing'}: no such directory" in capsys.readouterr().err
-    with pytest.raises(TokencleanError, match=r"seed-1: no method 'slm'; methods here: fixed, full"):
+    with pytest.raises(TokencleanError, match=r"seed-1: no method 'slm'; methods here: fixed, random, full"):
         load_run(compare_run, method="slm")
     with pytest.raises(TokencleanError, match=r"no seed 3; seeds here: 1, 2"):
         load_run(compare_run, seed=3)
@@ -269,7 +279,7 @@ def test_headless_chromium_renders_filter_and_table(single_run):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not on PATH (apt-get install chromium); the page is not rendered in a browser")
-    page = build_report(single_run, samples=4, plots=False)
+    page = write_report(single_run, samples=4, plots=False)
     url = page.resolve().as_uri() + "#q=six+times"
     proc = subprocess.run([chromium, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", url],
                           capture_output=True, text=True, timeout=120, check=False)
@@ -293,7 +303,7 @@ def test_report_on_a_real_compare_directory(tmp_path, tiny_model_dir, gsm8k_rows
         view = load_run(out, method=method)
         summary = json.loads((out / "seed-0" / method / "summary.json").read_text())
         assert int(view.keep_mask.sum()) == summary["selection"]["kept_tokens"]  # the mask that was trained on
-        page = build_report(out, method=method, samples=5).read_text(encoding="utf-8")
+        page = write_report(out, method=method, samples=5).read_text(encoding="utf-8")
         assert page.count('<section class="sample"') == 5 and "<th>held-out loss</th>" in page
     assert [r["round"] for r in view.rounds] == [0, 1] and set(np.unique(view.sample_round)) == {0, 1}
     assert_png(out / "report" / "rounds.png")

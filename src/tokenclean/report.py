@@ -2,12 +2,12 @@
 
 ``load_run`` reads a ``tokenclean run`` directory or one method and seed of a ``tokenclean compare`` directory
 into a ``RunView``: flat per-token arrays aligned with the pool's tokens, plus the run's JSON records. Nothing is
-recomputed (score = base loss - reference loss is the only arithmetic). ``build_report`` turns a view into
+recomputed (score = base loss - reference loss is the only arithmetic). ``write_report`` turns a view into
 ``<run>/report/index.html`` with its plots (``report_html``, ``report_plots``); ``render_sample`` (``report_show``)
 prints one sample in the terminal.
 
 >>> view = load_run("runs/cmp", method="fixed", seed=1)     # doctest: +SKIP
->>> build_report("runs/cmp", samples=100)                    # doctest: +SKIP
+>>> write_report("runs/cmp", samples=100)                    # doctest: +SKIP
 PosixPath('runs/cmp/report/index.html')
 """
 
@@ -59,7 +59,7 @@ class RunView:
     sample_round: np.ndarray | None = None  # (n_samples,) self-evolving round that trained each sample
     comparison: dict[str, Any] | None = None  # comparison.json of a compare directory
     kinds: np.ndarray | None = None     # (total_tokens,) int8 ground-truth kinds (KINDS; -1 none)
-    conclusion: str | None = None       # demo.json "conclusion"
+    conclusion: list[str] | None = None  # demo.json "conclusion": sentences (a string is one sentence)
     notes: list[str] = field(default_factory=list)  # what is missing and why, shown on the page
 
     # Flat arrays computed once on first use (after load_run has filled the view).
@@ -87,7 +87,10 @@ class RunView:
 
     @property
     def threshold(self) -> float | None:
-        """The lowest kept score of a one-shot selection (None for self-evolving: one threshold per round)."""
+        """The lowest kept score, when the selection was made from this score (``select`` over base and reference
+        losses); None otherwise: random (its own random scores), self-evolving (one threshold per round)."""
+        if "ref_model_fingerprint" not in self.selection:
+            return None
         return self.selection.get("score_threshold")
 
     def note(self, text: str) -> None:
@@ -118,10 +121,10 @@ def load_run(run_dir: str | os.PathLike, method: str | None = None, seed: int | 
         _read_rounds(view, method_dir / "rounds")
     else:
         view.ref_loss = _losses(seed_dir / "scores" / "reference", tokens, pool_dir, view, "reference losses")
-        _read_selection(view, method_dir / "selection", pool_dir)
+    _read_selection(view, method_dir / "selection", pool_dir)
     view.kinds = _read_kinds(root / "tokens" / KINDS_FILE, tokens)
-    demo = _json_or_empty(root / "demo.json")
-    view.conclusion = demo.get("conclusion") if isinstance(demo.get("conclusion"), str) else None
+    conclusion = _json_or_empty(root / "demo.json").get("conclusion")
+    view.conclusion = [conclusion] if isinstance(conclusion, str) else conclusion
     return view
 
 
@@ -202,29 +205,26 @@ def _read_selection(view: RunView, directory: Path, pool_dir: Path) -> None:
 
 
 def _read_rounds(view: RunView, rounds_dir: Path) -> None:
-    """Self-evolving: each round's chunk scores and selection, placed into pool-wide arrays by sample id. Round 0
-    trains on all response tokens of its chunk and has no score."""
-    tokens, offsets = view.tokens, view.offsets
-    position = {sid: i for i, sid in enumerate(tokens.sample_ids)}
+    """Self-evolving: each round's round.json, and its chunk's reference losses placed into the pool-wide
+    ``ref_loss`` by sample id (round 0 trains on all response tokens of its chunk and has no score)."""
+    offsets = view.offsets
+    position = {sid: i for i, sid in enumerate(view.tokens.sample_ids)}
     view.ref_loss = np.full(len(view.response_mask), np.nan, np.float32)
-    view.keep_mask = view.response_mask.copy()
-    view.sample_round = np.zeros(len(tokens), np.int64)
-    view.selection = view.summary.get("selection", {})
+    view.sample_round = np.zeros(len(view.tokens), np.int64)
     steps = sorted((d for d in rounds_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
     for d in steps:
         if (d / "round.json").is_file():
             view.rounds.append(read_json(d / "round.json"))
-        if not (d / "selection" / Selection.FILE).is_file():
+        if not (d / "scores" / Scores.FILE).is_file():
             continue
-        scores, selection = Scores.load(d / "scores"), Selection.load(d / "selection")
-        if scores.sample_ids != selection.sample_ids or not np.array_equal(scores.offsets, selection.offsets):
-            raise MismatchError(f"{d / 'scores'} and {d / 'selection'} cover different samples")
-        for j, sid in enumerate(selection.sample_ids):
+        scores = Scores.load(d / "scores")
+        chunk_meta = {k: v for k, v in scores.meta.items() if k != "tokens_fingerprint"}  # a chunk of the pool
+        check_same_tokens(chunk_meta, str(d / "scores"), view.tokens.meta, str(view.root / "tokens" / "pool"))
+        for j, sid in enumerate(scores.sample_ids):
             i = position.get(sid)
-            lo, hi = selection.offsets[j], selection.offsets[j + 1]
+            lo, hi = scores.offsets[j], scores.offsets[j + 1]
             if i is None or offsets[i + 1] - offsets[i] != hi - lo:
-                raise MismatchError(f"{d / 'selection'}: sample {sid!r} does not match the pool's tokens")
-            view.keep_mask[offsets[i]:offsets[i + 1]] = selection.keep_mask[lo:hi]
+                raise MismatchError(f"{d / 'scores'}: sample {sid!r} does not match the pool's tokens")
             view.ref_loss[offsets[i]:offsets[i + 1]] = scores.token_loss[lo:hi]
             view.sample_round[i] = int(d.name)
     view.note("self-evolving: each round's score uses that round's model as the reference; round 0 is trained on "
@@ -345,7 +345,7 @@ def load_view_tokenizer(view: RunView, tokenizer: str | os.PathLike | None = Non
 
 
 # -- the report -----------------------------------------------------------------------------------------------------
-def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, method: str | None = None,
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, method: str | None = None,
                  seed: int | None = None, samples: int = DEFAULT_SAMPLES, tokenizer: str | os.PathLike | None = None,
                  plots: bool = True) -> Path:
     """Write ``out`` (default ``<run_dir>/report``)``/index.html``, one self-contained page, and the plots as PNG

@@ -49,9 +49,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from .report import write_report
 
-    page = build_report(args.run_dir, args.out, method=args.method, seed=args.seed, samples=args.samples,
+    page = write_report(args.run_dir, args.out, method=args.method, seed=args.seed, samples=args.samples,
                         tokenizer=args.tokenizer, plots=not args.no_plots)
     print(page)
     return 0

@@ -134,12 +134,10 @@ def summary_rows(view: RunView) -> list[tuple[str, str]]:
 
 def comparison_table(comparison: dict[str, Any], current: str) -> str:
     """The comparison as an HTML table: methods as rows; every metric of the rows a column (mean ± std)."""
-    from .compare import COLUMNS
+    from .compare import COLUMNS, _columns
 
     rows = comparison.get("rows", [])
-    known = [(k, h, f) for k, h, f in COLUMNS if any(k in r["mean"] for r in rows)]
-    extra = dict.fromkeys(k for r in rows for k in r["mean"] if k not in {c[0] for c in COLUMNS})
-    columns = known + [(k, k, "{:.4f}") for k in extra]
+    columns = comparison.get("columns") or _columns(rows, COLUMNS)  # written by compare since the demo's columns
     multi = len(comparison.get("seeds", [])) > 1
     head = "".join(f"<th>{esc(h)}</th>" for _, h, _ in columns)
     body = []
@@ -147,7 +145,7 @@ def comparison_table(comparison: dict[str, Any], current: str) -> str:
         cells = []
         for key, _, fmt in columns:
             cell = fmt.format(r["mean"][key]) if key in r["mean"] else ""
-            if cell and multi:
+            if cell and multi and key in r["std"]:
                 cell += " ± " + fmt.format(r["std"][key])
             cells.append(f"<td>{esc(cell)}</td>")
         mark = ' class="current"' if r["method"] == current else ""
@@ -207,7 +205,7 @@ def render_page(view: RunView, stats: SampleStats, texts: dict[int, list[str]],
              f"<p class=muted>{esc(view.root.resolve())} · method {esc(view.method)}"
              + ("" if view.seed is None else f" · seed {view.seed}") + "</p>"]
     if view.conclusion:
-        parts.append(f'<div class="conclusion">{esc(view.conclusion)}</div>')
+        parts.append('<div class="conclusion">' + "".join(f"<p>{esc(c)}</p>" for c in view.conclusion) + "</div>")
     parts.append('<table class="summary">' + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>"
                                                      for k, v in summary_rows(view)) + "</table>")
     if view.comparison:
@@ -246,7 +244,8 @@ CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;color:#1f2328}
 h1{font-size:1.5em;margin-bottom:.1em}h2{font-size:1.15em;margin-top:1.6em}
 .muted{color:#6e7781;font-weight:normal}
-.conclusion{border-left:4px solid #0969da;background:#ddf4ff;padding:.6em 1em;margin:1em 0;font-size:1.05em}
+.conclusion{border-left:4px solid #0969da;background:#ddf4ff;padding:0 1em;margin:1em 0;font-size:1.05em}
+.conclusion p{margin:.5em 0}
 table{border-collapse:collapse}th,td{padding:.2em .7em;border-bottom:1px solid #d0d7de;text-align:left}
 table.cmp td{text-align:right;font-variant-numeric:tabular-nums}tr.current{background:#fff8c5}
 .figs{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figure img{max-width:100%}
