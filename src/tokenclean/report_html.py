@@ -42,13 +42,14 @@ def bin_colours() -> list[str]:
 
 
 def score_scale(view: RunView, shown: list[int]) -> float:
-    """The score that gets the strongest colour: the 99th percentile of |score| over the shown samples."""
+    """The score that gets the strongest colour: the 95th percentile of |score| over the shown samples (a few
+    large scores would otherwise leave the bulk of the tokens nearly white; the tooltip has the exact value)."""
     score = view.score
     if score is None or not shown:
         return 1.0
     values = np.abs(np.concatenate([score[view.offsets[i]:view.offsets[i + 1]] for i in shown]))
     values = values[~np.isnan(values)]
-    scale = float(np.percentile(values, 99)) if len(values) else 0.0
+    scale = float(np.percentile(values, 95)) if len(values) else 0.0
     return scale if scale > 0 else 1.0
 
 
