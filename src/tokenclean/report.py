@@ -69,6 +69,11 @@ class RunView:
         return self.tokens.offsets
 
     @cached_property
+    def sample_ids(self) -> list[str]:
+        """(n_samples,)"""
+        return self.tokens.sample_ids
+
+    @cached_property
     def input_ids(self) -> np.ndarray:
         """(total_tokens,) int32."""
         return self.tokens.flat_input_ids()
@@ -321,7 +326,7 @@ def token_texts(tokenizer, ids: np.ndarray) -> list[str]:
 
 def find_sample(view: RunView, key: str | int) -> int:
     """The pool index of sample ``key``: a sample id, else an index (negative counts from the end)."""
-    ids = view.tokens.sample_ids
+    ids = view.sample_ids
     if str(key) in ids:
         return ids.index(str(key))
     try:

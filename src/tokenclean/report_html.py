@@ -60,7 +60,7 @@ def score_bins(score: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+    return "–" if x is None or not np.isfinite(x) else format(x, spec)
 
 
 def _token_html(text: str) -> str:
@@ -94,7 +94,7 @@ def render_sample(view: RunView, i: int, texts: list[str], stats: SampleStats, s
             cls.append(f"kd{kinds[j]}")
             title += f" · {KINDS[int(kinds[j])]}"
         spans.append(f'<span class="{" ".join(cls)}" title="{esc(title)}">{_token_html(text)}</span>')
-    sid = view.tokens.sample_ids[i]
+    sid = view.sample_ids[i]
     kept = "" if stats.kept is None else (f" · {stats.kept[i]} kept ({_fmt(100 * stats.kept_share[i], '.0f')}%)")
     round_ = "" if view.sample_round is None else f" · round {view.sample_round[i]}"
     header = (f"<b>{esc(sid)}</b> <span class=muted>#{i}</span> · {stats.length[i]} tokens · "

@@ -78,7 +78,7 @@ def render_sample(view: RunView, i: int, texts: list[str], color: bool) -> str:
         legend = "legend: prompt as is, " + (", ".join(_paint(c, NAMES[c], False) for c in ("k", "d"))
                                              if view.keep_mask is not None else "response as is (no selection)")
     body = "".join(_paint(cls, text, color) for cls, text in _runs(classes, texts))
-    header = f"sample {view.tokens.sample_ids[i]} (index {i} of {len(view.tokens)}) · {where}"
+    header = f"sample {view.sample_ids[i]} (index {i} of {len(view.tokens)}) · {where}"
     return f"{header}\n{line}\n{legend}\n\n{body}\n"
 
 
