@@ -135,7 +135,7 @@ def test_quick_demo_end_to_end_and_cached(tmp_path, capsys):
     assert "informative_kept" not in by_method["slm"]  # online selection: no fixed mask to grade
     assert 0.5 < by_method["random"]["informative_kept"] < 0.7
     assert result["conclusion"] and all(line in printed for line in result["conclusion"])
-    assert "| fixed |" in printed and "Time per stage" in printed
+    assert "| fixed |" in printed and "Time per stage" in printed and "{'loss'" not in printed
     kinds = out / "run" / "tokens" / "pool_kinds.parquet"
     assert kinds.is_file()
     generations = (out / "run" / "seed-0" / "fixed" / "accuracy" / "generations.jsonl").read_text().splitlines()

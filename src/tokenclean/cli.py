@@ -27,6 +27,7 @@ Token cleaning for supervised fine-tuning (Pang et al., ICML 2025): score every 
 short warm-up fine-tune lowered its loss (base loss - reference loss), keep the most informative share, and
 fine-tune on those tokens only.
 
+first:      tokenclean demo     (offline: a generated world, a tiny base, every method, a report)
 main job:   tokenclean run --method fixed --base MODEL --data pool.jsonl --out runs/fixed
 stages:     tokenclean score | select | train | export   (the same steps, one at a time)
 """

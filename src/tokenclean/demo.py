@@ -90,7 +90,8 @@ _RUN = {
     "gradient_accumulation_steps": 1, "epochs": 2.0, "logging_steps": 1000, "save_steps": 1000,
 }  # fmt: skip
 PROFILES = {
-    "default": Profile(world={"n_train": 800, "n_eval": 150}, pretrain="tiny", seeds=(0, 1, 2), run=_RUN),
+    "default": Profile(world={"n_train": 600, "n_eval": 100}, pretrain="tiny", seeds=(0, 1, 2), run=_RUN,
+                       max_new_tokens=80),
     "quick": Profile(world={"n_train": 96, "n_eval": 24, "corpus_docs": 500}, pretrain="quick", seeds=(0,),
                      run={**_RUN, "rounds": 1, "max_seq_len": 160, "batch_size": 8, "epochs": 1.0},
                      max_new_tokens=32),

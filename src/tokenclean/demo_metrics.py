@@ -141,7 +141,7 @@ def prompt_ids(source: str | Path, tokenizer, template: str, data_config: DataCo
 
 
 def generate(model_dir: str | Path, prompts: list[list[int]], max_new_tokens: int, device: str | None = None,
-             batch_size: int = 64) -> list[str]:
+             batch_size: int = 256) -> list[str]:
     """Greedy continuations of ``prompts`` (token ids) by the model in ``model_dir``, decoded without special
     tokens. Prompts are left-padded in batches of ``batch_size``; generation stops at the end-of-turn token."""
     import torch

@@ -324,6 +324,8 @@ def _train(files: list[Path], out: Path, cfg: PretrainConfig, tokenizer: str | P
     import torch
     from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator
 
+    from tokenclean.training import route_trainer_logs
+
     started = time.perf_counter()
     if tokenizer is None:
         tok = train_tokenizer(iter_documents(files), cfg.vocab_size)
@@ -353,6 +355,7 @@ def _train(files: list[Path], out: Path, cfg: PretrainConfig, tokenizer: str | P
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = Trainer(model=model, args=args, train_dataset=_Blocks(train_blocks), data_collator=default_data_collator)
+    route_trainer_logs(trainer)
     result = trainer.train()
     train_losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     final_loss = mean_loss(model, eval_blocks)

@@ -7,6 +7,7 @@ micro-batches and, under DDP, all processes). A step with no kept token contribu
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -23,6 +24,8 @@ from .errors import ConfigError
 from .losses import kept_token_loss_sum, slm_loss_sum
 from .selection import round_half_up
 from .tokens import IGNORE_INDEX, TokenTable, make_labels
+
+log = logging.getLogger("tokenclean")
 
 
 @dataclass
@@ -191,6 +194,29 @@ def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16
     )
 
 
+def route_trainer_logs(trainer) -> None:
+    """Send the Trainer's loss logs to the ``tokenclean`` logger (stderr, silenced by ``--quiet``) instead of
+    printing them to stdout, which carries the command's result. The progress bar stays."""
+    from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+
+    class LogCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                log.info("step %d: %s", state.global_step, ", ".join(f"{k} {v:.4g}" if isinstance(v, float)
+                                                                     else f"{k} {v}" for k, v in logs.items()))
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    had_bar = any(isinstance(c, ProgressCallback) for c in trainer.callback_handler.callbacks)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if had_bar:
+        trainer.add_callback(QuietProgress)
+    trainer.add_callback(LogCallback)
+
+
 def train_model(
     model,
     tokenizer,
@@ -237,6 +263,7 @@ def train_model(
         data_collator=PadCollator(pad_id),
         slm_keep_ratio=slm[1] if slm else None,
     )
+    route_trainer_logs(trainer)
     start = time.perf_counter()
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
