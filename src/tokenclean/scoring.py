@@ -13,7 +13,6 @@ strided share of the batches and all ranks end with the full arrays (rank 0 writ
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import option
+from .distributed import distributed_world
 from .errors import ConfigError
 from .losses import token_losses
 from .artifacts import Scores
@@ -51,20 +51,6 @@ def length_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
         batches.append(order[start : start + rows])
         start += rows
     return batches
-
-
-def distributed_world() -> tuple[int, int]:
-    """(rank, world size) of the ``torch.distributed`` group, else (0, 1). Under ``torchrun`` / ``accelerate
-    launch`` (``WORLD_SIZE`` > 1) a group that is not initialised yet is started (NCCL on GPUs, else gloo)."""
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _padded_batch(batch: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, ids_flat: np.ndarray,
