@@ -16,7 +16,7 @@ import torch
 
 from conftest import write_jsonl
 from tokenclean import api
-from tokenclean.artifacts import Scores
+from tokenclean.artifacts import Scores, Selection
 from tokenclean.scoring import ScoreConfig
 
 WORKER = textwrap.dedent("""
@@ -116,3 +116,58 @@ def test_two_process_training_equals_one_process_with_the_same_global_batch(tmp_
     assert ddp_run["optimizer_steps"] == one_run["optimizer_steps"] == 2
     assert ddp_run["trained_tokens"] == one_run["trained_tokens"]
     assert not list(tmp_path.glob(".ddp*")) and not list(tmp_path.glob("ddp.checkpoints"))  # one writer, cleaned up
+
+
+def test_only_rank_0_writes(tmp_path, monkeypatch):
+    from tokenclean.io import atomic_dir, write_json
+
+    monkeypatch.setenv("RANK", "1")
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "f").write_text("rank 1")
+        private = tmp
+    write_json(tmp_path / "j.json", {"rank": 1})
+    assert not private.exists() and list(tmp_path.iterdir()) == []  # nothing written, nothing left behind
+    monkeypatch.setenv("RANK", "0")
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "f").write_text("rank 0")
+    assert (tmp_path / "d" / "f").read_text() == "rank 0"
+
+
+def test_each_process_gets_its_own_gpu(monkeypatch):
+    from tokenclean.modeling import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device(None) == resolve_device("cuda") == torch.device("cuda", 3)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.slow
+def test_run_under_torchrun(tmp_path, tiny_model_dir, gsm8k_rows):
+    """``tokenclean run`` under torchrun (2 processes): base and reference scored over sharded batches with one
+    model, one selection, DDP training, every file written once (rank 0) and one report printed."""
+    from tokenclean.tokens import TokenTable
+
+    data = write_jsonl(tmp_path / "pool.jsonl", gsm8k_rows[:16])
+    out, scratch = tmp_path / "run", tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "TMPDIR": str(scratch)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tokenclean",
+           "run", "--base", str(tiny_model_dir), "--data", str(data), "--prompt-field", "question",
+           "--response-field", "answer", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+           "--max-seq-len", "256", "--batch-size", "2", "--gradient-accumulation-steps", "1", "--lora-r", "4",
+           "--max-steps", "2", "--batch-tokens", "1024", "--learning-rate", "1e-2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"method": "fixed"') == 1  # one process reports
+
+    summary = json.loads((out / "summary.json").read_text())
+    sel = summary["selection"]
+    assert sel["kept_tokens"] == int(np.floor(0.6 * sel["response_tokens"] + 0.5))
+    assert summary["training"]["optimizer_steps"] == 2 and summary["training"]["trained_tokens"] == sel["kept_tokens"]
+    base, ref = Scores.load(out / "scores" / "base"), Scores.load(out / "scores" / "reference")
+    assert base.meta["adapter_pair"] and ref.meta["adapter_pair"]
+    alone = api.score(tiny_model_dir, TokenTable.load(out / "tokens" / "pool"), progress=False)
+    np.testing.assert_allclose(base.token_loss, alone.token_loss, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(api.select(base, ref).keep_mask, Selection.load(out / "selection").keep_mask)
+    assert not list(out.rglob(".*")) and not list(scratch.glob("tokenclean-*"))  # no temporary leftovers
