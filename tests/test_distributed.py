@@ -101,10 +101,10 @@ def test_two_process_training_equals_one_process_with_the_same_global_batch(tmp_
     args = [str(tiny_model_dir), str(data)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
            *args, str(tmp_path / "ddp"), "2", "2"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     done = subprocess.run([sys.executable, str(script), *args, str(tmp_path / "one"), "4", "2"], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
     before, ddp, one = _weights(tiny_model_dir), _weights(tmp_path / "ddp"), _weights(tmp_path / "one")
@@ -157,7 +157,7 @@ def test_run_under_torchrun(tmp_path, tiny_model_dir, gsm8k_rows):
            "--response-field", "answer", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
            "--max-seq-len", "256", "--batch-size", "2", "--gradient-accumulation-steps", "1", "--lora-r", "4",
            "--max-steps", "2", "--batch-tokens", "1024", "--learning-rate", "1e-2"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count('"method": "fixed"') == 1  # one process reports
 
@@ -171,3 +171,30 @@ def test_run_under_torchrun(tmp_path, tiny_model_dir, gsm8k_rows):
     np.testing.assert_allclose(base.token_loss, alone.token_loss, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(api.select(base, ref).keep_mask, Selection.load(out / "selection").keep_mask)
     assert not list(out.rglob(".*")) and not list(scratch.glob("tokenclean-*"))  # no temporary leftovers
+
+
+def test_fsdp_is_refused_before_training(tmp_path, monkeypatch, gpt2_tokenizer):
+    """Accelerate enables FSDP only on accelerators, so this CPU test fakes it: the refusal must come before any
+    training step, with a message that says what to use instead."""
+    from conftest import chat_table, tiny_llama
+    from tokenclean import training
+    from tokenclean.errors import ConfigError
+
+    make = training._trainer_class
+
+    def fsdp_trainer():
+        class FakeFSDP(make()):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.is_fsdp_enabled = True
+
+            def train(self, *args, **kwargs):
+                raise AssertionError("trained although FSDP is not supported")
+
+        return FakeFSDP
+
+    monkeypatch.setattr(training, "_trainer_class", fsdp_trainer)
+    table = chat_table(gpt2_tokenizer, [("Say 1", "1"), ("Say 2", "2")])
+    with pytest.raises(ConfigError, match="FSDP .* is not supported.*use data parallelism"):
+        training.train_model(tiny_llama(), gpt2_tokenizer, table, tmp_path / "m", training.TrainConfig(max_steps=1))
+    assert not (tmp_path / "m").exists()

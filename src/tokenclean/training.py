@@ -248,6 +248,10 @@ def train_model(
         data_collator=PadCollator(pad_id),
         slm_keep_ratio=slm[1] if slm else None,
     )
+    if trainer.is_fsdp_enabled:  # fail now, not after training: the save below needs unsharded weights
+        raise ConfigError("FSDP (accelerate launch --use_fsdp) is not supported: the trained model is saved, and a "
+                          "LoRA merged, from process 0, which needs every weight unsharded; use data parallelism "
+                          "(torchrun / accelerate launch without --use_fsdp) with a model that fits one device")
     start = time.perf_counter()
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
