@@ -177,6 +177,7 @@ def test_fsdp_is_refused_before_training(tmp_path, monkeypatch, gpt2_tokenizer):
     """Accelerate enables FSDP only on accelerators, so this CPU test fakes it: the refusal must come before any
     training step, with a message that says what to use instead."""
     from conftest import chat_table, tiny_llama
+
     from tokenclean import training
     from tokenclean.errors import ConfigError
 
