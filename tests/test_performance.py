@@ -69,7 +69,12 @@ def test_peft_model_fast_path_equals_its_forward():
 
 def test_adapter_pair_equals_separate_models(table):
     model = lora_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     base, ref = score_adapter_pair(model, table, ScoreConfig(batch_tokens=200), "b", "r", progress=False)
+    # the adapter was merged for the reference pass and unmerged afterwards: the weights are back
+    assert not any(getattr(m, "merged", False) for m in model.modules())
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=1e-6)
     plain = tiny_llama().eval()  # the same base weights, no adapter
     merged = lora_model().merge_and_unload().eval()
     np.testing.assert_allclose(base.token_loss, compute_token_loss(plain, table, progress=False), rtol=1e-5,

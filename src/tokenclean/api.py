@@ -159,9 +159,10 @@ def score_pair(
     """Base and reference losses with one model in memory, when the reference is a LoRA adapter on the base.
 
     ``model``: the base (path, hub id or loaded model), or an already loaded PEFT model when ``adapter`` is None;
-    ``adapter``: the reference's PEFT adapter directory. One pass over the batches scores each batch with the
-    adapter off (base) and on (reference). With ``cache``, cached base losses are reused (only the reference
-    pass runs) and new ones stored. Returns ``(base scores, reference scores)``; writes them when outs are given.
+    ``adapter``: the reference's PEFT adapter directory. The base is scored with the adapter off, then the
+    reference with it merged into the weights (``scoring.score_adapter_pair``). With ``cache``, cached base
+    losses are reused (only the reference pass runs) and new ones stored. Returns ``(base scores, reference
+    scores)``; writes them when outs are given.
     """
     from .scoring import score_adapter_pair
 

@@ -352,9 +352,9 @@ class Run:
         ``scores/reference``, the same keys and files however they are computed).
 
         When the reference is a LoRA adapter on the base (``--lora``, the default) and neither stage is done, one
-        model is loaded: each batch is scored with the adapter off (base) and on (reference), see
-        ``api.score_pair``; the losses equal the two-model path's up to float rounding. Otherwise each is scored
-        with its own model (the base through the score cache)."""
+        model is loaded instead of two: the base is scored with the adapter off, then the reference with it
+        merged (``api.score_pair``; cached base losses are reused); the losses equal the two-model path's up to
+        float rounding. Otherwise each is scored with its own model (the base through the score cache)."""
         c, pool = self.cfg, tables["pool"]
         ref = self.reference_model(tables)
         names = ("scores/base", f"{self.seed_ns}scores/reference")
