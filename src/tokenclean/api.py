@@ -107,7 +107,8 @@ def score(
     if slot is not None:
         scores = score_cache.load_cached(*slot, tokens.meta)
         if scores is not None:
-            log.info("scores of %s taken from the cache (%s)", model, scores.meta["cache_entry"])
+            log.info("scores of %s taken from the cache (%s)", scores.meta.get("model_fingerprint"),
+                     scores.meta["cache_entry"])
     if scores is None:
         if loaded is None:
             loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)

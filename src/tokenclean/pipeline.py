@@ -366,7 +366,7 @@ class Run:
 
         pair: list[Scores] = []
 
-        def compute(i: int) -> Scores:  # both scored on first use, in one pass over the batches
+        def compute(i: int) -> Scores:  # both scored on first use, with one model load
             if not pair:
                 pair.extend(score_pair(c.run.base, adapter, pool, score_config=c.score, device=c.run.device,
                                        dtype=c.run.dtype, trust_remote_code=c.run.trust_remote_code,
