@@ -7,6 +7,7 @@ all linear layers: the paper's settings, random non-zero weights), saved both as
 second model directory. fp32 on CPU. Every timing loads the models from disk, as a run does.
 
     python bench/bench_cache_pair.py [--samples 200] [--repeats 2] [--lora-r 64]
+    python bench/bench_cache_pair.py --setup-only --hidden 2048 --layers 16 --mlp 5504   # a ~1B model's set-up
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from tokenclean import api, modeling
 from tokenclean.tokens import tokenize
 
 
-def make_models(root: Path, lora_r: int) -> tuple[Path, Path, Path]:
-    """(base directory, adapter directory, merged reference directory) under ``root``."""
+def make_models(root: Path, lora_r: int, size: dict[str, int] | None = None) -> tuple[Path, Path, Path]:
+    """(base directory, adapter directory, merged reference directory) under ``root``; ``size``: ``llama()``'s
+    keyword arguments (default: the scoring benchmark's model)."""
     from peft import LoraConfig, get_peft_model
 
     base = root / "base"
-    model = llama()
+    model = llama(**(size or {}))
     model.save_pretrained(base)
     gpt2_tokenizer().save_pretrained(base)
     adapted = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=16, target_modules="all-linear"))
@@ -77,20 +79,40 @@ def load_costs(base_dir: Path, adapter: Path, merged: Path) -> dict[str, float]:
     return costs
 
 
+def report_setup(costs: dict[str, float]) -> None:
+    for name, t in costs.items():
+        print(f"{name}: {t:.3f} s (median of 5)")
+    two = costs["load the base"] + costs["load the merged reference"]
+    pair = costs["load the base + attach the adapter"] + costs["merge + unmerge the adapter"]
+    print(f"model set-up, two models: {two:.3f} s; one model + adapter: {pair:.3f} s; saved {two - pair:+.3f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--lora-r", type=int, default=64)
+    ap.add_argument("--setup-only", action="store_true", help="only the model set-up costs (no scoring)")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--mlp", type=int, default=1024)
     args = ap.parse_args()
     print(machine())
+    size = {"hidden": args.hidden, "layers": args.layers, "mlp": args.mlp, "heads": max(4, args.hidden // 128)}
+    if args.setup_only:
+        with tempfile.TemporaryDirectory() as d:
+            base_dir, adapter, merged = make_models(Path(d), args.lora_r, size)
+            n = sum(f.stat().st_size for f in base_dir.glob("*.safetensors"))
+            print(f"model: {size}, {n / 1e9:.2f} GB of fp32 weights; LoRA r={args.lora_r}")
+            report_setup(load_costs(base_dir, adapter, merged))
+        return
     tokens = tokenize(gsm8k_conversations(args.samples), gpt2_tokenizer())
     print(f"workload: {len(tokens)} samples, {tokens.meta['tokens']} tokens, {tokens.meta['response_tokens']} "
           f"response tokens; LoRA r={args.lora_r}")
     kw = {"progress": False}
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
-        base_dir, adapter, merged = make_models(root, args.lora_r)
+        base_dir, adapter, merged = make_models(root, args.lora_r, size)
         cache_times: dict[str, list[float]] = {"computed": [], "hit": []}
         for rep in range(args.repeats):
             cache = root / f"cache-{rep}"
@@ -114,11 +136,7 @@ def main() -> None:
     print("base losses from the cache (fingerprint the model files + read), s: "
           + ", ".join(f"{t:.2f}" for t in cache_times["hit"]))
     print(f"cache hit vs computed (best of each): {hit:.2f} s vs {computed:.2f} s, {computed / hit:.0f}x faster")
-    for name, t in costs.items():
-        print(f"{name}: {t:.3f} s (median of 5)")
-    two = costs["load the base"] + costs["load the merged reference"]
-    pair = costs["load the base + attach the adapter"] + costs["merge + unmerge the adapter"]
-    print(f"model set-up, two models: {two:.3f} s; one model + adapter: {pair:.3f} s; saved {two - pair:+.3f} s")
+    report_setup(costs)
     print(f"end to end once each (noisy): two models {two_s:.1f} s, pair {pair_s:.1f} s; the two scoring passes "
           f"are the same work in both")
     print(f"max |loss difference| pair vs two models: base {base_diff:.1e}, reference {ref_diff:.1e}")
