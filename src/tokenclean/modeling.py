@@ -17,13 +17,16 @@ from .errors import ConfigError, TokencleanError
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """``None``/``"auto"`` picks CUDA when present, else CPU; asking for CUDA without one is an error."""
+    """``None``/``"auto"`` picks CUDA when present, else CPU; asking for CUDA without one is an error. ``cuda``
+    without an index is GPU ``LOCAL_RANK`` (under ``torchrun`` each process has its own GPU; 0 otherwise)."""
+    from .distributed import local_rank
+
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
-    return dev
+    return torch.device("cuda", local_rank()) if dev.type == "cuda" and dev.index is None else dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
