@@ -26,6 +26,16 @@ def tiny_llama(vocab_size: int = 50257, seed: int = 0, hidden: int = 32, layers:
     return LlamaForCausalLM(cfg)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def score_cache_dir(tmp_path_factory):
+    """Runs use the score cache by default: keep it in the session's temporary directory, never in ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("score-cache")
+    patch.setenv("TOKENCLEAN_CACHE", str(path))
+    yield path
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     from transformers import GPT2TokenizerFast

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from conftest import chat_table, tiny_llama, write_jsonl
 from tokenclean import api
+from tokenclean.artifacts import Scores
+from tokenclean.modeling import load_model
 from tokenclean.losses import head_losses, kept_token_loss_sum, token_losses
 from tokenclean.scoring import ScoreConfig, compute_token_loss, score_adapter_pair
 from tokenclean.tokens import IGNORE_INDEX
@@ -67,7 +69,12 @@ def test_peft_model_fast_path_equals_its_forward():
 
 def test_adapter_pair_equals_separate_models(table):
     model = lora_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     base, ref = score_adapter_pair(model, table, ScoreConfig(batch_tokens=200), "b", "r", progress=False)
+    # the adapter was merged for the reference pass and unmerged afterwards: the weights are back
+    assert not any(getattr(m, "merged", False) for m in model.modules())
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=1e-6)
     plain = tiny_llama().eval()  # the same base weights, no adapter
     merged = lora_model().merge_and_unload().eval()
     np.testing.assert_allclose(base.token_loss, compute_token_loss(plain, table, progress=False), rtol=1e-5,
@@ -102,9 +109,13 @@ def test_score_cache_reuses_losses(tmp_path, monkeypatch, tiny_model_dir, gsm8k_
     other = pool(tmp_path / "other.jsonl", gsm8k_rows[6:10])
     monkeypatch.setenv("TOKENCLEAN_CACHE", str(tmp_path / "cache"))
     calls = counting_score_tokens(monkeypatch)
+    loads = []
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: loads.append(1) or load_model(*a, **k))
     first = api.score(tiny_model_dir, data, tmp_path / "s1", cache=True, progress=False)
     second = api.score(tiny_model_dir, data, tmp_path / "s2", cache=True, progress=False)
-    assert len(calls) == 1 and "cache_hit" in second.meta
+    assert len(calls) == 1 and first.meta["cache_hit"] is False and second.meta["cache_hit"] is True
+    assert len(loads) == 1  # a hit on a model directory does not even load the model
+    assert Scores.load(tmp_path / "s2").meta["cache_hit"] is True
     np.testing.assert_array_equal(first.token_loss, second.token_loss)
     assert len(list((tmp_path / "cache" / "scores").iterdir())) == 1
     assert not list((tmp_path / "cache" / "scores").glob(".*"))  # no temporary leftovers

@@ -125,3 +125,46 @@ def test_help_explains_every_command():
     for flag in ("--base", "--data", "--out", "--keep-ratio", "--level", "--max-seq-len", "--seed", "--config",
                  "--warmup-data", "--warmup-fraction"):
         assert flag in proc.stdout
+
+
+@pytest.mark.slow
+def test_run_scores_base_and_lora_reference_with_one_model_and_reuses_cached_base_losses(
+        tmp_path, monkeypatch, tiny_model_dir, gsm8k_rows):
+    """The warm-up reference is a LoRA adapter (the default), so the base's and the reference's losses come from
+    one loaded model (adapter off, then on) and equal what each model scored on its own gives. A second run
+    directory over the same base, tokenizer and data takes the base losses from the score cache."""
+    from tokenclean import api
+    from tokenclean.artifacts import Scores
+    from tokenclean.tokens import TokenTable
+
+    data = write_jsonl(tmp_path / "pool.jsonl", gsm8k_rows[:16])
+    loads = []
+    load_model = api.load_model
+    monkeypatch.setattr(api, "load_model", lambda path, *a, **k: loads.append(str(path)) or load_model(path, *a, **k))
+    args = ["run", "--base", str(tiny_model_dir), "--data", str(data), "--prompt-field", "question",
+            "--response-field", "answer", "--cache-dir", str(tmp_path / "cache"), "--learning-rate", "1e-2",
+            "--quiet", *FAST]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    # base for the reference's training, base (+ adapter) for both scores, base for the final training; the
+    # merged reference model is never loaded
+    assert loads == [str(tiny_model_dir)] * 3
+    a = tmp_path / "a"
+    results = {name: json.loads((a / "scores" / name / "stage.json").read_text())["result"]
+               for name in ("base", "reference")}
+    assert results["base"]["adapter_pair"] and results["reference"]["adapter_pair"]
+    assert results["base"]["cache_hit"] is False and (a / "reference" / "adapter" / "adapter_config.json").exists()
+
+    pool = TokenTable.load(a / "tokens" / "pool")
+    base, ref = Scores.load(a / "scores" / "base"), Scores.load(a / "scores" / "reference")
+    alone_base = api.score(str(tiny_model_dir), pool, progress=False)
+    alone_ref = api.score(str(a / "reference"), pool, progress=False)  # the merged reference, on its own
+    np.testing.assert_allclose(base.token_loss, alone_base.token_loss, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ref.token_loss, alone_ref.token_loss, rtol=1e-4, atol=1e-4)
+    assert np.nanmax(np.abs(ref.token_loss - base.token_loss)) > 0.05  # the reference is not the base
+
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    b = tmp_path / "b"
+    assert json.loads((b / "scores" / "base" / "stage.json").read_text())["result"]["cache_hit"] is True
+    np.testing.assert_array_equal(Scores.load(b / "scores" / "base").token_loss, base.token_loss)
+    np.testing.assert_allclose(Scores.load(b / "scores" / "reference").token_loss, ref.token_loss, rtol=1e-5,
+                               atol=1e-5)  # same seed, same reference

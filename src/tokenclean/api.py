@@ -25,7 +25,8 @@ from .errors import DataError, MismatchError, ModelError
 from . import score_cache
 from .export import export_dataset
 from .io import atomic_dir, write_json
-from .modeling import load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint
+from .modeling import (load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint, resolve_device,
+                       resolve_dtype)
 from .scoring import ScoreConfig, score_tokens
 from .selection import SelectConfig, select_tokens
 from .tokens import TokenizeConfig, TokenTable, tokenize
@@ -147,29 +148,35 @@ def score(
 
     Writes ``out/token_loss.parquet`` and ``out/scores.json`` when ``out`` is given. ``cache``: True (the
     directory ``$TOKENCLEAN_CACHE`` or ``~/.cache/tokenclean``) or a directory: reuse losses computed before for
-    the same model content, dtype, tokenizer and data, and store new ones (see ``tokenclean.score_cache``).
-    ``work_dir``: keep finished shards there while scoring, so a killed call started again resumes at the shard
-    it was in (one model per work directory); removed once ``out`` is written.
+    the same model content, dtype, tokenizer and data, and store new ones (see ``tokenclean.score_cache``); a
+    model directory is not even loaded on a hit. ``meta["cache_hit"]`` says which it was. ``work_dir``: keep
+    finished shards there while scoring, so a killed call started again resumes at the shard it was in (one model
+    per work directory); removed once ``out`` is written.
     Under ``torch.distributed`` every rank scores a share and gets all losses; rank 0 writes.
     """
     tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
-    loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
-    check_vocab(loaded, tokens, model)
-    root = key = scores = None
-    if cache:
-        root = score_cache.cache_root(cache)
-        key = score_cache.scores_key(_content_fingerprint(model, loaded, fingerprint), tokens.meta, loaded)
-        scores = score_cache.load_cached(root, key, tokens.meta)
+    loaded = slot = scores = None
+    if cache and _is_local_dir(model):  # keyed by the directory's files: no need to load the model
+        slot = _cache_slot(cache, model, None, tokens, device, dtype)
+    elif cache:
+        loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
+        slot = _cache_slot(cache, model, loaded, tokens, device, dtype)
+    if slot is not None:
+        scores = score_cache.load_cached(*slot, tokens.meta)
         if scores is not None:
-            log.info("scores of %s taken from the cache (%s)", fingerprint, scores.meta["cache_hit"])
+            log.info("scores of %s taken from the cache (%s)", scores.meta.get("model_fingerprint"),
+                     scores.meta["cache_entry"])
     if scores is None:
+        if loaded is None:
+            loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
+        check_vocab(loaded, tokens, model)
         with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
             scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress,
                                   work_dir=work_dir)
         _check_model_losses(scores, tokens, model, loaded)
-        if root is not None:
-            score_cache.store(root, key, scores)
+        if slot is not None:
+            score_cache.store(*slot, scores)
     if out is not None:
         score_cache.save_scores(scores, out)
         if work_dir is not None:
@@ -195,11 +202,24 @@ _TRAINING_MEMORY_ADVICE = ("lower --batch-size (raise --gradient-accumulation-st
                            "turn on --gradient-checkpointing, keep --lora on, or train on a GPU")
 
 
-def _content_fingerprint(model: Any, loaded: Any, fingerprint: str, skip_adapters: bool = False) -> str:
-    """A fingerprint of the model's weights: the files' hash for a local directory, else the parameters' hash."""
-    if isinstance(model, (str, os.PathLike)) and Path(model).exists():
-        return fingerprint
-    return score_cache.model_fingerprint(loaded, skip_adapters)
+def _is_local_dir(model: Any) -> bool:
+    return isinstance(model, (str, os.PathLike)) and Path(model).is_dir()
+
+
+def _cache_slot(cache: bool | PathLike, model: Any, loaded: Any, tokens: TokenTable, device: str | None,
+                dtype: str, skip_adapters: bool = False) -> tuple[Path, str]:
+    """(cache root, key) of ``model``'s losses over ``tokens``. A model directory is identified by its files'
+    hash and the dtype and device it would be loaded with; anything else (a hub id, a loaded model) by the
+    ``loaded`` model's parameters (``skip_adapters``: leave LoRA parameters out: the base under an adapter)."""
+    if _is_local_dir(model):
+        dev = resolve_device(device)
+        fingerprint, weights_dtype, device_type = path_fingerprint(model), resolve_dtype(dtype, dev), dev.type
+    else:
+        param = next(loaded.parameters())
+        fingerprint = score_cache.model_fingerprint(loaded, skip_adapters)
+        weights_dtype, device_type = param.dtype, param.device.type
+    key = score_cache.scores_key(fingerprint, tokens.meta, weights_dtype, device_type)
+    return score_cache.cache_root(cache), key
 
 
 def score_pair(
@@ -218,13 +238,16 @@ def score_pair(
     trust_remote_code: bool = False,
     progress: bool = True,
     cache: bool | PathLike = False,
+    work_dir: PathLike | None = None,
 ) -> tuple[Scores, Scores]:
     """Base and reference losses with one model in memory, when the reference is a LoRA adapter on the base.
 
     ``model``: the base (path, hub id or loaded model), or an already loaded PEFT model when ``adapter`` is None;
-    ``adapter``: the reference's PEFT adapter directory. One pass over the batches scores each batch with the
-    adapter off (base) and on (reference). With ``cache``, cached base losses are reused (only the reference
-    pass runs) and new ones stored. Returns ``(base scores, reference scores)``; writes them when outs are given.
+    ``adapter``: the reference's PEFT adapter directory. The base is scored with the adapter off, then the
+    reference with it merged into the weights (``scoring.score_adapter_pair``). With ``cache``, cached base
+    losses are reused (only the reference pass runs) and new ones stored. ``work_dir``: as for ``score`` (both
+    passes keep their shards there; the caller removes it). Returns ``(base scores, reference scores)``; writes
+    them when outs are given.
     """
     from .scoring import score_adapter_pair
 
@@ -238,17 +261,21 @@ def score_pair(
         ref_fp = f"{base_fp}+{path_fingerprint(adapter)}"
     else:
         ref_fp = base_fp + "+adapter"
-    root = key = base = None
-    if cache:
-        root = score_cache.cache_root(cache)
-        key = score_cache.scores_key(_content_fingerprint(model, loaded, base_fp, skip_adapters=True), tokens.meta,
-                                     loaded)
-        base = score_cache.load_cached(root, key, tokens.meta)
-    computed, ref = score_adapter_pair(loaded, tokens, score_config, base_fp, ref_fp, progress, base=base is None)
+    slot = _cache_slot(cache, model, loaded, tokens, device, dtype, skip_adapters=True) if cache else None
+    base = score_cache.load_cached(*slot, tokens.meta) if slot else None
+    check_vocab(loaded, tokens, model)
+    with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
+        computed, ref = score_adapter_pair(loaded, tokens, score_config, base_fp, ref_fp, progress,
+                                           base=base is None, work_dir=work_dir)
+    for scores in (computed, ref):
+        if scores is not None:
+            _check_model_losses(scores, tokens, model, loaded)
+    ref.meta["adapter_pair"] = True
     if computed is not None:
         base = computed
-        if root is not None:
-            score_cache.store(root, key, base)
+        base.meta["adapter_pair"] = True
+        if slot is not None:
+            score_cache.store(*slot, base)
     for scores, out in ((base, base_out), (ref, ref_out)):
         if out is not None:
             score_cache.save_scores(scores, out)
@@ -327,10 +354,12 @@ def train(
     trust_remote_code: bool = False,
     checkpoint_dir: PathLike | None = None,
     slm: tuple[np.ndarray, float] | None = None,
+    save_adapter: bool = False,
 ) -> dict[str, Any]:
     """Token-masked SFT of ``model`` on ``data`` (kept tokens of ``selection``, else all response tokens);
-    saves a merged standard model directory to ``out``. ``slm``: (reference losses aligned with the tokens,
-    keep ratio) for Rho-1's online selection. Returns counts and timings."""
+    saves a merged standard model directory to ``out`` (and with ``save_adapter``, the unmerged LoRA adapter to
+    ``out/adapter``, for ``score_pair``). ``slm``: (reference losses aligned with the tokens, keep ratio) for
+    Rho-1's online selection. Returns counts and timings."""
     tok = _tokenizer_for(model, tokenizer, trust_remote_code)
     tokens = _as_tokens(data, lambda: tok, data_config, tokenize_config)
     keep = keep_mask_for(tokens, selection, f"data ({data})")
@@ -339,7 +368,8 @@ def train(
     check_vocab(loaded, tokens, model)
     with atomic_dir(out) as tmp, out_of_memory_as_error(f"training {model}", _TRAINING_MEMORY_ADVICE):
         result = train_model(loaded, tok, tokens, tmp, train_config, keep, drop_empty, seed,
-                             checkpoint_dir or Path(out).with_name(Path(out).name + ".checkpoints"), slm)
+                             checkpoint_dir or Path(out).with_name(Path(out).name + ".checkpoints"), slm,
+                             save_adapter)
         write_json(tmp / "training.json", result)
     log.info("trained on %d tokens of %d samples in %d steps (%.1fs); model saved to %s", result["trained_tokens"],
              result["samples"], result["optimizer_steps"], result["seconds"], out)

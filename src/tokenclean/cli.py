@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import add_config_args, build, field_names, merge_settings
 from .data import DataConfig
+from .distributed import process_rank
 from .errors import ConfigError, TokencleanError
 from .scoring import ScoreConfig
 from .selection import SelectConfig
@@ -135,7 +136,8 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     elif args.eval_data_dir or args.eval_limit:
         raise ConfigError("--eval-data-dir and --eval-limit need --eval-tasks")
     compare(cfg, args.methods, args.seeds, extra_metrics=metrics, extra_columns=columns)
-    print((Path(cfg.run.out) / "comparison.md").read_text())
+    if process_rank() == 0:  # under torchrun rank 0 wrote it; the others may not see it yet
+        print((Path(cfg.run.out) / "comparison.md").read_text())
     return 0
 
 
@@ -236,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
-                        stream=sys.stderr)
+    quiet = args.quiet or process_rank() != 0  # under torchrun one process reports
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     _quiet_libraries()
     try:
         result = args.func(args)
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if isinstance(result, int):
         return result
-    if result is not None:
+    if result is not None and process_rank() == 0:
         print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -100,6 +100,7 @@ def aggregate(runs: list[dict[str, Any]], methods: list[str] | tuple[str, ...]) 
 
 def _columns(rows: list[dict[str, Any]], specs: list[Column]) -> list[Column]:
     """The columns to show: the ``specs`` some row has, then any other metric under its own key."""
+    specs = list({c[0]: c for c in reversed(specs)}.values())[::-1]  # one column per key: the first spec wins
     known = [c for c in specs if any(c[0] in r["mean"] for r in rows)]
     named = {c[0] for c in specs}
     extra = [(k, k, "{:.4f}") for r in rows for k in r["mean"] if k not in named]

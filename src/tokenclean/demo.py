@@ -159,16 +159,19 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
     with clock("token kinds, prompts"):
         measure = DemoMetrics(root, tables, inputs, profile.max_new_tokens)
     result = compare(run_cfg, cfg.methods, seeds, extra_metrics=measure, extra_columns=DEMO_COLUMNS)
-    with clock("report"):
-        report_dir = _report(run_cfg.run.out)
     base_scores = Scores.load(root.path("heldout-base"))
     if inputs.world:
         result["base_informative_loss"] = measure.informative_loss(base_scores)
     result["conclusion"] = conclude(result, inputs.world)
-    result["timings"] = time_per_stage(root.timings + result["timings"], clock.steps)
+    stage_timings = result["timings"]
+    result["timings"] = time_per_stage(root.timings + stage_timings, clock.steps)
     result["paths"] = {"world" if inputs.world else "data": str(inputs.train.parent), "base": str(base),
-                       "run": run_cfg.run.out, "report": report_dir and str(report_dir)}
+                       "run": run_cfg.run.out, "report": str(Path(run_cfg.run.out) / "report" / "index.html")}
     result["settings"] = {"demo": asdict(cfg), "profile": asdict(profile)}
+    write_json(Path(run_cfg.run.out) / "demo.json", result)  # before the report, which shows the conclusion
+    with clock("report"):
+        _report(run_cfg.run.out)
+    result["timings"] = time_per_stage(root.timings + stage_timings, clock.steps)
     write_json(Path(run_cfg.run.out) / "demo.json", result)
     atomic_write_text(Path(run_cfg.run.out) / "demo.md", render(result))
     return result
@@ -361,11 +364,13 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _report(run_dir: str) -> Path | None:
-    """Write the HTML report and plots for the run (``tokenclean report``)."""
+def _report(run_dir: str) -> None:
+    """Write the HTML report and plots for the run (``tokenclean report``); without matplotlib (the ``report``
+    extra), say so and go on: the numbers are already written."""
+    from .errors import TokencleanError
+    from .report import write_report
+
     try:
-        from .report import write_report
-    except ModuleNotFoundError as e:  # the report module is optional while it is being built
+        write_report(run_dir)
+    except TokencleanError as e:
         log.warning("report not written: %s", e)
-        return None
-    return write_report(run_dir)

@@ -3,6 +3,11 @@
 Every file tokenclean writes goes through these functions: content is written to a temporary file in the same
 directory and renamed into place, so a crash never leaves a half-written file behind. A full disk becomes a
 one-line ``ResourceError`` naming the path (and the temporary file is removed).
+
+Under ``torchrun`` / ``accelerate launch`` only rank 0 writes: on the other ranks ``atomic_write_bytes`` does
+nothing and ``atomic_dir`` yields a private temporary directory that is deleted afterwards, so code that every
+rank runs (training, scoring, whole pipelines) writes each output once. Readers on other ranks must wait for
+rank 0 (a barrier) before reading what it wrote.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .distributed import process_rank
 from .errors import ResourceError
 
 # errno values that mean "the disk (or the user's quota) is full", and how libraries that wrap the OS error
@@ -45,7 +51,9 @@ def disk_full_as_error(path: str | os.PathLike) -> Iterator[None]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file + rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file + rename); a no-op on ranks other than 0."""
+    if process_rank() != 0:
+        return
     path = Path(path)
     with disk_full_as_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +97,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temporary name and move it to ``path`` only when the block succeeds.
 
     An existing ``path`` is replaced. Yields the temporary directory to write into. A full disk while the block
-    writes becomes a ``ResourceError`` naming ``path``; the temporary directory is removed either way.
+    writes becomes a ``ResourceError`` naming ``path``; the temporary directory is removed either way. On ranks
+    other than 0 it yields a private temporary directory, deleted when the block ends, and ``path`` is left alone.
     """
+    if process_rank() != 0:
+        private = Path(tempfile.mkdtemp(prefix=f"tokenclean-rank{process_rank()}-"))
+        try:
+            yield private
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+        return
     path = Path(path)
     with disk_full_as_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -54,8 +54,7 @@ def _selection_counts(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _fixed_like(run: Run, config: SelectConfig) -> dict[str, Any]:
     tables = run.tokens_stage()
-    base = run.base_scores(tables["pool"])
-    _, ref = run.reference(tables)
+    base, ref = run.base_and_reference(tables)
     inputs = {"base": run.key("scores/base"), "ref": run.key(f"{run.seed_ns}scores/reference")}
     selection = run.select_stage(f"{run.ns}selection", base, ref, inputs, config)
     keep = (run.key(f"{run.ns}selection"), selection.keep_mask)

@@ -23,9 +23,12 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vo
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """``None``/``"auto"`` picks CUDA when present, else CPU; asking for CUDA without one is an error."""
+    """``None``/``"auto"`` picks CUDA when present, else CPU; asking for CUDA without one is an error. ``cuda``
+    without an index is GPU ``LOCAL_RANK`` (under ``torchrun`` each process has its own GPU; 0 otherwise)."""
+    from .distributed import local_rank
+
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -37,7 +40,7 @@ def resolve_device(device: str | None) -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) are "
                           "visible; use --device cuda:0 or check CUDA_VISIBLE_DEVICES")
-    return dev
+    return torch.device("cuda", local_rank()) if dev.type == "cuda" and dev.index is None else dev
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -29,6 +29,7 @@ import numpy as np
 from .artifacts import Scores, Selection
 from .config import as_dict, option
 from .data import DataConfig
+from .distributed import barrier, from_rank0, process_rank
 from .errors import ConfigError
 from .io import atomic_dir, atomic_write_text, crash_point, read_json, write_json
 from .modeling import load_tokenizer, path_fingerprint
@@ -60,6 +61,11 @@ class RunSettings:
                                   "held-out loss, when no --eval-data is given")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: CUDA when available)")
     dtype: str = option("auto", "scoring weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    cache: bool = option(True, "take the base model's token losses from the score cache when another run "
+                         "computed them for the same base, tokenizer and data, and store new ones there "
+                         "(--no-cache: always compute)")
+    cache_dir: str | None = option(None, "score cache directory (default: $TOKENCLEAN_CACHE, else "
+                                   "~/.cache/tokenclean)")
     trust_remote_code: bool = option(False, "allow model/tokenizer code from the model repository to run")
     overwrite: bool = option(False, "run even if --out holds a run with other settings: stages whose inputs "
                              "changed are recomputed, the old config.yaml is kept as config.<time>.yaml")
@@ -189,7 +195,7 @@ class Run:
         inputs are discarded first."""
         path = self.path(f"checkpoints/{name}")
         stamp, key = path / "stage-key.txt", key_of(name, inputs)
-        if path.exists() and (not stamp.exists() or stamp.read_text() != key):
+        if process_rank() == 0 and path.exists() and (not stamp.exists() or stamp.read_text() != key):
             log.info("[%s] discarding the unfinished work of a run with other settings", name)
             shutil.rmtree(path)
         atomic_write_text(stamp, key)
@@ -205,9 +211,8 @@ class Run:
         ``inputs`` must contain everything the result depends on (settings and upstream stage keys).
         """
         key = key_of(name, inputs)
-        done = self.path(name) / "stage.json"
-        if done.exists():
-            record = read_json(done)
+        record = self._record(name)
+        if record is not None:
             if record.get("key") == key:
                 log.info("[%s] up to date, skipped", name)
                 self.stages[name] = record
@@ -218,22 +223,36 @@ class Run:
         log.info("[%s] running", name)
         self._remove_leftovers(self.path(name))
         start = time.perf_counter()
-        with atomic_dir(self.path(name)) as tmp:
+        with atomic_dir(self.path(name)) as tmp:  # under torchrun every rank runs fn; rank 0's output is kept
             result = fn(tmp)
             record = {"stage": name, "key": key, "inputs": inputs, "result": result,
                       "seconds": round(time.perf_counter() - start, 3)}
             crash_point(f"stage:{name}")
             write_json(tmp / "stage.json", record)
+        barrier()  # the other ranks read rank 0's files from here on
+        if process_rank() == 0:
+            shutil.rmtree(self.dir / "checkpoints" / name, ignore_errors=True)  # its finished units: not needed now
         log.info("[%s] done in %.1fs", name, record["seconds"])
         self.stages[name] = record
         self.timings.append({"stage": name, "seconds": record["seconds"], "reused": False})
         return result
 
+    def _record(self, name: str) -> dict[str, Any] | None:
+        """The ``stage.json`` of a finished stage ``name`` (rank 0's view under torchrun, so all ranks skip or
+        run a stage together), or None."""
+        done = self.path(name) / "stage.json"
+        return from_rank0(read_json(done) if done.exists() else None)
+
+    def up_to_date(self, name: str, inputs: dict[str, Any]) -> bool:
+        """Whether stage ``name`` finished with these inputs (``stage`` would skip it)."""
+        record = self._record(name)
+        return record is not None and record.get("key") == key_of(name, inputs)
+
     @staticmethod
     def _remove_leftovers(path: Path) -> None:
         """Remove what a killed run left of ``path``: half-built temporary directories (``.NAME.*.tmp``, and
         ``..NAME.*.tmp`` of the API call inside the stage) and a replaced one (``.NAME.old``)."""
-        if not path.parent.is_dir():
+        if process_rank() != 0 or not path.parent.is_dir():  # rank 0 owns the files under torchrun
             return
         for p in path.parent.iterdir():
             if (p.name.startswith((f".{path.name}.", f"..{path.name}.")) and p.name.endswith(".tmp")) or \
@@ -293,9 +312,11 @@ class Run:
         return pool.select(np.sort(np.random.default_rng(c.seed).permutation(len(pool))[:n_warm]))
 
     def train_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable,
-                    keep: tuple[str, np.ndarray] | None = None, slm: tuple[str, np.ndarray] | None = None) -> Path:
+                    keep: tuple[str, np.ndarray] | None = None, slm: tuple[str, np.ndarray] | None = None,
+                    save_adapter: bool = False) -> Path:
         """Train ``model_path`` on ``tokens``: the kept tokens of ``keep`` = (key, mask), Rho-1 online selection
-        with ``slm`` = (key, reference losses), else all response tokens."""
+        with ``slm`` = (key, reference losses), else all response tokens. ``save_adapter``: keep the unmerged
+        LoRA adapter in ``adapter/`` too."""
         from .api import train
 
         c = self.cfg
@@ -308,18 +329,38 @@ class Run:
             str(model_path), tokens, tmp, tokenizer=self.tokenizer, train_config=c.train,
             drop_empty=c.select.drop_empty, seed=c.run.seed, device=c.run.device,
             trust_remote_code=c.run.trust_remote_code, checkpoint_dir=self.work_dir(name, inputs),
-            slm=(slm[1], c.select.keep_ratio) if slm else None, selection=_as_selection(mask, tokens)))
+            slm=(slm[1], c.select.keep_ratio) if slm else None, selection=_as_selection(mask, tokens),
+            save_adapter=save_adapter))
         return self.path(name)
 
-    def score_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable) -> Scores:
-        """Token losses of ``tokens`` under ``model_path``."""
+    @property
+    def cache(self) -> bool | str:
+        """The score cache setting for ``api.score``: False (``--no-cache``), a directory, or True (the default)."""
+        return self.cfg.run.cache and (self.cfg.run.cache_dir or True)
+
+    def _score_inputs(self, model_key: str, tokens: TokenTable) -> dict[str, Any]:
+        return {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"], "dtype": self.cfg.run.dtype}
+
+    def score_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable,
+                    cache: bool = False, compute: Callable[[], Scores] | None = None) -> Scores:
+        """Token losses of ``tokens`` under ``model_path``, through the score cache when ``cache`` (and the run's
+        ``--cache``). ``compute`` replaces scoring ``model_path`` alone (e.g. scores from an adapter pair)."""
         from .api import score
+        from .score_cache import save_scores
 
         c = self.cfg
-        inputs = {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"], "dtype": c.run.dtype}
-        self.stage(name, inputs, lambda tmp: score(
-            str(model_path), tokens, tmp, score_config=c.score, device=c.run.device, dtype=c.run.dtype,
-            trust_remote_code=c.run.trust_remote_code, work_dir=self.work_dir(name, inputs)).meta)
+        inputs = self._score_inputs(model_key, tokens)
+        compute = compute or (lambda: score(
+            str(model_path), tokens, score_config=c.score, device=c.run.device, dtype=c.run.dtype,
+            trust_remote_code=c.run.trust_remote_code, cache=cache and self.cache,
+            work_dir=self.work_dir(name, inputs)))
+
+        def fn(tmp: Path) -> dict[str, Any]:
+            scores = compute()
+            save_scores(scores, tmp)
+            return scores.meta
+
+        self.stage(name, inputs, fn)
         return Scores.load(self.path(name))
 
     def select_stage(self, name: str, base: Scores, ref: Scores, inputs: dict[str, Any],
@@ -355,17 +396,55 @@ class Run:
             parquet_path=tmp / "parquet" / "train.parquet"))
 
     def base_scores(self, pool: TokenTable) -> Scores:
-        """The base model's losses over the whole pool: computed once, shared by every method and seed."""
-        return self.score_stage("scores/base", self.base_fingerprint, self.cfg.run.base, pool)
+        """The base model's losses over the whole pool: computed once, shared by every method and seed, and
+        taken from (or stored in) the score cache, so other run directories over the same base, tokenizer and
+        data reuse them."""
+        return self.score_stage("scores/base", self.base_fingerprint, self.cfg.run.base, pool, cache=True)
+
+    def reference_model(self, tables: dict[str, TokenTable]) -> Path:
+        """The warm-up reference: the base trained on all response tokens of the warm-up set. With ``--lora``
+        its unmerged adapter is kept in ``adapter/`` as well, for ``base_and_reference``."""
+        return self.train_stage(f"{self.seed_ns}reference", self.base_fingerprint, self.cfg.run.base,
+                                self.warmup_split(tables), save_adapter=self.cfg.train.lora)
 
     def reference(self, tables: dict[str, TokenTable]) -> tuple[Path, Scores]:
-        """The warm-up reference (the base trained on all response tokens of the warm-up set) and its losses
-        over the pool."""
-        warmup = self.warmup_split(tables)
-        ref = self.train_stage(f"{self.seed_ns}reference", self.base_fingerprint, self.cfg.run.base, warmup)
-        scores = self.score_stage(f"{self.seed_ns}scores/reference", self.key(f"{self.seed_ns}reference"), ref,
-                                  tables["pool"])
-        return ref, scores
+        """The warm-up reference model and its losses over the pool."""
+        ref = self.reference_model(tables)
+        return ref, self.score_stage(f"{self.seed_ns}scores/reference", self.key(f"{self.seed_ns}reference"), ref,
+                                     tables["pool"])
+
+    def base_and_reference(self, tables: dict[str, TokenTable]) -> tuple[Scores, Scores]:
+        """The base model's and the warm-up reference's losses over the pool (stages ``scores/base`` and
+        ``scores/reference``, the same keys and files however they are computed).
+
+        When the reference is a LoRA adapter on the base (``--lora``, the default) and neither stage is done, one
+        model is loaded instead of two: the base is scored with the adapter off, then the reference with it
+        merged (``api.score_pair``; cached base losses are reused); the losses equal the two-model path's up to
+        float rounding. Otherwise each is scored with its own model (the base through the score cache)."""
+        c, pool = self.cfg, tables["pool"]
+        ref = self.reference_model(tables)
+        names = ("scores/base", f"{self.seed_ns}scores/reference")
+        models = (self.base_fingerprint, self.key(f"{self.seed_ns}reference"))
+        adapter = ref / "adapter"
+        if not adapter.is_dir() or any(self.up_to_date(n, self._score_inputs(m, pool)) for n, m in zip(names, models)):
+            return self.base_scores(pool), self.score_stage(names[1], models[1], ref, pool)
+        from .api import score_pair
+
+        pair: list[Scores] = []
+        work = {n: self._score_inputs(m, pool) for n, m in zip(names, models)}
+
+        def compute(i: int) -> Scores:  # both scored on first use, with one model load
+            if not pair:
+                pair.extend(score_pair(c.run.base, adapter, pool, score_config=c.score, device=c.run.device,
+                                       dtype=c.run.dtype, trust_remote_code=c.run.trust_remote_code,
+                                       cache=self.cache, work_dir=self.work_dir(f"{self.seed_ns}scores/pair", work)))
+            return pair[i]
+
+        scores = (self.score_stage(names[0], models[0], c.run.base, pool, compute=lambda: compute(0)),
+                  self.score_stage(names[1], models[1], ref, pool, compute=lambda: compute(1)))
+        if process_rank() == 0:
+            shutil.rmtree(self.dir / "checkpoints" / f"{self.seed_ns}scores/pair", ignore_errors=True)
+        return scores
 
     def heldout_stage(self, model_stage: str, tables: dict[str, TokenTable]) -> float | None:
         """Mean loss of the held-out response tokens under the model of stage ``model_stage`` (None without
@@ -396,7 +475,7 @@ class Run:
             if changed:
                 atomic_write_text(self.dir / f"config.{time.strftime('%Y%m%d-%H%M%S')}.yaml",
                                   path.read_text(encoding="utf-8"))
-        elif any(self.dir.iterdir()) and not any(self.dir.glob("*/stage.json")):  # stages: a run begun by the API
+        elif _holds_other_files(self.dir):
             raise ConfigError(f"{self.dir}: exists and is not empty, but holds no tokenclean run (no config.yaml); "
                               "choose a new or empty --out")
         atomic_write_text(path, yaml.safe_dump(new, sort_keys=False))
@@ -413,6 +492,13 @@ class Run:
         }
         write_json(self.path(self.ns) / "summary.json", summary)
         return summary
+
+
+def _holds_other_files(directory: Path) -> bool:
+    """Whether ``directory`` holds files that are not a tokenclean run's: visible entries (hidden ones are
+    temporary files) and no stage directory (a run begun through the API, before its config was written)."""
+    visible = [p for p in directory.iterdir() if not p.name.startswith(".")]
+    return bool(visible) and not any(directory.glob("*/stage.json"))
 
 
 def _same(value: Any) -> Any:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import Scores
+from .distributed import all_ranks, barrier, distributed_world
 from .io import atomic_dir
 
 _TOKEN_KEYS = ("tokenizer_fingerprint", "max_seq_len", "template", "train_on_prompt", "data_fingerprint",
@@ -49,40 +50,40 @@ def model_fingerprint(model, skip_adapters: bool = False) -> str:
     return h.hexdigest()[:16]
 
 
-def scores_key(model_fingerprint: str, tokens_meta: dict[str, Any], model) -> str:
-    """Cache key of one model's losses over one token table."""
-    param = next(model.parameters())
-    what = {"model": model_fingerprint, "dtype": str(param.dtype), "device": param.device.type,
+def scores_key(model_fingerprint: str, tokens_meta: dict[str, Any], dtype: Any, device_type: str) -> str:
+    """Cache key of one model's losses over one token table. ``dtype``: the weights' torch dtype; ``device_type``:
+    ``cpu``, ``cuda``, ... (kernels differ, so losses may differ in the last bits)."""
+    what = {"model": model_fingerprint, "dtype": str(dtype), "device": device_type,
             **{k: tokens_meta.get(k) for k in _TOKEN_KEYS}}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def load_cached(root: Path, key: str, tokens_meta: dict[str, Any]) -> Scores | None:
-    """The cached scores for ``key``, or None. An entry whose token fingerprint disagrees is ignored."""
+    """The cached scores for ``key`` (``meta["cache_hit"]`` True, ``meta["cache_entry"]`` its directory), or None.
+    An entry whose token fingerprint disagrees is ignored. Under ``torch.distributed`` it is a hit only when every
+    rank finds the entry, so all ranks either score together or not at all."""
     path = root / "scores" / key
-    if not (path / Scores.META).exists() or not (path / Scores.FILE).exists():
+    scores = None
+    if (path / Scores.META).exists() and (path / Scores.FILE).exists():
+        scores = Scores.load(path)
+        if scores.meta.get("tokens_fingerprint") != tokens_meta.get("tokens_fingerprint"):
+            scores = None
+    if not all_ranks(scores is not None):
         return None
-    scores = Scores.load(path)
-    if scores.meta.get("tokens_fingerprint") != tokens_meta.get("tokens_fingerprint"):
-        return None
-    scores.meta["cache_hit"] = str(path)
+    scores.meta.update(cache_hit=True, cache_entry=str(path))
     return scores
 
 
 def store(root: Path, key: str, scores: Scores) -> None:
-    """Write ``scores`` to the cache (rank 0 only; see ``save_scores``)."""
+    """Write freshly computed ``scores`` to the cache (rank 0 only; see ``save_scores``) and mark them
+    ``meta["cache_hit"]`` False."""
     save_scores(scores, root / "scores" / key)
+    scores.meta.update(cache_hit=False, cache_entry=str(root / "scores" / key))
 
 
 def save_scores(scores: Scores, out: str | os.PathLike) -> None:
     """Write ``scores`` to ``out`` atomically; under ``torch.distributed`` rank 0 writes and every rank waits."""
-    import torch.distributed as dist
-
-    from .scoring import distributed_world
-
-    rank, world = distributed_world()
-    if rank == 0:
+    if distributed_world()[0] == 0:
         with atomic_dir(out) as tmp:
             scores.save(tmp)
-    if world > 1:
-        dist.barrier()
+    barrier()

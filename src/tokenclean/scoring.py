@@ -9,8 +9,9 @@ Samples are scored in length-sorted batches under a token budget. Consecutive ba
 ``shard_tokens`` tokens; with a work directory (``ScoreShards``) each finished shard is written there as a Parquet
 part file, so a killed run started again skips the shards it finished and ends with bitwise the same losses
 (the batches, and so every float operation, are the same). ``score_adapter_pair`` scores base and
-reference from one PEFT model (adapter off, then on, per batch). Under ``torch.distributed`` each rank scores a
-strided share of the batches and all ranks end with the full arrays (rank 0 writes; see ``score_cache``).
+reference from one PEFT model (adapter off, then merged into the weights). Under ``torch.distributed`` each rank
+scores a strided share of the batches and all ranks end with the full arrays (rank 0 writes; see
+``score_cache``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import option
+from .distributed import distributed_world
 from .errors import ConfigError
 from .losses import token_losses
 from .artifacts import Scores
@@ -64,20 +66,6 @@ def length_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
         batches.append(order[start : start + rows])
         start += rows
     return batches
-
-
-def distributed_world() -> tuple[int, int]:
-    """(rank, world size) of the ``torch.distributed`` group, else (0, 1). Under ``torchrun`` / ``accelerate
-    launch`` (``WORLD_SIZE`` > 1) a group that is not initialised yet is started (NCCL on GPUs, else gloo)."""
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _padded_batch(batch: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, ids_flat: np.ndarray,
@@ -203,26 +191,43 @@ def score_tokens(model, tokens: TokenTable, cfg: ScoreConfig | None = None, mode
     start = time.perf_counter()
     shards = ScoreShards(work_dir) if work_dir is not None else None
     losses = compute_token_losses(model, tokens, cfg, progress, shards=shards)[0]
-    scores = _scores(tokens, losses, time.perf_counter() - start, model_fingerprint)
+    return _with_resumed(_scores(tokens, losses, time.perf_counter() - start, model_fingerprint), shards)
+
+
+def _with_resumed(scores: Scores, shards: ScoreShards | None) -> Scores:
     if shards is not None:
         scores.meta["resumed_shards"] = shards.reused
     return scores
 
 
 def score_adapter_pair(model, tokens: TokenTable, cfg: ScoreConfig | None = None, base_fingerprint: str = "",
-                       ref_fingerprint: str = "", progress: bool = True, base: bool = True) -> tuple[Scores | None,
-                                                                                                   Scores]:
-    """Base and reference losses from one PEFT model in memory: the base with the adapter disabled, the
-    reference with it enabled, both in one pass over the batches. ``base=False`` skips the base (e.g. cached).
-    Returns ``(base scores or None, reference scores)``; the seconds of each are half the pass when both run."""
+                       ref_fingerprint: str = "", progress: bool = True, base: bool = True,
+                       work_dir: str | os.PathLike | None = None) -> tuple[Scores | None, Scores]:
+    """Base and reference losses from one PEFT model in memory (one model load instead of two): the base with
+    the adapter disabled, then the reference with the adapter merged into the weights, so the reference pass
+    costs what the merged model's does (no per-token adapter matmuls; measured in ``bench/bench_cache_pair.py``).
+    The adapter is unmerged afterwards (the base weights come back up to float rounding). ``base=False`` skips
+    the base (e.g. cached). ``work_dir``: keep each pass's finished shards in ``base/`` and ``reference/`` there
+    (see ``score_tokens``). Returns ``(base scores or None, reference scores)``."""
     if not hasattr(model, "disable_adapter"):
         raise ConfigError("score_adapter_pair needs a PEFT model (the base with the reference's LoRA adapter)")
+    base_shards, ref_shards = (None, None) if work_dir is None else \
+        (ScoreShards(Path(work_dir) / "base"), ScoreShards(Path(work_dir) / "reference"))
+    base_scores = None
+    if base:  # first, while the base weights are exactly the base's
+        start = time.perf_counter()
+        with model.disable_adapter():
+            losses = compute_token_losses(model, tokens, cfg, progress, shards=base_shards)[0]
+        base_scores = _with_resumed(_scores(tokens, losses, time.perf_counter() - start, base_fingerprint),
+                                    base_shards)
     start = time.perf_counter()
-    passes = (model.disable_adapter, None) if base else (None,)
-    losses = compute_token_losses(model, tokens, cfg, progress, passes)
-    seconds = (time.perf_counter() - start) / len(passes)
-    ref = _scores(tokens, losses[-1], seconds, ref_fingerprint)
-    return (_scores(tokens, losses[0], seconds, base_fingerprint) if base else None), ref
+    model.merge_adapter()
+    try:
+        losses = compute_token_losses(model, tokens, cfg, progress, shards=ref_shards)[0]
+    finally:
+        model.unmerge_adapter()
+    return base_scores, _with_resumed(_scores(tokens, losses, time.perf_counter() - start, ref_fingerprint),
+                                      ref_shards)
 
 
 def shard_batches(batches: list[np.ndarray], lengths: np.ndarray, shard_tokens: int) -> list[list[np.ndarray]]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .config import option
+from .distributed import launched_processes
 from .errors import ConfigError
 from .losses import kept_token_loss_sum, slm_loss_sum
 from .selection import round_half_up
@@ -165,7 +166,11 @@ def _trainer_class():
     return MaskedLossTrainer
 
 
-def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16: bool, seed: int):
+def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16: bool, seed: int,
+                       use_cpu: bool = False):
+    """``TrainingArguments`` for ``cfg``. ``use_cpu`` (the model is on the CPU) matters under ``torchrun``:
+    without it Accelerate sees no GPU and no CPU request, so every process would silently train alone on all
+    the data instead of DDP over gloo."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -182,6 +187,8 @@ def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16
         seed=seed,
         data_seed=seed,
         bf16=use_bf16,
+        use_cpu=use_cpu,
+        ddp_backend="gloo" if use_cpu and launched_processes() > 1 else None,  # not MPI, even if torch has it
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
@@ -228,15 +235,18 @@ def train_model(
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
     slm: tuple[np.ndarray, float] | None = None,
+    save_adapter: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on the kept response tokens of ``tokens`` and save a standard model directory.
 
     ``keep_mask``: (total_tokens,) bool aligned with ``tokens`` (None: all response tokens). The LoRA (if any) is
     merged and the result written to ``out_dir`` with ``save_pretrained`` (safetensors) together with the
-    tokenizer. Checkpoints go to ``checkpoint_dir`` (default ``<out_dir>.checkpoints``); a call that finds one
-    there resumes from it, and the directory is removed once the model is saved. ``slm``: (reference losses
-    aligned with ``tokens``, keep ratio) to select tokens online with Rho-1's SLM instead of a fixed mask.
-    Returns counts and timings.
+    tokenizer; with ``save_adapter`` the unmerged adapter is also saved to ``out_dir/adapter`` (PEFT format), so
+    the base and this model can be scored with one model in memory (``scoring.score_adapter_pair``).
+    Checkpoints go to ``checkpoint_dir`` (default ``<out_dir>.checkpoints``); a call that finds one there resumes
+    from it, and the directory is removed once the model is saved. ``slm``: (reference losses aligned with
+    ``tokens``, keep ratio) to select tokens online with Rho-1's SLM instead of a fixed mask. Under DDP
+    (``torchrun``) every process trains and process 0 saves. Returns counts and timings.
     """
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -246,7 +256,8 @@ def train_model(
     if len(dataset) == 0:
         raise ConfigError("no sample has a token to train on (all labels are masked)")
     trained_tokens = int(sum((np.asarray(lab[1:]) != IGNORE_INDEX).sum() for lab in dataset["labels"]))
-    use_bf16 = next(model.parameters()).device.type == "cuda" and torch.cuda.is_bf16_supported()
+    device_type = next(model.parameters()).device.type
+    use_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
     from transformers import set_seed
 
     set_seed(seed)  # before the adapter is created, so its initialisation is reproducible
@@ -258,12 +269,16 @@ def train_model(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     trainer = _trainer_class()(
         model=model,
-        args=training_arguments(cfg, ckpt_dir, use_bf16, seed),
+        args=training_arguments(cfg, ckpt_dir, use_bf16, seed, use_cpu=device_type == "cpu"),
         train_dataset=dataset,
         data_collator=PadCollator(pad_id),
         slm_keep_ratio=slm[1] if slm else None,
     )
     route_trainer_logs(trainer)
+    if trainer.is_fsdp_enabled:  # fail now, not after training: the save below needs unsharded weights
+        raise ConfigError("FSDP (accelerate launch --use_fsdp) is not supported: the trained model is saved, and a "
+                          "LoRA merged, from process 0, which needs every weight unsharded; use data parallelism "
+                          "(torchrun / accelerate launch without --use_fsdp) with a model that fits one device")
     if os.environ.get("TOKENCLEAN_TEST_KILL_AT"):
         trainer.add_callback(_crash_after_save(ckpt_dir.name))
     start = time.perf_counter()
@@ -271,12 +286,18 @@ def train_model(
     result = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - start
     model = trainer.model
+    save = trainer.args.should_save  # process 0 only: after DDP training every process holds the same weights
+    if cfg.lora and save_adapter and save:
+        model.save_pretrained(out_dir / "adapter")
     if cfg.lora:
         model = model.merge_and_unload()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if save:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    trainer.accelerator.wait_for_everyone()  # no process still writes its part of a checkpoint
+    if save:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
         "samples": len(dataset),
