@@ -37,9 +37,10 @@ def resolve_device(device: str | None) -> torch.device:
         raise ConfigError(f"device {device!r} requested but no CUDA device is available (torch "
                           f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu, or "
                           "install a CUDA build of torch on a machine with a GPU")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) are "
-                          "visible; use --device cuda:0 or check CUDA_VISIBLE_DEVICES")
+    visible = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if dev.index is not None and 0 < visible <= dev.index:
+        raise ConfigError(f"device {device!r} requested but only {visible} CUDA device(s) are visible; use --device "
+                          "cuda:0 or check CUDA_VISIBLE_DEVICES")
     return torch.device("cuda", local_rank()) if dev.type == "cuda" and dev.index is None else dev
 
 
