@@ -59,6 +59,8 @@ class DemoConfig:
     max_train: int = option(600, "real-data mode: clean a seeded random sample of at most this many rows of --data")
     max_eval: int = option(150, "real-data mode: held-out rows for loss and accuracy, at most")
     device: str | None = option(None, "cpu, cuda, ... (default: CUDA when available)")
+    overwrite: bool = option(False, "rerun into an --out made with other settings (the stages those settings "
+                             "change are recomputed)")
 
     def __post_init__(self) -> None:
         real = {"--corpus": self.corpus, "--tokenizer": self.tokenizer, "--eval-data": self.eval_data}
@@ -152,6 +154,7 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
                         progress=progress)
     run_cfg = RunConfig.from_flat({**profile.run, **(overrides or {}), "base": str(base), "data": str(inputs.train),
                                    "eval_data": str(inputs.eval), "out": str(out / "run"), "device": cfg.device,
+                                   "overwrite": cfg.overwrite,
                                    "method": cfg.methods[0],
                                    "skip_invalid": True})  # sampled rows that do not fit: skipped and counted
     root = Run(run_cfg)
