@@ -304,9 +304,8 @@ def conclude(result: dict[str, Any], world: bool) -> list[str]:
     lines.append(f"Lowest held-out {what}: {best} ({means[best][key]:.3f}).")
     if all("accuracy" in means[m] for m in methods):
         top = max(methods, key=lambda m: means[m]["accuracy"])
-        lines.append(f"Highest greedy accuracy on held-out prompts: {top} ({means[top]['accuracy']:.1%}; full: "
-                     f"{means['full']['accuracy']:.1%})." if "full" in methods else
-                     f"Highest greedy accuracy on held-out prompts: {top} ({means[top]['accuracy']:.1%}).")
+        versus = f"; full: {means['full']['accuracy']:.1%}" if "full" in methods and top != "full" else ""
+        lines.append(f"Highest greedy accuracy on held-out prompts: {top} ({means[top]['accuracy']:.1%}{versus}).")
     if world and "fixed" in methods and "informative_kept" in means["fixed"]:
         f = means["fixed"]
         garbled, kept = f.get("garbled_dropped"), f["informative_kept"]
