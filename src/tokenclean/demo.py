@@ -165,6 +165,8 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
     base_scores = Scores.load(root.path("heldout-base"))
     if inputs.world:
         result["base_informative_loss"] = measure.informative_loss(base_scores)
+    loads = root.stages["tokens"]["result"]
+    result["data"] = {"train": loads["load"], "eval": loads.get("eval_load")}
     result["conclusion"] = conclude(result, inputs.world)
     stage_timings = result["timings"]
     result["timings"] = time_per_stage(root.timings + stage_timings, clock.steps)
@@ -352,6 +354,13 @@ def render(result: dict[str, Any]) -> str:
     table = render_markdown({**result, "columns": [c for c in result["columns"] if c[0] in shown]})
     table = table.split("\n\nHeld-out loss:")[0]  # compare's footnote is about its own columns
     lines = [table.rstrip(), ""]
+    for split, load in (result.get("data") or {}).items():
+        if load:
+            skipped = "; ".join(f"{n} {reason}" for reason, n in load.get("skipped_by_reason", {}).items())
+            lines.append(f"Data ({split}): {load['used']} of {load['rows']} rows used"
+                         + (f", {load.get('truncated', 0)} truncated to max_seq_len" if load.get("truncated") else "")
+                         + (f" (skipped: {skipped})" if skipped else "") + ".")
+    lines.append("")
     if "base_informative_loss" in result:
         lines += [f"Base model before SFT: informative-token loss {result['base_informative_loss']:.3f}.", ""]
     lines += ["Columns: held-out losses are mean per-token losses of the held-out prompts' responses (lower is "
