@@ -253,3 +253,20 @@ def test_cuda_requested_without_one_fails_before_any_work(tmp_path, tiny_model_d
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no CUDA device is available" in err and "use --device cpu" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_written_files_and_directories_get_the_usual_permissions(tmp_path):
+    """Temporary files are created private (0600/0700); what is renamed into place must be readable by others as
+    if written with open()/mkdir() under the user's umask, e.g. a model directory on a shared cluster."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_dir(tmp_path / "stage") as tmp:
+            write_json(tmp / "b.json", {"y": 2})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "stage").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "stage" / "b.json").stat().st_mode & 0o777 == 0o644

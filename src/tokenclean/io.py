@@ -50,6 +50,12 @@ def disk_full_as_error(path: str | os.PathLike) -> Iterator[None]:
                             "another --out, then run the same command again") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file + rename); a no-op on ranks other than 0."""
     if process_rank() != 0:
@@ -59,6 +65,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets the mode open() would give it
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -111,6 +118,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     with disk_full_as_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; others may read a run directory as with mkdir
         try:
             yield tmp
             if path.exists():
