@@ -189,7 +189,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16
         bf16=use_bf16,
         use_cpu=use_cpu,
         ddp_backend="gloo" if use_cpu and launched_processes() > 1 else None,  # not MPI, even if torch has it
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
