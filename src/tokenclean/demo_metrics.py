@@ -42,9 +42,7 @@ def kind_codes(tokens: TokenTable, source: str | Path, tokenizer, data_config: D
     """
     from .world import token_kinds
 
-    conversations, _ = load_conversations(source, data_config or DataConfig())
-    rows = read_rows(source)
-    by_id = {c.sample_id: (c, rows[c.row]) for c in conversations}
+    by_id = {c.sample_id: (c, row) for c, row in _with_rows(source, data_config)}
     ids, mask, offsets = tokens.flat_input_ids(), tokens.flat_response_mask(), tokens.offsets
     codes = np.full(len(ids), NOT_RESPONSE, np.int8)
     garbled = np.zeros(len(ids), bool)
@@ -68,6 +66,14 @@ def kind_codes(tokens: TokenTable, source: str | Path, tokenizer, data_config: D
         if row.get("corruption") == "garble":
             garbled[where] = codes[where] == KIND_CODES["noise"]
     return codes, garbled
+
+
+def _with_rows(source: str | Path, data_config: DataConfig | None) -> list[tuple[Any, dict[str, Any]]]:
+    """Each usable conversation of ``source`` with its raw row (which keeps fields the conversation drops: kinds,
+    task, answer)."""
+    conversations, _ = load_conversations(source, data_config or DataConfig())
+    rows = read_rows(source)
+    return [(c, rows[c.row]) for c in conversations]
 
 
 def save_kinds(tokens: TokenTable, codes: np.ndarray, path: str | Path) -> None:
@@ -127,17 +133,16 @@ def prompt_ids(source: str | Path, tokenizer, template: str, data_config: DataCo
                ) -> tuple[list[dict[str, Any]], list[list[int]]]:
     """Rows of ``source`` and the token ids of each one's prompt: everything before the first response, tokenized
     segment by segment exactly as ``tokens.tokenize`` does, so the model sees the same ids it was trained on."""
-    conversations, _ = load_conversations(source, data_config or DataConfig())
-    rows = read_rows(source)
+    pairs = _with_rows(source, data_config)
     prompts = []
-    for c in conversations:
+    for c, _ in pairs:
         ids: list[int] = []
         for text, is_response in render_segments(c.messages, tokenizer, template):
             if is_response:
                 break
             ids += tokenizer(text, add_special_tokens=False)["input_ids"]
         prompts.append(ids)
-    return [rows[c.row] for c in conversations], prompts
+    return [row for _, row in pairs], prompts
 
 
 def generate(model_dir: str | Path, prompts: list[list[int]], max_new_tokens: int, device: str | None = None,
