@@ -171,31 +171,3 @@ def test_run_under_torchrun(tmp_path, tiny_model_dir, gsm8k_rows):
     np.testing.assert_allclose(base.token_loss, alone.token_loss, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(api.select(base, ref).keep_mask, Selection.load(out / "selection").keep_mask)
     assert not list(out.rglob(".*")) and not list(scratch.glob("tokenclean-*"))  # no temporary leftovers
-
-
-def test_fsdp_is_refused_before_training(tmp_path, monkeypatch, gpt2_tokenizer):
-    """Accelerate enables FSDP only on accelerators, so this CPU test fakes it: the refusal must come before any
-    training step, with a message that says what to use instead."""
-    from conftest import chat_table, tiny_llama
-
-    from tokenclean import training
-    from tokenclean.errors import ConfigError
-
-    make = training._trainer_class
-
-    def fsdp_trainer():
-        class FakeFSDP(make()):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                self.is_fsdp_enabled = True
-
-            def train(self, *args, **kwargs):
-                raise AssertionError("trained although FSDP is not supported")
-
-        return FakeFSDP
-
-    monkeypatch.setattr(training, "_trainer_class", fsdp_trainer)
-    table = chat_table(gpt2_tokenizer, [("Say 1", "1"), ("Say 2", "2")])
-    with pytest.raises(ConfigError, match="FSDP .* is not supported.*use data parallelism"):
-        training.train_model(tiny_llama(), gpt2_tokenizer, table, tmp_path / "m", training.TrainConfig(max_steps=1))
-    assert not (tmp_path / "m").exists()

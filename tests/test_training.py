@@ -104,3 +104,18 @@ def test_collator_pads_with_ignore_index():
     assert batch["input_ids"].shape == (2, 4)
     assert batch["labels"][1].tolist() == [-100] * 4
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+
+
+def test_resume_skips_a_checkpoint_cut_off_by_a_kill(tmp_path):
+    """The Trainer writes ``trainer_state.json`` last: a newer checkpoint without it is skipped, not resumed from."""
+    from tokenclean.training import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "none") is None
+    for step, complete in ((2, True), (10, True), (12, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "optimizer.pt").write_bytes(b"")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-final").mkdir()  # not a step: ignored
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # numeric order, not text order

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from .artifacts import Scores, Selection, check_losses, check_same_tokens, token_position
+from .distributed import fsdp_requested, is_sharded, shard_for_inference
 from .data import DataConfig, LoadReport, RowError, load_conversations, where
-from .errors import DataError, MismatchError, ModelError
+from .errors import ConfigError, DataError, MismatchError, ModelError
 from . import score_cache
 from .export import export_dataset
 from .io import atomic_dir, write_json
@@ -128,6 +129,12 @@ def _model_for(model: Any, device: str | None, dtype: str, trust_remote_code: bo
     return model, getattr(model, "name_or_path", "") or "in-memory"
 
 
+def _sharded_if_requested(loaded: Any) -> Any:
+    """``loaded`` sharded over the processes under ``accelerate launch --use_fsdp`` (see
+    ``distributed.shard_for_inference``), else as it is."""
+    return shard_for_inference(loaded) if fsdp_requested() and not is_sharded(loaded) else loaded
+
+
 def score(
     model: Any,
     data: PathLike | TokenTable,
@@ -171,6 +178,7 @@ def score(
         if loaded is None:
             loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
         check_vocab(loaded, tokens, model)
+        loaded = _sharded_if_requested(loaded)
         with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
             scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress,
                                   work_dir=work_dir)
@@ -251,6 +259,10 @@ def score_pair(
     """
     from .scoring import score_adapter_pair
 
+    if fsdp_requested():
+        raise ConfigError("score_pair merges the adapter into whole weights, which FSDP (accelerate launch "
+                          "--use_fsdp) shards over the processes; score the base and the merged reference with "
+                          "score() instead")
     tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
     loaded, base_fp = _model_for(model, device, dtype, trust_remote_code)

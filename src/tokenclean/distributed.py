@@ -2,15 +2,22 @@
 the library needs.
 
 Every process runs the same code. Scoring shards its batches over the ranks, training is DDP through
-``transformers.Trainer``, and only rank 0 writes files (see ``io.atomic_dir``). Where a rank reads what rank 0
+``transformers.Trainer``, and only rank 0 writes files (see ``io.atomic_dir``). Under ``accelerate launch
+--use_fsdp`` the weights themselves are sharded over the processes (FSDP, for models that do not fit one device):
+training is the Trainer's FSDP, and scoring runs the sharded model's forward on every rank in step. Where a rank reads what rank 0
 wrote, a ``barrier`` comes first; where ranks must take the same branch (skip a finished stage, use a cache
 entry), the decision is rank 0's or all ranks'. Outside ``torchrun`` every function here is a no-op.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("tokenclean")
 
 
 def process_rank() -> int:
@@ -65,12 +72,82 @@ def from_rank0(value: Any) -> Any:
     return box[0]
 
 
+def _collective_device():
+    """Where tensors for collectives live: the process's GPU under NCCL (which cannot move CPU tensors), else CPU."""
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def all_ranks(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on every rank (e.g. each rank found a cache entry)."""
     if distributed_world()[1] == 1:
         return flag
+    import torch
     import torch.distributed as dist
 
-    flags: list = [None] * dist.get_world_size()
-    dist.all_gather_object(flags, bool(flag))
-    return all(flags)
+    box = torch.tensor([int(bool(flag))], device=_collective_device())
+    dist.all_reduce(box, op=dist.ReduceOp.MIN)
+    return bool(box.item())
+
+
+def gather_arrays(arrays: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """Every rank's ``arrays`` on every rank: ``out[k][r]`` is rank ``r``'s ``arrays[k]``. The arrays of one index
+    share a dtype on all ranks, their lengths may differ. Plain tensor collectives (a length exchange, then one
+    padded ``all_gather`` per array), so nothing is pickled; one process returns ``[[a] for a in arrays]``."""
+    _, world = distributed_world()
+    if world == 1:
+        return [[a] for a in arrays]
+    import torch
+    import torch.distributed as dist
+
+    device = _collective_device()
+    sizes = torch.tensor([len(a) for a in arrays], dtype=torch.int64, device=device)
+    every = [torch.empty_like(sizes) for _ in range(world)]
+    dist.all_gather(every, sizes)
+    counts = torch.stack(every).cpu().numpy()  # (world, len(arrays))
+    out = []
+    for k, a in enumerate(arrays):
+        width = max(int(counts[:, k].max()), 1)
+        mine = torch.zeros(width, dtype=torch.from_numpy(a[:0]).dtype, device=device)
+        mine[: len(a)] = torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        parts = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(parts, mine)
+        out.append([p[: int(counts[r, k])].cpu().numpy() for r, p in enumerate(parts)])
+    return out
+
+
+def fsdp_requested() -> bool:
+    """True when launched with ``accelerate launch --use_fsdp`` (Accelerate's ``ACCELERATE_USE_FSDP``): the Trainer
+    shards the weights for training, and ``shard_for_inference`` does for scoring."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1", "yes")
+
+
+def is_sharded(model: Any) -> bool:
+    """True for a model wrapped by FSDP (1 or 2), whose weights live in pieces on the ranks."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return isinstance(model, (FSDPModule, FullyShardedDataParallel))
+
+
+def shard_for_inference(model: Any) -> Any:
+    """``model`` sharded over the processes with Accelerate's FSDP settings (``accelerate config`` / ``launch``
+    flags: version, wrap policy, mixed precision, CPU offload), for scoring a model that does not fit one device.
+    Every rank must then run the same forward calls (see ``scoring.compute_token_losses``)."""
+    from accelerate import Accelerator
+
+    _, world = distributed_world()
+    model.requires_grad_(False)  # inference only: no fp32 upcast of trainable low-precision weights
+    accelerator = Accelerator()
+    log.info("scoring with the weights sharded over %d processes (FSDP%d)", world,
+             2 if accelerator.is_fsdp2 else 1)
+    if accelerator.is_fsdp2:
+        from accelerate.utils import fsdp2_prepare_model
+
+        return fsdp2_prepare_model(accelerator, model)
+    return accelerator.prepare_model(model)  # FSDP1 (its wrapping is skipped in evaluation_mode)

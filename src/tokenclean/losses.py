@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .distributed import is_sharded
 from .tokens import IGNORE_INDEX
 
 # Configs with any of these set change logits after the output projection; for such models the trunk/head
@@ -32,7 +33,10 @@ def target_tokens(input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.T
 
 
 def _trunk_and_head(model):
-    """The transformer body and output projection of a plain causal LM, or ``None`` when the fast path is not exact."""
+    """The transformer body and output projection of a plain causal LM, or ``None`` when the fast path is not exact
+    (or not possible: an FSDP-sharded head's weight exists whole only inside the model's own forward)."""
+    if is_sharded(model):
+        return None
     if any(getattr(model.config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
         return None
     if hasattr(model, "get_base_model"):  # a PEFT model: its adapters live inside the wrapped model's modules

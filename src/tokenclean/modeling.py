@@ -100,8 +100,12 @@ def load_model(
 ):
     """Load a causal LM for inference or training on ``device`` in ``dtype`` (see ``resolve_dtype``).
 
-    Weights are read from safetensors only: pickled ``.bin`` checkpoints are refused, never unpickled.
+    Weights are read from safetensors only: pickled ``.bin`` checkpoints are refused, never unpickled. Under
+    ``accelerate launch --use_fsdp`` the model stays on the CPU (or, with Accelerate's CPU-RAM-efficient loading,
+    on the meta device outside rank 0): FSDP moves each rank's shard to its device when it wraps the model.
     """
+    from .distributed import fsdp_requested
+
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
@@ -117,7 +121,7 @@ def load_model(
             )
         except (OSError, ValueError, KeyError, SafetensorError) as e:
             raise ModelError(_load_failure(name_or_path, e)) from None
-        return model.to(device)
+        return model if fsdp_requested() else model.to(device)
 
 
 def _load_failure(name_or_path: str | os.PathLike, e: Exception) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 from .artifacts import Scores, Selection
 from .config import as_dict, option
 from .data import DataConfig
-from .distributed import barrier, from_rank0, process_rank
+from .distributed import barrier, from_rank0, fsdp_requested, process_rank
 from .errors import ConfigError
 from .io import atomic_dir, atomic_write_text, crash_point, read_json, write_json
 from .modeling import load_tokenizer, path_fingerprint
@@ -420,13 +420,15 @@ class Run:
         When the reference is a LoRA adapter on the base (``--lora``, the default) and neither stage is done, one
         model is loaded instead of two: the base is scored with the adapter off, then the reference with it
         merged (``api.score_pair``; cached base losses are reused); the losses equal the two-model path's up to
-        float rounding. Otherwise each is scored with its own model (the base through the score cache)."""
+        float rounding. Otherwise (and under FSDP, whose sharded weights cannot take a merge) each is scored with its
+        own model (the base through the score cache)."""
         c, pool = self.cfg, tables["pool"]
         ref = self.reference_model(tables)
         names = ("scores/base", f"{self.seed_ns}scores/reference")
         models = (self.base_fingerprint, self.key(f"{self.seed_ns}reference"))
         adapter = ref / "adapter"
-        if not adapter.is_dir() or any(self.up_to_date(n, self._score_inputs(m, pool)) for n, m in zip(names, models)):
+        if (not adapter.is_dir() or fsdp_requested()
+                or any(self.up_to_date(n, self._score_inputs(m, pool)) for n, m in zip(names, models))):
             return self.base_scores(pool), self.score_stage(names[1], models[1], ref, pool)
         from .api import score_pair
 

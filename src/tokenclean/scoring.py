@@ -10,8 +10,8 @@ Samples are scored in length-sorted batches under a token budget. Consecutive ba
 part file, so a killed run started again skips the shards it finished and ends with bitwise the same losses
 (the batches, and so every float operation, are the same). ``score_adapter_pair`` scores base and
 reference from one PEFT model (adapter off, then merged into the weights). Under ``torch.distributed`` each rank
-scores a strided share of the batches and all ranks end with the full arrays (rank 0 writes; see
-``score_cache``).
+scores a strided share of every shard's batches and all ranks end with the full arrays (rank 0 writes; see
+``score_cache``); an FSDP-sharded model (``accelerate launch --use_fsdp``) runs its forwards on all ranks in step.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import option
-from .distributed import distributed_world
+from .distributed import all_ranks, distributed_world, gather_arrays, is_sharded
 from .errors import ConfigError
 from .losses import token_losses
 from .artifacts import Scores
@@ -92,7 +92,7 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
     passes run batch by batch, so the data is padded and moved to the device once.
 
     Under ``torch.distributed`` (``torchrun``, ``accelerate launch``) each rank scores every world-size-th batch
-    of the length-sorted list and the results are gathered, so every rank returns the full arrays, equal to what
+    of each shard of the length-sorted list and the results are gathered, so every rank returns the full arrays, equal to what
     one process computes.
 
     ``shards``: keep finished shards there and reuse those a killed call left (see ``ScoreShards``).
@@ -102,18 +102,24 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
     offsets, lengths = tokens.offsets, tokens.lengths
     ids_flat, mask_flat = tokens.flat_input_ids(), tokens.flat_response_mask()
     rank, world = distributed_world()
-    batches = length_batches(lengths, cfg.batch_tokens)[rank::world]
+    # FSDP gathers each layer's weights from all ranks during a forward, so every rank must run as many forwards,
+    # and take the same resume decisions, as every other.
+    lockstep = world > 1 and is_sharded(model)
+    shards_all = shard_batches(length_batches(lengths, cfg.batch_tokens), lengths, cfg.shard_tokens)
+    plan = [shard[rank::world] for shard in shards_all]  # this rank's strided share of every shard
     where, found = [], [[] for _ in passes]  # flat positions and their losses, batch by batch
     was_training = model.training
     model.eval()
-    total = int(sum(int(lengths[b].sum()) for b in batches))
+    total = int(sum(int(lengths[b].sum()) for shard in plan for b in shard))
     bar = tqdm(total=total, unit="tok", desc="scoring", disable=not progress or rank != 0, dynamic_ncols=True)
-    plan = shard_batches(batches, lengths, cfg.shard_tokens)
     if shards is not None:
         shards.open(_shards_key(model, tokens, cfg, len(passes), rank, world), len(plan))
     for s, shard in enumerate(plan):
-        done = shards.load(s, rank, len(passes)) if shards is not None else None
-        if done is not None:
+        finished = shards is not None and shards.has(s, rank)
+        if lockstep:
+            finished = all_ranks(finished)
+        if finished:
+            done = shards.load(s, rank, len(passes))
             where.append(done[0])
             for k in range(len(passes)):
                 found[k].append(done[1][k])
@@ -130,6 +136,9 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
             rows, cols = np.nonzero(target[:, 1:])
             where.append(offsets[batch[rows]] + cols + 1)
             bar.update(int(lengths[batch].sum()))
+        if lockstep:  # a rank with one batch fewer in this shard joins the others' last forward
+            for _ in range(-(-len(shards_all[s]) // world) - len(shard)):
+                _idle_forward(model, device, passes)
         if shards is not None:
             shards.save(s, rank, where[first:], [f[first:] for f in found])
     bar.close()
@@ -138,8 +147,8 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
     model.train(was_training)
     where_all = np.concatenate(where) if where else np.zeros(0, np.int64)
     found_all = [np.concatenate(f) if f else np.zeros(0, np.float32) for f in found]
-    if world > 1:
-        where_all, found_all = _gather(where_all, found_all)
+    if world > 1:  # every rank ends with every rank's positions and losses
+        where_all, *found_all = (np.concatenate(parts) for parts in gather_arrays([where_all, *found_all]))
     outs = []
     for values in found_all:
         out = np.full(len(ids_flat), np.nan, dtype=np.float32)
@@ -148,15 +157,13 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
     return outs
 
 
-def _gather(where: np.ndarray, found: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Concatenate every rank's (positions, losses) on every rank. Object gather works on gloo and NCCL alike;
-    numpy arrays pickle as raw buffers, so this costs one copy of the scores per rank."""
-    import torch.distributed as dist
-
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, (where, found))
-    where_all = np.concatenate([p[0] for p in parts])
-    return where_all, [np.concatenate([p[1][k] for p in parts]) for k in range(len(found))]
+def _idle_forward(model, device: torch.device, passes: tuple) -> None:
+    """One forward per pass on a 2-token dummy row, results discarded: a rank's part in the others' forward."""
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+    target = torch.tensor([[False, True]], device=device)
+    for scope in passes:
+        with scope() if scope is not None else contextlib.nullcontext():
+            token_losses(model, ids, torch.ones_like(ids), target)
 
 
 def compute_token_loss(model, tokens: TokenTable, cfg: ScoreConfig | None = None, progress: bool = True) -> np.ndarray:
@@ -279,13 +286,14 @@ class ScoreShards:
     def _path(self, index: int, rank: int) -> Path:
         return self.dir / f"rank{rank}-shard{index:05d}.parquet"
 
-    def load(self, index: int, rank: int, n_passes: int) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    def has(self, index: int, rank: int) -> bool:
+        """Whether shard ``index`` of ``rank`` was finished before."""
+        return self._path(index, rank).exists()
+
+    def load(self, index: int, rank: int, n_passes: int) -> tuple[np.ndarray, list[np.ndarray]]:
         import pyarrow.parquet as pq
 
-        path = self._path(index, rank)
-        if not path.exists():
-            return None
-        table = pq.read_table(path)
+        table = pq.read_table(self._path(index, rank))
         self.reused += 1
         return (table.column("position").to_numpy(),
                 [table.column(f"loss_{k}").to_numpy() for k in range(n_passes)])

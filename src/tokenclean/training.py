@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .config import option
-from .distributed import launched_processes
+from .distributed import fsdp_requested, launched_processes
 from .errors import ConfigError
 from .losses import kept_token_loss_sum, slm_loss_sum
 from .selection import round_half_up
@@ -50,7 +50,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = option(12, "micro-batches per optimiser step (global batch = batch size x "
                                               "this x processes; the paper uses 48)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
-    save_steps: int = option(500, "checkpoint every this many steps so an interrupted run resumes")
+    save_steps: int = option(500, "checkpoint every this many steps so an interrupted run resumes (not under "
+                             "FSDP: see train_model)")
     logging_steps: int = option(10, "log the loss every this many steps")
 
     def __post_init__(self) -> None:
@@ -191,7 +192,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16
         ddp_backend="gloo" if use_cpu and launched_processes() > 1 else None,  # not MPI, even if torch has it
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         logging_steps=cfg.logging_steps,
-        save_strategy="steps",
+        save_strategy="no" if fsdp_requested() else "steps",  # see train_model
         save_steps=cfg.save_steps,
         save_total_limit=1,
         report_to="none",
@@ -248,15 +249,14 @@ def train_model(
     ``tokens``, keep ratio) to select tokens online with Rho-1's SLM instead of a fixed mask. Under DDP
     (``torchrun``) every process trains and process 0 saves. Returns counts and timings.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
     dataset, left_out = training_examples(tokens, keep_mask, drop_empty, slm[0] if slm else None)
     if len(dataset) == 0:
         raise ConfigError("no sample has a token to train on (all labels are masked)")
     trained_tokens = int(sum((np.asarray(lab[1:]) != IGNORE_INDEX).sum() for lab in dataset["labels"]))
-    device_type = next(model.parameters()).device.type
+    # Under FSDP the model comes in on the CPU and the Trainer moves each rank's shard to its GPU.
+    device_type = "cuda" if fsdp_requested() and torch.cuda.is_available() else next(model.parameters()).device.type
     use_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
     from transformers import set_seed
 
@@ -275,21 +275,20 @@ def train_model(
         slm_keep_ratio=slm[1] if slm else None,
     )
     route_trainer_logs(trainer)
-    if trainer.is_fsdp_enabled:  # fail now, not after training: the save below needs unsharded weights
-        raise ConfigError("FSDP (accelerate launch --use_fsdp) is not supported: the trained model is saved, and a "
-                          "LoRA merged, from process 0, which needs every weight unsharded; use data parallelism "
-                          "(torchrun / accelerate launch without --use_fsdp) with a model that fits one device")
+    if trainer.is_fsdp_enabled:
+        log.warning("FSDP: no checkpoints during training (their sharded format keeps its index as a pickle, which "
+                    "tokenclean never loads); a killed training stage starts again from its first step")
     if os.environ.get("TOKENCLEAN_TEST_KILL_AT"):
         trainer.add_callback(_crash_after_save(ckpt_dir.name))
     start = time.perf_counter()
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    last = last_complete_checkpoint(ckpt_dir)
     result = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - start
-    model = trainer.model
     save = trainer.args.should_save  # process 0 only: after DDP training every process holds the same weights
+    model = _whole_model(trainer, cfg.lora) if trainer.is_fsdp_enabled else trainer.model
     if cfg.lora and save_adapter and save:
         model.save_pretrained(out_dir / "adapter")
-    if cfg.lora:
+    if cfg.lora and save:
         model = model.merge_and_unload()
     if save:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,15 +311,61 @@ def train_model(
     }
 
 
+def _whole_model(trainer, lora: bool):
+    """After FSDP training: the trained model with every weight whole, on process 0's CPU (None elsewhere).
+
+    Every process takes part in gathering the full state dict (``Accelerator.get_state_dict``: to process 0, on
+    the CPU); process 0 builds an empty copy of the model on the meta device (with the same LoRA adapter) and
+    takes the gathered tensors as its weights, so the model is held once, not twice, on the CPU.
+    """
+    from transformers import AutoModelForCausalLM
+
+    log.info("FSDP: gathering the trained weights on process 0")
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    if not trainer.args.should_save:
+        return None
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    config = trained.get_base_model().config if lora else trained.config
+    with torch.device("meta"):
+        copy = AutoModelForCausalLM.from_config(config, dtype=next(iter(state.values())).dtype)
+    if lora:
+        from peft import get_peft_model
+
+        copy = get_peft_model(copy, trained.peft_config["default"])
+    missing, unexpected = copy.load_state_dict(state, strict=False, assign=True)
+    tied = getattr(config, "tie_word_embeddings", False)  # the output projection is the input embedding, saved once
+    if unexpected or [name for name in missing if not (tied and name.endswith("lm_head.weight"))]:
+        raise RuntimeError(f"the gathered FSDP state does not fit the model: missing {missing}, unexpected "
+                           f"{unexpected}")
+    if tied:
+        copy.tie_weights()
+    return copy
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` in ``ckpt_dir`` that the Trainer finished writing (its ``trainer_state.json``
+    is written last), or None. A checkpoint cut off by a kill is skipped, so the resume starts from the one
+    before it instead of failing on a missing file."""
+    steps = sorted(((int(d.name.split("-")[1]), d) for d in ckpt_dir.glob("checkpoint-*")
+                    if d.name.split("-")[1].isdigit()), reverse=True) if ckpt_dir.is_dir() else []
+    for step, d in steps:
+        if (d / "trainer_state.json").exists():
+            return str(d)
+        log.warning("skipping the unfinished checkpoint %s", d)
+    return None
+
+
 def _crash_after_save(name: str):
-    """A callback for the crash-safety tests: ``crash_point("train:<name>:step<N>")`` once checkpoint N is saved."""
+    """A callback for the crash-safety tests: ``crash_point("train:<name>:step<N>")`` once process 0 (the writer)
+    has saved checkpoint N."""
     from transformers import TrainerCallback
 
     from .io import crash_point
 
     class CrashAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            crash_point(f"train:{name}:step{state.global_step}")
+            if state.is_world_process_zero:
+                crash_point(f"train:{name}:step{state.global_step}")
 
     return CrashAfterSave()
 
