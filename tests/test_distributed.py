@@ -171,3 +171,44 @@ def test_run_under_torchrun(tmp_path, tiny_model_dir, gsm8k_rows):
     np.testing.assert_allclose(base.token_loss, alone.token_loss, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(api.select(base, ref).keep_mask, Selection.load(out / "selection").keep_mask)
     assert not list(out.rglob(".*")) and not list(scratch.glob("tokenclean-*"))  # no temporary leftovers
+
+
+COLLECTIVES_WORKER = textwrap.dedent("""
+    import json
+    import sys
+    import numpy as np
+    import torch.distributed as dist
+    from tokenclean.distributed import all_ranks, distributed_world, from_rank0, gather_arrays
+
+    rank, world = distributed_world()
+    mine = [np.arange(rank * 3, dtype=np.int64) + 10 * rank, np.full(rank + 1, rank + 0.5, dtype=np.float32)]
+    got = gather_arrays(mine)
+    record = from_rank0({"stage": "scores/base", "done": [1, 2.5, None], "rank": rank})
+    flags = (all_ranks(True), all_ranks(rank == 0))
+    with open(sys.argv[1] + f".rank{rank}.json", "w") as f:
+        json.dump({"got": [[a.tolist() for a in parts] for parts in got], "dtypes": [str(p[0].dtype) for p in got],
+                   "record": record, "flags": flags}, f)
+    dist.destroy_process_group()
+""")
+
+
+def test_collectives_move_arrays_and_records_without_pickle(tmp_path):
+    """Uneven arrays of two dtypes gathered on every rank in rank order, rank 0's JSON record broadcast, and the
+    all-ranks vote, over gloo, with every pickle entry point of the workers disabled."""
+    script = tmp_path / "collectives.py"
+    refuse = ("import pickle, torch.distributed.distributed_c10d as c10d\n"
+              "for _name in ('dumps', 'loads', 'Pickler', 'Unpickler'):\n    setattr(pickle, _name, None)\n"
+              "c10d._pickler = c10d._unpickler = None  # what torch's object collectives use\n")
+    script.write_text(COLLECTIVES_WORKER.replace("rank, world = distributed_world()",
+                                                 "rank, world = distributed_world()\n" + refuse))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path / "out")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        out = json.loads((tmp_path / f"out.rank{rank}.json").read_text())
+        assert out["got"] == [[[], [10, 11, 12]], [[0.5], [1.5, 1.5]]]
+        assert out["dtypes"] == ["int64", "float32"]
+        assert out["record"] == {"stage": "scores/base", "done": [1, 2.5, None], "rank": 0}
+        assert out["flags"] == [True, False]

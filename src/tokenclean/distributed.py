@@ -62,14 +62,24 @@ def barrier() -> None:
 
 
 def from_rank0(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank (any picklable object); ``value`` itself in one process."""
+    """Rank 0's ``value`` (any JSON value: a stage record, a decision) on every rank; ``value`` itself in one
+    process. Sent as JSON bytes in a tensor, so nothing is pickled."""
     if distributed_world()[1] == 1:
         return value
+    import json
+
+    import torch
     import torch.distributed as dist
 
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    device = _collective_device()
+    data = json.dumps(value).encode() if dist.get_rank() == 0 else b""
+    size = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    buf = torch.zeros(int(size.item()), dtype=torch.uint8, device=device)
+    if dist.get_rank() == 0:
+        buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    dist.broadcast(buf, src=0)
+    return json.loads(bytes(buf.cpu().numpy()).decode())
 
 
 def _collective_device():
