@@ -3,10 +3,11 @@ the library needs.
 
 Every process runs the same code. Scoring shards its batches over the ranks, training is DDP through
 ``transformers.Trainer``, and only rank 0 writes files (see ``io.atomic_dir``). Under ``accelerate launch
---use_fsdp`` the weights themselves are sharded over the processes (FSDP, for models that do not fit one device):
-training is the Trainer's FSDP, and scoring runs the sharded model's forward on every rank in step. Where a rank reads what rank 0
-wrote, a ``barrier`` comes first; where ranks must take the same branch (skip a finished stage, use a cache
-entry), the decision is rank 0's or all ranks'. Outside ``torchrun`` every function here is a no-op.
+--use_fsdp`` the weights themselves are sharded over the processes (FSDP, for models that do not fit one
+device): training is the Trainer's FSDP, and scoring runs the sharded model's forward on every rank in step.
+Where a rank reads what rank 0 wrote, a ``barrier`` comes first; where ranks must take the same branch (skip a
+finished stage, use a cache entry), the decision is rank 0's or all ranks'. Collectives move tensors only
+(nothing is pickled). Outside ``torchrun`` every function here is a no-op.
 """
 
 from __future__ import annotations
