@@ -159,7 +159,8 @@ def score(
     model directory is not even loaded on a hit. ``meta["cache_hit"]`` says which it was. ``work_dir``: keep
     finished shards there while scoring, so a killed call started again resumes at the shard it was in (one model
     per work directory); removed once ``out`` is written.
-    Under ``torch.distributed`` every rank scores a share and gets all losses; rank 0 writes.
+    Under ``torch.distributed`` every rank scores a share and gets all losses; rank 0 writes. Under ``accelerate
+    launch --use_fsdp`` the model is also sharded over the processes (``distributed.shard_for_inference``).
     """
     tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
