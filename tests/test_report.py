@@ -65,14 +65,20 @@ def make_losses(tokenizer, tokens):
     return base, ref
 
 
+def _pool_with_base_scores(root, tokenizer):
+    """Write a run's ``tokens/pool`` and ``scores/base`` under ``root``; returns the tokens and reference losses."""
+    tokens = chat_table(tokenizer, PAIRS)
+    tokens.save(root / "tokens" / "pool")
+    base, ref = make_losses(tokenizer, tokens)
+    save_scores(tokens, root / "scores" / "base", base)
+    return tokens, ref
+
+
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory, tiny_model_dir, gpt2_tokenizer):
     """A ``tokenclean run`` directory of method fixed: tokens, base/reference losses, selection, summary."""
     root = tmp_path_factory.mktemp("runs") / "fixed"
-    tokens = chat_table(gpt2_tokenizer, PAIRS)
-    tokens.save(root / "tokens" / "pool")
-    base, ref = make_losses(gpt2_tokenizer, tokens)
-    save_scores(tokens, root / "scores" / "base", base)
+    tokens, ref = _pool_with_base_scores(root, gpt2_tokenizer)
     save_scores(tokens, root / "scores" / "reference", ref)
     sel = select(root / "scores" / "base", root / "scores" / "reference", root / "selection")
     (root / "config.yaml").write_text(f"base: {tiny_model_dir}\nmethod: fixed\n")
@@ -86,10 +92,7 @@ def single_run(tmp_path_factory, tiny_model_dir, gpt2_tokenizer):
 def compare_run(tmp_path_factory, tiny_model_dir, gpt2_tokenizer):
     """A ``tokenclean compare`` directory: methods fixed, random and full, seeds 1 and 2, with comparison.json."""
     root = tmp_path_factory.mktemp("runs") / "cmp"
-    tokens = chat_table(gpt2_tokenizer, PAIRS)
-    tokens.save(root / "tokens" / "pool")
-    base, ref = make_losses(gpt2_tokenizer, tokens)
-    save_scores(tokens, root / "scores" / "base", base)
+    tokens, ref = _pool_with_base_scores(root, gpt2_tokenizer)
     runs = []
     for seed in (1, 2):
         seed_dir = root / f"seed-{seed}"

@@ -104,10 +104,10 @@ def load_model(
     ``accelerate launch --use_fsdp`` the model stays on the CPU (or, with Accelerate's CPU-RAM-efficient loading,
     on the meta device outside rank 0): FSDP moves each rank's shard to its device when it wraps the model.
     """
-    from .distributed import fsdp_requested
-
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
+
+    from .distributed import fsdp_requested
 
     _check_model_path(name_or_path)
     device = device if isinstance(device, torch.device) else resolve_device(device)

@@ -92,8 +92,8 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
     passes run batch by batch, so the data is padded and moved to the device once.
 
     Under ``torch.distributed`` (``torchrun``, ``accelerate launch``) each rank scores every world-size-th batch
-    of each shard of the length-sorted list and the results are gathered, so every rank returns the full arrays, equal to what
-    one process computes.
+    of each shard of the length-sorted list and the results are gathered, so every rank returns the full arrays,
+    equal to what one process computes. An FSDP-sharded model runs the same number of forwards on every rank.
 
     ``shards``: keep finished shards there and reuse those a killed call left (see ``ScoreShards``).
     """

@@ -346,12 +346,14 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     """The newest ``checkpoint-N`` in ``ckpt_dir`` that the Trainer finished writing (its ``trainer_state.json``
     is written last), or None. A checkpoint cut off by a kill is skipped, so the resume starts from the one
     before it instead of failing on a missing file."""
-    steps = sorted(((int(d.name.split("-")[1]), d) for d in ckpt_dir.glob("checkpoint-*")
-                    if d.name.split("-")[1].isdigit()), reverse=True) if ckpt_dir.is_dir() else []
-    for step, d in steps:
-        if (d / "trainer_state.json").exists():
-            return str(d)
-        log.warning("skipping the unfinished checkpoint %s", d)
+    if not ckpt_dir.is_dir():
+        return None
+    steps = {int(d.name.removeprefix("checkpoint-")): d for d in ckpt_dir.glob("checkpoint-*")
+             if d.name.removeprefix("checkpoint-").isdigit()}
+    for step in sorted(steps, reverse=True):
+        if (steps[step] / "trainer_state.json").exists():
+            return str(steps[step])
+        log.warning("skipping the unfinished checkpoint %s", steps[step])
     return None
 
 
