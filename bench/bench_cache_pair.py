@@ -21,7 +21,7 @@ import torch
 from common import gpt2_tokenizer, gsm8k_conversations, llama, machine, timed
 
 from tokenclean import api, modeling
-from tokenclean.tokens import tokenize
+from tokenclean.core.tokens import tokenize
 
 
 def make_models(root: Path, lora_r: int, size: dict[str, int] | None = None) -> tuple[Path, Path, Path]:

@@ -14,7 +14,7 @@ import time
 
 from common import machine
 
-from tokenclean.demo import DemoConfig, run_demo
+from tokenclean.demo.run import DemoConfig, run_demo
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from common import gpt2_tokenizer, gsm8k_conversations, llama, machine, matmul_flops, non_embedding_params, timed
 
-from tokenclean.scoring import ScoreConfig, score_tokens
-from tokenclean.tokens import tokenize
+from tokenclean.compute.scoring import ScoreConfig, score_tokens
+from tokenclean.core.tokens import tokenize
 
 
 @torch.no_grad()

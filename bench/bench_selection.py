@@ -21,8 +21,8 @@ import numpy as np
 
 from common import machine
 
-from tokenclean.selection import SelectConfig, select_tokens
-from tokenclean.selection_stream import select_global_array
+from tokenclean.selection.select import SelectConfig, select_tokens
+from tokenclean.selection.stream import select_global_array
 
 
 def pool(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from common import llama, machine
 
-from tokenclean.losses import kept_token_loss_sum
-from tokenclean.tokens import IGNORE_INDEX
+from tokenclean.compute.losses import kept_token_loss_sum
+from tokenclean.core.tokens import IGNORE_INDEX
 
 
 def full_logits_loss(model, ids, attention, labels):

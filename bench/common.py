@@ -24,7 +24,7 @@ def machine() -> str:
 
 def gsm8k_conversations(n: int = 1000, seed: int = 0):
     """The first ``n`` rows of GSM8K after a seeded shuffle, as conversations (user = question, assistant = answer)."""
-    from tokenclean.data import Conversation
+    from tokenclean.core.data import Conversation
 
     rows = [json.loads(line) for line in GSM8K.read_text(encoding="utf-8").splitlines() if line.strip()]
     order = np.random.default_rng(seed).permutation(len(rows))[:n]

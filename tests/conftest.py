@@ -54,8 +54,8 @@ def tiny_model_dir(tmp_path_factory, gpt2_tokenizer) -> Path:
 
 def chat_table(tokenizer, pairs: list[tuple[str, str]]):
     """A ``TokenTable`` of one-turn chats (user prompt, assistant reply); sample ids are "0", "1", ..."""
-    from tokenclean.data import Conversation
-    from tokenclean.tokens import tokenize
+    from tokenclean.core.data import Conversation
+    from tokenclean.core.tokens import tokenize
 
     convs = [Conversation(str(i), [{"role": "user", "content": p}, {"role": "assistant", "content": r}], i)
              for i, (p, r) in enumerate(pairs)]

@@ -18,7 +18,7 @@ import tokenclean as tc
 from tokenclean.cli import main
 from tokenclean.errors import ConfigError, ResourceError
 from tokenclean.io import atomic_dir, write_json
-from tokenclean.pipeline import Run, RunConfig
+from tokenclean.runs.pipeline import Run, RunConfig
 
 PACKAGE = Path(tc.__file__).parent
 FIELDS = tc.DataConfig(prompt_field="question", response_field="answer")
@@ -77,7 +77,7 @@ def test_the_package_never_unpickles_nor_runs_remote_code_by_itself():
 def test_resuming_training_unpickles_nothing(tmp_path, gpt2_tokenizer, monkeypatch):
     """A resume reads the Trainer's checkpoint (optimizer, scheduler, RNG state) and the model: with every pickle
     entry point disabled it must still work."""
-    from tokenclean.training import TrainConfig, train_model
+    from tokenclean.compute.training import TrainConfig, train_model
 
     table = chat_table(gpt2_tokenizer, [(f"Say {i}", f"{i} " * (2 + i)) for i in range(8)])
     cfg = TrainConfig(batch_size=2, gradient_accumulation_steps=1, max_steps=4, save_steps=2, lora_r=4)
@@ -232,12 +232,12 @@ def test_a_model_too_large_for_memory(tmp_path, tiny_model_dir, gsm8k_rows, monk
 
 def test_out_of_memory_while_scoring_and_training(tmp_path, tiny_model_dir, gsm8k_rows, monkeypatch):
     data = write_jsonl(tmp_path / "d.jsonl", gsm8k_rows[:4])
-    monkeypatch.setattr("tokenclean.scoring.token_losses", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr("tokenclean.compute.scoring.token_losses", lambda *a, **k: (_ for _ in ()).throw(
         torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")))
     with pytest.raises(ResourceError, match="scoring with .*: out of memory .*lower --batch-tokens"):
         tc.score(tiny_model_dir, data, tmp_path / "s", data_config=FIELDS, progress=False)
     assert not (tmp_path / "s").exists()
-    monkeypatch.setattr("tokenclean.training.kept_token_loss_sum", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr("tokenclean.compute.training.kept_token_loss_sum", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes")))
     with pytest.raises(ResourceError, match="training .*: out of memory .*--batch-size.*--gradient-checkpointing"):
         tc.train(tiny_model_dir, data, tmp_path / "m", data_config=FIELDS,

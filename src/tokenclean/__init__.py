@@ -6,14 +6,14 @@ The Python API mirrors the CLI: ``score``, ``select``, ``train``, ``export`` and
 __version__ = "0.1.0"
 
 from .api import export, prepare_tokens, score, select, train  # noqa: E402
-from .artifacts import Scores, Selection  # noqa: E402
-from .data import DataConfig  # noqa: E402
+from .core.artifacts import Scores, Selection  # noqa: E402
+from .core.data import DataConfig  # noqa: E402
 from .errors import ConfigError, DataError, MismatchError, TokencleanError  # noqa: E402
-from .pipeline import RunConfig, RunSettings, run_pipeline as run  # noqa: E402
-from .scoring import ScoreConfig  # noqa: E402
-from .selection import SelectConfig, select_tokens  # noqa: E402
-from .tokens import IGNORE_INDEX, TokenizeConfig, TokenTable  # noqa: E402
-from .training import TrainConfig  # noqa: E402
+from .runs.pipeline import RunConfig, RunSettings, run_pipeline as run  # noqa: E402
+from .compute.scoring import ScoreConfig  # noqa: E402
+from .selection.select import SelectConfig, select_tokens  # noqa: E402
+from .core.tokens import IGNORE_INDEX, TokenizeConfig, TokenTable  # noqa: E402
+from .compute.training import TrainConfig  # noqa: E402
 
 __all__ = [
     "ConfigError", "DataConfig", "DataError", "IGNORE_INDEX", "MismatchError", "RunConfig", "RunSettings",

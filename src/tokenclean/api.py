@@ -19,19 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import Scores, Selection, check_losses, check_same_tokens, token_position
-from .distributed import fsdp_requested, is_sharded, shard_for_inference
-from .data import DataConfig, LoadReport, RowError, load_conversations, where
+from .core.artifacts import Scores, Selection, check_losses, check_same_tokens, token_position
+from .compute.distributed import fsdp_requested, is_sharded, shard_for_inference
+from .core.data import DataConfig, LoadReport, RowError, load_conversations, where
 from .errors import ConfigError, DataError, MismatchError, ModelError
-from . import score_cache
-from .export import export_dataset
+from .runs import cache as score_cache
+from .compute.export import export_dataset
 from .io import atomic_dir, write_json
-from .modeling import (load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint, resolve_device,
+from .compute.modeling import (load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint, resolve_device,
                        resolve_dtype)
-from .scoring import ScoreConfig, score_tokens
-from .selection import SelectConfig, select_tokens
-from .tokens import TokenizeConfig, TokenTable, tokenize
-from .training import TrainConfig, train_model
+from .compute.scoring import ScoreConfig, score_tokens
+from .selection.select import SelectConfig, select_tokens
+from .core.tokens import TokenizeConfig, TokenTable, tokenize
+from .compute.training import TrainConfig, train_model
 
 log = logging.getLogger("tokenclean")
 
@@ -155,7 +155,7 @@ def score(
 
     Writes ``out/token_loss.parquet`` and ``out/scores.json`` when ``out`` is given. ``cache``: True (the
     directory ``$TOKENCLEAN_CACHE`` or ``~/.cache/tokenclean``) or a directory: reuse losses computed before for
-    the same model content, dtype, tokenizer and data, and store new ones (see ``tokenclean.score_cache``); a
+    the same model content, dtype, tokenizer and data, and store new ones (see ``tokenclean.runs.cache``); a
     model directory is not even loaded on a hit. ``meta["cache_hit"]`` says which it was. ``work_dir``: keep
     finished shards there while scoring, so a killed call started again resumes at the shard it was in (one model
     per work directory); removed once ``out`` is written.
@@ -258,7 +258,7 @@ def score_pair(
     passes keep their shards there; the caller removes it). Returns ``(base scores, reference scores)``; writes
     them when outs are given.
     """
-    from .scoring import score_adapter_pair
+    from .compute.scoring import score_adapter_pair
 
     if fsdp_requested():
         raise ConfigError("score_pair merges the adapter into whole weights, which FSDP (accelerate launch "
@@ -400,7 +400,7 @@ def export(
     drop_empty: bool = True,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Write the cleaned dataset to ``out`` (``save_to_disk``) and ``out.parquet``; see ``tokenclean.export``."""
+    """Write the cleaned dataset to ``out`` (``save_to_disk``) and ``out.parquet``; see ``tokenclean.compute.export``."""
     tokens = _as_tokens(data, lambda: _tokenizer_for(None, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
     keep = keep_mask_for(tokens, selection, f"data ({data})")

@@ -1,4 +1,4 @@
-"""The ``tokenclean`` command: a thin layer over ``tokenclean.api`` and ``tokenclean.pipeline``.
+"""The ``tokenclean`` command: a thin layer over ``tokenclean.api`` and ``tokenclean.runs.pipeline``.
 
 Each subcommand parses flags (generated from the stage config dataclasses), calls one library function and
 prints what it did. Errors the user can fix are printed as one line, without a traceback.
@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import add_config_args, build, field_names, merge_settings
-from .data import DataConfig
-from .distributed import process_rank
+from .core.data import DataConfig
+from .compute.distributed import process_rank
 from .errors import ConfigError, TokencleanError
-from .scoring import ScoreConfig
-from .selection import SelectConfig
-from .tokens import TokenizeConfig
-from .training import TrainConfig
+from .compute.scoring import ScoreConfig
+from .selection.select import SelectConfig
+from .core.tokens import TokenizeConfig
+from .compute.training import TrainConfig
 
 DESCRIPTION = """\
 Token cleaning for supervised fine-tuning (Pang et al., ICML 2025): score every response token by how much a
@@ -34,7 +34,7 @@ stages:     tokenclean score | select | train | export   (the same steps, one at
 """
 
 # Subcommands contributed by other modules: each has add_parser(subparsers) -> parser with func set.
-PLUGINS = ("tokenclean.evaluation.cli", "tokenclean.pretrain_cli", "tokenclean.demo_cli", "tokenclean.report_cli")
+PLUGINS = ("tokenclean.evaluation.cli", "tokenclean.demo.pretrain_cli", "tokenclean.demo.cli", "tokenclean.report.cli")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -97,14 +97,14 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_settings_names() -> set[str]:
-    from .pipeline import RunConfig
+    from .runs.pipeline import RunConfig
 
     return field_names(*RunConfig.SECTIONS.values())
 
 
 def add_run_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """Every setting of a run as a flag, plus ``--config``. Shared by ``run`` and commands built on it."""
-    from .pipeline import METHODS, RunConfig, RunSettings
+    from .runs.pipeline import METHODS, RunConfig, RunSettings
 
     p.add_argument("--config", help="YAML file of settings (same names as the flags, with underscores); "
                                     "flags given on the command line override it")
@@ -118,15 +118,15 @@ def add_run_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
-    from .pipeline import RunConfig, run_pipeline
+    from .runs.pipeline import RunConfig, run_pipeline
 
     return run_pipeline(RunConfig.from_flat(merge_settings(args, run_settings_names(),
                                                            tuple(RunConfig.SECTIONS.values()))))
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
-    from .compare import benchmark_metrics, compare
-    from .pipeline import RunConfig
+    from .runs.compare import benchmark_metrics, compare
+    from .runs.pipeline import RunConfig
 
     values = merge_settings(args, run_settings_names(), tuple(RunConfig.SECTIONS.values()))
     cfg = RunConfig.from_flat({**values, "method": args.methods[0]})
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p)
     p.set_defaults(func=cmd_run)
 
-    from .compare import DEFAULT_METHODS
+    from .runs.compare import DEFAULT_METHODS
 
     p = sub.add_parser("compare", help="run several methods side by side and compare held-out loss",
                        description="Run several methods on the same data, base, warm-up reference and seeds, "

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .distributed import process_rank
+from .compute.distributed import process_rank
 from .errors import ResourceError
 
 # errno values that mean "the disk (or the user's quota) is full", and how libraries that wrap the OS error

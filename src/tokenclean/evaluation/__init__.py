@@ -8,9 +8,9 @@ ARC-C, BoolQ, LogiQA 0-shot; TyDi QA GoldP 1-shot F1) plus GSM8K, offline from l
 The harness is an optional extra (``pip install 'tokenclean[eval]'``), imported only when ``evaluate`` runs.
 """
 
-from tokenclean.evaluation.benchmarks import BENCHMARKS, DEFAULT_TASKS, Benchmark
-from tokenclean.evaluation.harness import evaluate
-from tokenclean.evaluation.results import benchmark_columns, read_results, results_table, write_results
+from .benchmarks import BENCHMARKS, DEFAULT_TASKS, Benchmark
+from .harness import evaluate
+from .results import benchmark_columns, read_results, results_table, write_results
 
 __all__ = [
     "BENCHMARKS",

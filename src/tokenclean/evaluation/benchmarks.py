@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tokenclean.errors import ConfigError
-from tokenclean.evaluation import tydiqa
+from ..errors import ConfigError
+from ..evaluation import tydiqa
 
 
 @dataclass(frozen=True)

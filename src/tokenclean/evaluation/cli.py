@@ -7,11 +7,11 @@ import logging
 import sys
 from typing import Any
 
-from tokenclean.errors import ConfigError
-from tokenclean.evaluation import local_tasks
-from tokenclean.evaluation.benchmarks import DEFAULT_TASKS, parse_tasks
-from tokenclean.evaluation.harness import evaluate
-from tokenclean.evaluation.results import results_table, write_results
+from ..errors import ConfigError
+from ..evaluation import local_tasks
+from .benchmarks import DEFAULT_TASKS, parse_tasks
+from .harness import evaluate
+from .results import results_table, write_results
 
 DEFAULT_OUT = "eval_results.json"
 

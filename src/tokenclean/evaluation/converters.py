@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tokenclean.errors import DataError
+from ..errors import DataError
 
 Row = dict[str, Any]
 

@@ -18,9 +18,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokenclean.errors import ConfigError, TokencleanError
-from tokenclean.evaluation import local_tasks
-from tokenclean.evaluation.benchmarks import DEFAULT_TASKS, Benchmark, combine, parse_tasks
+from ..errors import ConfigError, TokencleanError
+from ..evaluation import local_tasks
+from .benchmarks import DEFAULT_TASKS, Benchmark, combine, parse_tasks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

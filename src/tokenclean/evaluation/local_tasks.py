@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from tokenclean.errors import DataError
-from tokenclean.evaluation import converters, gsm8k, tydiqa
-from tokenclean.evaluation.benchmarks import MMLU_SUBJECT_PREFIX, Benchmark
+from ..errors import DataError
+from ..evaluation import converters, gsm8k, tydiqa
+from .benchmarks import MMLU_SUBJECT_PREFIX, Benchmark
 
 TaskConfig = dict[str, Any]
 

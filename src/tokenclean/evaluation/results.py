@@ -14,9 +14,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from tokenclean.errors import DataError
-from tokenclean.evaluation.benchmarks import BENCHMARKS
-from tokenclean.io import read_json, write_json
+from ..errors import DataError
+from .benchmarks import BENCHMARKS
+from ..io import read_json, write_json
 
 AVERAGE = "average"
 COLUMN_TITLES = {

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenclean.errors import DataError
+from ..errors import DataError
 
 DEV_FILE = "tydiqa-goldp-v1.1-dev.json"
 TRAIN_FILE = "tydiqa-goldp-v1.1-train.json"  # optional: the source of 1-shot examples when present

@@ -1,0 +1,1 @@
+"""Everything that runs a model: loading, per-token losses, scoring, training, export."""

@@ -1,0 +1,203 @@
+"""Loading models and tokenizers, choosing device and dtype, and fingerprints of both.
+
+Any ``AutoModelForCausalLM`` directory or hub id works. ``trust_remote_code`` stays off unless the user asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, ModelError, ResourceError
+
+# Any of these in a model directory means a tokenizer was saved with it.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                    "spiece.model", "sentencepiece.bpe.model")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None``/``"auto"`` picks CUDA when present, else CPU; asking for CUDA without one is an error. ``cuda``
+    without an index is GPU ``LOCAL_RANK`` (under ``torchrun`` each process has its own GPU; 0 otherwise)."""
+    from .distributed import local_rank
+
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}, expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but no CUDA device is available (torch "
+                          f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu, or "
+                          "install a CUDA build of torch on a machine with a GPU")
+    visible = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if dev.index is not None and 0 < visible <= dev.index:
+        raise ConfigError(f"device {device!r} requested but only {visible} CUDA device(s) are visible; use --device "
+                          "cuda:0 or check CUDA_VISIBLE_DEVICES")
+    return torch.device("cuda", local_rank()) if dev.type == "cuda" and dev.index is None else dev
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for the ways torch and Python report an allocation that failed (GPU or CPU)."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("out of memory", "can't allocate memory", "not enough memory", "Cannot allocate memory"))
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(what: str, advice: str) -> Iterator[None]:
+    """Turn an allocation failure in the block into a one-line ``ResourceError``: ``what`` ran out of memory,
+    then ``advice``."""
+    try:
+        yield
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        raise ResourceError(f"{what}: out of memory ({_first_line(e)}); {advice}") from None
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on a GPU that supports it and fp32 elsewhere."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ConfigError(f"unknown dtype {dtype!r}, expected one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    _check_model_path(name_or_path)
+    path = Path(name_or_path)
+    if path.is_dir() and not any((path / f).exists() for f in _TOKENIZER_FILES):
+        raise ModelError(f"{path}: no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...), expected a model "
+                         "directory saved with its tokenizer (tokenizer.save_pretrained(DIR))")
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{name_or_path}: could not load a tokenizer ({_first_line(e)})") from None
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    device: torch.device | str | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+):
+    """Load a causal LM for inference or training on ``device`` in ``dtype`` (see ``resolve_dtype``).
+
+    Weights are read from safetensors only: pickled ``.bin`` checkpoints are refused, never unpickled. Under
+    ``accelerate launch --use_fsdp`` the model stays on the CPU (or, with Accelerate's CPU-RAM-efficient loading,
+    on the meta device outside rank 0): FSDP moves each rank's shard to its device when it wraps the model.
+    """
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    from .distributed import fsdp_requested
+
+    _check_model_path(name_or_path)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    advice = ("use --dtype bfloat16, a machine or GPU with more memory, or a smaller model" if device.type == "cpu"
+              else "use --dtype bfloat16, a GPU with more memory, or a smaller model")
+    with out_of_memory_as_error(f"{name_or_path}: loading the model on {device}", advice):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(name_or_path), dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+            )
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
+            raise ModelError(_load_failure(name_or_path, e)) from None
+        return model if fsdp_requested() else model.to(device)
+
+
+def _load_failure(name_or_path: str | os.PathLike, e: Exception) -> str:
+    path = Path(name_or_path)
+    if path.is_dir() and not list(path.glob("*.safetensors")) and list(path.glob("*.bin")):
+        return (f"{path}: only pickled .bin weights, expected model.safetensors (tokenclean never unpickles "
+                "weights); convert them once with AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR)")
+    if type(e).__name__ == "SafetensorError":
+        return f"{name_or_path}: the safetensors weights are corrupt or truncated ({_first_line(e)}); copy them again"
+    return f"{name_or_path}: could not load a causal LM ({_first_line(e)})"
+
+
+def _check_model_path(name_or_path: str | os.PathLike) -> None:
+    path = Path(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{path}: is a file, expected a model directory (with config.json)")
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path}: no config.json, expected a model directory saved with save_pretrained")
+    elif str(name_or_path).startswith((".", "/", "~")):
+        raise ModelError(f"{name_or_path}: no such model directory")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that decides how text becomes ids: vocabulary, merges, normaliser, special tokens and
+    chat template."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    h.update(str(getattr(tokenizer, "chat_template", None) or "").encode())
+    return h.hexdigest()[:16]
+
+
+_FILE_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, cached per (path, size, mtime) within the process."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASH_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+        _FILE_HASH_CACHE[key] = h.hexdigest()
+    return _FILE_HASH_CACHE[key]
+
+
+def path_fingerprint(name_or_path: str | os.PathLike) -> str:
+    """Fingerprint of a model directory (config and weight files), a data file or directory, or a hub id."""
+    path = Path(name_or_path)
+    if not path.exists():
+        return f"hub:{name_or_path}"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and _counts(p))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(file_fingerprint(f).encode())
+    return h.hexdigest()[:16]
+
+
+def _counts(p: Path) -> bool:
+    """Files that decide a model's or dataset's content (not logs, READMEs or hidden files)."""
+    return not p.name.startswith(".") and p.suffix not in (".md", ".log")
+
+
+def model_summary(model) -> dict[str, Any]:
+    n = sum(p.numel() for p in model.parameters())
+    return {"parameters": n, "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}

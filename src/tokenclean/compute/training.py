@@ -1,0 +1,386 @@
+"""Token-masked SFT on ``transformers.Trainer``: labels are ``IGNORE_INDEX`` everywhere except kept response tokens.
+
+The loss of an optimiser step is the mean over the kept tokens of the whole step: each micro-batch contributes
+``sum of its kept-token losses / kept tokens in the step`` (counted by the Trainer over all accumulated
+micro-batches and, under DDP, all processes). A step with no kept token contributes zero, never NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import option
+from .distributed import fsdp_requested, launched_processes
+from ..errors import ConfigError
+from .losses import kept_token_loss_sum, slm_loss_sum
+from ..selection.select import round_half_up
+from ..core.tokens import IGNORE_INDEX, TokenTable, make_labels
+
+log = logging.getLogger("tokenclean")
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning settings (defaults: the paper's)."""
+
+    lora: bool = option(True, "train a LoRA adapter and merge it at the end (--no-lora: full fine-tuning)")
+    lora_r: int = option(64, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA alpha")
+    lora_dropout: float = option(0.1, "LoRA dropout")
+    lora_target_modules: list[str] = option(["all-linear"], "modules that get adapters; all-linear = every "
+                                            "attention and MLP projection")
+    optimizer: str = option("adamw_torch", "optimizer (any transformers optim name, e.g. adamw_torch, sgd)")
+    learning_rate: float = option(1e-4, "peak learning rate")
+    lr_scheduler: str = option("linear", "learning-rate schedule (any transformers scheduler name)")
+    warmup_ratio: float = option(0.03, "share of steps spent warming up the learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    epochs: float = option(1.0, "passes over the training data")
+    max_steps: int = option(-1, "stop after this many optimiser steps (-1: run --epochs)")
+    batch_size: int = option(4, "samples per device per micro-batch")
+    gradient_accumulation_steps: int = option(12, "micro-batches per optimiser step (global batch = batch size x "
+                                              "this x processes; the paper uses 48)")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
+    save_steps: int = option(500, "checkpoint every this many steps so an interrupted run resumes (not under "
+                             "FSDP: see train_model)")
+    logging_steps: int = option(10, "log the loss every this many steps")
+
+    def __post_init__(self) -> None:
+        for name in ("lora_r", "batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.epochs <= 0 and self.max_steps < 1:
+            raise ConfigError("epochs must be > 0 (or max_steps >= 1)")
+
+
+def training_examples(tokens: TokenTable, keep_mask: np.ndarray | None = None, drop_empty: bool = True,
+                      ref_loss: np.ndarray | None = None):
+    """A ``datasets.Dataset`` with ``input_ids`` and ``labels`` (lists of int) and, for SLM, ``ref_loss``.
+
+    ``keep_mask``: (total_tokens,) bool aligned with ``tokens``; None trains on all response tokens.
+    ``ref_loss``: (total_tokens,) float32 reference losses (NaN where not scored), for online selection.
+    Samples with no trained token are left out when ``drop_empty`` (they contribute no loss).
+    Returns the dataset and the number of samples left out.
+    """
+    import datasets
+
+    ids = tokens.flat_input_ids()
+    labels = make_labels(ids, tokens.flat_response_mask(), keep_mask)
+    offsets = tokens.offsets
+    rows: dict[str, list] = {"input_ids": [], "labels": []}
+    if ref_loss is not None:
+        rows["ref_loss"] = []
+        ref_loss = np.nan_to_num(ref_loss, nan=0.0)
+    left_out = 0
+    for i in range(len(tokens)):
+        a, b = offsets[i], offsets[i + 1]
+        lab = labels[a:b]
+        if drop_empty and not (lab[1:] != IGNORE_INDEX).any():
+            left_out += 1
+            continue
+        rows["input_ids"].append(ids[a:b].tolist())
+        rows["labels"].append(lab.tolist())
+        if ref_loss is not None:
+            rows["ref_loss"].append(ref_loss[a:b].tolist())
+    return datasets.Dataset.from_dict(rows), left_out
+
+
+class PadCollator:
+    """Pads ``input_ids`` (with ``pad_id``) and ``labels`` (with ``IGNORE_INDEX``) to the longest row, builds the
+    attention mask. Written here rather than using ``DataCollatorForSeq2Seq`` because that one needs a tokenizer
+    with a pad token, and we must not change the user's tokenizer (GPT-2 has none)."""
+
+    def __init__(self, pad_id: int, multiple_of: int = 8):
+        self.pad_id, self.multiple_of = pad_id, multiple_of
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        width = math.ceil(width / self.multiple_of) * self.multiple_of
+        batch = {
+            "input_ids": torch.full((len(features), width), self.pad_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(features), width), dtype=torch.long),
+            "labels": torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long),
+        }
+        if "ref_loss" in features[0]:
+            batch["ref_loss"] = torch.zeros((len(features), width), dtype=torch.float32)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            batch["input_ids"][row, :n] = torch.as_tensor(f["input_ids"])
+            batch["attention_mask"][row, :n] = 1
+            batch["labels"][row, :n] = torch.as_tensor(f["labels"])
+            if "ref_loss" in batch:
+                batch["ref_loss"][row, :n] = torch.as_tensor(f["ref_loss"])
+        return batch
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class MaskedLossTrainer(Trainer):
+        """Trainer whose loss is the mean over kept tokens of the whole optimiser step (see module docstring).
+
+        With ``slm_keep_ratio`` set (and a ``ref_loss`` column), tokens are selected online instead: Rho-1's
+        SLM keeps the micro-batch's top ``slm_keep_ratio`` response tokens by excess loss, and the step's loss is
+        divided by ``round(slm_keep_ratio x response tokens in the step)``.
+        """
+
+        loss_is_scaled_for_ga = True  # our loss is already divided by the step's kept-token count
+
+        def __init__(self, *args, slm_keep_ratio: float | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.slm_keep_ratio = slm_keep_ratio
+            # Makes the Trainer count labels != IGNORE_INDEX over all micro-batches of the step (and processes)
+            # and pass that count to compute_loss as num_items_in_batch.
+            self.model_accepts_loss_kwargs = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            if self.slm_keep_ratio is not None:
+                loss_sum, n = slm_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], labels,
+                                           inputs["ref_loss"], self.slm_keep_ratio)
+                if num_items_in_batch is not None:
+                    num_items_in_batch = round_half_up(self.slm_keep_ratio * float(num_items_in_batch))
+            else:
+                loss_sum, n = kept_token_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], labels)
+            denom = num_items_in_batch if num_items_in_batch is not None else n
+            loss = loss_sum / torch.clamp(torch.as_tensor(denom, device=loss_sum.device, dtype=torch.float32), min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # DDP averages gradients over processes; the count already covers all of them.
+                loss = loss * self.accelerator.num_processes
+            return (loss, None) if return_outputs else loss
+
+    return MaskedLossTrainer
+
+
+def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16: bool, seed: int,
+                       use_cpu: bool = False):
+    """``TrainingArguments`` for ``cfg``. ``use_cpu`` (the model is on the CPU) matters under ``torchrun``:
+    without it Accelerate sees no GPU and no CPU request, so every process would silently train alone on all
+    the data instead of DDP over gloo."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        optim=cfg.optimizer,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        seed=seed,
+        data_seed=seed,
+        bf16=use_bf16,
+        use_cpu=use_cpu,
+        ddp_backend="gloo" if use_cpu and launched_processes() > 1 else None,  # not MPI, even if torch has it
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        logging_steps=cfg.logging_steps,
+        save_strategy="no" if fsdp_requested() else "steps",  # see train_model
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def route_trainer_logs(trainer) -> None:
+    """Send the Trainer's loss logs to the ``tokenclean`` logger (stderr, silenced by ``--quiet``) instead of
+    printing them to stdout, which carries the command's result. The progress bar stays."""
+    from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+
+    class LogCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                log.info("step %d: %s", state.global_step, ", ".join(f"{k} {v:.4g}" if isinstance(v, float)
+                                                                     else f"{k} {v}" for k, v in logs.items()))
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    had_bar = any(isinstance(c, ProgressCallback) for c in trainer.callback_handler.callbacks)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if had_bar:
+        trainer.add_callback(QuietProgress)
+    trainer.add_callback(LogCallback)
+
+
+def train_model(
+    model,
+    tokenizer,
+    tokens: TokenTable,
+    out_dir: str | os.PathLike,
+    cfg: TrainConfig | None = None,
+    keep_mask: np.ndarray | None = None,
+    drop_empty: bool = True,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    slm: tuple[np.ndarray, float] | None = None,
+    save_adapter: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` on the kept response tokens of ``tokens`` and save a standard model directory.
+
+    ``keep_mask``: (total_tokens,) bool aligned with ``tokens`` (None: all response tokens). The LoRA (if any) is
+    merged and the result written to ``out_dir`` with ``save_pretrained`` (safetensors) together with the
+    tokenizer; with ``save_adapter`` the unmerged adapter is also saved to ``out_dir/adapter`` (PEFT format), so
+    the base and this model can be scored with one model in memory (``scoring.score_adapter_pair``).
+    Checkpoints go to ``checkpoint_dir`` (default ``<out_dir>.checkpoints``); a call that finds one there resumes
+    from it, and the directory is removed once the model is saved. ``slm``: (reference losses aligned with
+    ``tokens``, keep ratio) to select tokens online with Rho-1's SLM instead of a fixed mask. Under DDP
+    (``torchrun``) every process trains and process 0 saves. Returns counts and timings.
+    """
+    cfg = cfg or TrainConfig()
+    out_dir = Path(out_dir)
+    dataset, left_out = training_examples(tokens, keep_mask, drop_empty, slm[0] if slm else None)
+    if len(dataset) == 0:
+        raise ConfigError("no sample has a token to train on (all labels are masked)")
+    trained_tokens = int(sum((np.asarray(lab[1:]) != IGNORE_INDEX).sum() for lab in dataset["labels"]))
+    # Under FSDP the model comes in on the CPU and the Trainer moves each rank's shard to its GPU.
+    device_type = "cuda" if fsdp_requested() and torch.cuda.is_available() else next(model.parameters()).device.type
+    use_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
+    from transformers import set_seed
+
+    set_seed(seed)  # before the adapter is created, so its initialisation is reproducible
+    if cfg.lora:
+        model = _with_lora(model, cfg)
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    trainer = _trainer_class()(
+        model=model,
+        args=training_arguments(cfg, ckpt_dir, use_bf16, seed, use_cpu=device_type == "cpu"),
+        train_dataset=dataset,
+        data_collator=PadCollator(pad_id),
+        slm_keep_ratio=slm[1] if slm else None,
+    )
+    route_trainer_logs(trainer)
+    if trainer.is_fsdp_enabled:
+        log.warning("FSDP: no checkpoints during training (their sharded format keeps its index as a pickle, which "
+                    "tokenclean never loads); a killed training stage starts again from its first step")
+    if os.environ.get("TOKENCLEAN_TEST_KILL_AT"):
+        trainer.add_callback(_crash_after_save(ckpt_dir.name))
+    start = time.perf_counter()
+    last = last_complete_checkpoint(ckpt_dir)
+    result = trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - start
+    save = trainer.args.should_save  # process 0 only: after DDP training every process holds the same weights
+    model = _whole_model(trainer, cfg.lora) if trainer.is_fsdp_enabled else trainer.model
+    if cfg.lora and save_adapter and save:
+        model.save_pretrained(out_dir / "adapter")
+    if cfg.lora and save:
+        model = model.merge_and_unload()
+    if save:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    trainer.accelerator.wait_for_everyone()  # no process still writes its part of a checkpoint
+    if save:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "samples": len(dataset),
+        "samples_left_out": left_out,
+        "trained_tokens": int(round_half_up(slm[1] * trained_tokens)) if slm else trained_tokens,
+        "optimizer_steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "resumed_from": last,
+        "seconds": round(seconds, 3),
+    }
+
+
+def _whole_model(trainer, lora: bool):
+    """After FSDP training: the trained model with every weight whole, on process 0's CPU (None elsewhere).
+
+    Every process takes part in gathering the full state dict (``Accelerator.get_state_dict``: to process 0, on
+    the CPU); process 0 builds an empty copy of the model on the meta device (with the same LoRA adapter) and
+    takes the gathered tensors as its weights, so the model is held once, not twice, on the CPU.
+    """
+    from transformers import AutoModelForCausalLM
+
+    log.info("FSDP: gathering the trained weights on process 0")
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    if not trainer.args.should_save:
+        return None
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    config = trained.get_base_model().config if lora else trained.config
+    with torch.device("meta"):
+        copy = AutoModelForCausalLM.from_config(config, dtype=next(iter(state.values())).dtype)
+    if lora:
+        from peft import get_peft_model
+
+        copy = get_peft_model(copy, trained.peft_config["default"])
+    missing, unexpected = copy.load_state_dict(state, strict=False, assign=True)
+    tied = getattr(config, "tie_word_embeddings", False)  # the output projection is the input embedding, saved once
+    if unexpected or [name for name in missing if not (tied and name.endswith("lm_head.weight"))]:
+        raise RuntimeError(f"the gathered FSDP state does not fit the model: missing {missing}, unexpected "
+                           f"{unexpected}")
+    if tied:
+        copy.tie_weights()
+    return copy
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` in ``ckpt_dir`` that the Trainer finished writing (its ``trainer_state.json``
+    is written last), or None. A checkpoint cut off by a kill is skipped, so the resume starts from the one
+    before it instead of failing on a missing file."""
+    if not ckpt_dir.is_dir():
+        return None
+    steps = {int(d.name.removeprefix("checkpoint-")): d for d in ckpt_dir.glob("checkpoint-*")
+             if d.name.removeprefix("checkpoint-").isdigit()}
+    for step in sorted(steps, reverse=True):
+        if (steps[step] / "trainer_state.json").exists():
+            return str(steps[step])
+        log.warning("skipping the unfinished checkpoint %s", steps[step])
+    return None
+
+
+def _crash_after_save(name: str):
+    """A callback for the crash-safety tests: ``crash_point("train:<name>:step<N>")`` once process 0 (the writer)
+    has saved checkpoint N."""
+    from transformers import TrainerCallback
+
+    from ..io import crash_point
+
+    class CrashAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                crash_point(f"train:{name}:step{state.global_step}")
+
+    return CrashAfterSave()
+
+
+def _with_lora(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules[0] if cfg.lora_target_modules == ["all-linear"]
+        else cfg.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)

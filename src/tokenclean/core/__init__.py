@@ -1,0 +1,1 @@
+"""The data contract: conversations, tokens and the artifacts stages exchange."""

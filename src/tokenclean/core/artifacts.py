@@ -1,0 +1,129 @@
+"""On-disk artifacts of the stages: token losses (``Scores``) and keep masks (``Selection``).
+
+Both are a Parquet file keyed by ``sample_id`` with one list column aligned with the token table, plus a JSON
+file of metadata (fingerprints, counts). ``check_same_tokens`` refuses to combine artifacts that were made from
+different data, tokenizer, template or ``max_seq_len``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import DataError, MismatchError
+from ..io import read_json, write_json
+from .tokens import list_column, write_parquet
+
+# What decides the token layout, in the order a mismatch is explained.
+_TOKEN_KEYS = (
+    ("tokenizer_fingerprint", "tokenizer"),
+    ("max_seq_len", "max_seq_len"),
+    ("template", "template"),
+    ("train_on_prompt", "train_on_prompt"),
+    ("data_fingerprint", "data"),
+    ("tokens_fingerprint", "tokenized data"),
+)
+
+
+def check_same_tokens(a: dict[str, Any], a_name: str, b: dict[str, Any], b_name: str) -> None:
+    """Raise ``MismatchError`` naming the first difference between two artifacts' token metadata."""
+    for key, what in _TOKEN_KEYS:
+        if key in a and key in b and a[key] != b[key]:
+            raise MismatchError(
+                f"{a_name} and {b_name} were made with a different {what} ({key}: {a[key]!r} vs {b[key]!r}); "
+                "score, select and train with the same data, tokenizer and --max-seq-len"
+            )
+
+
+def _read_list_file(path: Path, column: str, what: str):
+    if not path.exists():
+        raise MismatchError(f"{path.parent}: not a {what} directory (no {path.name})")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)}); make the {what} again") from None
+    if column not in table.column_names or "sample_id" not in table.column_names:
+        raise DataError(f"{path}: columns {table.column_names}, expected 'sample_id' and '{column}'")
+    col = table.column(column).combine_chunks()
+    offsets = col.offsets.to_numpy().astype(np.int64)
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    return table.column("sample_id").to_pylist(), values, offsets - offsets[0]
+
+
+class _TokenArtifact:
+    """A flat per-token array keyed by sample, saved as ``FILE`` (``sample_id`` + list column ``COLUMN``) and
+    ``META`` (JSON)."""
+
+    FILE = META = COLUMN = ""
+    DTYPE: type = np.float32
+
+    def __init__(self, sample_ids: list[str], values: np.ndarray, offsets: np.ndarray, meta: dict[str, Any]):
+        self.sample_ids, self.offsets, self.meta = sample_ids, offsets, meta
+        setattr(self, self.COLUMN, values)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        table = pa.table({"sample_id": pa.array(self.sample_ids, pa.string()),
+                          self.COLUMN: list_column(getattr(self, self.COLUMN), self.offsets)})
+        write_parquet(table, directory / self.FILE)
+        write_json(directory / self.META, self.meta)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike):
+        directory = Path(directory)
+        ids, values, offsets = _read_list_file(directory / cls.FILE, cls.COLUMN, cls.__name__.lower())
+        try:
+            meta = read_json(directory / cls.META)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{directory / cls.META}: not readable JSON ({_first_line(e)}), expected the "
+                            f"{cls.__name__.lower()} metadata; make it again") from None
+        return cls(ids, values.astype(cls.DTYPE), offsets, meta)
+
+
+class Scores(_TokenArtifact):
+    """Token losses of one model over one token table: ``token_loss`` (total_tokens,) float32, NaN at non-response
+    tokens; ``offsets`` (n_samples + 1,)."""
+
+    FILE, META, COLUMN, DTYPE = "token_loss.parquet", "scores.json", "token_loss", np.float32
+    token_loss: np.ndarray
+
+
+class Selection(_TokenArtifact):
+    """A keep-mask over one token table: ``keep_mask`` (total_tokens,) bool, with its counts and settings."""
+
+    FILE, META, COLUMN, DTYPE = "keep_mask.parquet", "selection.json", "keep_mask", bool
+    keep_mask: np.ndarray
+
+    def kept_per_sample(self) -> np.ndarray:
+        """(n_samples,) number of kept tokens per sample."""
+        return np.add.reduceat(self.keep_mask.astype(np.int64), self.offsets[:-1]) * (np.diff(self.offsets) > 0)
+
+
+def token_position(artifact: _TokenArtifact, flat_index: int) -> str:
+    """Where flat token ``flat_index`` is, for messages: ``sample 'ID' (row I), token J``."""
+    sample = int(np.searchsorted(artifact.offsets, flat_index, side="right") - 1)
+    return f"sample {artifact.sample_ids[sample]!r} (row {sample}), token {int(flat_index - artifact.offsets[sample])}"
+
+
+def check_losses(scores: Scores, name: str) -> None:
+    """Refuse token losses that are infinite, or NaN at tokens the scoring recorded as scored (a file edited or
+    corrupted after it was written): either would silently change which tokens are ranked."""
+    loss = scores.token_loss
+    inf = np.flatnonzero(np.isinf(loss))
+    if len(inf):
+        raise DataError(f"{name}: token_loss is {loss[inf[0]]} at {token_position(scores, inf[0])} ({len(inf)} in "
+                        "all), expected finite losses; score again")
+    scored, finite = scores.meta.get("scored_tokens"), int(np.count_nonzero(~np.isnan(loss)))
+    describes_these = scores.meta.get("tokens") == len(loss)  # not a subset of the scored samples
+    if scored is not None and describes_these and finite != scored:
+        raise DataError(f"{name}: {finite} finite losses but {scored} scored tokens recorded in {Scores.META}; "
+                        "expected a finite loss at every scored token (NaN where none was scored); score again")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,0 +1,1 @@
+"""The synthetic-world demo: a world with known noise, a pretrained toy model, the run."""

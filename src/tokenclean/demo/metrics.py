@@ -1,0 +1,169 @@
+"""What the demo measures beyond held-out loss: token kinds, selection precision/recall, greedy-answer accuracy.
+
+- **Token kinds.** The generated world marks every character of a response as informative, generic or noise
+  (``world.make_sft``). ``kind_codes`` maps that onto the tokens of a ``TokenTable``: each response token takes the
+  kind covering most of its characters (``world.token_kinds``); the end-of-turn token, which has no characters of
+  the content, counts as generic. Codes: ``KIND_CODES``; ``NOT_RESPONSE`` (-1) for prompt tokens.
+- **Selection quality.** ``selection_quality`` compares a keep-mask with the kinds: the share of informative
+  tokens kept (recall), of generic and noise tokens dropped, and of kept tokens that are informative (precision).
+  Noise is split into garbled spans and wrong answers, the two corruptions the world injects.
+- **Accuracy.** ``generate`` answers held-out prompts greedily with a model; ``accuracy`` checks each answer with
+  the world's checker, or with GSM8K's final-number match on real GSM8K-style data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..core.data import DataConfig, load_conversations, read_rows
+from ..errors import DataError
+from ..core.tokens import TokenTable, list_column, render_segments, write_parquet
+
+log = logging.getLogger("tokenclean")
+
+KIND_CODES = {"informative": 0, "generic": 1, "noise": 2}
+NOT_RESPONSE = -1
+KINDS_FILE = "pool_kinds.parquet"  # next to the pool's tokens: tokens/pool_kinds.parquet
+
+
+def kind_codes(tokens: TokenTable, source: str | Path, tokenizer, data_config: DataConfig | None = None,
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth kind of every token of ``tokens`` (made from the world file ``source``).
+
+    Returns ``(codes, garbled)``: ``codes`` (total_tokens,) int8 (``KIND_CODES``, ``NOT_RESPONSE`` for non-response
+    tokens) and ``garbled`` (total_tokens,) bool, True at noise tokens of a sample whose corruption is a garbled
+    span (the other noise tokens are wrong answers).
+    """
+    from .world import token_kinds
+
+    by_id = {c.sample_id: (c, row) for c, row in _with_rows(source, data_config)}
+    ids, mask, offsets = tokens.flat_input_ids(), tokens.flat_response_mask(), tokens.offsets
+    codes = np.full(len(ids), NOT_RESPONSE, np.int8)
+    garbled = np.zeros(len(ids), bool)
+    for i, sample_id in enumerate(tokens.sample_ids):
+        conversation, row = by_id[sample_id]
+        if "kinds" not in row:
+            raise DataError(f"{source}: row {conversation.row} has no 'kinds' spans (not a world file)")
+        content = conversation.messages[-1]["content"]
+        segment = next(text for text, is_response in render_segments(
+            conversation.messages, tokenizer, tokens.meta["template"]) if is_response)
+        shift = segment.find(content)
+        enc = tokenizer(segment, add_special_tokens=False, return_offsets_mapping=True)
+        lo, hi = offsets[i], offsets[i + 1]
+        where = lo + np.flatnonzero(mask[lo:hi])
+        if shift < 0 or enc["input_ids"][: len(where)] != ids[where].tolist():
+            raise DataError(f"{source}: row {conversation.row}: the response tokens do not match the "
+                            "tokenized response; were the tokens made from this file with this tokenizer?")
+        spans = [(s - shift, e - shift) for s, e in enc["offset_mapping"][: len(where)]]
+        kinds = token_kinds(row["kinds"], spans)
+        codes[where] = [KIND_CODES[k or "generic"] for k in kinds]
+        if row.get("corruption") == "garble":
+            garbled[where] = codes[where] == KIND_CODES["noise"]
+    return codes, garbled
+
+
+def _with_rows(source: str | Path, data_config: DataConfig | None) -> list[tuple[Any, dict[str, Any]]]:
+    """Each usable conversation of ``source`` with its raw row (which keeps fields the conversation drops: kinds,
+    task, answer)."""
+    conversations, _ = load_conversations(source, data_config or DataConfig())
+    rows = read_rows(source)
+    return [(c, rows[c.row]) for c in conversations]
+
+
+def save_kinds(tokens: TokenTable, codes: np.ndarray, path: str | Path) -> None:
+    """Write ``codes`` as Parquet: ``sample_id`` and ``kind`` (list<int8> aligned with ``input_ids``)."""
+    write_parquet(pa.table({"sample_id": pa.array(tokens.sample_ids, pa.string()),
+                            "kind": list_column(codes.astype(np.int8), tokens.offsets)}), path)
+
+
+def selection_quality(keep: np.ndarray, codes: np.ndarray, garbled: np.ndarray) -> dict[str, float]:
+    """How a keep-mask ((total_tokens,) bool) treats each kind of response token. Shares in [0, 1]; a share
+    whose denominator is empty (no garbled token in the pool...) is left out.
+
+    ``informative_kept`` = kept informative / informative (recall); ``precision`` = kept informative / kept;
+    ``generic_dropped``, ``garbled_dropped``, ``wrong_answer_dropped`` = dropped / all of that kind.
+    """
+    noise = codes == KIND_CODES["noise"]
+    groups = {"informative_kept": (codes == KIND_CODES["informative"], True),
+              "generic_dropped": (codes == KIND_CODES["generic"], False),
+              "garbled_dropped": (noise & garbled, False),
+              "wrong_answer_dropped": (noise & ~garbled, False)}
+    result = {}
+    for name, (members, kept) in groups.items():
+        n = int(members.sum())
+        if n:
+            hits = int((keep[members] if kept else ~keep[members]).sum())
+            result[name] = hits / n
+    response_kept = keep & (codes != NOT_RESPONSE)
+    if response_kept.any():
+        result["precision"] = float((codes[response_kept] == KIND_CODES["informative"]).mean())
+    return result
+
+
+def kind_mean(values: np.ndarray, codes: np.ndarray, kind: str) -> float:
+    """Mean of ``values`` ((total_tokens,), e.g. token losses) over the tokens of ``kind``: sum / their count."""
+    return float(values[codes == KIND_CODES[kind]].mean())
+
+
+# --- greedy answers ------------------------------------------------------------------------------------------
+
+Checker = Callable[[dict[str, Any], str], bool]  # (eval row, generated text) -> correct
+
+
+def answer_checker(rows: Sequence[dict[str, Any]]) -> Checker | None:
+    """How to grade answers to ``rows``: the world's checker for world rows (``task`` + ``answer``), GSM8K's
+    final-number match for rows whose ``answer`` ends ``#### N``; ``None`` when neither applies."""
+    from ..evaluation.gsm8k import extract_answer, reference_answer, same_number
+    from .world import answer_correct
+
+    if rows and all("task" in r and "answer" in r for r in rows):
+        return lambda row, text: answer_correct(row["task"], text, row["answer"])
+    if rows and all(reference_answer(str(r.get("answer", ""))) is not None for r in rows):
+        return lambda row, text: same_number(extract_answer(text), reference_answer(row["answer"]))
+    return None
+
+
+def prompt_ids(source: str | Path, tokenizer, template: str, data_config: DataConfig | None = None
+               ) -> tuple[list[dict[str, Any]], list[list[int]]]:
+    """Rows of ``source`` and the token ids of each one's prompt: everything before the first response, tokenized
+    segment by segment exactly as ``tokens.tokenize`` does, so the model sees the same ids it was trained on."""
+    pairs = _with_rows(source, data_config)
+    prompts = []
+    for c, _ in pairs:
+        ids: list[int] = []
+        for text, is_response in render_segments(c.messages, tokenizer, template):
+            if is_response:
+                break
+            ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompts.append(ids)
+    return [row for _, row in pairs], prompts
+
+
+def generate(model_dir: str | Path, prompts: list[list[int]], max_new_tokens: int, device: str | None = None,
+             batch_size: int = 256) -> list[str]:
+    """Greedy continuations of ``prompts`` (token ids) by the model in ``model_dir``, decoded without special
+    tokens. Prompts are left-padded in batches of ``batch_size``; generation stops at the end-of-turn token."""
+    import torch
+
+    from ..compute.modeling import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        width = max(map(len, batch))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return texts

@@ -1,0 +1,455 @@
+"""A generated instruction world: a pretraining corpus and SFT samples with ground-truth token kinds.
+
+The demo cannot ship data, so it makes its own. Everything here is a pure function of a seeded ``WorldConfig``.
+
+The world has people (invented names) with jobs and home towns, short English words, and small numbers.
+
+- The **corpus** is what a base model reads during pretraining: chat transcripts, letters and notes about the
+  world's people and towns. It is full of *generic* assistant phrasing (openers, connectives, sign-offs, "the
+  answer is") but contains no task: no sums, no spelled-out or reordered letters, no lookups answered.
+- The **SFT samples** are instructions from six tasks that need different skills:
+
+  ========  =====================================================  ===========================
+  task      prompt                                                 skill
+  ========  =====================================================  ===========================
+  add       What is 34 + 27?                                       column addition with carry
+  compare   Which number is larger, 34 or 27?                      digit-wise comparison
+  reverse   Reverse the letters of the word "lamp".                spelling, reordering
+  sort      Sort the letters of "lamp" in alphabetical order.      spelling, sorting
+  count     How many letters are in the word "lamp"?               spelling, counting
+  lookup    Notes: <3-4 records>. Where does Tam live?             reading facts in context
+  ========  =====================================================  ===========================
+
+  A response is a sequence of pieces, each with a ground-truth kind:
+
+  - ``informative``: the steps of the task (spelling, carrying, copying the relevant record) and the answer;
+  - ``generic``: an opener, a connective sentence, the "So the answer is" frame and a sign-off, drawn from the
+    same phrase lists the corpus is made of, so a pretrained base model already predicts them;
+  - ``noise``: in ``round(noise_rate * n_train)`` training samples, either a garbled span (random characters,
+    as from a broken encoding or a scraping artefact) inserted between two pieces, or the answer replaced by a
+    plausible wrong one. ``garble_share`` sets the split between the two.
+
+  Eval samples are noise-free, and their problems (the numbers of a sum, the word to reverse, ...) never occur in
+  training for the same task: about one problem in five, by a stable hash, is reserved for eval.
+
+Example:
+    >>> cfg = WorldConfig(seed=0, n_train=8, n_eval=2, corpus_docs=4)
+    >>> row = make_sft(cfg, "train")[0]
+    >>> content = row["messages"][1]["content"]
+    >>> "".join(content[s:e] for s, e, _ in row["kinds"]) == content
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+import string
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..io import atomic_write_text, write_json
+
+KINDS = ("informative", "generic", "noise")
+TASKS = ("add", "compare", "reverse", "sort", "count", "lookup")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Settings of the generated world; the same config always yields the same files."""
+
+    seed: int = 0
+    """Seed of every random choice (corpus, train and eval are drawn from separate streams of it)."""
+    n_train: int = 1000
+    """Number of SFT training samples."""
+    n_eval: int = 200
+    """Number of held-out SFT samples (noise-free, prompts disjoint from train)."""
+    noise_rate: float = 0.2
+    """Fraction of training samples that carry one injected corruption (exact count: round(rate * n_train))."""
+    garble_share: float = 0.5
+    """Of the corrupted samples, the fraction with a garbled span; the rest get a wrong answer."""
+    garble_chars: tuple[int, int] = (8, 20)
+    """Inclusive range of the length of a garbled span, in characters."""
+    corpus_docs: int = 6000
+    """Number of pretraining corpus documents (about 60 tokens each with the default tokenizer)."""
+    tasks: tuple[str, ...] = TASKS
+    """Tasks to draw SFT samples from, uniformly."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_eval", "corpus_docs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"WorldConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("noise_rate", "garble_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"WorldConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        lo, hi = self.garble_chars
+        if not 1 <= lo <= hi:
+            raise ConfigError(f"WorldConfig.garble_chars must be (lo, hi) with 1 <= lo <= hi, got {self.garble_chars}")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise ConfigError(f"WorldConfig.tasks: unknown or empty {unknown or list(self.tasks)}; allowed: {TASKS}")
+
+
+# --- the world's lexicon -------------------------------------------------------------------------------------
+
+NAMES = (
+    "Nora", "Tam", "Ivo", "Lena", "Otto", "Mira", "Bram", "Esra", "Kai", "Runa", "Jonas", "Edda", "Pim", "Sami",
+    "Vera", "Arlo", "Ines", "Timo", "Yara", "Bodo", "Lio", "Hedda", "Remy", "Anouk", "Finn", "Zofia", "Ole",
+    "Maren", "Kip", "Talia",
+)  # fmt: skip
+TOWNS = (
+    "Pell", "Oss", "Rann", "Varden", "Kells", "Moorby", "Astel", "Brinn", "Dunmore", "Halsey", "Tolk", "Wenby",
+    "Corrin", "Elmstead", "Fennick", "Gorse", "Lindale", "Norwick",
+)  # fmt: skip
+JOBS = (
+    "baker", "farmer", "potter", "weaver", "smith", "fisher", "miller", "tailor", "carpenter", "teacher",
+    "healer", "brewer", "mason", "gardener",
+)  # fmt: skip
+PETS = ("goat", "cat", "dog", "hen", "pony", "duck", "rabbit", "sheep")
+THINGS = ("apples", "loaves", "baskets", "candles", "jars", "boats", "carts", "lamps", "coins", "fish")
+WORDS = (
+    "lamp", "river", "stone", "bread", "cloud", "apple", "tiger", "horse", "green", "light", "sugar", "paper",
+    "glass", "table", "chair", "water", "house", "plant", "music", "storm", "night", "smile", "dream", "train",
+    "ocean", "honey", "lemon", "mango", "piano", "robot", "spoon", "field", "north", "quiet", "brick", "candy",
+    "dance", "eagle", "frost", "grape", "heart", "juice", "knife", "maple", "nurse", "olive", "pearl", "queen",
+    "salt", "tent", "vine", "wolf", "yarn", "zero", "moon", "star", "fish", "bird", "tree", "rain", "snow",
+    "wind", "fire", "rock", "sand", "leaf", "milk", "corn", "rice", "boat", "ship", "road", "door", "bell",
+    "drum", "flag", "gold", "hill", "kite", "lake", "nest", "pond", "ring", "seed", "wall", "yard", "cat", "dog",
+    "sun", "sky", "cup", "box", "hat", "pen", "map", "key", "jam", "egg", "owl", "fox", "bee", "ant", "oak",
+    "bench", "cabin", "daisy", "flame", "giant", "jelly", "lucky", "mouse", "nail", "orbit", "plum", "quilt",
+    "shelf", "tulip", "wheat", "zebra", "acorn", "berry", "coral", "ember", "fable", "globe", "harp", "igloo",
+    "kettle", "ladder", "magnet", "noodle", "pepper", "rocket", "saddle", "turtle", "velvet", "window", "button",
+    "pencil", "garden", "forest", "bridge", "castle", "island", "bottle", "candle", "basket", "rabbit", "yellow",
+)  # fmt: skip
+
+# Generic phrasing: the corpus is built from these lists, and every SFT response uses them, so a pretrained base
+# model already predicts them well.
+OPENERS = (
+    "Sure, I can help with that.", "Of course!", "Great question!", "Happy to help.", "Certainly!",
+    "Sure thing!", "Absolutely, let me help.", "Good question.", "I would be glad to help.", "No problem!",
+)  # fmt: skip
+CONNECTIVES = (
+    "Let's take it one step at a time.", "Here is how it works.", "Let me explain.", "Let's think it through.",
+    "Here is the reasoning.", "Let's look at this carefully.", "It helps to go step by step.",
+)  # fmt: skip
+ANSWER_FRAMES = ("So the answer is", "Putting it all together, the answer is", "Therefore, the answer is",
+                 "In the end, the answer is", "The answer is")  # fmt: skip
+SIGNOFFS = (
+    "I hope this helps!", "Let me know if you have any other questions.", "Have a great day!",
+    "Feel free to ask if anything is unclear.", "Hope that helps.", "Happy to help with anything else!",
+    "Good luck!", "Let me know if you need anything else.",
+)  # fmt: skip
+GARBLE_ALPHABET = string.ascii_letters + string.digits + "#@$%&*~^|<>{}[]_=+;"
+
+Piece = tuple[str, str]  # (text, kind)
+
+
+# --- the corpus ----------------------------------------------------------------------------------------------
+
+
+def make_corpus(cfg: WorldConfig) -> list[str]:
+    """Pretraining documents: chat transcripts, letters and notes about the world. Single newlines only inside."""
+    rng = random.Random(f"{cfg.seed}-corpus")
+    genres = (_chat_doc, _letter_doc, _notes_doc)
+    return [rng.choice(genres)(rng) for _ in range(cfg.corpus_docs)]
+
+
+def _fact_sentence(rng: random.Random) -> str:
+    name, town, job, pet = rng.choice(NAMES), rng.choice(TOWNS), rng.choice(JOBS), rng.choice(PETS)
+    n, thing = rng.randint(2, 60), rng.choice(THINGS)
+    word = rng.choice(WORDS)
+    templates = (
+        f"{name} is a {job} from {town}.",
+        f"{name} lives in {town} and keeps a {pet}.",
+        f"In {town}, {name} sold {n} {thing} at the market.",
+        f"{name} works as a {job} in {town}.",
+        f"The {job} of {town} has {n} {thing} and a {pet}.",
+        f"{name} wrote the word {word} on a card.",
+        f"The road from {town} to {rng.choice(TOWNS)} is {n} miles long.",
+        f"Every morning {name} walks the {pet} by the {word}.",
+        f"{name} likes the word {word} and the town of {town}.",
+        f"{name} counted {n} {thing} in the shop in {town}.",
+    )
+    return rng.choice(templates)
+
+
+def _sentences(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(_fact_sentence(rng) for _ in range(rng.randint(lo, hi)))
+
+
+def _chat_doc(rng: random.Random) -> str:
+    name, town = rng.choice(NAMES), rng.choice(TOWNS)
+    question = rng.choice((f"Tell me about {town}.", f"Who is {name}?", f"What is life like in {town}?",
+                           f"Can you tell me something about {name}?", f"What do people do in {town}?"))  # fmt: skip
+    parts = [rng.choice(OPENERS)]
+    if rng.random() < 0.6:
+        parts.append(rng.choice(CONNECTIVES))
+    parts.append(_sentences(rng, 1, 3))
+    if rng.random() < 0.4:
+        parts.append(f"{rng.choice(ANSWER_FRAMES)} that {_fact_sentence(rng)[0].lower()}{_fact_sentence(rng)[1:]}")
+    parts.append(rng.choice(SIGNOFFS))
+    return f"User: {question}\nAssistant: {' '.join(parts)}"
+
+
+def _letter_doc(rng: random.Random) -> str:
+    to, frm = rng.sample(NAMES, 2)
+    body = [rng.choice(OPENERS) if rng.random() < 0.3 else "I hope you are well.", _sentences(rng, 2, 4)]
+    if rng.random() < 0.5:
+        body.append(rng.choice(CONNECTIVES))
+        body.append(_sentences(rng, 1, 2))
+    return f"Dear {to},\n{' '.join(body)}\n{rng.choice(SIGNOFFS)}\n{frm}"
+
+
+def _notes_doc(rng: random.Random) -> str:
+    town = rng.choice(TOWNS)
+    lines = [f"Notes from {town}."]
+    for _ in range(rng.randint(2, 4)):
+        lines.append(_sentences(rng, 1, 2))
+        if rng.random() < 0.4:
+            lines.append(rng.choice(CONNECTIVES + ANSWER_FRAMES[:1] + SIGNOFFS[:2]))
+    return "\n".join(lines)
+
+
+# --- tasks: each returns (key, prompt, informative steps, answer, wrong answer) --------------------------------
+# The key names the problem regardless of wording: a key held out for eval never occurs in training.
+
+Problem = tuple[str, str, str, str, str]  # (key, prompt, steps, answer, wrong answer)
+EVAL_SHARE = 5  # one key in EVAL_SHARE is reserved for eval
+
+
+def is_held_out(seed: int, task: str, key: str) -> bool:
+    """Whether a problem belongs to the eval side of the world (a stable hash, about 1 key in 5)."""
+    return zlib.crc32(f"{seed}|{task}|{key}".encode()) % EVAL_SHARE == 0
+
+
+def _letters(word: str) -> str:
+    return ", ".join(word)
+
+
+def _task_add(rng: random.Random) -> Problem:
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    c = a + b
+    prompt = rng.choice((f"What is {a} + {b}?", f"Add {a} and {b}.", f"Compute {a} plus {b}.",
+                         f"What do you get when you add {a} and {b}?"))  # fmt: skip
+    ones = a % 10 + b % 10
+    carry = ones // 10
+    if carry:
+        steps = f"Ones: {a % 10} + {b % 10} = {ones}, write {ones % 10} and carry 1."
+    else:
+        steps = f"Ones: {a % 10} + {b % 10} = {ones}, write {ones}."
+    steps += f" Tens: {a // 10} + {b // 10}" + (" + 1" if carry else "") + f" = {c // 10}. So {a} + {b} = {c}."
+    wrong = c + rng.choice((-10, -2, -1, 1, 2, 10))
+    return f"{min(a, b)}+{max(a, b)}", prompt, steps, str(c), str(wrong)
+
+
+def _task_compare(rng: random.Random) -> Problem:
+    a, b = rng.sample(range(10, 100), 2)
+    prompt = rng.choice((f"Which number is larger, {a} or {b}?", f"Which is bigger: {a} or {b}?",
+                         f"Of {a} and {b}, which is greater?"))  # fmt: skip
+    big, small = max(a, b), min(a, b)
+    if a // 10 != b // 10:
+        steps = f"Compare the tens: {a // 10} and {b // 10}. {big // 10} is larger, so {big} > {small}."
+    else:
+        steps = (f"The tens are equal. Compare the ones: {a % 10} and {b % 10}. "
+                 f"{big % 10} is larger, so {big} > {small}.")
+    return f"{min(a, b)},{max(a, b)}", prompt, steps, str(big), str(small)
+
+
+def _word_prompt(rng: random.Random, templates: Sequence[str]) -> tuple[str, str]:
+    word = rng.choice(WORDS)
+    return word, rng.choice(templates).format(w=word)
+
+
+def _shuffled_other(rng: random.Random, word: str, correct: str) -> str:
+    letters = list(word)
+    for _ in range(20):
+        rng.shuffle(letters)
+        if "".join(letters) != correct:
+            return "".join(letters)
+    return correct[::-1] if correct[::-1] != correct else correct + correct[-1]
+
+
+def _task_reverse(rng: random.Random) -> Problem:
+    word, prompt = _word_prompt(rng, ('Reverse the letters of the word "{w}".', 'Write "{w}" backwards.',
+                                      'What is "{w}" spelled backwards?'))  # fmt: skip
+    answer = word[::-1]
+    steps = f"The letters are {_letters(word)}. In reverse order they are {_letters(answer)}."
+    return word, prompt, steps, answer, _shuffled_other(rng, word, answer)
+
+
+def _task_sort(rng: random.Random) -> Problem:
+    word, prompt = _word_prompt(rng, ('Sort the letters of "{w}" in alphabetical order.',
+                                      'Put the letters of the word "{w}" in alphabetical order.'))  # fmt: skip
+    answer = "".join(sorted(word))
+    steps = f"The letters are {_letters(word)}. In alphabetical order they are {_letters(answer)}."
+    return word, prompt, steps, answer, _shuffled_other(rng, word, answer)
+
+
+def _task_count(rng: random.Random) -> Problem:
+    word, prompt = _word_prompt(rng, ('How many letters are in the word "{w}"?', 'Count the letters in "{w}".',
+                                      'How long is the word "{w}"?'))  # fmt: skip
+    numbered = ", ".join(f"{ch} ({i})" for i, ch in enumerate(word, 1))
+    steps = f"The letters are {numbered}. That makes {len(word)} letters."
+    wrong = len(word) + rng.choice((-2, -1, 1, 2))
+    return word, prompt, steps, str(len(word)), str(wrong)
+
+
+def _task_lookup(rng: random.Random) -> Problem:
+    people = rng.sample(NAMES, rng.randint(3, 4))
+    towns = rng.sample(TOWNS, len(people))
+    jobs = rng.sample(JOBS, len(people))
+    records = " ".join(f"{p} is a {j} from {t}." for p, j, t in zip(people, jobs, towns))
+    k = rng.randrange(len(people))
+    if rng.random() < 0.5:
+        question, answer, others = f"Where does {people[k]} live?", towns[k], towns
+    else:
+        question, answer, others = f"What is {people[k]}'s job?", jobs[k], jobs
+    prompt = f"Notes: {records}\n{question}"
+    steps = f"The notes say: {people[k]} is a {jobs[k]} from {towns[k]}."
+    wrong = rng.choice([o for o in others if o != answer])
+    return prompt, prompt, steps, answer, wrong
+
+
+TASK_FNS: dict[str, Callable[[random.Random], Problem]] = {
+    "add": _task_add, "compare": _task_compare, "reverse": _task_reverse, "sort": _task_sort,
+    "count": _task_count, "lookup": _task_lookup,
+}  # fmt: skip
+
+
+# --- SFT samples ---------------------------------------------------------------------------------------------
+
+
+def make_sft(cfg: WorldConfig, split: str) -> list[dict]:
+    """SFT rows of one split ("train" or "eval"); see the module docstring for the row format.
+
+    ``kinds`` are ``[start_char, end_char, kind]`` spans that tile the assistant content exactly.
+    """
+    if split not in ("train", "eval"):
+        raise ConfigError(f"split must be 'train' or 'eval', got {split!r}")
+    n = cfg.n_train if split == "train" else cfg.n_eval
+    n_noisy = round(cfg.noise_rate * n) if split == "train" else 0
+    rng = random.Random(f"{cfg.seed}-{split}")
+    noisy = set(random.Random(f"{cfg.seed}-{split}-noise").sample(range(n), n_noisy))
+    rows = []
+    for i in range(n):
+        task = rng.choice(cfg.tasks)
+        while True:  # rejection sampling: about 1 draw in 5 (eval) or 5 in 4 (train) is accepted
+            key, prompt, steps, answer, wrong = TASK_FNS[task](rng)
+            if is_held_out(cfg.seed, task, key) == (split == "eval"):
+                break
+        pieces = _response_pieces(rng, steps, answer)
+        corruption = None
+        if i in noisy:
+            corruption = "garble" if rng.random() < cfg.garble_share else "wrong_answer"
+            pieces = _corrupt(rng, pieces, corruption, answer, wrong, cfg.garble_chars)
+        content, kinds = _join(pieces)
+        rows.append({
+            "id": f"{split}-{i:05d}",
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": content}],
+            "task": task,
+            "answer": answer,
+            "kinds": kinds,
+            "corruption": corruption,
+        })  # fmt: skip
+    return rows
+
+
+def _response_pieces(rng: random.Random, steps: str, answer: str) -> list[Piece]:
+    """Opener, connective, steps, answer frame, answer, sign-off. Separating spaces start the following piece,
+    matching byte-level BPE tokens, which carry their leading space."""
+    pieces: list[Piece] = []
+    if rng.random() < 0.85:
+        pieces.append((rng.choice(OPENERS), "generic"))
+    if rng.random() < 0.6:
+        pieces.append((rng.choice(CONNECTIVES), "generic"))
+    pieces.append((steps, "informative"))
+    pieces.append((rng.choice(ANSWER_FRAMES), "generic"))
+    pieces.append((answer, "informative"))
+    pieces.append((".", "generic"))
+    if rng.random() < 0.7:
+        pieces.append((rng.choice(SIGNOFFS), "generic"))
+    return [(text if i == 0 or text == "." else " " + text, kind) for i, (text, kind) in enumerate(pieces)]
+
+
+def _corrupt(
+    rng: random.Random, pieces: list[Piece], corruption: str, answer: str, wrong: str, garble_chars: tuple[int, int]
+) -> list[Piece]:
+    if corruption == "wrong_answer":
+        return [(text.replace(answer, wrong), "noise") if text.strip() == answer else (text, kind)
+                for text, kind in pieces]  # fmt: skip
+    garble = "".join(rng.choice(GARBLE_ALPHABET) for _ in range(rng.randint(*garble_chars)))
+    at = rng.randint(1, len(pieces))  # after some piece: the garbled span is never the whole start
+    return pieces[:at] + [(" " + garble, "noise")] + pieces[at:]
+
+
+def _join(pieces: list[Piece]) -> tuple[str, list[list]]:
+    kinds, pos = [], 0
+    for text, kind in pieces:
+        kinds.append([pos, pos + len(text), kind])
+        pos += len(text)
+    return "".join(text for text, _ in pieces), kinds
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+
+
+def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``corpus.txt`` (documents separated by a blank line), ``train.jsonl``, ``eval.jsonl`` and
+    ``world.json`` (the config) into ``out_dir``, each atomically. Returns their paths by name."""
+    out_dir = Path(out_dir)
+    files = {"corpus": "corpus.txt", "train": "train.jsonl", "eval": "eval.jsonl", "config": "world.json"}
+    paths = {name: out_dir / file for name, file in files.items()}
+    atomic_write_text(paths["corpus"], "\n\n".join(make_corpus(cfg)) + "\n")
+    for split in ("train", "eval"):
+        atomic_write_text(paths[split], "".join(json.dumps(row) + "\n" for row in make_sft(cfg, split)))
+    write_json(paths["config"], dataclasses.asdict(cfg))
+    return paths
+
+
+# --- token kinds and scoring ---------------------------------------------------------------------------------
+
+_PRIORITY = {"noise": 2, "informative": 1, "generic": 0}
+
+
+def token_kinds(kinds_spans: Sequence[Sequence], offsets: Sequence[tuple[int, int]]) -> list[str | None]:
+    """Kind of each token from its ``(start, end)`` character offsets within the assistant content.
+
+    A token takes the kind covering most of its characters; on a tie noise wins, then informative. Tokens with
+    no characters in any span (empty offsets, special tokens) get ``None``.
+
+    Example:
+        >>> token_kinds([[0, 4, "generic"], [4, 6, "noise"]], [(0, 3), (3, 5), (5, 6), (6, 6)])
+        ['generic', 'noise', 'noise', None]
+    """
+    kinds: list[str | None] = []
+    for start, end in offsets:
+        best, best_key = None, (0, -1)
+        for s, e, kind in kinds_spans:
+            overlap = min(end, e) - max(start, s)
+            if overlap > 0 and (overlap, _PRIORITY[kind]) > best_key:
+                best, best_key = kind, (overlap, _PRIORITY[kind])
+        kinds.append(best)
+    return kinds
+
+
+_ANSWER_RE = re.compile(r"answer is\s*:?\s*([A-Za-z0-9]+)", re.IGNORECASE)
+
+
+def answer_correct(task: str, generated_text: str, reference_answer: str) -> bool:
+    """Whether a generation gets the task right: the word after the last "answer is" (else the last word)
+    equals the reference, case-insensitively; numbers compare as integers (so "07" matches "7")."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; allowed: {TASKS}")
+    matches = _ANSWER_RE.findall(generated_text)
+    words = matches or re.findall(r"[A-Za-z0-9]+", generated_text)
+    if not words:
+        return False
+    got, want = words[-1].lower(), reference_answer.strip().lower()
+    if got.isdigit() and want.isdigit():
+        return int(got) == int(want)
+    return got == want

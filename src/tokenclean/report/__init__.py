@@ -1,0 +1,1 @@
+"""Reading a run directory: the report page, plots and the terminal view."""

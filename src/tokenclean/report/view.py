@@ -1,0 +1,382 @@
+"""What a run directory shows: one method's tokens, losses and keep-mask, read from the artifacts the run wrote.
+
+``load_run`` reads a ``tokenclean run`` directory or one method and seed of a ``tokenclean compare`` directory
+into a ``RunView``: flat per-token arrays aligned with the pool's tokens, plus the run's JSON records. Nothing is
+recomputed (score = base loss - reference loss is the only arithmetic). ``write_report`` turns a view into
+``<run>/report/index.html`` with its plots (``report_html``, ``report_plots``); ``render_sample`` (``report_show``)
+prints one sample in the terminal.
+
+>>> view = load_run("runs/cmp", method="fixed", seed=1)     # doctest: +SKIP
+>>> write_report("runs/cmp", samples=100)                    # doctest: +SKIP
+PosixPath('runs/cmp/report/index.html')
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..api import keep_mask_for
+from ..core.artifacts import Scores, Selection, check_same_tokens
+from ..errors import MismatchError, TokencleanError
+from ..io import read_json
+from ..core.tokens import TokenTable
+
+log = logging.getLogger("tokenclean")
+
+# Ground-truth token kinds a demo may write to tokens/pool_kinds.parquet (-1: none).
+KINDS = {0: "informative", 1: "generic", 2: "noise"}
+KINDS_FILE = "pool_kinds.parquet"
+DEFAULT_SAMPLES = 200
+
+
+@dataclass
+class RunView:
+    """One method's run as the report shows it.
+
+    Token arrays are flat over the pool, aligned with ``tokens.flat_input_ids()`` (total_tokens,); sample i is
+    ``[offsets[i]:offsets[i+1]]``. Losses are in nats, NaN where not a response token or not scored.
+    """
+
+    root: Path                          # the directory given (run or compare directory)
+    method_dir: Path                    # where the method's own stages live (root for a single run)
+    method: str
+    seed: int | None                    # None for a single run
+    base_model: str | None              # from config.yaml; its tokenizer decodes the tokens
+    tokens: TokenTable                  # the pool: sample_id, input_ids, response_mask
+    base_loss: np.ndarray | None        # (total_tokens,) float32
+    ref_loss: np.ndarray | None         # (total_tokens,) float32
+    keep_mask: np.ndarray | None        # (total_tokens,) bool; None: the method records no token selection
+    selection: dict[str, Any] = field(default_factory=dict)  # selection.json (counts, threshold, config)
+    summary: dict[str, Any] = field(default_factory=dict)    # the method's summary.json ({} while it runs)
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # self-evolving: round.json of each round
+    sample_round: np.ndarray | None = None  # (n_samples,) self-evolving round that trained each sample
+    comparison: dict[str, Any] | None = None  # comparison.json of a compare directory
+    kinds: np.ndarray | None = None     # (total_tokens,) int8 ground-truth kinds (KINDS; -1 none)
+    conclusion: list[str] | None = None  # demo.json "conclusion": sentences (a string is one sentence)
+    notes: list[str] = field(default_factory=list)  # what is missing and why, shown on the page
+
+    # Flat arrays computed once on first use (after load_run has filled the view).
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """(n_samples + 1,) int64."""
+        return self.tokens.offsets
+
+    @cached_property
+    def sample_ids(self) -> list[str]:
+        """(n_samples,)"""
+        return self.tokens.sample_ids
+
+    @cached_property
+    def input_ids(self) -> np.ndarray:
+        """(total_tokens,) int32."""
+        return self.tokens.flat_input_ids()
+
+    @cached_property
+    def response_mask(self) -> np.ndarray:
+        """(total_tokens,) bool."""
+        return self.tokens.flat_response_mask()
+
+    @cached_property
+    def score(self) -> np.ndarray | None:
+        """(total_tokens,) float32 base loss - reference loss; NaN where either is missing."""
+        if self.base_loss is None or self.ref_loss is None:
+            return None
+        return self.base_loss - self.ref_loss
+
+    @property
+    def threshold(self) -> float | None:
+        """The lowest kept score, when the selection was made from this score (``select`` over base and reference
+        losses); None otherwise: random (its own random scores), self-evolving (one threshold per round)."""
+        if "ref_model_fingerprint" not in self.selection:
+            return None
+        return self.selection.get("score_threshold")
+
+    def note(self, text: str) -> None:
+        log.info("report: %s", text)
+        self.notes.append(text)
+
+
+def load_run(run_dir: str | os.PathLike, method: str | None = None, seed: int | None = None) -> RunView:
+    """Read one method's run from a ``run`` directory, or method ``method`` (default ``fixed``) and seed ``seed``
+    (default: the first) of a ``compare`` directory."""
+    root = Path(run_dir)
+    pool_dir = root / "tokens" / "pool"
+    if not root.is_dir():
+        raise TokencleanError(f"{root}: no such directory; expected a run directory of `tokenclean run` or "
+                              "`tokenclean compare`")
+    if not (pool_dir / TokenTable.FILE).is_file():
+        raise TokencleanError(f"{root}: not a tokenclean run directory (no {pool_dir / TokenTable.FILE}); expected "
+                              "the --out directory of `tokenclean run` or `tokenclean compare`")
+    config = _read_yaml(root / "config.yaml")
+    comparison = read_json(root / "comparison.json") if (root / "comparison.json").is_file() else None
+    method_dir, seed_dir, method, seed = _locate(root, method, seed, comparison, config)
+    tokens = TokenTable.load(pool_dir)
+    view = RunView(root=root, method_dir=method_dir, method=method, seed=seed, base_model=config.get("base"),
+                   tokens=tokens, base_loss=None, ref_loss=None, keep_mask=None, comparison=comparison)
+    view.summary = _json_or_empty(method_dir / "summary.json")
+    view.base_loss = _losses(root / "scores" / "base", tokens, pool_dir, view, "base losses")
+    if (method_dir / "rounds").is_dir():
+        _read_rounds(view, method_dir / "rounds")
+    else:
+        view.ref_loss = _losses(seed_dir / "scores" / "reference", tokens, pool_dir, view, "reference losses")
+    _read_selection(view, method_dir / "selection", pool_dir)
+    view.kinds = _read_kinds(root / "tokens" / KINDS_FILE, tokens)
+    conclusion = _json_or_empty(root / "demo.json").get("conclusion")
+    view.conclusion = [conclusion] if isinstance(conclusion, str) else conclusion
+    return view
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def _json_or_empty(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
+
+
+def _seeds(root: Path, comparison: dict[str, Any] | None) -> list[int]:
+    """Seeds of a compare directory, in the comparison's order (empty for a single run)."""
+    found = {int(d.name[5:]) for d in root.glob("seed-*") if d.is_dir() and d.name[5:].lstrip("-").isdigit()}
+    ordered = [s for s in (comparison or {}).get("seeds", []) if s in found]
+    return ordered + sorted(found - set(ordered))
+
+
+def _locate(root: Path, method: str | None, seed: int | None, comparison: dict[str, Any] | None,
+            config: dict[str, Any]) -> tuple[Path, Path, str, int | None]:
+    """(method directory, seed directory, method, seed) of the run to show."""
+    seeds = _seeds(root, comparison)
+    if not seeds:  # a single run: its stages are at the top
+        own = _json_or_empty(root / "summary.json").get("method") or config.get("method") or "fixed"
+        if method not in (None, own):
+            raise TokencleanError(f"{root}: a single run of method {own!r}; --method {method} needs a compare "
+                                  "directory")
+        if seed is not None:
+            raise TokencleanError(f"{root}: a single run; --seed needs a compare directory")
+        return root, root, own, None
+    if seed is None:
+        seed = seeds[0]
+    elif seed not in seeds:
+        raise TokencleanError(f"{root}: no seed {seed}; seeds here: {', '.join(map(str, seeds))}")
+    seed_dir = root / f"seed-{seed}"
+    from ..runs.pipeline import METHODS
+
+    order = list((comparison or {}).get("methods", []))  # empty while the comparison runs
+    present = [m for m in order if (seed_dir / m).is_dir()] + sorted(
+        d.name for d in seed_dir.iterdir() if d.is_dir() and d.name in METHODS and d.name not in order)
+    if method is None:
+        if not present:
+            raise TokencleanError(f"{seed_dir}: no method has run here yet")
+        method = "fixed" if "fixed" in present else present[0]
+    elif method not in present:
+        raise TokencleanError(f"{seed_dir}: no method {method!r}; methods here: {', '.join(present) or 'none'}")
+    return seed_dir / method, seed_dir, method, seed
+
+
+def _losses(directory: Path, tokens: TokenTable, pool_dir: Path, view: RunView, what: str) -> np.ndarray | None:
+    """(total_tokens,) token losses of ``directory``, checked against the pool; None (with a note) when absent."""
+    if not (directory / Scores.FILE).is_file():
+        view.note(f"no {what} ({directory / Scores.FILE} not found)")
+        return None
+    scores = Scores.load(directory)
+    _check_aligned(scores, str(directory), tokens, pool_dir)
+    return scores.token_loss
+
+
+def _check_aligned(artifact: Scores | Selection, name: str, tokens: TokenTable, pool_dir: Path) -> None:
+    check_same_tokens(artifact.meta, name, tokens.meta, str(pool_dir))
+    if artifact.sample_ids != tokens.sample_ids or not np.array_equal(artifact.offsets, tokens.offsets):
+        raise MismatchError(f"{name} covers different samples than {pool_dir}")
+
+
+def _read_selection(view: RunView, directory: Path, pool_dir: Path) -> None:
+    if not (directory / Selection.FILE).is_file():
+        view.selection = view.summary.get("selection", {})
+        view.note(f"method {view.method} records no token selection ({directory / Selection.FILE} not found): "
+                  "tokens are coloured by score without kept/dropped marks")
+        return
+    view.keep_mask = keep_mask_for(view.tokens, directory, str(pool_dir))
+    view.selection = read_json(directory / Selection.META)
+
+
+def _read_rounds(view: RunView, rounds_dir: Path) -> None:
+    """Self-evolving: each round's round.json, and its chunk's reference losses placed into the pool-wide
+    ``ref_loss`` by sample id (round 0 trains on all response tokens of its chunk and has no score)."""
+    offsets = view.offsets
+    position = {sid: i for i, sid in enumerate(view.tokens.sample_ids)}
+    view.ref_loss = np.full(len(view.response_mask), np.nan, np.float32)
+    view.sample_round = np.zeros(len(view.tokens), np.int64)
+    steps = sorted((d for d in rounds_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
+    for d in steps:
+        if (d / "round.json").is_file():
+            view.rounds.append(read_json(d / "round.json"))
+        if not (d / "scores" / Scores.FILE).is_file():
+            continue
+        scores = Scores.load(d / "scores")
+        chunk_meta = {k: v for k, v in scores.meta.items() if k != "tokens_fingerprint"}  # a chunk of the pool
+        check_same_tokens(chunk_meta, str(d / "scores"), view.tokens.meta, str(view.root / "tokens" / "pool"))
+        for j, sid in enumerate(scores.sample_ids):
+            i = position.get(sid)
+            lo, hi = scores.offsets[j], scores.offsets[j + 1]
+            if i is None or offsets[i + 1] - offsets[i] != hi - lo:
+                raise MismatchError(f"{d / 'scores'}: sample {sid!r} does not match the pool's tokens")
+            view.ref_loss[offsets[i]:offsets[i + 1]] = scores.token_loss[lo:hi]
+            view.sample_round[i] = int(d.name)
+    view.note("self-evolving: each round's score uses that round's model as the reference; round 0 is trained on "
+              "all its response tokens and has no score")
+    if not view.summary:
+        view.note(f"{view.method_dir} has no summary.json yet: samples of rounds still to run are shown as round 0")
+
+
+def _read_kinds(path: Path, tokens: TokenTable) -> np.ndarray | None:
+    """(total_tokens,) int8 ground-truth token kinds aligned with the pool, or None when absent or not aligned."""
+    if not path.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if set(table.column_names) < {"sample_id", "kind"}:
+        log.warning("report: %s has no sample_id/kind columns; token kinds not shown", path)
+        return None
+    ids = table.column("sample_id").to_pylist()
+    if ids != tokens.sample_ids:
+        if sorted(ids) != sorted(tokens.sample_ids):
+            log.warning("report: %s covers other samples than the pool; token kinds not shown", path)
+            return None
+        position = {sid: i for i, sid in enumerate(ids)}
+        table = table.take([position[sid] for sid in tokens.sample_ids])
+    col = table.column("kind").combine_chunks()
+    kinds = col.flatten().to_numpy(zero_copy_only=False).astype(np.int8)
+    lengths = np.diff(col.offsets.to_numpy())
+    if not np.array_equal(lengths, tokens.lengths):
+        log.warning("report: %s is not aligned with the pool's tokens; token kinds not shown", path)
+        return None
+    return kinds
+
+
+# -- per-sample numbers and token text ------------------------------------------------------------------------------
+def per_sample_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(n_samples,) sum of a flat (total_tokens,) array per sample (0 for empty samples)."""
+    cumsum = np.concatenate([[0], np.cumsum(values, dtype=np.float64)])
+    return cumsum[offsets[1:]] - cumsum[offsets[:-1]]
+
+
+@dataclass
+class SampleStats:
+    """Per-sample counts, each (n_samples,). ``kept_share`` = kept / response tokens (NaN without a selection or
+    response tokens); ``mean_score`` divides by the number of scored response tokens (NaN when none)."""
+
+    length: np.ndarray
+    response: np.ndarray
+    kept: np.ndarray | None
+    kept_share: np.ndarray
+    mean_score: np.ndarray
+
+
+def sample_stats(view: RunView) -> SampleStats:
+    offsets = view.offsets
+    response = per_sample_sum(view.response_mask, offsets).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kept = None if view.keep_mask is None else per_sample_sum(view.keep_mask, offsets).astype(np.int64)
+        share = np.full(len(response), np.nan) if kept is None else np.where(response > 0, kept / response, np.nan)
+        score = view.score
+        if score is None:
+            mean = np.full(len(response), np.nan)
+        else:
+            scored = ~np.isnan(score)
+            mean = per_sample_sum(np.where(scored, score, 0.0), offsets) / per_sample_sum(scored, offsets)
+    return SampleStats(np.diff(offsets), response, kept, share, mean)
+
+
+def token_texts(tokenizer, ids: np.ndarray) -> list[str]:
+    """The text of each token of one sample, (len(ids),), special tokens included.
+
+    A character split over several byte-level tokens is given to the first of them whole (the others get "");
+    each token alone would decode to U+FFFD.
+    """
+    unique, inverse = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
+    decoded = tokenizer.batch_decode([[int(i)] for i in unique], skip_special_tokens=False,
+                                     clean_up_tokenization_spaces=False)
+    texts = [decoded[j] for j in inverse.ravel()]
+    i = 0
+    while i < len(texts):
+        if "\ufffd" not in texts[i]:
+            i += 1
+            continue
+        for end in range(i + 2, min(i + 4, len(texts)) + 1):  # a UTF-8 character has at most 4 bytes
+            joint = tokenizer.decode([int(t) for t in ids[i:end]], skip_special_tokens=False,
+                                     clean_up_tokenization_spaces=False)
+            if "\ufffd" not in joint:
+                texts[i:end] = [joint] + [""] * (end - i - 1)
+                i = end - 1
+                break
+        i += 1
+    return texts
+
+
+def find_sample(view: RunView, key: str | int) -> int:
+    """The pool index of sample ``key``: a sample id, else an index (negative counts from the end)."""
+    ids = view.sample_ids
+    if str(key) in ids:
+        return ids.index(str(key))
+    try:
+        index = int(key)
+    except ValueError:
+        index = None
+    if index is None or not -len(ids) <= index < len(ids):
+        raise TokencleanError(f"{view.root}: no sample {key!r}; give a sample id or an index in 0..{len(ids) - 1}")
+    return index % len(ids)
+
+
+def load_view_tokenizer(view: RunView, tokenizer: str | os.PathLike | None = None):
+    """The tokenizer that decodes the run's tokens: ``tokenizer`` or the run's base model (config.yaml ``base``)."""
+    from ..compute.modeling import load_tokenizer
+
+    source = tokenizer or view.base_model
+    if source is None:
+        raise TokencleanError(f"{view.root / 'config.yaml'}: no 'base' setting to take the tokenizer from; pass "
+                              "--tokenizer")
+    return load_tokenizer(source)
+
+
+# -- the report -----------------------------------------------------------------------------------------------------
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, method: str | None = None,
+                 seed: int | None = None, samples: int = DEFAULT_SAMPLES, tokenizer: str | os.PathLike | None = None,
+                 plots: bool = True) -> Path:
+    """Write ``out`` (default ``<run_dir>/report``)``/index.html``, one self-contained page, and the plots as PNG
+    beside it. Shows the first ``samples`` samples of the pool. Returns the path of the page."""
+    from ..io import atomic_write_text
+    from .html import render_page
+
+    if samples < 0:
+        raise TokencleanError(f"--samples must be >= 0, got {samples}")
+    view = load_run(run_dir, method, seed)
+    tok = load_view_tokenizer(view, tokenizer)
+    out = Path(out) if out is not None else view.root / "report"
+    stats = sample_stats(view)
+    figures = []
+    if plots:
+        from .plots import write_plots
+
+        figures = write_plots(view, stats, out)
+    else:
+        from .plots import remove_plots
+
+        remove_plots(out)
+        view.note("plots not drawn (--no-plots)")
+    shown = np.arange(min(samples, len(view.tokens)))
+    ids, offsets = view.input_ids, view.offsets
+    texts = {int(i): token_texts(tok, ids[offsets[i]:offsets[i + 1]]) for i in shown}
+    page = out / "index.html"
+    atomic_write_text(page, render_page(view, stats, texts, figures))
+    return page

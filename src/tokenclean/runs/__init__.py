@@ -1,0 +1,1 @@
+"""Run directories: stages, methods, comparisons, the score cache."""

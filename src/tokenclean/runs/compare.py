@@ -1,0 +1,164 @@
+"""Side-by-side comparison of methods on the same data, base, warm-up reference and seeds.
+
+All methods run in one directory, so the stages they share (tokenization, the base model's losses, and per seed
+the warm-up reference and its losses) are computed once. Each final model's mean loss over the response tokens of
+a held-out split is measured, and one row per method (mean and spread over seeds) goes to ``comparison.json`` and
+``comparison.md``. More columns join through ``extra_metrics``: benchmark scores (``benchmark_metrics``, the
+paper's Table 1 layout) or the demo's ground-truth measurements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..io import atomic_write_text, write_json
+from .pipeline import METHODS, Run, RunConfig, run_method
+
+log = logging.getLogger("tokenclean")
+
+DEFAULT_METHODS = ("full", "random", "rho", "slm", "fixed", "self-evolving")
+DEFAULT_EVAL_FRACTION = 0.1
+
+Column = tuple[str, str, str]  # (key in a row's metrics, column header, format of one value)
+
+# lower is better for losses
+COLUMNS: list[Column] = [
+    ("kept_tokens", "kept tokens", "{:.0f}"),
+    ("training_tokens", "training tokens", "{:.0f}"),
+    ("seconds", "wall time (s)", "{:.1f}"),
+    ("heldout_loss", "held-out loss", "{:.4f}"),
+]
+
+# (the method's run, its summary) -> extra columns. The run gives the stage mechanism, so a costly metric can be
+# a stage keyed by the model's stage key (``summary["model_stage"]``) and is not recomputed on a re-run.
+Metrics = Callable[[Run, dict[str, Any]], dict[str, float]]
+
+
+def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS, seeds: list[int] | None = None,
+            extra_metrics: Metrics | None = None, extra_columns: list[Column] | tuple[Column, ...] = ()
+            ) -> dict[str, Any]:
+    """Run ``methods`` for each seed in ``cfg.run.out`` and write the comparison. Returns it.
+
+    ``extra_columns`` gives headers and formats to keys ``extra_metrics`` returns (others show under their key).
+    The result's ``timings`` lists every stage with the seconds it took in *this* call (0 when reused).
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}, expected some of {sorted(METHODS)}")
+    if not methods:
+        raise ConfigError("no method to compare")
+    seeds = list(seeds or [cfg.run.seed])
+    if not cfg.run.eval_data and not cfg.run.eval_fraction:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, eval_fraction=DEFAULT_EVAL_FRACTION))
+    root = Run(cfg)
+    root.write_config(ignore=("method",))  # the methods are an argument of compare, not one setting
+    runs: list[dict[str, Any]] = []
+    tables = root.tokens_stage()
+    base_loss = root.score_stage("heldout-base", root.base_fingerprint, cfg.run.base, tables["eval"]).meta[
+        "mean_token_loss"]
+    for seed in seeds:
+        for method in methods:
+            log.info("=== %s, seed %d ===", method, seed)
+            run = root.variant(method, seed, f"seed-{seed}/", f"{method}/")
+            summary = run_method(run)
+            metrics = {
+                "kept_tokens": summary["selection"]["kept_tokens"],
+                "training_tokens": summary["training"]["trained_tokens"],
+                "seconds": summary["seconds"],
+                "heldout_loss": summary["heldout_loss"],
+            }
+            if extra_metrics:
+                metrics.update(extra_metrics(run, summary))
+            runs.append({"method": method, "seed": seed, "metrics": metrics, "model_dir": summary["model_dir"]})
+    rows = aggregate(runs, methods)
+    result = {"methods": list(methods), "seeds": seeds, "base_heldout_loss": base_loss,
+              "columns": _columns(rows, [*COLUMNS, *extra_columns]), "rows": rows, "runs": runs,
+              "timings": root.timings}
+    out = Path(cfg.run.out)
+    write_json(out / "comparison.json", result)
+    atomic_write_text(out / "comparison.md", render_markdown(result))
+    return result
+
+
+def aggregate(runs: list[dict[str, Any]], methods: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per method: mean and (sample) standard deviation of every metric over seeds."""
+    rows = []
+    for method in methods:
+        mine = [r["metrics"] for r in runs if r["method"] == method]
+        keys = [k for k in mine[0] if all(m.get(k) is not None for m in mine)]
+        mean = {k: statistics.fmean(m[k] for m in mine) for k in keys}
+        std = {k: statistics.stdev(m[k] for m in mine) if len(mine) > 1 else 0.0 for k in keys}
+        rows.append({"method": method, "n_seeds": len(mine), "mean": mean, "std": std})
+    return rows
+
+
+def _columns(rows: list[dict[str, Any]], specs: list[Column]) -> list[Column]:
+    """The columns to show: the ``specs`` some row has, then any other metric under its own key."""
+    specs = list({c[0]: c for c in reversed(specs)}.values())[::-1]  # one column per key: the first spec wins
+    known = [c for c in specs if any(c[0] in r["mean"] for r in rows)]
+    named = {c[0] for c in specs}
+    extra = [(k, k, "{:.4f}") for r in rows for k in r["mean"] if k not in named]
+    return known + list(dict.fromkeys(extra))
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The comparison as a markdown table: methods as rows; every metric present becomes a column."""
+    columns = [tuple(c) for c in result.get("columns") or _columns(result["rows"], COLUMNS)]
+    multi = len(result["seeds"]) > 1
+    lines = [
+        f"# Comparison ({len(result['seeds'])} seed{'s' if multi else ''}: {', '.join(map(str, result['seeds']))})",
+        "",
+        "| method | " + " | ".join(h for _, h, _ in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for row in result["rows"]:
+        cells = []
+        for key, _, fmt in columns:
+            if key not in row["mean"]:
+                cells.append("")
+                continue
+            cell = fmt.format(row["mean"][key])
+            if multi and key in row["std"]:
+                cell += " ± " + fmt.format(row["std"][key])
+            cells.append(cell)
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    if result.get("base_heldout_loss") is not None:
+        lines += ["", f"Base model held-out loss (before any fine-tuning): {result['base_heldout_loss']:.4f}."]
+    lines += ["", "Held-out loss: mean loss per response token of the held-out split (lower is better). "
+              "Wall time: seconds of every stage the method used, shared stages included, as recorded when computed."]
+    return "\n".join(lines) + "\n"
+
+
+def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit: int | None = None
+                      ) -> tuple[Metrics, list[Column]]:
+    """Benchmark columns (lm-evaluation-harness through ``evaluation.evaluate``) and the unweighted average, for
+    ``compare(extra_metrics=..., extra_columns=...)``. Each model's evaluation is a stage next to its model
+    (``.../benchmarks/results.json``), so a re-run does not evaluate it again."""
+    from ..evaluation.benchmarks import parse_tasks
+    from ..evaluation.results import AVERAGE, COLUMN_TITLES, benchmark_columns, write_results
+    from ..compute.modeling import path_fingerprint
+
+    names = [b.name for b in parse_tasks(tasks)]  # unknown names fail here, before any training
+
+    def metrics(run: Run, summary: dict[str, Any]) -> dict[str, float]:
+        from ..evaluation.harness import evaluate
+
+        stage = f"{summary['model_stage'].rsplit('model', 1)[0]}benchmarks"
+        inputs = {"model": run.key(summary["model_stage"]), "tasks": names, "limit": limit,
+                  "data": data_dir and path_fingerprint(data_dir)}
+
+        def build(tmp: Path) -> dict[str, float]:
+            results = evaluate(summary["model_dir"], names, limit=limit, data_dir=data_dir, device=run.cfg.run.device)
+            write_results(results, tmp / "results.json")
+            return benchmark_columns(results)
+
+        return run.stage(stage, inputs, build)
+
+    columns = [(name, COLUMN_TITLES.get(name, name), "{:.1%}") for name in [*names, AVERAGE]]
+    return metrics, columns

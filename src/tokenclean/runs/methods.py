@@ -1,0 +1,198 @@
+"""Cleaning methods and baselines: short functions over the same stages, registered by name.
+
+| method | what is trained on |
+|---|---|
+| ``fixed`` | the base, on the pool's top ``keep_ratio`` tokens by base loss - warm-up reference loss (global) |
+| ``self-evolving`` | chunk 0 with all tokens, then chunk t cleaned with the current model as reference, round by round |
+| ``full`` | the base, on all response tokens |
+| ``random`` | the base, on a uniformly random ``keep_ratio`` of response tokens (exactly as many as ``fixed``) |
+| ``rho`` | the base, on the top ``keep_ratio`` of each sample's tokens by the fixed-model score |
+| ``slm`` | Rho-1 online: each micro-batch's top ``keep_ratio`` tokens by current loss - reference loss |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.artifacts import Scores
+from ..selection.select import SelectConfig, select_tokens
+from ..core.tokens import TokenTable
+
+if TYPE_CHECKING:
+    from .pipeline import Run
+
+
+def _finish(run: Run, tables: dict[str, TokenTable], model_stage: str, keep: tuple[str, np.ndarray] | None,
+            selection: dict[str, Any] | None) -> dict[str, Any]:
+    """Export, held-out loss and the summary shared by every method."""
+    export = run.export_stage(f"{run.ns}export", tables["pool"], keep)
+    training = run.stages[model_stage]["result"]
+    pool = tables["pool"].meta
+    return {
+        "data": run.stages["tokens"]["result"]["load"],
+        "pool": {k: pool[k] for k in ("samples", "tokens", "response_tokens", "truncated_samples", "no_response")},
+        "selection": selection or {"response_tokens": pool["response_tokens"],
+                                   "kept_tokens": training["trained_tokens"]},
+        "training": {k: training[k] for k in ("samples", "samples_left_out", "trained_tokens", "optimizer_steps",
+                                              "train_loss")},
+        "export": {k: export[k] for k in ("rows", "rows_left_out", "trained_tokens")},
+        "heldout_loss": run.heldout_stage(model_stage, tables),
+        "model_stage": model_stage,
+        "model_dir": str(run.path(model_stage)),
+        "export_dir": str(run.path(f"{run.ns}export")),
+    }
+
+
+def _selection_counts(meta: dict[str, Any]) -> dict[str, Any]:
+    keys = ("response_tokens", "kept_tokens", "dropped_tokens", "kept_share", "samples_zero_kept", "score_threshold")
+    return {k: meta[k] for k in keys if k in meta}
+
+
+def _fixed_like(run: Run, config: SelectConfig) -> dict[str, Any]:
+    tables = run.tokens_stage()
+    base, ref = run.base_and_reference(tables)
+    inputs = {"base": run.key("scores/base"), "ref": run.key(f"{run.seed_ns}scores/reference")}
+    selection = run.select_stage(f"{run.ns}selection", base, ref, inputs, config)
+    keep = (run.key(f"{run.ns}selection"), selection.keep_mask)
+    run.train_stage(f"{run.ns}model", run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
+    return _finish(run, tables, f"{run.ns}model", keep, _selection_counts(selection.meta))
+
+
+def run_fixed(run: Run) -> dict[str, Any]:
+    """Fixed-model cleaning: warm-up reference -> score the pool with base and reference -> select (``--level``,
+    global by default) -> train the base on the kept tokens -> export."""
+    return _fixed_like(run, run.cfg.select)
+
+
+def run_rho(run: Run) -> dict[str, Any]:
+    """The paper's RHO baseline: the fixed-model score ranked within each sample."""
+    return _fixed_like(run, dataclasses.replace(run.cfg.select, level="sample"))
+
+
+def run_full(run: Run) -> dict[str, Any]:
+    """Standard SFT on all response tokens."""
+    tables = run.tokens_stage()
+    run.train_stage(f"{run.ns}model", run.base_fingerprint, run.cfg.run.base, tables["pool"])
+    return _finish(run, tables, f"{run.ns}model", None, None)
+
+
+def random_keep_mask(tokens: TokenTable, keep_ratio: float, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """A uniformly random ``keep_ratio`` of response tokens: exactly ``round(keep_ratio x N)`` of the N response
+    tokens, like global selection (it is global selection over random scores)."""
+    rng = np.random.default_rng(seed)
+    score = np.where(tokens.flat_response_mask(), rng.random(tokens.meta["tokens"]), np.nan)
+    return select_tokens(score, tokens.offsets, SelectConfig(keep_ratio=keep_ratio))
+
+
+def run_random(run: Run) -> dict[str, Any]:
+    """Random token selection with the same count as fixed-model cleaning keeps."""
+    tables = run.tokens_stage()
+    ratio, seed = run.cfg.select.keep_ratio, run.cfg.run.seed
+    selection = run.mask_stage(f"{run.ns}selection", tables["pool"], {"random": [ratio, seed]},
+                               lambda: random_keep_mask(tables["pool"], ratio, seed))
+    keep = (run.key(f"{run.ns}selection"), selection.keep_mask)
+    run.train_stage(f"{run.ns}model", run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
+    return _finish(run, tables, f"{run.ns}model", keep, _selection_counts(selection.meta))
+
+
+def run_slm(run: Run) -> dict[str, Any]:
+    """Rho-1's Selective Language Modeling, online: reference losses precomputed once; at every step the
+    micro-batch's top ``keep_ratio`` response tokens by excess loss (current - reference) are trained on."""
+    tables = run.tokens_stage()
+    _, ref = run.reference(tables)
+    slm = (run.key(f"{run.seed_ns}scores/reference"), ref.token_loss)
+    run.train_stage(f"{run.ns}model", run.base_fingerprint, run.cfg.run.base, tables["pool"], slm=slm)
+    summary = _finish(run, tables, f"{run.ns}model", None, None)
+    summary["selection"] = {"response_tokens": tables["pool"].meta["response_tokens"],
+                            "kept_tokens": summary["training"]["trained_tokens"], "online": True}
+    return summary
+
+
+def chunks(n: int, parts: int, seed: int, contiguous: bool) -> list[np.ndarray]:
+    """Split sample indices 0..n-1 into ``parts`` near-equal chunks: shuffled with ``seed`` or in file order.
+    Each chunk's indices are sorted."""
+    order = np.arange(n) if contiguous else np.random.default_rng(seed).permutation(n)
+    return [np.sort(c) for c in np.array_split(order, parts)]
+
+
+def _take(scores: Scores, idx: np.ndarray, tokens: TokenTable) -> Scores:
+    """The rows ``idx`` of pool-wide ``scores``, as scores of ``tokens`` (the same rows as a table)."""
+    parts = [scores.token_loss[scores.offsets[i]:scores.offsets[i + 1]] for i in idx]
+    values = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    meta = {**scores.meta, "tokens_fingerprint": tokens.meta["tokens_fingerprint"]}
+    return Scores([scores.sample_ids[i] for i in idx], values, tokens.offsets, meta)
+
+
+def run_self_evolving(run: Run) -> dict[str, Any]:
+    """Self-evolving cleaning: theta_1 = base + SFT on chunk 0 (all tokens); for t = 1..T, score chunk t with the
+    base (losses computed once for the whole pool) and theta_t, keep the top ``keep_ratio`` within the chunk, and
+    continue training theta_t on the cleaned chunk -> theta_{t+1}. Every round is kept in ``rounds/<t>/``."""
+    c = run.cfg
+    tables = run.tokens_stage()
+    pool = tables["pool"]
+    base = run.base_scores(pool)
+    parts = chunks(len(pool), c.run.rounds + 1, c.run.seed, c.run.contiguous)
+    keep = np.zeros(pool.meta["tokens"], dtype=bool)
+    keep_key = [run.key("scores/base")]
+    model_stage = f"{run.ns}rounds/0/model"
+    run.train_stage(model_stage, run.base_fingerprint, c.run.base, pool.select(parts[0]))
+    _mark(keep, pool, parts[0], pool.select(parts[0]).flat_response_mask())
+    trajectory = [_round_record(run, 0, model_stage, None, tables)]
+    for t in range(1, c.run.rounds + 1):
+        chunk = pool.select(parts[t])
+        ref = run.score_stage(f"{run.ns}rounds/{t}/scores", run.key(model_stage), run.path(model_stage), chunk)
+        inputs = {"base": run.key("scores/base"), "ref": run.key(f"{run.ns}rounds/{t}/scores"),
+                  "chunk": chunk.meta["tokens_fingerprint"]}
+        selection = run.select_stage(f"{run.ns}rounds/{t}/selection", _take(base, parts[t], chunk), ref, inputs)
+        previous, model_stage = model_stage, f"{run.ns}rounds/{t}/model"
+        run.train_stage(model_stage, run.key(previous), run.path(previous), chunk,
+                        keep=(run.key(f"{run.ns}rounds/{t}/selection"), selection.keep_mask))
+        _mark(keep, pool, parts[t], selection.keep_mask)
+        keep_key.append(run.key(f"{run.ns}rounds/{t}/selection"))
+        trajectory.append(_round_record(run, t, model_stage, selection.meta, tables))
+    response = pool.meta["response_tokens"]
+    counts = {"response_tokens": response, "kept_tokens": int(keep.sum()),
+              "kept_share": float(keep.sum() / response) if response else 0.0}
+    union = run.mask_stage(f"{run.ns}selection", pool, {"rounds": keep_key}, lambda: (keep, counts))
+    summary = _finish(run, tables, model_stage, (run.key(f"{run.ns}selection"), union.keep_mask), counts)
+    summary["rounds"] = trajectory
+    summary["training"]["trained_tokens"] = sum(r["trained_tokens"] for r in trajectory)  # over all rounds
+    summary["training"]["optimizer_steps"] = sum(
+        run.stages[f"{run.ns}rounds/{r['round']}/model"]["result"]["optimizer_steps"] for r in trajectory)
+    return summary
+
+
+def _mark(keep: np.ndarray, pool: TokenTable, idx: np.ndarray, mask: np.ndarray) -> None:
+    """Write a chunk's keep-mask (aligned with ``pool.select(idx)``) into the pool-wide ``keep``."""
+    offsets, pos = pool.offsets, 0
+    for i in idx:
+        n = offsets[i + 1] - offsets[i]
+        keep[offsets[i]:offsets[i + 1]] = mask[pos:pos + n]
+        pos += n
+
+
+def _round_record(run: Run, t: int, model_stage: str, selection: dict[str, Any] | None,
+                  tables: dict[str, TokenTable]) -> dict[str, Any]:
+    from ..io import write_json
+
+    training = run.stages[model_stage]["result"]
+    record = {"round": t, "model_dir": str(run.path(model_stage)), "trained_tokens": training["trained_tokens"],
+              "train_loss": training["train_loss"], "heldout_loss": run.heldout_stage(model_stage, tables)}
+    if selection:
+        record.update(_selection_counts(selection))
+    write_json(run.path(f"{run.ns}rounds/{t}") / "round.json", record)
+    return record
+
+
+METHODS: dict[str, Callable[[Run], dict[str, Any]]] = {
+    "fixed": run_fixed,
+    "self-evolving": run_self_evolving,
+    "full": run_full,
+    "random": run_random,
+    "rho": run_rho,
+    "slm": run_slm,
+}

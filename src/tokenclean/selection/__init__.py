@@ -1,0 +1,1 @@
+"""Choosing tokens: the keep-mask from scores."""

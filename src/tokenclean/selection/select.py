@@ -1,0 +1,174 @@
+"""Selection: which response tokens to keep, as a pure function of arrays (no I/O).
+
+``score = loss_base - loss_ref`` per token; higher = the warm-up taught it more = more informative = kept.
+Arrays are flat over all tokens of all samples; ``offsets`` (n_samples + 1,) delimit samples; NaN scores mark
+tokens that are not candidates (prompt tokens, position 0).
+
+Levels:
+- ``global``: the top ``round(keep_ratio * N)`` of all N candidates (exact, O(N): ``np.partition``, no sort);
+- ``sample``: the top ``round(keep_ratio * n_i)`` of each sample's n_i candidates;
+- ``threshold``: every candidate with score > ``threshold``.
+``round`` is round-half-up. Ties are broken deterministically: the earlier token (in sample order, then position)
+is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import option
+from ..errors import ConfigError
+
+LEVELS = ("global", "sample", "threshold")
+
+
+@dataclass
+class SelectConfig:
+    """What to keep."""
+
+    keep_ratio: float = option(0.6, "share of response tokens kept, in (0, 1]")
+    level: str = option("global", "global: rank all tokens of the dataset; sample: rank within each sample (RHO); "
+                        "threshold: keep score > --threshold", choices=list(LEVELS))
+    threshold: float = option(0.0, "with --level threshold: keep tokens whose score is above this")
+    min_kept_per_sample: int = option(0, "top every sample up to at least this many kept tokens, by score")
+    drop_empty: bool = option(True, "leave samples with no kept token out of training and export")
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ConfigError(f"unknown selection level {self.level!r}, expected one of {list(LEVELS)}")
+        if not (0.0 < self.keep_ratio <= 1.0):
+            raise ConfigError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+        if self.min_kept_per_sample < 0:
+            raise ConfigError(f"min_kept_per_sample must be >= 0, got {self.min_kept_per_sample}")
+
+
+def round_half_up(x: np.ndarray | float) -> np.ndarray:
+    return np.floor(np.asarray(x, dtype=np.float64) + 0.5).astype(np.int64)
+
+
+def top_k_mask(values: np.ndarray, k: int) -> np.ndarray:
+    """Bool mask of the ``k`` largest ``values`` (1-D, finite); ties go to the earlier index. O(N)."""
+    n = len(values)
+    mask = np.zeros(n, dtype=bool)
+    if k <= 0:
+        return mask
+    if k >= n:
+        mask[:] = True
+        return mask
+    kth = np.partition(values, n - k)[n - k]  # the k-th largest value
+    np.greater(values, kth, out=mask)
+    need = k - int(np.count_nonzero(mask))
+    if need:
+        mask[np.flatnonzero(values == kth)[:need]] = True
+    return mask
+
+
+def sample_ranks(values: np.ndarray, sample_of: np.ndarray) -> np.ndarray:
+    """Rank (0 = best) of each candidate within its sample: by value descending, then earlier position."""
+    order = np.lexsort((np.arange(len(values)), -values, sample_of))
+    ranks = np.empty(len(values), dtype=np.int64)
+    sorted_samples = sample_of[order]
+    starts = np.flatnonzero(np.r_[True, sorted_samples[1:] != sorted_samples[:-1]]) if len(order) else np.array([], int)
+    first = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    ranks[order] = np.arange(len(order)) - first
+    return ranks
+
+
+def select_tokens(score: np.ndarray, offsets: np.ndarray, cfg: SelectConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Keep-mask over all tokens (False at non-candidates) and its counts.
+
+    ``score``: (total_tokens,) float, NaN = not a candidate. ``offsets``: (n_samples + 1,) int.
+    Counts: ``response_tokens``, ``kept_tokens``, ``dropped_tokens``, ``kept_share`` (kept / response tokens),
+    ``samples``, ``samples_with_response``, ``samples_zero_kept`` (samples with candidates but none kept),
+    ``score_threshold`` (lowest kept score).
+    """
+    if cfg.level == "global" and not cfg.min_kept_per_sample:
+        return _select_global(score, offsets, cfg.keep_ratio)
+    cand = np.flatnonzero(~np.isnan(score))
+    values = score[cand]
+    if not np.isfinite(values).all():
+        bad = cand[~np.isfinite(values)][0]
+        sample = int(np.searchsorted(offsets, bad, side="right") - 1)
+        raise ConfigError(f"score of sample {sample}, token {bad - offsets[sample]} is infinite; losses must be finite")
+    sample_of = np.searchsorted(offsets, cand, side="right") - 1
+    n_samples = len(offsets) - 1
+    per_sample = np.bincount(sample_of, minlength=n_samples)
+    ranks = None
+    if cfg.level == "global":
+        keep = top_k_mask(values, int(round_half_up(cfg.keep_ratio * len(values))))
+    elif cfg.level == "sample":
+        ranks = sample_ranks(values, sample_of)
+        keep = ranks < round_half_up(cfg.keep_ratio * per_sample)[sample_of]
+    else:
+        keep = values > cfg.threshold
+    if cfg.min_kept_per_sample:
+        ranks = sample_ranks(values, sample_of) if ranks is None else ranks
+        keep |= ranks < cfg.min_kept_per_sample
+    mask = np.zeros(len(score), dtype=bool)
+    mask[cand[keep]] = True
+    kept_per_sample = np.bincount(sample_of[keep], minlength=n_samples)
+    counts = {
+        "response_tokens": int(len(values)),
+        "kept_tokens": int(keep.sum()),
+        "dropped_tokens": int(len(values) - keep.sum()),
+        "kept_share": float(keep.mean()) if len(values) else 0.0,
+        "samples": n_samples,
+        "samples_with_response": int((per_sample > 0).sum()),
+        "samples_zero_kept": int(((per_sample > 0) & (kept_per_sample == 0)).sum()),
+        "score_threshold": float(values[keep].min()) if keep.any() else None,
+    }
+    return mask, counts
+
+
+def _per_sample_sums(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(n_samples,) int64 number of True ``flags`` per sample (empty samples, also trailing ones, get 0)."""
+    n_samples = len(offsets) - 1
+    if len(flags) == 0:
+        return np.zeros(n_samples, np.int64)
+    starts = np.minimum(offsets[:-1], len(flags) - 1)
+    return np.add.reduceat(flags, starts, dtype=np.int64) * (np.diff(offsets) > 0)
+
+
+def _check_finite(score: np.ndarray, offsets: np.ndarray) -> None:
+    if np.isinf(score).any():
+        bad = int(np.flatnonzero(np.isinf(score))[0])
+        sample = int(np.searchsorted(offsets, bad, side="right") - 1)
+        raise ConfigError(f"score of sample {sample}, token {bad - offsets[sample]} is infinite; losses must be finite")
+
+
+def _select_global(score: np.ndarray, offsets: np.ndarray, keep_ratio: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """``select_tokens`` at level ``global``, on the flat array itself: no candidate-index or per-token sample
+    arrays (8 bytes per token each), one float32 working copy for the partition. Same result and counts."""
+    _check_finite(score, offsets)
+    is_cand = ~np.isnan(score)
+    per_sample = _per_sample_sums(is_cand, offsets)
+    n = int(per_sample.sum())
+    k = int(round_half_up(keep_ratio * n))
+    work = np.where(is_cand, score, -np.inf)  # (total_tokens,) in score's dtype; non-candidates rank last
+    del is_cand
+    kth = None
+    if 0 < k:
+        work.partition(len(work) - k)
+        kth = work[len(work) - k]  # the k-th largest candidate score (k <= n, so never -inf)
+    del work
+    mask = np.zeros(len(score), dtype=bool)
+    if kth is not None:
+        np.greater(score, kth, out=mask)
+        need = k - int(np.count_nonzero(mask))
+        if need:
+            mask[np.flatnonzero(score == kth)[:need]] = True  # ties: the earlier tokens
+    kept_per_sample = _per_sample_sums(mask, offsets)
+    counts = {
+        "response_tokens": n,
+        "kept_tokens": k,
+        "dropped_tokens": n - k,
+        "kept_share": k / n if n else 0.0,
+        "samples": len(offsets) - 1,
+        "samples_with_response": int((per_sample > 0).sum()),
+        "samples_zero_kept": int(((per_sample > 0) & (kept_per_sample == 0)).sum()),
+        "score_threshold": float(kth) if kth is not None else None,
+    }
+    return mask, counts

@@ -1,0 +1,167 @@
+"""The demo: token kinds, selection quality, the computed conclusion, and `tokenclean demo --quick` end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import GSM8K, SHARED
+from tokenclean.cli import main
+from tokenclean.demo.run import DemoConfig, conclude, stage_group
+from tokenclean.demo.metrics import KIND_CODES, NOT_RESPONSE, kind_codes, selection_quality
+from tokenclean.errors import ConfigError
+
+
+def test_selection_quality_counts_each_kind():
+    inf, gen, noise = KIND_CODES["informative"], KIND_CODES["generic"], KIND_CODES["noise"]
+    codes = np.array([NOT_RESPONSE, inf, inf, inf, inf, gen, gen, noise, noise, noise], np.int8)
+    garbled = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 0], bool)
+    keep = np.array([1, 1, 1, 1, 0, 1, 0, 0, 1, 1], bool)  # the prompt token's flag must not count
+    q = selection_quality(keep, codes, garbled)
+    assert q["informative_kept"] == pytest.approx(3 / 4)
+    assert q["generic_dropped"] == pytest.approx(1 / 2)
+    assert q["garbled_dropped"] == pytest.approx(1 / 2)
+    assert q["wrong_answer_dropped"] == pytest.approx(0 / 1)
+    assert q["precision"] == pytest.approx(3 / 6)  # 6 response tokens kept, 3 informative
+    # a kind absent from the pool has no share rather than a division by zero
+    assert "garbled_dropped" not in selection_quality(keep, codes, np.zeros_like(garbled))
+
+
+@pytest.fixture(scope="module")
+def world_tokens(tmp_path_factory):
+    """A small world, a tokenizer trained on its corpus (with the demo's chat template) and its tokens."""
+    from tokenclean.api import prepare_tokens
+    from tokenclean.demo.pretrain import train_tokenizer
+    from tokenclean.demo.world import WorldConfig, make_corpus, write_world
+
+    cfg = WorldConfig(n_train=60, n_eval=10, corpus_docs=300, noise_rate=0.5)
+    paths = write_world(cfg, tmp_path_factory.mktemp("world"))
+    tokenizer = train_tokenizer(make_corpus(cfg), 600)
+    tokens, _ = prepare_tokens(paths["train"], tokenizer)
+    return paths, tokenizer, tokens
+
+
+def test_kind_codes_follow_the_ground_truth_spans(world_tokens):
+    paths, tokenizer, tokens = world_tokens
+    codes, garbled = kind_codes(tokens, paths["train"], tokenizer)
+    mask = tokens.flat_response_mask()
+    assert (codes[~mask] == NOT_RESPONSE).all() and (codes[mask] != NOT_RESPONSE).all()
+    rows = {json.loads(line)["id"]: json.loads(line) for line in paths["train"].read_text().splitlines()}
+    ids, offsets = tokens.flat_input_ids(), tokens.offsets
+    for i, sample_id in enumerate(tokens.sample_ids):
+        row = rows[sample_id]
+        lo, hi = offsets[i], offsets[i + 1]
+        content = row["messages"][1]["content"]
+        noise_text = "".join(content[s:e] for s, e, kind in row["kinds"] if kind == "noise")
+        decoded_noise = tokenizer.decode(ids[lo:hi][codes[lo:hi] == KIND_CODES["noise"]])
+        # the tokens marked noise spell the noise spans (token boundaries may shift a character or so)
+        assert (noise_text == "") == (decoded_noise == "")
+        if noise_text:
+            assert len(set(noise_text.strip()) & set(decoded_noise)) >= 0.8 * len(set(noise_text.strip()))
+        assert garbled[lo:hi].any() == (row["corruption"] == "garble")
+        answer_tokens = tokenizer.decode(ids[lo:hi][codes[lo:hi] == KIND_CODES["informative"]])
+        if row["corruption"] != "wrong_answer":
+            assert row["answer"] in answer_tokens
+
+
+def test_kind_codes_refuse_data_without_kinds(world_tokens, tmp_path):
+    paths, tokenizer, tokens = world_tokens
+    stripped = tmp_path / "train.jsonl"
+    stripped.write_text("".join(
+        json.dumps({k: v for k, v in json.loads(line).items() if k != "kinds"}) + "\n"
+        for line in paths["train"].read_text().splitlines()))
+    from tokenclean.errors import DataError
+
+    with pytest.raises(DataError, match=r"train\.jsonl: row 0 has no 'kinds'"):
+        kind_codes(tokens, stripped, tokenizer)
+
+
+def _result(losses: dict[str, list[float]], fixed_quality: dict[str, float]) -> dict:
+    seeds = list(range(len(next(iter(losses.values())))))
+    runs = [{"method": m, "seed": s, "metrics": {"informative_loss": v[s]}} for m, v in losses.items() for s in seeds]
+    rows = [{"method": m, "mean": {"informative_loss": float(np.mean(v)), **(fixed_quality if m == "fixed" else {})}}
+            for m, v in losses.items()]
+    return {"runs": runs, "rows": rows, "seeds": seeds, "methods": list(losses)}
+
+
+def test_conclusion_is_computed_from_the_numbers():
+    result = _result({"full": [1.0, 1.0, 0.5], "random": [1.2, 1.3, 1.1], "fixed": [0.9, 0.8, 0.7]},
+                     {"informative_kept": 0.85, "garbled_dropped": 0.95, "generic_dropped": 0.5, "precision": 0.9,
+                      "wrong_answer_dropped": 0.4})
+    text = "\n".join(conclude(result, world=True))
+    assert "than full in 2 of 3 seeds (0.800 vs 0.833" in text
+    assert "than random in 3 of 3 seeds" in text
+    assert "Lowest held-out loss on informative tokens: fixed (0.800)" in text
+    assert "dropped 95.0% of garbled tokens (target >= 90%: met)" in text
+    assert "kept 85.0% of informative tokens (target >= 80%: met)" in text
+    worse = _result({"full": [0.5], "fixed": [0.9]}, {"informative_kept": 0.7, "garbled_dropped": 0.6,
+                                                     "precision": 0.6})
+    text = "\n".join(conclude(worse, world=True))
+    assert "than full in 0 of 1 seed " in text and "(target >= 90%: not met)" in text
+    assert "Lowest held-out loss on informative tokens: full" in text
+
+
+def test_stage_groups_name_the_method_being_trained():
+    assert stage_group("seed-1/rho/model") == "train: rho"
+    assert stage_group("seed-0/self-evolving/rounds/2/model") == "train: self-evolving"
+    assert stage_group("seed-0/reference") == "train: warm-up reference"
+    assert stage_group("seed-0/scores/reference") == "score: warm-up reference"
+    assert stage_group("scores/base") == "score: base model"
+    assert stage_group("seed-0/fixed/heldout") == "held-out loss"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"corpus": ["c.txt"]}, "--corpus only apply with --data"),
+    ({"data": "d.jsonl"}, "--data needs --corpus"),
+    ({"max_train": 3}, "--max-train must be >= 10"),
+])  # fmt: skip
+def test_demo_settings_are_checked(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        DemoConfig(**kwargs)
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end_and_cached(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "run" / "demo.json").read_text())
+    methods = ["full", "random", "rho", "slm", "fixed", "self-evolving"]
+    assert [r["method"] for r in result["rows"]] == methods
+    for row in result["rows"]:
+        assert row["mean"]["informative_loss"] > 0 and 0 <= row["mean"]["accuracy"] <= 1
+    by_method = {r["method"]: r["mean"] for r in result["rows"]}
+    assert by_method["full"]["informative_kept"] == 1.0 and by_method["full"]["garbled_dropped"] == 0.0
+    assert "informative_kept" not in by_method["slm"]  # online selection: no fixed mask to grade
+    assert 0.5 < by_method["random"]["informative_kept"] < 0.7
+    assert result["conclusion"] and all(line in printed for line in result["conclusion"])
+    assert "| fixed |" in printed and "Time per stage" in printed and "{'loss'" not in printed
+    kinds = out / "run" / "tokens" / "pool_kinds.parquet"
+    assert kinds.is_file()
+    generations = (out / "run" / "seed-0" / "fixed" / "accuracy" / "generations.jsonl").read_text().splitlines()
+    assert len(generations) == 24 and {"id", "generated", "correct"} <= set(json.loads(generations[0]))
+
+    # a second run recomputes nothing: every pipeline stage is reused and the base model is not pretrained again
+    stamp = (out / "base" / "model.safetensors").stat().st_mtime_ns
+    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    again = json.loads((out / "run" / "demo.json").read_text())
+    assert (out / "base" / "model.safetensors").stat().st_mtime_ns == stamp
+    pipeline_seconds = {t["stage"]: t["seconds"] for t in again["timings"]}
+    assert all(pipeline_seconds[s] == 0 for s in pipeline_seconds if s.startswith(("train", "score")))
+    assert again["rows"] == result["rows"]
+
+
+@pytest.mark.slow
+def test_demo_on_real_data_without_kinds(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((SHARED / "corpus" / "wiki_demo.txt").read_text(encoding="utf-8")[:200_000])
+    out = tmp_path / "real"
+    assert main(["demo", "--quick", "--out", str(out), "--data", str(GSM8K), "--corpus", str(corpus),
+                 "--max-train", "40", "--max-eval", "8", "--methods", "full", "fixed", "--quiet"]) == 0
+    result = json.loads((out / "run" / "demo.json").read_text())
+    rows = {r["method"]: r["mean"] for r in result["rows"]}
+    assert set(rows) == {"full", "fixed"}
+    assert "informative_loss" not in rows["fixed"] and rows["fixed"]["heldout_loss"] > 0
+    assert 0 <= rows["fixed"]["accuracy"] <= 1  # GSM8K rows: graded by the final number
+    assert len((out / "data" / "train.jsonl").read_text().splitlines()) == 40
+    assert "Lowest held-out loss: " in "\n".join(result["conclusion"])
