@@ -30,7 +30,7 @@ from .compute.modeling import (load_model, load_tokenizer, out_of_memory_as_erro
                        resolve_dtype)
 from .compute.scoring import ScoreConfig, score_tokens
 from .selection.select import SelectConfig, select_tokens
-from .core.tokens import TokenizeConfig, TokenTable, tokenize
+from .core.tokens import TokenizeConfig, TokenLayout, TokenTable, tokenize
 from .compute.training import TrainConfig, train_model
 
 log = logging.getLogger("tokenclean")
@@ -82,9 +82,7 @@ def _without_cut_off_responses(data: PathLike, tokens: TokenTable, conversations
     report.used -= len(empty)
     if report.used == 0:
         raise DataError(f"{data}: no row has a response token within max_seq_len {max_seq_len}; raise --max-seq-len")
-    kept = tokens.select(np.setdiff1d(np.arange(len(tokens)), empty))
-    kept.meta["truncated_samples"] = tokens.meta["truncated_samples"] - len(empty)  # every one of them was cut
-    return kept
+    return tokens.select(np.setdiff1d(np.arange(len(tokens)), empty))  # every one of them was cut
 
 
 def _response_tokens_per_sample(tokens: TokenTable) -> np.ndarray:
@@ -319,10 +317,8 @@ def select(
     check_losses(base, base_name)
     check_losses(ref, ref_name)
     mask, counts = select_tokens(base.token_loss - ref.token_loss, base.offsets, config)
-    keys = ("tokenizer_fingerprint", "max_seq_len", "template", "train_on_prompt", "data_fingerprint",
-            "tokens_fingerprint")
     meta = {
-        **{k: base.meta[k] for k in keys if k in base.meta},
+        **TokenLayout.of(base.meta).meta(),
         "base_model_fingerprint": base.meta.get("model_fingerprint"),
         "ref_model_fingerprint": ref.meta.get("model_fingerprint"),
         "config": asdict(config),

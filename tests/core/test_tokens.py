@@ -103,3 +103,30 @@ def test_chat_template_that_rewrites_history_is_refused(gpt2_tokenizer):
     tok.chat_template = "{{ messages[-1]['content'] }}"
     with pytest.raises(DataError, match="--template default"):
         _tokens(tok, CHAT)
+
+
+def test_select_recounts_truncated_samples(tmp_path, gpt2_tokenizer):
+    """A subset counts its own truncated samples (the pool/eval split and the warm-up split record them)."""
+    long = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "word " * 50}]
+    short = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "yes"}]
+    convs = [Conversation("a", long, 0), Conversation("b", short, 1), Conversation("c", long, 2)]
+    table = tokenize(convs, gpt2_tokenizer, TokenizeConfig(max_seq_len=20))
+    assert table.meta["truncated_samples"] == 2
+    assert table.select([1]).meta["truncated_samples"] == 0
+    assert table.select([0, 1]).meta["truncated_samples"] == 1
+    assert table.select([2, 0]).select([1]).meta["truncated_samples"] == 1
+    table.save(tmp_path)
+    assert TokenTable.load(tmp_path).select([1, 2]).meta["truncated_samples"] == 1
+
+
+def test_token_layout_is_read_written_and_compared_by_key():
+    from tokenclean.core.tokens import TokenLayout
+
+    meta = {"tokenizer_fingerprint": "t", "max_seq_len": 8, "template": "auto", "train_on_prompt": False,
+            "samples": 3}
+    layout = TokenLayout.of(meta)
+    assert layout.meta() == {"tokenizer_fingerprint": "t", "max_seq_len": 8, "template": "auto",
+                             "train_on_prompt": False}
+    assert layout.first_difference(TokenLayout.of({**meta, "train_on_prompt": True})) == "train_on_prompt"
+    assert layout.first_difference(TokenLayout.of({"max_seq_len": 9, "template": "chat"})) == "max_seq_len"
+    assert layout.first_difference(TokenLayout.of({"data_fingerprint": "d"})) is None  # recorded by one side only

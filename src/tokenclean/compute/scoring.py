@@ -35,7 +35,7 @@ from .distributed import all_ranks, distributed_world, gather_arrays, is_sharded
 from ..errors import ConfigError
 from .losses import token_losses
 from ..core.artifacts import Scores
-from ..core.tokens import TokenTable
+from ..core.tokens import TokenLayout, TokenTable
 
 log = logging.getLogger("tokenclean")
 
@@ -176,8 +176,7 @@ def _scores(tokens: TokenTable, losses: np.ndarray, seconds: float, model_finger
     scored = ~np.isnan(losses)
     meta = {
         "model_fingerprint": model_fingerprint,
-        **{k: tokens.meta[k] for k in ("tokenizer_fingerprint", "max_seq_len", "template", "data_fingerprint",
-                                        "tokens_fingerprint")},
+        **TokenLayout.of(tokens.meta).meta(),
         "samples": len(tokens),
         "tokens": int(len(losses)),
         "scored_tokens": int(scored.sum()),

@@ -17,27 +17,16 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError, MismatchError
 from ..io import read_json, write_json
-from .tokens import list_column, write_parquet
-
-# What decides the token layout, in the order a mismatch is explained.
-_TOKEN_KEYS = (
-    ("tokenizer_fingerprint", "tokenizer"),
-    ("max_seq_len", "max_seq_len"),
-    ("template", "template"),
-    ("train_on_prompt", "train_on_prompt"),
-    ("data_fingerprint", "data"),
-    ("tokens_fingerprint", "tokenized data"),
-)
-
+from .tokens import TokenLayout, list_column, write_parquet
 
 def check_same_tokens(a: dict[str, Any], a_name: str, b: dict[str, Any], b_name: str) -> None:
-    """Raise ``MismatchError`` naming the first difference between two artifacts' token metadata."""
-    for key, what in _TOKEN_KEYS:
-        if key in a and key in b and a[key] != b[key]:
-            raise MismatchError(
-                f"{a_name} and {b_name} were made with a different {what} ({key}: {a[key]!r} vs {b[key]!r}); "
-                "score, select and train with the same data, tokenizer and --max-seq-len"
-            )
+    """Raise ``MismatchError`` naming the first difference between two artifacts' token layouts (``TokenLayout``)."""
+    key = TokenLayout.of(a).first_difference(TokenLayout.of(b))
+    if key is not None:
+        raise MismatchError(
+            f"{a_name} and {b_name} were made with a different {TokenLayout.WHAT[key]} ({key}: {a[key]!r} vs "
+            f"{b[key]!r}); score, select and train with the same data, tokenizer and --max-seq-len"
+        )
 
 
 def _read_list_file(path: Path, column: str, what: str):

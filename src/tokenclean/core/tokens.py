@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -52,6 +52,38 @@ class TokenizeConfig:
             raise ConfigError(f"max_seq_len must be >= 2, got {self.max_seq_len}")
         if self.template not in TEMPLATES:
             raise ConfigError(f"unknown template {self.template!r}, expected one of {list(TEMPLATES)}")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """What decides which token sits at which position. Tokens, scores and selections carry it in their metadata
+    (these keys); two artifacts line up token by token only when their layouts agree. None: not recorded."""
+
+    tokenizer_fingerprint: str | None = None
+    max_seq_len: int | None = None
+    template: str | None = None
+    train_on_prompt: bool | None = None
+    data_fingerprint: str | None = None
+    tokens_fingerprint: str | None = None
+
+    # each key's name in an error message, in the order a mismatch is explained
+    WHAT: ClassVar[dict[str, str]] = {"tokenizer_fingerprint": "tokenizer", "max_seq_len": "max_seq_len",
+                                      "template": "template", "train_on_prompt": "train_on_prompt",
+                                      "data_fingerprint": "data", "tokens_fingerprint": "tokenized data"}
+
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> TokenLayout:
+        """The layout recorded in an artifact's metadata."""
+        return cls(**{k: meta[k] for k in cls.WHAT if k in meta})
+
+    def meta(self) -> dict[str, Any]:
+        """The recorded keys, to write into another artifact's metadata."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def first_difference(self, other: TokenLayout) -> str | None:
+        """The first key both record with different values, or None."""
+        mine, theirs = asdict(self), asdict(other)
+        return next((k for k in self.WHAT if None not in (mine[k], theirs[k]) and mine[k] != theirs[k]), None)
 
 
 def render_segments(messages: list[dict[str, str]], tokenizer, template: str = "auto") -> list[tuple[str, bool]]:
@@ -109,7 +141,8 @@ class TokenTable:
 
     Columns: ``sample_id`` (string), ``input_ids`` (list<int32>), ``response_mask`` (list<bool>).
     ``meta`` holds ``tokenizer_fingerprint``, ``max_seq_len``, ``template``, ``data_fingerprint``,
-    ``tokens_fingerprint`` and counts (``samples``, ``tokens``, ``response_tokens``, ``truncated``, ``no_response``).
+    ``tokens_fingerprint`` and counts (``samples``, ``tokens``, ``response_tokens``, ``truncated_samples`` with their
+    ``truncated_rows``, ``no_response``).
     """
 
     table: pa.Table
@@ -144,9 +177,22 @@ class TokenTable:
 
     def select(self, indices: np.ndarray | list[int]) -> TokenTable:
         """A new table with the given rows (same metadata, fingerprint and counts recomputed)."""
-        sub = self.table.take(pa.array(np.asarray(indices, dtype=np.int64)))
+        indices = np.asarray(indices, dtype=np.int64)
+        sub = self.table.take(pa.array(indices))
         meta = {k: v for k, v in self.meta.items() if k not in _COUNT_KEYS}
+        if "truncated_samples" in self.meta:
+            rows = np.flatnonzero(np.isin(indices, self.truncated_rows()))
+            meta.update(truncated_samples=len(rows), truncated_rows=rows.tolist())
         return TokenTable(sub, _with_counts(sub, meta))
+
+    def truncated_rows(self) -> np.ndarray:
+        """Row indices of the samples cut to ``max_seq_len``. A table saved before they were recorded gives the
+        rows of exactly ``max_seq_len`` tokens (every cut sample has that length) when it has any cut sample."""
+        if "truncated_rows" in self.meta:
+            return np.asarray(self.meta["truncated_rows"], dtype=np.int64)
+        if not self.meta.get("truncated_samples"):
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(self.lengths == self.meta["max_seq_len"])
 
     def save(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
@@ -160,7 +206,8 @@ class TokenTable:
         return cls(pq.read_table(directory / cls.FILE), read_json(directory / cls.META))
 
 
-_COUNT_KEYS = ("samples", "tokens", "response_tokens", "truncated", "no_response", "tokens_fingerprint")
+_COUNT_KEYS = ("samples", "tokens", "response_tokens", "truncated_samples", "truncated_rows", "no_response",
+               "tokens_fingerprint")
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike) -> None:
@@ -230,6 +277,7 @@ def tokenize(
         "train_on_prompt": cfg.train_on_prompt,
         "data_fingerprint": data_fingerprint,
         "truncated_samples": int(sum(n > cfg.max_seq_len for n in full_lengths)),
+        "truncated_rows": [i for i, n in enumerate(full_lengths) if n > cfg.max_seq_len],
     }
     return TokenTable(table, _with_counts(table, meta))
 

@@ -13,15 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..core.artifacts import Scores
+from ..core.tokens import TokenLayout
 from ..compute.distributed import all_ranks, barrier, distributed_world
 from ..io import atomic_dir
 
-_TOKEN_KEYS = ("tokenizer_fingerprint", "max_seq_len", "template", "train_on_prompt", "data_fingerprint",
-               "tokens_fingerprint")
 
 
 def cache_root(cache: bool | str | os.PathLike) -> Path:
@@ -54,7 +54,7 @@ def scores_key(model_fingerprint: str, tokens_meta: dict[str, Any], dtype: Any, 
     """Cache key of one model's losses over one token table. ``dtype``: the weights' torch dtype; ``device_type``:
     ``cpu``, ``cuda``, ... (kernels differ, so losses may differ in the last bits)."""
     what = {"model": model_fingerprint, "dtype": str(dtype), "device": device_type,
-            **{k: tokens_meta.get(k) for k in _TOKEN_KEYS}}
+            **asdict(TokenLayout.of(tokens_meta))}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 

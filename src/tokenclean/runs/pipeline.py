@@ -35,7 +35,7 @@ from ..io import atomic_dir, atomic_write_text, crash_point, read_json, write_js
 from ..compute.modeling import load_tokenizer, path_fingerprint
 from ..compute.scoring import ScoreConfig
 from ..selection.select import SelectConfig
-from ..core.tokens import TokenizeConfig, TokenTable
+from ..core.tokens import TokenizeConfig, TokenLayout, TokenTable
 from ..compute.training import TrainConfig
 
 log = logging.getLogger("tokenclean")
@@ -534,9 +534,7 @@ def _as_selection(mask: np.ndarray | None, tokens: TokenTable, counts: dict[str,
     ``counts``."""
     if mask is None:
         return None
-    meta = {k: tokens.meta[k] for k in ("tokenizer_fingerprint", "max_seq_len", "template", "data_fingerprint",
-                                        "tokens_fingerprint") if k in tokens.meta}
-    return Selection(tokens.sample_ids, mask, tokens.offsets, {**meta, **(counts or {})})
+    return Selection(tokens.sample_ids, mask, tokens.offsets, {**TokenLayout.of(tokens.meta).meta(), **(counts or {})})
 
 
 def _counts(meta: dict[str, Any]) -> dict[str, Any]:
