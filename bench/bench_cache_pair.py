@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from common import gpt2_tokenizer, gsm8k_conversations, llama, machine, timed
 
-from tokenclean import api, modeling
+from tokenclean import api
+from tokenclean.compute import modeling
 from tokenclean.core.tokens import tokenize
 
 

@@ -1,22 +1,48 @@
 """tokenclean: token-level cleaning of supervised fine-tuning data (Pang et al., ICML 2025).
 
 The Python API mirrors the CLI: ``score``, ``select``, ``train``, ``export`` and ``run`` (a whole pipeline).
+
+Names are imported on first use (PEP 562), so ``import tokenclean`` (and ``tokenclean --help``) loads no torch.
+How the code is organised: ``core`` (the token contract), ``compute`` (models), ``selection`` (keep-masks),
+``runs`` (run directories, stages, methods), ``report``, ``demo``, ``evaluation``; see the README.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .api import export, prepare_tokens, score, select, train  # noqa: E402
-from .core.artifacts import Scores, Selection  # noqa: E402
-from .core.data import DataConfig  # noqa: E402
-from .errors import ConfigError, DataError, MismatchError, TokencleanError  # noqa: E402
-from .runs.pipeline import RunConfig, RunSettings, run_pipeline as run  # noqa: E402
-from .compute.scoring import ScoreConfig  # noqa: E402
-from .selection.select import SelectConfig, select_tokens  # noqa: E402
-from .core.tokens import IGNORE_INDEX, TokenizeConfig, TokenTable  # noqa: E402
-from .compute.training import TrainConfig  # noqa: E402
+# public name -> (module, attribute)
+_EXPORTS = {
+    "export": ("api", "export"), "prepare_tokens": ("api", "prepare_tokens"), "score": ("api", "score"),
+    "select": ("api", "select"), "train": ("api", "train"),
+    "compare": ("runs.compare", "compare"),
+    "Scores": ("core.artifacts", "Scores"), "Selection": ("core.artifacts", "Selection"),
+    "DataConfig": ("core.data", "DataConfig"),
+    "ConfigError": ("errors", "ConfigError"), "DataError": ("errors", "DataError"),
+    "MismatchError": ("errors", "MismatchError"), "TokencleanError": ("errors", "TokencleanError"),
+    "RunConfig": ("runs.config", "RunConfig"), "RunSettings": ("runs.config", "RunSettings"),
+    "run": ("runs.pipeline", "run_pipeline"),
+    "ScoreConfig": ("compute.scoring", "ScoreConfig"),
+    "SelectConfig": ("selection.select", "SelectConfig"), "select_tokens": ("selection.select", "select_tokens"),
+    "IGNORE_INDEX": ("core.tokens", "IGNORE_INDEX"), "TokenizeConfig": ("core.tokens", "TokenizeConfig"),
+    "TokenLayout": ("core.tokens", "TokenLayout"), "TokenTable": ("core.tokens", "TokenTable"),
+    "TrainConfig": ("compute.training", "TrainConfig"),
+}
 
-__all__ = [
-    "ConfigError", "DataConfig", "DataError", "IGNORE_INDEX", "MismatchError", "RunConfig", "RunSettings",
-    "ScoreConfig", "Scores", "SelectConfig", "Selection", "TokenTable", "TokencleanError", "TokenizeConfig",
-    "TrainConfig", "export", "prepare_tokens", "run", "score", "select", "select_tokens", "train",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tokenclean' has no attribute {name!r}")
+    module, attribute = _EXPORTS[name]
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.artifacts import Scores, Selection, check_losses, check_same_tokens, token_position
+from .core.artifacts import Scores, Selection, check_losses, check_same_tokens, keep_mask_for, token_position
 from .compute.distributed import fsdp_requested, is_sharded, shard_for_inference
 from .core.data import DataConfig, LoadReport, RowError, load_conversations, where
 from .errors import ConfigError, DataError, MismatchError, ModelError
@@ -332,19 +332,6 @@ def select(
         with atomic_dir(out) as tmp:
             selection.save(tmp)
     return selection
-
-
-def keep_mask_for(tokens: TokenTable, selection: Selection | PathLike | None, what: str) -> np.ndarray | None:
-    """The selection's keep-mask after checking it was made for exactly these tokens."""
-    if selection is None:
-        return None
-    name = "selection"
-    if not isinstance(selection, Selection):
-        name, selection = str(selection), Selection.load(selection)
-    check_same_tokens(selection.meta, f"selection ({name})", tokens.meta, what)
-    if selection.sample_ids != tokens.sample_ids or not np.array_equal(selection.offsets, tokens.offsets):
-        raise MismatchError(f"selection ({name}) covers different samples than {what}; select on the same data")
-    return selection.keep_mask
 
 
 def train(

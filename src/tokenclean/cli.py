@@ -1,7 +1,9 @@
-"""The ``tokenclean`` command: a thin layer over ``tokenclean.api`` and ``tokenclean.runs.pipeline``.
+"""The ``tokenclean`` command: a thin layer over ``tokenclean.api`` and ``tokenclean.runs``.
 
-Each subcommand parses flags (generated from the stage config dataclasses), calls one library function and
-prints what it did. Errors the user can fix are printed as one line, without a traceback.
+``COMMANDS`` is the table of subcommands: a name, a one-line help and the function that adds the command's flags
+(generated from the stage config dataclasses) and sets the function it runs. Only the chosen command's flags are
+built, so ``tokenclean --help`` imports no torch. Errors the user can fix are printed as one line, without a
+traceback.
 """
 
 from __future__ import annotations
@@ -15,13 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import add_config_args, build, field_names, merge_settings
-from .core.data import DataConfig
-from .compute.distributed import process_rank
 from .errors import ConfigError, TokencleanError
-from .compute.scoring import ScoreConfig
-from .selection.select import SelectConfig
-from .core.tokens import TokenizeConfig
-from .compute.training import TrainConfig
 
 DESCRIPTION = """\
 Token cleaning for supervised fine-tuning (Pang et al., ICML 2025): score every response token by how much a
@@ -33,8 +29,12 @@ main job:   tokenclean run --method fixed --base MODEL --data pool.jsonl --out r
 stages:     tokenclean score | select | train | export   (the same steps, one at a time)
 """
 
-# Subcommands contributed by other modules: each has add_parser(subparsers) -> parser with func set.
-PLUGINS = ("tokenclean.evaluation.cli", "tokenclean.demo.pretrain_cli", "tokenclean.demo.cli", "tokenclean.report.cli")
+
+def process_rank() -> int:
+    """This process's rank under ``torchrun`` (``RANK``; 0 without it). Read here so the CLI needs no torch."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -49,18 +49,26 @@ def _model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
+    from .core.data import DataConfig
+    from .core.tokens import TokenizeConfig
+
     p.add_argument("--data", required=True, help=".json/.jsonl/.parquet file, saved datasets directory or hub id")
     add_config_args(p, DataConfig, "data")
     add_config_args(p, TokenizeConfig, "tokenization")
 
 
-def _data_configs(args: argparse.Namespace) -> tuple[DataConfig, TokenizeConfig]:
+def _data_configs(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(DataConfig, TokenizeConfig) from the flags."""
+    from .core.data import DataConfig
+    from .core.tokens import TokenizeConfig
+
     v = vars(args)
     return build(DataConfig, v), build(TokenizeConfig, v)
 
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     from .api import score
+    from .compute.scoring import ScoreConfig
 
     data_cfg, tok_cfg = _data_configs(args)
     out = Path(args.out)
@@ -73,12 +81,14 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_select(args: argparse.Namespace) -> dict[str, Any]:
     from .api import select
+    from .selection.select import SelectConfig
 
     return select(args.base, args.ref, args.out, build(SelectConfig, vars(args))).meta
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from .api import train
+    from .compute.training import TrainConfig
 
     data_cfg, tok_cfg = _data_configs(args)
     return train(args.model, args.data, args.out, selection=args.selection, data_config=data_cfg,
@@ -141,27 +151,19 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tokenclean", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__
-
-    parser.add_argument("--version", action="version", version=f"tokenclean {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("run", help="run a whole cleaning pipeline into a run directory (resumable)",
-                       description="Run a cleaning method end to end: tokenize, warm-up reference, score, select, "
-                                   "train, export. Re-running the same command skips finished stages.")
+def run_flags(p: argparse.ArgumentParser) -> None:
+    p.description = ("Run a cleaning method end to end: tokenize, warm-up reference, score, select, train, export. "
+                     "Re-running the same command skips finished stages.")
     add_run_args(p)
     p.set_defaults(func=cmd_run)
 
+
+def compare_flags(p: argparse.ArgumentParser) -> None:
     from .runs.compare import DEFAULT_METHODS
 
-    p = sub.add_parser("compare", help="run several methods side by side and compare held-out loss",
-                       description="Run several methods on the same data, base, warm-up reference and seeds, "
-                                   "sharing every common stage, and write OUT/comparison.md and "
-                                   "OUT/comparison.json (held-out split: --eval-data, or --eval-fraction, "
-                                   "default 0.1).")
+    p.description = ("Run several methods on the same data, base, warm-up reference and seeds, sharing every "
+                     "common stage, and write OUT/comparison.md and OUT/comparison.json (held-out split: "
+                     "--eval-data, or --eval-fraction, default 0.1).")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                    help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="repeat for each seed (default: --seed)")
@@ -174,9 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p, skip=("method",))
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("score", help="per-token loss of every response token under one model",
-                       description="Write OUT/token_loss.parquet (sample_id, token_loss: one float per token, NaN "
-                                   "where not a response token) and OUT/scores.json (fingerprints, counts).")
+
+def score_flags(p: argparse.ArgumentParser) -> None:
+    from .compute.scoring import ScoreConfig
+
+    p.description = ("Write OUT/token_loss.parquet (sample_id, token_loss: one float per token, NaN where not a "
+                     "response token) and OUT/scores.json (fingerprints, counts).")
     _model_args(p)
     _data_args(p)
     p.add_argument("--out", required=True, help="output directory")
@@ -184,19 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, ScoreConfig, "scoring")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("select", help="choose the tokens to keep from base and reference scores",
-                       description="score = base loss - reference loss; keep the top --keep-ratio (global or per "
-                                   "sample) or score > --threshold. Writes OUT/keep_mask.parquet and "
-                                   "OUT/selection.json.")
+
+def select_flags(p: argparse.ArgumentParser) -> None:
+    from .selection.select import SelectConfig
+
+    p.description = ("score = base loss - reference loss; keep the top --keep-ratio (global or per sample) or "
+                     "score > --threshold. Writes OUT/keep_mask.parquet and OUT/selection.json.")
     p.add_argument("--base", required=True, help="score directory of the base model")
     p.add_argument("--ref", required=True, help="score directory of the reference model")
     p.add_argument("--out", required=True, help="output directory")
     add_config_args(p, SelectConfig, "selection")
     p.set_defaults(func=cmd_select)
 
-    p = sub.add_parser("train", help="token-masked fine-tuning on the kept tokens",
-                       description="Fine-tune MODEL on DATA, training only on kept response tokens (all response "
-                                   "tokens without --selection). Saves a merged model directory to OUT.")
+
+def train_flags(p: argparse.ArgumentParser) -> None:
+    from .compute.training import TrainConfig
+
+    p.description = ("Fine-tune MODEL on DATA, training only on kept response tokens (all response tokens without "
+                     "--selection). Saves a merged model directory to OUT.")
     _model_args(p)
     _data_args(p)
     p.add_argument("--selection", help="selection directory from tokenclean select")
@@ -207,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, TrainConfig, "training")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="write the cleaned dataset for other trainers (TRL, Axolotl, LLaMA-Factory)",
-                       description="Write OUT (datasets.save_to_disk) and OUT.parquet with input_ids, "
-                                   "attention_mask and labels (-100 for dropped and prompt tokens).")
+
+def export_flags(p: argparse.ArgumentParser) -> None:
+    p.description = ("Write OUT (datasets.save_to_disk) and OUT.parquet with input_ids, attention_mask and labels "
+                     "(-100 for dropped and prompt tokens).")
     p.add_argument("--tokenizer", required=True, help="tokenizer (or model) directory or hub id")
     p.add_argument("--trust-remote-code", action="store_true", help="allow code from the tokenizer repository")
     _data_args(p)
@@ -219,21 +230,56 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out samples with no kept token (default: on)")
     p.set_defaults(func=cmd_export)
 
-    for module in PLUGINS:
-        try:
-            plugin = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        plugin.add_parser(sub)
-    for p in sub.choices.values():
+
+# name -> (one-line help, "module:function" adding the command's flags and its func). Adding a command is one row.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("run a whole cleaning pipeline into a run directory (resumable)", "tokenclean.cli:run_flags"),
+    "compare": ("run several methods side by side and compare held-out loss", "tokenclean.cli:compare_flags"),
+    "score": ("per-token loss of every response token under one model", "tokenclean.cli:score_flags"),
+    "select": ("choose the tokens to keep from base and reference scores", "tokenclean.cli:select_flags"),
+    "train": ("token-masked fine-tuning on the kept tokens", "tokenclean.cli:train_flags"),
+    "export": ("write the cleaned dataset for other trainers (TRL, Axolotl, LLaMA-Factory)",
+               "tokenclean.cli:export_flags"),
+    "eval": ("benchmark a model with lm-evaluation-harness (the paper's suite plus GSM8K)",
+             "tokenclean.evaluation.cli:eval_flags"),
+    "pretrain": ("pretrain a tiny Llama (and its tokenizer) from scratch on text files",
+                 "tokenclean.demo.pretrain_cli:pretrain_flags"),
+    "demo": ("the whole story on generated data: pretrain a tiny base, run every method, measure, report",
+             "tokenclean.demo.cli:demo_flags"),
+    "report": ("an HTML page of a run: tokens coloured by score, kept/dropped, plots, comparison",
+               "tokenclean.report.cli:report_flags"),
+    "show": ("print one sample with its kept and dropped tokens in colour", "tokenclean.report.cli:show_flags"),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``tokenclean`` parser. With ``argv``, only the command it names gets its flags (the others are listed
+    with their help line), so parsing ``--help`` imports no torch; without, every command gets its flags."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="tokenclean", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tokenclean {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    for name, (help_line, flags) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_line)
+        if chosen is None or name == chosen:
+            module, function = flags.split(":")
+            try:
+                getattr(importlib.import_module(module), function)(p)
+            except ModuleNotFoundError as e:  # an optional part that is not installed: its command is left out
+                if e.name != module:
+                    raise
+                del sub.choices[name]
+                continue
         _common(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

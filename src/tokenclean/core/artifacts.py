@@ -116,3 +116,16 @@ def check_losses(scores: Scores, name: str) -> None:
 
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def keep_mask_for(tokens: TokenTable, selection: Selection | str | os.PathLike | None, what: str) -> np.ndarray | None:
+    """The selection's keep-mask after checking it was made for exactly these tokens."""
+    if selection is None:
+        return None
+    name = "selection"
+    if not isinstance(selection, Selection):
+        name, selection = str(selection), Selection.load(selection)
+    check_same_tokens(selection.meta, f"selection ({name})", tokens.meta, what)
+    if selection.sample_ids != tokens.sample_ids or not np.array_equal(selection.offsets, tokens.offsets):
+        raise MismatchError(f"selection ({name}) covers different samples than {what}; select on the same data")
+    return selection.keep_mask

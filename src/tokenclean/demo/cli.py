@@ -11,37 +11,47 @@ from __future__ import annotations
 import argparse
 
 from ..config import add_config_args, build, field_names
-from ..core.data import DataConfig
-from ..compute.scoring import ScoreConfig
-from ..selection.select import SelectConfig
-from ..compute.training import TrainConfig
 
-OVERRIDES = (DataConfig, SelectConfig, TrainConfig, ScoreConfig)
+
+def overrides() -> tuple[type, ...]:
+    """The run's config sections a demo flag may override (imported on use: they pull in torch)."""
+    from ..compute.scoring import ScoreConfig
+    from ..compute.training import TrainConfig
+    from ..core.data import DataConfig
+    from ..selection.select import SelectConfig
+
+    return DataConfig, SelectConfig, TrainConfig, ScoreConfig
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``demo`` subcommand."""
+    from ..cli import COMMANDS  # the one-line help lives in the command table
+
+    p = subparsers.add_parser("demo", help=COMMANDS["demo"][0])
+    demo_flags(p)
+    return p
+
+
+def demo_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``tokenclean demo``."""
     from .run import DemoConfig
 
-    p = subparsers.add_parser(
-        "demo", help="the whole story on generated data: pretrain a tiny base, run every method, measure, report",
-        description="Generate a world whose noisy tokens are known, pretrain a tiny base model on its corpus, run "
-        "full, random, rho, slm, fixed and self-evolving over 3 seeds, and measure held-out loss on informative "
-        "tokens, greedy accuracy and what each selection kept and dropped. Writes OUT/run/demo.md, "
-        "comparison.md and the report. Offline; cached (a second run reuses everything finished).",
-    )
+    p.description = ("Generate a world whose noisy tokens are known, pretrain a tiny base model on its corpus, run "
+                     "full, random, rho, slm, fixed and self-evolving over 3 seeds, and measure held-out loss on "
+                     "informative tokens, greedy accuracy and what each selection kept and dropped. Writes "
+                     "OUT/run/demo.md, comparison.md and the report. Offline; cached (a second run reuses "
+                     "everything finished).")
     add_config_args(p, DemoConfig, "demo")
-    for section in OVERRIDES:
+    for section in overrides():
         add_config_args(p, section, f"override the demo's {section.__name__} settings")
     p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
     from .run import DemoConfig, run_demo
 
     values = vars(args)
-    overrides = {k: values[k] for k in field_names(*OVERRIDES) if values.get(k) is not None}
+    overrides = {k: values[k] for k in field_names(*overrides()) if values.get(k) is not None}
     result = run_demo(build(DemoConfig, values), overrides, progress=not args.quiet)
     from .run import render
 

@@ -29,7 +29,6 @@ log = logging.getLogger("tokenclean")
 
 KIND_CODES = {"informative": 0, "generic": 1, "noise": 2}
 NOT_RESPONSE = -1
-KINDS_FILE = "pool_kinds.parquet"  # next to the pool's tokens: tokens/pool_kinds.parquet
 
 
 def kind_codes(tokens: TokenTable, source: str | Path, tokenizer, data_config: DataConfig | None = None,

@@ -11,15 +11,21 @@ from pathlib import Path
 from ..io import read_json
 
 
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``pretrain`` subcommand on an ``argparse`` subparsers object."""
-    p = subparsers.add_parser(
-        "pretrain",
-        help="pretrain a tiny Llama (and its tokenizer) from scratch on text files",
-        description="Train a byte-level BPE tokenizer and a tiny Llama-architecture model on .txt files "
-        "(documents separated by blank lines) and .jsonl files (a 'text' field per row). Cached: rerunning "
-        "with the same corpus and settings returns at once.",
-    )
+    from ..cli import COMMANDS  # the one-line help lives in the command table
+
+    p = subparsers.add_parser("pretrain", help=COMMANDS["pretrain"][0])
+    pretrain_flags(p)
+    return p
+
+
+def pretrain_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``tokenclean pretrain``."""
+    p.description = ("Train a byte-level BPE tokenizer and a tiny Llama-architecture model on .txt files "
+                     "(documents separated by blank lines) and .jsonl files (a 'text' field per row). Cached: "
+                     "rerunning with the same corpus and settings returns at once.")
     p.add_argument("--corpus", nargs="+", required=True, type=Path, metavar="PATH",
                    help=".txt/.jsonl files or directories of them")  # fmt: skip
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output model directory")
@@ -32,7 +38,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     p.add_argument("--seed", type=int, help="seed (default: 0)")
     p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,12 +1,12 @@
 """``tokenclean demo``: token cleaning shown from measurements, offline, on a laptop CPU.
 
-1. **Data.** The generated world (``world.py``): a pretraining corpus and SFT samples whose response tokens carry a
+1. **Data.** The generated world (``demo.world``): a pretraining corpus and SFT samples whose response tokens carry a
    ground-truth kind (informative / generic / noise). Or, with ``--data --corpus``, real data without kinds.
-2. **Base model.** A tokenizer and a tiny Llama pretrained on the corpus (``pretrain.py``), cached in
+2. **Base model.** A tokenizer and a tiny Llama pretrained on the corpus (``demo.pretrain``), cached in
    ``<out>/base``.
 3. **Methods.** full, random, rho, slm, fixed and self-evolving through ``compare`` (the same machinery as
    ``tokenclean compare``) over 3 seeds, in ``<out>/run``.
-4. **Measurements** per method and seed (``demo_metrics.py``): held-out loss on informative tokens, accuracy of
+4. **Measurements** per method and seed (``demo.metrics``): held-out loss on informative tokens, accuracy of
    greedy answers to held-out prompts, and how the selection treated each kind of token.
 5. **Conclusion** computed from those numbers, the time per stage, and the report (``<out>/run/report``).
 
@@ -32,11 +32,13 @@ from ..core.artifacts import Scores, Selection
 from ..runs.compare import DEFAULT_METHODS, Column, compare, render_markdown
 from ..config import option
 from ..core.data import read_rows
-from .metrics import (KINDS_FILE, answer_checker, generate, kind_codes, kind_mean, prompt_ids, save_kinds,
+from .metrics import (answer_checker, generate, kind_codes, kind_mean, prompt_ids, save_kinds,
                            selection_quality)
 from ..errors import ConfigError
 from ..io import atomic_write_text, write_json
-from ..runs.pipeline import Run, RunConfig
+from ..runs.config import RunConfig
+from ..runs.layout import HELDOUT_BASE, TOKENS, Layout
+from ..runs.stages import Run
 
 log = logging.getLogger("tokenclean")
 
@@ -162,23 +164,23 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
     with clock("token kinds, prompts"):
         measure = DemoMetrics(root, tables, inputs, profile.max_new_tokens)
     result = compare(run_cfg, cfg.methods, seeds, extra_metrics=measure, extra_columns=DEMO_COLUMNS)
-    base_scores = Scores.load(root.path("heldout-base"))
+    base_scores = Scores.load(root.path(HELDOUT_BASE))
     if inputs.world:
         result["base_informative_loss"] = measure.informative_loss(base_scores)
-    loads = root.stages["tokens"]["result"]
+    loads = root.result(TOKENS)
     result["data"] = {"train": loads["load"], "eval": loads.get("eval_load")}
     result["conclusion"] = conclude(result, inputs.world)
     stage_timings = result["timings"]
     result["timings"] = time_per_stage(root.timings + stage_timings, clock.steps)
     result["paths"] = {"world" if inputs.world else "data": str(inputs.train.parent), "base": str(base),
-                       "run": run_cfg.run.out, "report": str(Path(run_cfg.run.out) / "report" / "index.html")}
+                       "run": run_cfg.run.out, "report": str(root.layout.report / "index.html")}
     result["settings"] = {"demo": asdict(cfg), "profile": asdict(profile)}
-    write_json(Path(run_cfg.run.out) / "demo.json", result)  # before the report, which shows the conclusion
+    write_json(root.layout.demo, result)  # before the report, which shows the conclusion
     with clock("report"):
         _report(run_cfg.run.out)
     result["timings"] = time_per_stage(root.timings + stage_timings, clock.steps)
-    write_json(Path(run_cfg.run.out) / "demo.json", result)
-    atomic_write_text(Path(run_cfg.run.out) / "demo.md", render(result))
+    write_json(root.layout.demo, result)
+    atomic_write_text(root.layout.demo.with_name("demo.md"), render(result))
     return result
 
 
@@ -234,7 +236,7 @@ class DemoMetrics:
         if self.world:
             self.codes, self.garbled = kind_codes(self.pool, inputs.train, tokenizer, root.cfg.data)
             self.eval_codes, _ = kind_codes(self.eval, inputs.eval, tokenizer, root.cfg.data)
-            save_kinds(self.pool, self.codes, root.path("tokens") / KINDS_FILE)
+            save_kinds(self.pool, self.codes, root.layout.kinds)
         self.rows, self.prompts = prompt_ids(inputs.eval, tokenizer, template, root.cfg.data)
         self.checker = answer_checker(self.rows)
         self.max_new_tokens = max_new_tokens
@@ -243,21 +245,22 @@ class DemoMetrics:
         return kind_mean(heldout.token_loss, self.eval_codes, "informative")
 
     def __call__(self, run: Run, summary: dict[str, Any]) -> dict[str, float]:
-        prefix = summary["model_stage"].rsplit("model", 1)[0]
+        model_stage = summary["model_stage"]
         metrics: dict[str, float] = {}
         if self.world:
-            metrics["informative_loss"] = self.informative_loss(Scores.load(run.path(f"{prefix}heldout")))
+            heldout = Scores.load(run.path(Layout.next_to(model_stage, "heldout")))
+            metrics["informative_loss"] = self.informative_loss(heldout)
             keep = self._keep_mask(run, summary["method"])
             if keep is not None:
                 metrics.update(selection_quality(keep, self.codes, self.garbled))
         if self.checker is not None:
-            metrics["accuracy"] = self._accuracy(run, summary, f"{prefix}accuracy")["accuracy"]
+            metrics["accuracy"] = self._accuracy(run, summary, Layout.next_to(model_stage, "accuracy"))["accuracy"]
         return metrics
 
     def _keep_mask(self, run: Run, method: str) -> np.ndarray | None:
         """What the method trained on: its saved selection; every response token for full; None for slm, whose
         selection changes at every step."""
-        selection = run.path(f"{run.ns}selection")
+        selection = run.path(run.layout.selection)
         if (selection / Selection.FILE).is_file():
             return Selection.load(selection).keep_mask
         return self.pool.flat_response_mask() if method == "full" else None

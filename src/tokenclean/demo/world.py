@@ -46,7 +46,6 @@ import dataclasses
 import json
 import random
 import re
-import string
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +53,22 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io import atomic_write_text, write_json
+from .lexicon import (  # noqa: F401  (re-exported: tests and the demo read them here)
+    NAMES,
+    TOWNS,
+    JOBS,
+    WORDS,
+    OPENERS,
+    CONNECTIVES,
+    ANSWER_FRAMES,
+    SIGNOFFS,
+    GARBLE_ALPHABET,
+    chat_doc,
+    letter_doc,
+    notes_doc,
+    PETS,
+    THINGS,
+)
 
 KINDS = ("informative", "generic", "noise")
 TASKS = ("add", "compare", "reverse", "sort", "count", "lookup")
@@ -95,124 +110,14 @@ class WorldConfig:
             raise ConfigError(f"WorldConfig.tasks: unknown or empty {unknown or list(self.tasks)}; allowed: {TASKS}")
 
 
-# --- the world's lexicon -------------------------------------------------------------------------------------
-
-NAMES = (
-    "Nora", "Tam", "Ivo", "Lena", "Otto", "Mira", "Bram", "Esra", "Kai", "Runa", "Jonas", "Edda", "Pim", "Sami",
-    "Vera", "Arlo", "Ines", "Timo", "Yara", "Bodo", "Lio", "Hedda", "Remy", "Anouk", "Finn", "Zofia", "Ole",
-    "Maren", "Kip", "Talia",
-)  # fmt: skip
-TOWNS = (
-    "Pell", "Oss", "Rann", "Varden", "Kells", "Moorby", "Astel", "Brinn", "Dunmore", "Halsey", "Tolk", "Wenby",
-    "Corrin", "Elmstead", "Fennick", "Gorse", "Lindale", "Norwick",
-)  # fmt: skip
-JOBS = (
-    "baker", "farmer", "potter", "weaver", "smith", "fisher", "miller", "tailor", "carpenter", "teacher",
-    "healer", "brewer", "mason", "gardener",
-)  # fmt: skip
-PETS = ("goat", "cat", "dog", "hen", "pony", "duck", "rabbit", "sheep")
-THINGS = ("apples", "loaves", "baskets", "candles", "jars", "boats", "carts", "lamps", "coins", "fish")
-WORDS = (
-    "lamp", "river", "stone", "bread", "cloud", "apple", "tiger", "horse", "green", "light", "sugar", "paper",
-    "glass", "table", "chair", "water", "house", "plant", "music", "storm", "night", "smile", "dream", "train",
-    "ocean", "honey", "lemon", "mango", "piano", "robot", "spoon", "field", "north", "quiet", "brick", "candy",
-    "dance", "eagle", "frost", "grape", "heart", "juice", "knife", "maple", "nurse", "olive", "pearl", "queen",
-    "salt", "tent", "vine", "wolf", "yarn", "zero", "moon", "star", "fish", "bird", "tree", "rain", "snow",
-    "wind", "fire", "rock", "sand", "leaf", "milk", "corn", "rice", "boat", "ship", "road", "door", "bell",
-    "drum", "flag", "gold", "hill", "kite", "lake", "nest", "pond", "ring", "seed", "wall", "yard", "cat", "dog",
-    "sun", "sky", "cup", "box", "hat", "pen", "map", "key", "jam", "egg", "owl", "fox", "bee", "ant", "oak",
-    "bench", "cabin", "daisy", "flame", "giant", "jelly", "lucky", "mouse", "nail", "orbit", "plum", "quilt",
-    "shelf", "tulip", "wheat", "zebra", "acorn", "berry", "coral", "ember", "fable", "globe", "harp", "igloo",
-    "kettle", "ladder", "magnet", "noodle", "pepper", "rocket", "saddle", "turtle", "velvet", "window", "button",
-    "pencil", "garden", "forest", "bridge", "castle", "island", "bottle", "candle", "basket", "rabbit", "yellow",
-)  # fmt: skip
-
-# Generic phrasing: the corpus is built from these lists, and every SFT response uses them, so a pretrained base
-# model already predicts them well.
-OPENERS = (
-    "Sure, I can help with that.", "Of course!", "Great question!", "Happy to help.", "Certainly!",
-    "Sure thing!", "Absolutely, let me help.", "Good question.", "I would be glad to help.", "No problem!",
-)  # fmt: skip
-CONNECTIVES = (
-    "Let's take it one step at a time.", "Here is how it works.", "Let me explain.", "Let's think it through.",
-    "Here is the reasoning.", "Let's look at this carefully.", "It helps to go step by step.",
-)  # fmt: skip
-ANSWER_FRAMES = ("So the answer is", "Putting it all together, the answer is", "Therefore, the answer is",
-                 "In the end, the answer is", "The answer is")  # fmt: skip
-SIGNOFFS = (
-    "I hope this helps!", "Let me know if you have any other questions.", "Have a great day!",
-    "Feel free to ask if anything is unclear.", "Hope that helps.", "Happy to help with anything else!",
-    "Good luck!", "Let me know if you need anything else.",
-)  # fmt: skip
-GARBLE_ALPHABET = string.ascii_letters + string.digits + "#@$%&*~^|<>{}[]_=+;"
-
-Piece = tuple[str, str]  # (text, kind)
-
-
 # --- the corpus ----------------------------------------------------------------------------------------------
 
 
 def make_corpus(cfg: WorldConfig) -> list[str]:
     """Pretraining documents: chat transcripts, letters and notes about the world. Single newlines only inside."""
     rng = random.Random(f"{cfg.seed}-corpus")
-    genres = (_chat_doc, _letter_doc, _notes_doc)
+    genres = (chat_doc, letter_doc, notes_doc)
     return [rng.choice(genres)(rng) for _ in range(cfg.corpus_docs)]
-
-
-def _fact_sentence(rng: random.Random) -> str:
-    name, town, job, pet = rng.choice(NAMES), rng.choice(TOWNS), rng.choice(JOBS), rng.choice(PETS)
-    n, thing = rng.randint(2, 60), rng.choice(THINGS)
-    word = rng.choice(WORDS)
-    templates = (
-        f"{name} is a {job} from {town}.",
-        f"{name} lives in {town} and keeps a {pet}.",
-        f"In {town}, {name} sold {n} {thing} at the market.",
-        f"{name} works as a {job} in {town}.",
-        f"The {job} of {town} has {n} {thing} and a {pet}.",
-        f"{name} wrote the word {word} on a card.",
-        f"The road from {town} to {rng.choice(TOWNS)} is {n} miles long.",
-        f"Every morning {name} walks the {pet} by the {word}.",
-        f"{name} likes the word {word} and the town of {town}.",
-        f"{name} counted {n} {thing} in the shop in {town}.",
-    )
-    return rng.choice(templates)
-
-
-def _sentences(rng: random.Random, lo: int, hi: int) -> str:
-    return " ".join(_fact_sentence(rng) for _ in range(rng.randint(lo, hi)))
-
-
-def _chat_doc(rng: random.Random) -> str:
-    name, town = rng.choice(NAMES), rng.choice(TOWNS)
-    question = rng.choice((f"Tell me about {town}.", f"Who is {name}?", f"What is life like in {town}?",
-                           f"Can you tell me something about {name}?", f"What do people do in {town}?"))  # fmt: skip
-    parts = [rng.choice(OPENERS)]
-    if rng.random() < 0.6:
-        parts.append(rng.choice(CONNECTIVES))
-    parts.append(_sentences(rng, 1, 3))
-    if rng.random() < 0.4:
-        parts.append(f"{rng.choice(ANSWER_FRAMES)} that {_fact_sentence(rng)[0].lower()}{_fact_sentence(rng)[1:]}")
-    parts.append(rng.choice(SIGNOFFS))
-    return f"User: {question}\nAssistant: {' '.join(parts)}"
-
-
-def _letter_doc(rng: random.Random) -> str:
-    to, frm = rng.sample(NAMES, 2)
-    body = [rng.choice(OPENERS) if rng.random() < 0.3 else "I hope you are well.", _sentences(rng, 2, 4)]
-    if rng.random() < 0.5:
-        body.append(rng.choice(CONNECTIVES))
-        body.append(_sentences(rng, 1, 2))
-    return f"Dear {to},\n{' '.join(body)}\n{rng.choice(SIGNOFFS)}\n{frm}"
-
-
-def _notes_doc(rng: random.Random) -> str:
-    town = rng.choice(TOWNS)
-    lines = [f"Notes from {town}."]
-    for _ in range(rng.randint(2, 4)):
-        lines.append(_sentences(rng, 1, 2))
-        if rng.random() < 0.4:
-            lines.append(rng.choice(CONNECTIVES + ANSWER_FRAMES[:1] + SIGNOFFS[:2]))
-    return "\n".join(lines)
 
 
 # --- tasks: each returns (key, prompt, informative steps, answer, wrong answer) --------------------------------

@@ -16,13 +16,20 @@ from .results import results_table, write_results
 DEFAULT_OUT = "eval_results.json"
 
 
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``eval`` on an argparse subparsers object; the parsed args carry ``func=run``."""
-    parser = subparsers.add_parser(
-        "eval",
-        help="benchmark a model with lm-evaluation-harness (the paper's suite plus GSM8K)",
-        description="Evaluate a model on MMLU, TruthfulQA MC2, HellaSwag, ARC-C, BoolQ, LogiQA, TyDi QA and GSM8K.",
-    )
+    from ..cli import COMMANDS  # the one-line help lives in the command table
+
+    parser = subparsers.add_parser("eval", help=COMMANDS["eval"][0])
+    eval_flags(parser)
+    return parser
+
+
+def eval_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``tokenclean eval``."""
+    parser.description = ("Evaluate a model on MMLU, TruthfulQA MC2, HellaSwag, ARC-C, BoolQ, LogiQA, TyDi QA and "
+                          "GSM8K.")
     parser.add_argument("--model", required=True, help="model directory (or hub id)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the model directory)")
     parser.add_argument(
@@ -37,7 +44,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: CUDA when available)")
     parser.add_argument("--max-gen-toks", type=int, help="cap on generated tokens for GSM8K and TyDi QA")
     parser.set_defaults(func=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,16 +18,24 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                                        "RUN_DIR/config.yaml)")
 
 
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``report`` and ``show`` on an argparse subparsers object; returns the ``report`` parser (``show``
-    is registered too: ``cli.build_parser`` does not use the return value)."""
+    """Register ``report`` and ``show`` on an argparse subparsers object; returns the ``report`` parser."""
+    from ..cli import COMMANDS  # the one-line help lives in the command table
+
+    report = subparsers.add_parser("report", help=COMMANDS["report"][0])
+    report_flags(report)
+    show_flags(subparsers.add_parser("show", help=COMMANDS["show"][0]))
+    return report
+
+
+def report_flags(report: argparse.ArgumentParser) -> None:
+    """The flags of ``tokenclean report``."""
     from .view import DEFAULT_SAMPLES
 
-    report = subparsers.add_parser(
-        "report", help="an HTML page of a run: tokens coloured by score, kept/dropped, plots, comparison",
-        description="Write RUN_DIR/report/index.html (one self-contained file: searchable, sortable samples with "
-                    "every response token coloured by score and marked kept or dropped, the run's numbers, the "
-                    "comparison table and the plots) and the plots as PNG beside it.")
+    report.description = ("Write RUN_DIR/report/index.html (one self-contained file: searchable, sortable samples "
+                          "with every response token coloured by score and marked kept or dropped, the run's "
+                          "numbers, the comparison table and the plots) and the plots as PNG beside it.")
     _run_args(report)
     report.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N",
                         help=f"show the first N samples of the pool (default: {DEFAULT_SAMPLES})")
@@ -35,17 +43,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     report.add_argument("--no-plots", action="store_true", help="leave the plots out (no matplotlib needed)")
     report.set_defaults(func=run_report)
 
-    show = subparsers.add_parser(
-        "show", help="print one sample with its kept and dropped tokens in colour",
-        description="Print a sample's tokens: kept green, dropped red and dim, prompt grey (plain text marks "
-                    "{+kept+} and [-dropped-] without colour: --no-color, or when the output is not a terminal).")
+
+def show_flags(show: argparse.ArgumentParser) -> None:
+    """The flags of ``tokenclean show``."""
+    show.description = ("Print a sample's tokens: kept green, dropped red and dim, prompt grey (plain text marks "
+                        "{+kept+} and [-dropped-] without colour: --no-color, or when the output is not a "
+                        "terminal).")
     _run_args(show)
     show.add_argument("--sample", default="0", metavar="N",
                       help="sample id, else index in the pool (default: 0, the first sample)")
     show.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
                       help="colour the output (default: when writing to a terminal and NO_COLOR is unset)")
     show.set_defaults(func=run_show)
-    return report
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 ``load_run`` reads a ``tokenclean run`` directory or one method and seed of a ``tokenclean compare`` directory
 into a ``RunView``: flat per-token arrays aligned with the pool's tokens, plus the run's JSON records. Nothing is
 recomputed (score = base loss - reference loss is the only arithmetic). ``write_report`` turns a view into
-``<run>/report/index.html`` with its plots (``report_html``, ``report_plots``); ``render_sample`` (``report_show``)
+``<run>/report/index.html`` with its plots (``report.html``, ``report.plots``); ``show`` (``report.show``)
 prints one sample in the terminal.
 
 >>> view = load_run("runs/cmp", method="fixed", seed=1)     # doctest: +SKIP
@@ -22,17 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from ..api import keep_mask_for
-from ..core.artifacts import Scores, Selection, check_same_tokens
+from ..core.artifacts import Scores, Selection, check_same_tokens, keep_mask_for
 from ..errors import MismatchError, TokencleanError
 from ..io import read_json
 from ..core.tokens import TokenTable
+from ..runs.layout import BASE_SCORES, KINDS_FILE, Layout
 
 log = logging.getLogger("tokenclean")
 
 # Ground-truth token kinds a demo may write to tokens/pool_kinds.parquet (-1: none).
 KINDS = {0: "informative", 1: "generic", 2: "noise"}
-KINDS_FILE = "pool_kinds.parquet"
 DEFAULT_SAMPLES = 200
 
 
@@ -46,6 +45,7 @@ class RunView:
 
     root: Path                          # the directory given (run or compare directory)
     method_dir: Path                    # where the method's own stages live (root for a single run)
+    layout: Layout                      # every path of the method's run (runs.layout)
     method: str
     seed: int | None                    # None for a single run
     base_model: str | None              # from config.yaml; its tokenizer decodes the tokens
@@ -107,28 +107,30 @@ def load_run(run_dir: str | os.PathLike, method: str | None = None, seed: int | 
     """Read one method's run from a ``run`` directory, or method ``method`` (default ``fixed``) and seed ``seed``
     (default: the first) of a ``compare`` directory."""
     root = Path(run_dir)
-    pool_dir = root / "tokens" / "pool"
+    top = Layout(root)
+    pool_dir = top.tokens()
     if not root.is_dir():
         raise TokencleanError(f"{root}: no such directory; expected a run directory of `tokenclean run` or "
                               "`tokenclean compare`")
-    if not (pool_dir / TokenTable.FILE).is_file():
+    if not top.holds_a_run():
         raise TokencleanError(f"{root}: not a tokenclean run directory (no {pool_dir / TokenTable.FILE}); expected "
                               "the --out directory of `tokenclean run` or `tokenclean compare`")
-    config = _read_yaml(root / "config.yaml")
-    comparison = read_json(root / "comparison.json") if (root / "comparison.json").is_file() else None
-    method_dir, seed_dir, method, seed = _locate(root, method, seed, comparison, config)
+    config = _read_yaml(top.config)
+    comparison = read_json(top.comparison) if top.comparison.is_file() else None
+    at, method, seed = _locate(top, method, seed, comparison, config)
     tokens = TokenTable.load(pool_dir)
-    view = RunView(root=root, method_dir=method_dir, method=method, seed=seed, base_model=config.get("base"),
-                   tokens=tokens, base_loss=None, ref_loss=None, keep_mask=None, comparison=comparison)
-    view.summary = _json_or_empty(method_dir / "summary.json")
-    view.base_loss = _losses(root / "scores" / "base", tokens, pool_dir, view, "base losses")
-    if (method_dir / "rounds").is_dir():
-        _read_rounds(view, method_dir / "rounds")
+    view = RunView(root=root, method_dir=at.path(at.ns), layout=at, method=method, seed=seed,
+                   base_model=config.get("base"), tokens=tokens, base_loss=None, ref_loss=None, keep_mask=None,
+                   comparison=comparison)
+    view.summary = _json_or_empty(at.summary)
+    view.base_loss = _losses(at.path(BASE_SCORES), tokens, pool_dir, view, "base losses")
+    if at.round_dirs():
+        _read_rounds(view, at.round_dirs())
     else:
-        view.ref_loss = _losses(seed_dir / "scores" / "reference", tokens, pool_dir, view, "reference losses")
-    _read_selection(view, method_dir / "selection", pool_dir)
-    view.kinds = _read_kinds(root / "tokens" / KINDS_FILE, tokens)
-    conclusion = _json_or_empty(root / "demo.json").get("conclusion")
+        view.ref_loss = _losses(at.path(at.reference_scores), tokens, pool_dir, view, "reference losses")
+    _read_selection(view, at.path(at.selection), pool_dir)
+    view.kinds = _read_kinds(top.kinds, tokens)
+    conclusion = _json_or_empty(top.demo).get("conclusion")
     view.conclusion = [conclusion] if isinstance(conclusion, str) else conclusion
     return view
 
@@ -145,42 +147,43 @@ def _json_or_empty(path: Path) -> dict[str, Any]:
     return read_json(path) if path.is_file() else {}
 
 
-def _seeds(root: Path, comparison: dict[str, Any] | None) -> list[int]:
+def _seeds(top: Layout, comparison: dict[str, Any] | None) -> list[int]:
     """Seeds of a compare directory, in the comparison's order (empty for a single run)."""
-    found = {int(d.name[5:]) for d in root.glob("seed-*") if d.is_dir() and d.name[5:].lstrip("-").isdigit()}
+    found = set(top.seeds())
     ordered = [s for s in (comparison or {}).get("seeds", []) if s in found]
     return ordered + sorted(found - set(ordered))
 
 
-def _locate(root: Path, method: str | None, seed: int | None, comparison: dict[str, Any] | None,
-            config: dict[str, Any]) -> tuple[Path, Path, str, int | None]:
-    """(method directory, seed directory, method, seed) of the run to show."""
-    seeds = _seeds(root, comparison)
+def _locate(top: Layout, method: str | None, seed: int | None, comparison: dict[str, Any] | None,
+            config: dict[str, Any]) -> tuple[Layout, str, int | None]:
+    """(layout, method, seed) of the run to show."""
+    root = top.root
+    seeds = _seeds(top, comparison)
     if not seeds:  # a single run: its stages are at the top
-        own = _json_or_empty(root / "summary.json").get("method") or config.get("method") or "fixed"
+        own = _json_or_empty(top.summary).get("method") or config.get("method") or "fixed"
         if method not in (None, own):
             raise TokencleanError(f"{root}: a single run of method {own!r}; --method {method} needs a compare "
                                   "directory")
         if seed is not None:
             raise TokencleanError(f"{root}: a single run; --seed needs a compare directory")
-        return root, root, own, None
+        return top, own, None
     if seed is None:
         seed = seeds[0]
     elif seed not in seeds:
         raise TokencleanError(f"{root}: no seed {seed}; seeds here: {', '.join(map(str, seeds))}")
-    seed_dir = root / f"seed-{seed}"
-    from ..runs.pipeline import METHODS
+    seed_dir = top.seed_dir(seed)
+    from ..runs.methods import METHODS
 
     order = list((comparison or {}).get("methods", []))  # empty while the comparison runs
-    present = [m for m in order if (seed_dir / m).is_dir()] + sorted(
-        d.name for d in seed_dir.iterdir() if d.is_dir() and d.name in METHODS and d.name not in order)
+    ran = top.methods_run(seed, set(METHODS))
+    present = [m for m in order if m in ran] + [m for m in ran if m not in order]
     if method is None:
         if not present:
             raise TokencleanError(f"{seed_dir}: no method has run here yet")
         method = "fixed" if "fixed" in present else present[0]
     elif method not in present:
         raise TokencleanError(f"{seed_dir}: no method {method!r}; methods here: {', '.join(present) or 'none'}")
-    return seed_dir / method, seed_dir, method, seed
+    return Layout.variant_of(root, seed, method), method, seed
 
 
 def _losses(directory: Path, tokens: TokenTable, pool_dir: Path, view: RunView, what: str) -> np.ndarray | None:
@@ -209,29 +212,29 @@ def _read_selection(view: RunView, directory: Path, pool_dir: Path) -> None:
     view.selection = read_json(directory / Selection.META)
 
 
-def _read_rounds(view: RunView, rounds_dir: Path) -> None:
+def _read_rounds(view: RunView, rounds: list[tuple[int, Path]]) -> None:
     """Self-evolving: each round's round.json, and its chunk's reference losses placed into the pool-wide
     ``ref_loss`` by sample id (round 0 trains on all response tokens of its chunk and has no score)."""
     offsets = view.offsets
     position = {sid: i for i, sid in enumerate(view.tokens.sample_ids)}
     view.ref_loss = np.full(len(view.response_mask), np.nan, np.float32)
     view.sample_round = np.zeros(len(view.tokens), np.int64)
-    steps = sorted((d for d in rounds_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
-    for d in steps:
-        if (d / "round.json").is_file():
-            view.rounds.append(read_json(d / "round.json"))
-        if not (d / "scores" / Scores.FILE).is_file():
+    for t, d in rounds:
+        record, scores_dir = view.layout.round_record(t), view.layout.path(view.layout.round_stage(t, "scores"))
+        if record.is_file():
+            view.rounds.append(read_json(record))
+        if not (scores_dir / Scores.FILE).is_file():
             continue
-        scores = Scores.load(d / "scores")
+        scores = Scores.load(scores_dir)
         chunk_meta = {k: v for k, v in scores.meta.items() if k != "tokens_fingerprint"}  # a chunk of the pool
-        check_same_tokens(chunk_meta, str(d / "scores"), view.tokens.meta, str(view.root / "tokens" / "pool"))
+        check_same_tokens(chunk_meta, str(scores_dir), view.tokens.meta, str(view.layout.tokens()))
         for j, sid in enumerate(scores.sample_ids):
             i = position.get(sid)
             lo, hi = scores.offsets[j], scores.offsets[j + 1]
             if i is None or offsets[i + 1] - offsets[i] != hi - lo:
-                raise MismatchError(f"{d / 'scores'}: sample {sid!r} does not match the pool's tokens")
+                raise MismatchError(f"{scores_dir}: sample {sid!r} does not match the pool's tokens")
             view.ref_loss[offsets[i]:offsets[i + 1]] = scores.token_loss[lo:hi]
-            view.sample_round[i] = int(d.name)
+            view.sample_round[i] = t
     view.note("self-evolving: each round's score uses that round's model as the reference; round 0 is trained on "
               "all its response tokens and has no score")
     if not view.summary:
@@ -344,7 +347,7 @@ def load_view_tokenizer(view: RunView, tokenizer: str | os.PathLike | None = Non
 
     source = tokenizer or view.base_model
     if source is None:
-        raise TokencleanError(f"{view.root / 'config.yaml'}: no 'base' setting to take the tokenizer from; pass "
+        raise TokencleanError(f"{view.layout.config}: no 'base' setting to take the tokenizer from; pass "
                               "--tokenizer")
     return load_tokenizer(source)
 
@@ -362,7 +365,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         raise TokencleanError(f"--samples must be >= 0, got {samples}")
     view = load_run(run_dir, method, seed)
     tok = load_view_tokenizer(view, tokenizer)
-    out = Path(out) if out is not None else view.root / "report"
+    out = Path(out) if out is not None else view.layout.report
     stats = sample_stats(view)
     figures = []
     if plots:

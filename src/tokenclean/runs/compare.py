@@ -14,11 +14,16 @@ import logging
 import statistics
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..io import atomic_write_text, write_json
-from .pipeline import METHODS, Run, RunConfig, run_method
+from .layout import HELDOUT_BASE, Layout
+from .methods import METHODS
+
+if TYPE_CHECKING:  # the table functions below are used by the report, which imports no torch
+    from .config import RunConfig
+    from .stages import Run
 
 log = logging.getLogger("tokenclean")
 
@@ -37,7 +42,7 @@ COLUMNS: list[Column] = [
 
 # (the method's run, its summary) -> extra columns. The run gives the stage mechanism, so a costly metric can be
 # a stage keyed by the model's stage key (``summary["model_stage"]``) and is not recomputed on a re-run.
-Metrics = Callable[[Run, dict[str, Any]], dict[str, float]]
+Metrics = Callable[["Run", dict[str, Any]], dict[str, float]]
 
 
 def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS, seeds: list[int] | None = None,
@@ -48,6 +53,9 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     ``extra_columns`` gives headers and formats to keys ``extra_metrics`` returns (others show under their key).
     The result's ``timings`` lists every stage with the seconds it took in *this* call (0 when reused).
     """
+    from .pipeline import run_method
+    from .stages import Run
+
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}, expected some of {sorted(METHODS)}")
@@ -60,12 +68,12 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     root.write_config(ignore=("method",))  # the methods are an argument of compare, not one setting
     runs: list[dict[str, Any]] = []
     tables = root.tokens_stage()
-    base_loss = root.score_stage("heldout-base", root.base_fingerprint, cfg.run.base, tables["eval"]).meta[
+    base_loss = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, tables["eval"]).meta[
         "mean_token_loss"]
     for seed in seeds:
         for method in methods:
             log.info("=== %s, seed %d ===", method, seed)
-            run = root.variant(method, seed, f"seed-{seed}/", f"{method}/")
+            run = root.variant(method, seed)
             summary = run_method(run)
             metrics = {
                 "kept_tokens": summary["selection"]["kept_tokens"],
@@ -80,9 +88,8 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     result = {"methods": list(methods), "seeds": seeds, "base_heldout_loss": base_loss,
               "columns": _columns(rows, [*COLUMNS, *extra_columns]), "rows": rows, "runs": runs,
               "timings": root.timings}
-    out = Path(cfg.run.out)
-    write_json(out / "comparison.json", result)
-    atomic_write_text(out / "comparison.md", render_markdown(result))
+    write_json(root.layout.comparison, result)
+    atomic_write_text(root.layout.comparison_md, render_markdown(result))
     return result
 
 
@@ -149,7 +156,7 @@ def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit
     def metrics(run: Run, summary: dict[str, Any]) -> dict[str, float]:
         from ..evaluation.harness import evaluate
 
-        stage = f"{summary['model_stage'].rsplit('model', 1)[0]}benchmarks"
+        stage = Layout.next_to(summary["model_stage"], "benchmarks")
         inputs = {"model": run.key(summary["model_stage"]), "tasks": names, "limit": limit,
                   "data": data_dir and path_fingerprint(data_dir)}
 

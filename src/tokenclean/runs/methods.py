@@ -21,19 +21,36 @@ import numpy as np
 from ..core.artifacts import Scores
 from ..selection.select import SelectConfig, select_tokens
 from ..core.tokens import TokenTable
+from ..io import write_json
+from .layout import BASE_SCORES, TOKENS
 
 if TYPE_CHECKING:
-    from .pipeline import Run
+    from .stages import Run
+
+
+# name -> the method: a function of a ``Run`` returning its summary (written to ``summary.json``). A new method is
+# one function here, decorated with ``@method("name")``, plus its test; ``run``, ``compare`` and the report find it.
+METHODS: dict[str, Callable[[Run], dict[str, Any]]] = {}
+
+
+def method(name: str) -> Callable[[Callable[[Run], dict[str, Any]]], Callable[[Run], dict[str, Any]]]:
+    """Register the decorated function as method ``name``."""
+    def register(fn: Callable[[Run], dict[str, Any]]) -> Callable[[Run], dict[str, Any]]:
+        METHODS[name] = fn
+        return fn
+
+    return register
+
 
 
 def _finish(run: Run, tables: dict[str, TokenTable], model_stage: str, keep: tuple[str, np.ndarray] | None,
             selection: dict[str, Any] | None) -> dict[str, Any]:
     """Export, held-out loss and the summary shared by every method."""
-    export = run.export_stage(f"{run.ns}export", tables["pool"], keep)
-    training = run.stages[model_stage]["result"]
+    export = run.export_stage(run.layout.export, tables["pool"], keep)
+    training = run.result(model_stage)
     pool = tables["pool"].meta
     return {
-        "data": run.stages["tokens"]["result"]["load"],
+        "data": run.result(TOKENS)["load"],
         "pool": {k: pool[k] for k in ("samples", "tokens", "response_tokens", "truncated_samples", "no_response")},
         "selection": selection or {"response_tokens": pool["response_tokens"],
                                    "kept_tokens": training["trained_tokens"]},
@@ -43,7 +60,7 @@ def _finish(run: Run, tables: dict[str, TokenTable], model_stage: str, keep: tup
         "heldout_loss": run.heldout_stage(model_stage, tables),
         "model_stage": model_stage,
         "model_dir": str(run.path(model_stage)),
-        "export_dir": str(run.path(f"{run.ns}export")),
+        "export_dir": str(run.path(run.layout.export)),
     }
 
 
@@ -55,29 +72,33 @@ def _selection_counts(meta: dict[str, Any]) -> dict[str, Any]:
 def _fixed_like(run: Run, config: SelectConfig) -> dict[str, Any]:
     tables = run.tokens_stage()
     base, ref = run.base_and_reference(tables)
-    inputs = {"base": run.key("scores/base"), "ref": run.key(f"{run.seed_ns}scores/reference")}
-    selection = run.select_stage(f"{run.ns}selection", base, ref, inputs, config)
-    keep = (run.key(f"{run.ns}selection"), selection.keep_mask)
-    run.train_stage(f"{run.ns}model", run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
-    return _finish(run, tables, f"{run.ns}model", keep, _selection_counts(selection.meta))
+    at = run.layout
+    inputs = {"base": run.key(BASE_SCORES), "ref": run.key(at.reference_scores)}
+    selection = run.select_stage(at.selection, base, ref, inputs, config)
+    keep = (run.key(at.selection), selection.keep_mask)
+    run.train_stage(at.model, run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
+    return _finish(run, tables, at.model, keep, _selection_counts(selection.meta))
 
 
+@method("fixed")
 def run_fixed(run: Run) -> dict[str, Any]:
     """Fixed-model cleaning: warm-up reference -> score the pool with base and reference -> select (``--level``,
     global by default) -> train the base on the kept tokens -> export."""
     return _fixed_like(run, run.cfg.select)
 
 
+@method("rho")
 def run_rho(run: Run) -> dict[str, Any]:
     """The paper's RHO baseline: the fixed-model score ranked within each sample."""
     return _fixed_like(run, dataclasses.replace(run.cfg.select, level="sample"))
 
 
+@method("full")
 def run_full(run: Run) -> dict[str, Any]:
     """Standard SFT on all response tokens."""
     tables = run.tokens_stage()
-    run.train_stage(f"{run.ns}model", run.base_fingerprint, run.cfg.run.base, tables["pool"])
-    return _finish(run, tables, f"{run.ns}model", None, None)
+    run.train_stage(run.layout.model, run.base_fingerprint, run.cfg.run.base, tables["pool"])
+    return _finish(run, tables, run.layout.model, None, None)
 
 
 def random_keep_mask(tokens: TokenTable, keep_ratio: float, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -88,25 +109,28 @@ def random_keep_mask(tokens: TokenTable, keep_ratio: float, seed: int) -> tuple[
     return select_tokens(score, tokens.offsets, SelectConfig(keep_ratio=keep_ratio))
 
 
+@method("random")
 def run_random(run: Run) -> dict[str, Any]:
     """Random token selection with the same count as fixed-model cleaning keeps."""
     tables = run.tokens_stage()
     ratio, seed = run.cfg.select.keep_ratio, run.cfg.run.seed
-    selection = run.mask_stage(f"{run.ns}selection", tables["pool"], {"random": [ratio, seed]},
+    at = run.layout
+    selection = run.mask_stage(at.selection, tables["pool"], {"random": [ratio, seed]},
                                lambda: random_keep_mask(tables["pool"], ratio, seed))
-    keep = (run.key(f"{run.ns}selection"), selection.keep_mask)
-    run.train_stage(f"{run.ns}model", run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
-    return _finish(run, tables, f"{run.ns}model", keep, _selection_counts(selection.meta))
+    keep = (run.key(at.selection), selection.keep_mask)
+    run.train_stage(at.model, run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
+    return _finish(run, tables, at.model, keep, _selection_counts(selection.meta))
 
 
+@method("slm")
 def run_slm(run: Run) -> dict[str, Any]:
     """Rho-1's Selective Language Modeling, online: reference losses precomputed once; at every step the
     micro-batch's top ``keep_ratio`` response tokens by excess loss (current - reference) are trained on."""
     tables = run.tokens_stage()
     _, ref = run.reference(tables)
-    slm = (run.key(f"{run.seed_ns}scores/reference"), ref.token_loss)
-    run.train_stage(f"{run.ns}model", run.base_fingerprint, run.cfg.run.base, tables["pool"], slm=slm)
-    summary = _finish(run, tables, f"{run.ns}model", None, None)
+    slm = (run.key(run.layout.reference_scores), ref.token_loss)
+    run.train_stage(run.layout.model, run.base_fingerprint, run.cfg.run.base, tables["pool"], slm=slm)
+    summary = _finish(run, tables, run.layout.model, None, None)
     summary["selection"] = {"response_tokens": tables["pool"].meta["response_tokens"],
                             "kept_tokens": summary["training"]["trained_tokens"], "online": True}
     return summary
@@ -127,42 +151,43 @@ def _take(scores: Scores, idx: np.ndarray, tokens: TokenTable) -> Scores:
     return Scores([scores.sample_ids[i] for i in idx], values, tokens.offsets, meta)
 
 
+@method("self-evolving")
 def run_self_evolving(run: Run) -> dict[str, Any]:
     """Self-evolving cleaning: theta_1 = base + SFT on chunk 0 (all tokens); for t = 1..T, score chunk t with the
     base (losses computed once for the whole pool) and theta_t, keep the top ``keep_ratio`` within the chunk, and
     continue training theta_t on the cleaned chunk -> theta_{t+1}. Every round is kept in ``rounds/<t>/``."""
-    c = run.cfg
+    c, at = run.cfg, run.layout
     tables = run.tokens_stage()
     pool = tables["pool"]
     base = run.base_scores(pool)
     parts = chunks(len(pool), c.run.rounds + 1, c.run.seed, c.run.contiguous)
     keep = np.zeros(pool.meta["tokens"], dtype=bool)
-    keep_key = [run.key("scores/base")]
-    model_stage = f"{run.ns}rounds/0/model"
+    keep_key = [run.key(BASE_SCORES)]
+    model_stage = at.round_stage(0, "model")
     run.train_stage(model_stage, run.base_fingerprint, c.run.base, pool.select(parts[0]))
     _mark(keep, pool, parts[0], pool.select(parts[0]).flat_response_mask())
     trajectory = [_round_record(run, 0, model_stage, None, tables)]
     for t in range(1, c.run.rounds + 1):
         chunk = pool.select(parts[t])
-        ref = run.score_stage(f"{run.ns}rounds/{t}/scores", run.key(model_stage), run.path(model_stage), chunk)
-        inputs = {"base": run.key("scores/base"), "ref": run.key(f"{run.ns}rounds/{t}/scores"),
-                  "chunk": chunk.meta["tokens_fingerprint"]}
-        selection = run.select_stage(f"{run.ns}rounds/{t}/selection", _take(base, parts[t], chunk), ref, inputs)
-        previous, model_stage = model_stage, f"{run.ns}rounds/{t}/model"
+        scores, select = at.round_stage(t, "scores"), at.round_stage(t, "selection")
+        ref = run.score_stage(scores, run.key(model_stage), run.path(model_stage), chunk)
+        inputs = {"base": run.key(BASE_SCORES), "ref": run.key(scores), "chunk": chunk.meta["tokens_fingerprint"]}
+        selection = run.select_stage(select, _take(base, parts[t], chunk), ref, inputs)
+        previous, model_stage = model_stage, at.round_stage(t, "model")
         run.train_stage(model_stage, run.key(previous), run.path(previous), chunk,
-                        keep=(run.key(f"{run.ns}rounds/{t}/selection"), selection.keep_mask))
+                        keep=(run.key(select), selection.keep_mask))
         _mark(keep, pool, parts[t], selection.keep_mask)
-        keep_key.append(run.key(f"{run.ns}rounds/{t}/selection"))
+        keep_key.append(run.key(select))
         trajectory.append(_round_record(run, t, model_stage, selection.meta, tables))
     response = pool.meta["response_tokens"]
     counts = {"response_tokens": response, "kept_tokens": int(keep.sum()),
               "kept_share": float(keep.sum() / response) if response else 0.0}
-    union = run.mask_stage(f"{run.ns}selection", pool, {"rounds": keep_key}, lambda: (keep, counts))
-    summary = _finish(run, tables, model_stage, (run.key(f"{run.ns}selection"), union.keep_mask), counts)
+    union = run.mask_stage(at.selection, pool, {"rounds": keep_key}, lambda: (keep, counts))
+    summary = _finish(run, tables, model_stage, (run.key(at.selection), union.keep_mask), counts)
     summary["rounds"] = trajectory
     summary["training"]["trained_tokens"] = sum(r["trained_tokens"] for r in trajectory)  # over all rounds
     summary["training"]["optimizer_steps"] = sum(
-        run.stages[f"{run.ns}rounds/{r['round']}/model"]["result"]["optimizer_steps"] for r in trajectory)
+        run.result(at.round_stage(r["round"], "model"))["optimizer_steps"] for r in trajectory)
     return summary
 
 
@@ -177,22 +202,10 @@ def _mark(keep: np.ndarray, pool: TokenTable, idx: np.ndarray, mask: np.ndarray)
 
 def _round_record(run: Run, t: int, model_stage: str, selection: dict[str, Any] | None,
                   tables: dict[str, TokenTable]) -> dict[str, Any]:
-    from ..io import write_json
-
-    training = run.stages[model_stage]["result"]
+    training = run.result(model_stage)
     record = {"round": t, "model_dir": str(run.path(model_stage)), "trained_tokens": training["trained_tokens"],
               "train_loss": training["train_loss"], "heldout_loss": run.heldout_stage(model_stage, tables)}
     if selection:
         record.update(_selection_counts(selection))
-    write_json(run.path(f"{run.ns}rounds/{t}") / "round.json", record)
+    write_json(run.layout.round_record(t), record)
     return record
-
-
-METHODS: dict[str, Callable[[Run], dict[str, Any]]] = {
-    "fixed": run_fixed,
-    "self-evolving": run_self_evolving,
-    "full": run_full,
-    "random": run_random,
-    "rho": run_rho,
-    "slm": run_slm,
-}

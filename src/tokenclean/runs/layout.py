@@ -1,0 +1,163 @@
+"""Every path of a run directory, in one place: the stages, the run's records and what a report reads.
+
+A stage's name is its path under the run directory. Stages that depend only on the data and the base model
+(``tokens``, ``scores/base``) live at the top; those that depend on the seed under ``seed-<s>/`` and those of one
+method under ``seed-<s>/<method>/``. A single ``tokenclean run`` uses no sub-directories: its layout is the
+``variant`` with empty namespaces, so ``selection`` is ``<run>/selection`` there and
+``<run>/seed-1/fixed/selection`` in a ``compare`` directory::
+
+    <run>/config.yaml  tokens/{pool,warmup,eval}/  scores/base/  heldout-base/  comparison.{json,md}
+    <run>/[seed-<s>/]reference/  [seed-<s>/]scores/reference/
+    <run>/[seed-<s>/<method>/]{selection,model,heldout,export,benchmarks,accuracy}/  summary.json
+    <run>/[seed-<s>/<method>/]rounds/<t>/{model,scores,selection,heldout}/  round.json   (self-evolving)
+    <run>/checkpoints/<stage>/   (a stage's finished units while it runs)
+
+This file is the format of a run directory: runs written before keep resuming only while these names stay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.tokens import TokenTable
+
+TOKENS = "tokens"
+BASE_SCORES = "scores/base"
+HELDOUT_BASE = "heldout-base"  # the base model's held-out loss (compare)
+CONFIG = "config.yaml"
+SUMMARY = "summary.json"
+COMPARISON = "comparison.json"
+COMPARISON_MD = "comparison.md"
+DEMO = "demo.json"
+REPORT = "report"
+KINDS_FILE = "pool_kinds.parquet"  # a demo's ground-truth token kinds, next to the pool's tokens
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one method and seed in the run directory ``root`` (``seed_ns``/``method_ns``: "" for a
+    single run, ``seed-<s>/`` and ``<method>/`` in a compare directory). Stage names are strings relative to
+    ``root``; ``path`` turns one into a ``Path``."""
+
+    root: Path
+    seed_ns: str = ""
+    method_ns: str = ""
+
+    @classmethod
+    def variant_of(cls, root: str | Path, seed: int, method: str) -> Layout:
+        """Method ``method`` at seed ``seed`` of a compare directory."""
+        return cls(Path(root), f"seed-{seed}/", f"{method}/")
+
+    @property
+    def ns(self) -> str:
+        """The prefix of this method's own stages."""
+        return self.seed_ns + self.method_ns
+
+    def path(self, stage: str = "") -> Path:
+        return self.root / stage
+
+    # -- stages shared by every method of a seed --------------------------------------------------------------------
+    @property
+    def reference(self) -> str:
+        """The warm-up reference model."""
+        return f"{self.seed_ns}reference"
+
+    @property
+    def reference_scores(self) -> str:
+        return f"{self.seed_ns}scores/reference"
+
+    @property
+    def pair_scores(self) -> str:
+        """Where the one-model base + reference scoring keeps its shards (under ``checkpoints/``)."""
+        return f"{self.seed_ns}scores/pair"
+
+    # -- one method's stages ----------------------------------------------------------------------------------------
+    @property
+    def selection(self) -> str:
+        return f"{self.ns}selection"
+
+    @property
+    def model(self) -> str:
+        return f"{self.ns}model"
+
+    @property
+    def export(self) -> str:
+        return f"{self.ns}export"
+
+    def round(self, t: int) -> str:
+        """Self-evolving round ``t``'s directory; its stages are ``round_stage(t, "model" | "scores" | ...)``."""
+        return f"{self.ns}rounds/{t}"
+
+    def round_stage(self, t: int, name: str) -> str:
+        return f"{self.round(t)}/{name}"
+
+    @staticmethod
+    def next_to(model_stage: str, name: str) -> str:
+        """The stage ``name`` beside a model stage (``model`` or ``rounds/<t>/model``): its held-out loss,
+        benchmarks, generated answers."""
+        return f"{model_stage.rsplit('model', 1)[0]}{name}"
+
+    def checkpoints(self, stage: str) -> str:
+        return f"{CHECKPOINTS}/{stage}"
+
+    # -- records --------------------------------------------------------------------------------------------------
+    @property
+    def summary(self) -> Path:
+        return self.root / self.ns / SUMMARY
+
+    def round_record(self, t: int) -> Path:
+        return self.root / self.round(t) / "round.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def comparison(self) -> Path:
+        return self.root / COMPARISON
+
+    @property
+    def comparison_md(self) -> Path:
+        return self.root / COMPARISON_MD
+
+    @property
+    def demo(self) -> Path:
+        return self.root / DEMO
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT
+
+    def tokens(self, split: str = "pool") -> Path:
+        """The token table of ``pool``, ``warmup`` or ``eval``."""
+        return self.root / TOKENS / split
+
+    @property
+    def kinds(self) -> Path:
+        return self.root / TOKENS / KINDS_FILE
+
+    def holds_a_run(self) -> bool:
+        """Whether ``root`` holds a run's pool tokens."""
+        return (self.tokens() / TokenTable.FILE).is_file()
+
+    def seeds(self) -> list[int]:
+        """The seeds of a compare directory (``seed-<s>/``), unordered; empty for a single run."""
+        return [int(d.name[5:]) for d in self.root.glob("seed-*") if d.is_dir() and d.name[5:].lstrip("-").isdigit()]
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.root / f"seed-{seed}"
+
+    def methods_run(self, seed: int, known: set[str] | list[str]) -> list[str]:
+        """Methods of ``known`` that have a directory at ``seed``, sorted."""
+        seed_dir = self.seed_dir(seed)
+        return sorted(d.name for d in seed_dir.iterdir() if d.is_dir() and d.name in known) if seed_dir.is_dir() \
+            else []
+
+    def round_dirs(self) -> list[tuple[int, Path]]:
+        """Self-evolving: (t, directory) of every round present, in order."""
+        rounds = self.root / self.ns / "rounds"
+        if not rounds.is_dir():
+            return []
+        return sorted((int(d.name), d) for d in rounds.iterdir() if d.is_dir() and d.name.isdigit())

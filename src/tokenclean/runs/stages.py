@@ -1,0 +1,307 @@
+"""The stages of a run, over the stage engine (``runs.store``) and the paths of ``runs.layout``.
+
+``Run`` is a run directory with its settings: each method of ``runs.methods`` is a short function over these
+stages (tokens -> reference -> scores -> selection -> model -> export, held-out loss), which record their settings
+and results and are skipped when already done. A compare directory gives each seed and method its own ``Run``
+``variant`` (its own layout, the same directory, the same loaded tokenizer).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..compute.distributed import fsdp_requested
+from ..core.artifacts import Scores, Selection
+from ..core.tokens import TokenLayout, TokenTable
+from ..io import write_json
+from .config import RunConfig
+from .layout import BASE_SCORES, TOKENS, Layout
+from .store import Store, write_config
+
+
+class Run(Store):
+    """The run directory ``cfg.run.out`` for one method and seed (``layout``: where its stages live)."""
+
+    def __init__(self, cfg: RunConfig, layout: Layout | None = None, shared: Run | None = None):
+        cfg.check()
+        super().__init__(cfg.run.out, shared)
+        self.cfg = cfg
+        self.layout = layout or Layout(self.dir)
+        self._cache: dict[str, Any] = shared._cache if shared else {}  # loaded once per process: the tokenizer
+
+    def variant(self, method: str, seed: int) -> Run:
+        """The same run directory for another method and seed (``seed-<s>/<method>/``), sharing loaded state."""
+        cfg = copy.deepcopy(self.cfg)
+        cfg.run.method, cfg.run.seed = method, seed
+        return Run(cfg, Layout.variant_of(self.dir, seed, method), shared=self)
+
+    # -- shared state -------------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        from ..compute.modeling import load_tokenizer
+
+        if "tokenizer" not in self._cache:
+            self._cache["tokenizer"] = load_tokenizer(self.cfg.run.base, self.cfg.run.trust_remote_code)
+        return self._cache["tokenizer"]
+
+    @property
+    def base_fingerprint(self) -> str:
+        from ..compute.modeling import path_fingerprint
+
+        if "base" not in self._cache:
+            self._cache["base"] = path_fingerprint(self.cfg.run.base)
+        return self._cache["base"]
+
+    # -- stages ----------------------------------------------------------------------------------------------------
+    def tokens_stage(self) -> dict[str, TokenTable]:
+        """Tokenize the pool, the warm-up data and the held-out data. Stage ``tokens`` with one directory each:
+        ``pool`` (what methods train on), ``warmup`` (if given), ``eval`` (``--eval-data``, or a fixed
+        ``--eval-fraction`` of the pool, which is then removed from ``pool``)."""
+        from ..api import prepare_tokens
+        from ..compute.modeling import path_fingerprint
+
+        c = self.cfg
+        inputs = {"data": path_fingerprint(c.run.data), "tokenizer": self._tokenizer_key(),
+                  "warmup_data": c.run.warmup_data and path_fingerprint(c.run.warmup_data),
+                  "eval_data": c.run.eval_data and path_fingerprint(c.run.eval_data),
+                  "eval_fraction": 0.0 if c.run.eval_data else c.run.eval_fraction,
+                  "data_config": asdict(c.data), "tokenize_config": asdict(c.tokenize)}
+
+        def build(tmp: Path) -> dict[str, Any]:
+            pool, report = prepare_tokens(c.run.data, self.tokenizer, c.data, c.tokenize)
+            result: dict[str, Any] = {"load": report.to_dict()}
+            tables = {"pool": pool}
+            for name, source in (("warmup", c.run.warmup_data), ("eval", c.run.eval_data)):
+                if source:
+                    tables[name], rep = prepare_tokens(source, self.tokenizer, c.data, c.tokenize)
+                    result[f"{name}_load"] = rep.to_dict()
+            if inputs["eval_fraction"]:
+                # A fixed split (seed 0), the same for every method and seed, so held-out losses are comparable.
+                perm = np.random.default_rng(0).permutation(len(pool))
+                n_eval = max(1, int(round(inputs["eval_fraction"] * len(pool))))
+                tables["eval"] = pool.select(np.sort(perm[:n_eval]))
+                tables["pool"] = pool.select(np.sort(perm[n_eval:]))
+                result["load"]["heldout"] = n_eval  # used rows held out of the pool
+            for name, table in tables.items():
+                table.save(tmp / name)
+                result[name] = _counts(table.meta)
+            return result
+
+        self.stage(TOKENS, inputs, build)
+        return {d.name: TokenTable.load(d) for d in sorted(self.path(TOKENS).iterdir()) if d.is_dir()}
+
+    def _tokenizer_key(self) -> str:
+        from ..compute.modeling import tokenizer_fingerprint
+
+        if "tokenizer_key" not in self._cache:  # serialising a large vocabulary is not free; once per process
+            self._cache["tokenizer_key"] = tokenizer_fingerprint(self.tokenizer)
+        return self._cache["tokenizer_key"]
+
+    def warmup_split(self, tables: dict[str, TokenTable]) -> TokenTable:
+        """The warm-up set: the given warm-up data, or a seeded random ``warmup_fraction`` of the pool."""
+        if "warmup" in tables:
+            return tables["warmup"]
+        pool, c = tables["pool"], self.cfg.run
+        n_warm = max(1, int(round(c.warmup_fraction * len(pool))))
+        return pool.select(np.sort(np.random.default_rng(c.seed).permutation(len(pool))[:n_warm]))
+
+    def train_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable,
+                    keep: tuple[str, np.ndarray] | None = None, slm: tuple[str, np.ndarray] | None = None,
+                    save_adapter: bool = False) -> Path:
+        """Train ``model_path`` on ``tokens``: the kept tokens of ``keep`` = (key, mask), Rho-1 online selection
+        with ``slm`` = (key, reference losses), else all response tokens. ``save_adapter``: keep the unmerged
+        LoRA adapter in ``adapter/`` too."""
+        from ..api import train
+
+        c = self.cfg
+        inputs = {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"],
+                  "keep": keep and keep[0],
+                  "slm": slm and [slm[0], c.select.keep_ratio], "train_config": asdict(c.train),
+                  "drop_empty": c.select.drop_empty, "seed": c.run.seed}
+        mask = keep[1] if keep else None
+        self.stage(name, inputs, lambda tmp: train(
+            str(model_path), tokens, tmp, tokenizer=self.tokenizer, train_config=c.train,
+            drop_empty=c.select.drop_empty, seed=c.run.seed, device=c.run.device,
+            trust_remote_code=c.run.trust_remote_code, checkpoint_dir=self.work_dir(name, inputs),
+            slm=(slm[1], c.select.keep_ratio) if slm else None, selection=_as_selection(mask, tokens),
+            save_adapter=save_adapter))
+        return self.path(name)
+
+    @property
+    def cache(self) -> bool | str:
+        """The score cache setting for ``api.score``: False (``--no-cache``), a directory, or True (the default)."""
+        return self.cfg.run.cache and (self.cfg.run.cache_dir or True)
+
+    def _score_inputs(self, model_key: str, tokens: TokenTable) -> dict[str, Any]:
+        return {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"], "dtype": self.cfg.run.dtype}
+
+    def score_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable,
+                    cache: bool = False, compute: Callable[[], Scores] | None = None) -> Scores:
+        """Token losses of ``tokens`` under ``model_path``, through the score cache when ``cache`` (and the run's
+        ``--cache``). ``compute`` replaces scoring ``model_path`` alone (e.g. scores from an adapter pair)."""
+        from ..api import score
+        from .cache import save_scores
+
+        c = self.cfg
+        inputs = self._score_inputs(model_key, tokens)
+        compute = compute or (lambda: score(
+            str(model_path), tokens, score_config=c.score, device=c.run.device, dtype=c.run.dtype,
+            trust_remote_code=c.run.trust_remote_code, cache=cache and self.cache,
+            work_dir=self.work_dir(name, inputs)))
+
+        def fn(tmp: Path) -> dict[str, Any]:
+            scores = compute()
+            save_scores(scores, tmp)
+            return scores.meta
+
+        self.stage(name, inputs, fn)
+        return Scores.load(self.path(name))
+
+    def select_stage(self, name: str, base: Scores, ref: Scores, inputs: dict[str, Any],
+                     config: SelectConfig | None = None) -> Selection:
+        """Select from two ``Scores`` (``inputs`` identifies them: their stage keys)."""
+        from ..api import select
+
+        config = config or self.cfg.select
+        self.stage(name, {**inputs, "select_config": asdict(config)},
+                   lambda tmp: select(base, ref, tmp, config).meta)
+        return Selection.load(self.path(name))
+
+    def mask_stage(self, name: str, tokens: TokenTable, inputs: dict[str, Any],
+                   make: Callable[[], tuple[np.ndarray, dict[str, Any]]]) -> Selection:
+        """Save the keep-mask ``make() -> (mask, counts)`` over ``tokens`` as a ``Selection`` stage, for methods
+        whose mask does not come from ``select_stage`` (random, self-evolving's union of rounds)."""
+        def build(tmp: Path) -> dict[str, Any]:
+            mask, counts = make()
+            _as_selection(mask, tokens, counts).save(tmp)
+            return counts
+
+        self.stage(name, {**inputs, "tokens": tokens.meta["tokens_fingerprint"]}, build)
+        return Selection.load(self.path(name))
+
+    def export_stage(self, name: str, tokens: TokenTable, keep: tuple[str, np.ndarray] | None) -> dict[str, Any]:
+        """Export ``tokens`` with ``keep`` = (key, mask), or all response tokens."""
+        from ..compute.export import export_dataset
+
+        inputs = {"tokens": tokens.meta["tokens_fingerprint"], "keep": keep and keep[0],
+                  "drop_empty": self.cfg.select.drop_empty}
+        return self.stage(name, inputs, lambda tmp: export_dataset(
+            tokens, tmp, keep[1] if keep else None, self.cfg.select.drop_empty,
+            parquet_path=tmp / "parquet" / "train.parquet"))
+
+    def base_scores(self, pool: TokenTable) -> Scores:
+        """The base model's losses over the whole pool: computed once, shared by every method and seed, and
+        taken from (or stored in) the score cache, so other run directories over the same base, tokenizer and
+        data reuse them."""
+        return self.score_stage(BASE_SCORES, self.base_fingerprint, self.cfg.run.base, pool, cache=True)
+
+    def reference_model(self, tables: dict[str, TokenTable]) -> Path:
+        """The warm-up reference: the base trained on all response tokens of the warm-up set. With ``--lora``
+        its unmerged adapter is kept in ``adapter/`` as well, for ``base_and_reference``."""
+        return self.train_stage(self.layout.reference, self.base_fingerprint, self.cfg.run.base,
+                                self.warmup_split(tables), save_adapter=self.cfg.train.lora)
+
+    def reference(self, tables: dict[str, TokenTable]) -> tuple[Path, Scores]:
+        """The warm-up reference model and its losses over the pool."""
+        ref = self.reference_model(tables)
+        at = self.layout
+        return ref, self.score_stage(at.reference_scores, self.key(at.reference), ref, tables["pool"])
+
+    def base_and_reference(self, tables: dict[str, TokenTable]) -> tuple[Scores, Scores]:
+        """The base model's and the warm-up reference's losses over the pool (stages ``scores/base`` and
+        ``scores/reference``, the same keys and files however they are computed).
+
+        When the reference is a LoRA adapter on the base (``--lora``, the default) and neither stage is done, one
+        model is loaded instead of two: the base is scored with the adapter off, then the reference with it
+        merged (``api.score_pair``; cached base losses are reused); the losses equal the two-model path's up to
+        float rounding. Otherwise (and under FSDP, whose sharded weights cannot take a merge) each is scored with its
+        own model (the base through the score cache)."""
+        c, pool = self.cfg, tables["pool"]
+        ref = self.reference_model(tables)
+        names = (BASE_SCORES, self.layout.reference_scores)
+        models = (self.base_fingerprint, self.key(self.layout.reference))
+        adapter = ref / "adapter"
+        if (not adapter.is_dir() or fsdp_requested()
+                or any(self.up_to_date(n, self._score_inputs(m, pool)) for n, m in zip(names, models))):
+            return self.base_scores(pool), self.score_stage(names[1], models[1], ref, pool)
+        from ..api import score_pair
+
+        pair: list[Scores] = []
+        work = {n: self._score_inputs(m, pool) for n, m in zip(names, models)}
+
+        def compute(i: int) -> Scores:  # both scored on first use, with one model load
+            if not pair:
+                pair.extend(score_pair(c.run.base, adapter, pool, score_config=c.score, device=c.run.device,
+                                       dtype=c.run.dtype, trust_remote_code=c.run.trust_remote_code,
+                                       cache=self.cache, work_dir=self.work_dir(self.layout.pair_scores, work)))
+            return pair[i]
+
+        scores = (self.score_stage(names[0], models[0], c.run.base, pool, compute=lambda: compute(0)),
+                  self.score_stage(names[1], models[1], ref, pool, compute=lambda: compute(1)))
+        self.discard_work(self.layout.pair_scores)
+        return scores
+
+    def heldout_stage(self, model_stage: str, tables: dict[str, TokenTable]) -> float | None:
+        """Mean loss of the held-out response tokens under the model of stage ``model_stage`` (None without
+        held-out data). The mean divides by the number of held-out response tokens."""
+        if "eval" not in tables:
+            return None
+        name = Layout.next_to(model_stage, "heldout")
+        return self.score_stage(name, self.key(model_stage), self.path(model_stage), tables["eval"]).meta[
+            "mean_token_loss"]
+
+    # -- bookkeeping -----------------------------------------------------------------------------------------------
+    def write_config(self, ignore: tuple[str, ...] = ()) -> None:
+        """Save the settings as ``config.yaml`` (``store.write_config``: a directory holding a run of other settings
+        is refused without ``--overwrite``)."""
+        write_config(self.dir, self.cfg.flat(), RunConfig().flat(), self.cfg.run.overwrite, ignore)
+
+    def write_summary(self, extra: dict[str, Any]) -> dict[str, Any]:
+        summary = {
+            "method": self.cfg.run.method,
+            "seed": self.cfg.run.seed,
+            "run_dir": str(self.dir / self.layout.ns) if self.layout.ns else str(self.dir),
+            "versions": library_versions(),
+            **extra,
+            "seconds": round(sum(rec.get("seconds") or 0 for rec in self.stages.values()), 3),
+            "stages": {name: {"seconds": rec.get("seconds"), "key": rec["key"]} for name, rec in self.stages.items()},
+        }
+        write_json(self.layout.summary, summary)
+        return summary
+
+
+def library_versions() -> dict[str, Any]:
+    """Versions of Python and the libraries that decide a run's numbers, and torch's CPU thread count."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    versions: dict[str, Any] = {"python": platform.python_version()}
+    for name in ("tokenclean", "torch", "transformers", "peft", "datasets", "numpy", "pyarrow", "accelerate"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    versions["torch_cuda"] = torch.version.cuda
+    versions["torch_threads"] = torch.get_num_threads()
+    return versions
+
+
+def _as_selection(mask: np.ndarray | None, tokens: TokenTable, counts: dict[str, Any] | None = None
+                  ) -> Selection | None:
+    """``mask`` ((total_tokens,) bool over ``tokens``) as a ``Selection`` carrying the tokens' fingerprints and
+    ``counts``."""
+    if mask is None:
+        return None
+    return Selection(tokens.sample_ids, mask, tokens.offsets, {**TokenLayout.of(tokens.meta).meta(), **(counts or {})})
+
+
+def _counts(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta[k] for k in ("samples", "tokens", "response_tokens", "truncated_samples", "no_response")}
