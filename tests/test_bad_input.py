@@ -395,7 +395,7 @@ def out_is_someone_elses_directory(tmp, env):
 
 @case
 def run_directory_with_other_settings(tmp, env):
-    from tokenclean.runs.pipeline import Run
+    from tokenclean.runs.stages import Run
 
     Run(tc.RunConfig.from_flat({"base": str(env.model), "data": str(env.data_a), "out": str(tmp / "r"),
                                 "prompt_field": "question", "response_field": "answer"})).write_config()

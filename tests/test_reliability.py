@@ -18,7 +18,8 @@ import tokenclean as tc
 from tokenclean.cli import main
 from tokenclean.errors import ConfigError, ResourceError
 from tokenclean.io import atomic_dir, write_json
-from tokenclean.runs.pipeline import Run, RunConfig
+from tokenclean.runs.config import RunConfig
+from tokenclean.runs.stages import Run
 
 PACKAGE = Path(tc.__file__).parent
 FIELDS = tc.DataConfig(prompt_field="question", response_field="answer")
