@@ -30,7 +30,7 @@ from .compute.modeling import (load_model, load_tokenizer, out_of_memory_as_erro
                        resolve_dtype)
 from .compute.scoring import ScoreConfig, score_tokens
 from .selection.select import SelectConfig, select_tokens
-from .core.tokens import TokenizeConfig, TokenLayout, TokenTable, tokenize
+from .core.tokens import TokenizeConfig, TokenLayout, TokenTable, per_sample_sum, tokenize
 from .compute.training import TrainConfig, train_model
 
 log = logging.getLogger("tokenclean")
@@ -66,7 +66,7 @@ def _without_cut_off_responses(data: PathLike, tokens: TokenTable, conversations
                                skip_invalid: bool) -> TokenTable:
     """``tokens`` without the samples whose every response token was cut off by truncation (see
     ``prepare_tokens``)."""
-    empty = np.flatnonzero(_response_tokens_per_sample(tokens) == 0)
+    empty = np.flatnonzero(per_sample_sum(tokens.flat_response_mask(), tokens.offsets) == 0)
     if not len(empty):
         return tokens
     max_seq_len = tokens.meta["max_seq_len"]
@@ -83,15 +83,6 @@ def _without_cut_off_responses(data: PathLike, tokens: TokenTable, conversations
     if report.used == 0:
         raise DataError(f"{data}: no row has a response token within max_seq_len {max_seq_len}; raise --max-seq-len")
     return tokens.select(np.setdiff1d(np.arange(len(tokens)), empty))  # every one of them was cut
-
-
-def _response_tokens_per_sample(tokens: TokenTable) -> np.ndarray:
-    """(n_samples,) number of response tokens of each sample."""
-    counts = np.zeros(len(tokens), np.int64)
-    mask, offsets = tokens.flat_response_mask(), tokens.offsets
-    sample_of = np.searchsorted(offsets, np.flatnonzero(mask), side="right") - 1
-    np.add.at(counts, sample_of, 1)
-    return counts
 
 
 def check_vocab(model: Any, tokens: TokenTable, model_name: Any) -> None:

@@ -130,3 +130,15 @@ def test_token_layout_is_read_written_and_compared_by_key():
     assert layout.first_difference(TokenLayout.of({**meta, "train_on_prompt": True})) == "train_on_prompt"
     assert layout.first_difference(TokenLayout.of({"max_seq_len": 9, "template": "chat"})) == "max_seq_len"
     assert layout.first_difference(TokenLayout.of({"data_fingerprint": "d"})) is None  # recorded by one side only
+
+
+def test_per_sample_sum_counts_masks_and_sums_values_with_empty_samples():
+    from tokenclean.core.tokens import per_sample_sum
+
+    offsets = np.array([0, 2, 2, 5, 5])  # samples of 2, 0, 3 and 0 tokens (the last one trailing)
+    mask = np.array([True, False, True, True, False])
+    counts = per_sample_sum(mask, offsets)
+    assert counts.tolist() == [1, 0, 2, 0] and counts.dtype == np.int64
+    sums = per_sample_sum(np.array([0.5, 1.0, 2.0, 3.0, 4.0], np.float32), offsets)
+    assert sums.tolist() == [1.5, 0.0, 9.0, 0.0] and sums.dtype == np.float64
+    assert per_sample_sum(np.zeros(0, bool), np.array([0, 0, 0])).tolist() == [0, 0]

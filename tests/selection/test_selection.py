@@ -81,3 +81,12 @@ def test_top_k_matches_a_full_sort_on_random_data():
 def test_sample_ranks():
     ranks = sample_ranks(np.array([1.0, 3.0, 2.0, 5.0, 5.0]), np.array([0, 0, 0, 1, 1]))
     assert ranks.tolist() == [2, 0, 1, 0, 1]
+
+
+def test_trailing_empty_samples_do_not_shorten_the_last_sample():
+    """Per-sample counts are right when the pool ends with samples that have no tokens."""
+    score = np.array([np.nan, 1.0, np.nan, 2.0, 3.0], np.float32)
+    offsets = np.array([0, 2, 2, 5, 5])
+    mask, counts = select_tokens(score, offsets, SelectConfig(keep_ratio=1.0, level="sample"))
+    assert mask.tolist() == [False, True, False, True, True]
+    assert counts["kept_tokens"] == 3 and counts["samples_zero_kept"] == 0

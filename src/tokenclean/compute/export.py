@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..core.tokens import IGNORE_INDEX, TokenTable, list_column, make_labels, write_parquet
+from ..core.tokens import IGNORE_INDEX, TokenTable, list_column, make_labels, per_sample_sum, write_parquet
 
 
 def export_table(tokens: TokenTable, keep_mask: np.ndarray | None = None, drop_empty: bool = True) -> pa.Table:
@@ -24,7 +24,7 @@ def export_table(tokens: TokenTable, keep_mask: np.ndarray | None = None, drop_e
     ids = tokens.flat_input_ids()
     labels = make_labels(ids, tokens.flat_response_mask(), keep_mask)
     offsets = tokens.offsets
-    trained = np.add.reduceat((labels != IGNORE_INDEX).astype(np.int64), offsets[:-1]) * (np.diff(offsets) > 0)
+    trained = per_sample_sum(labels != IGNORE_INDEX, offsets)
     table = pa.table(
         {
             "sample_id": tokens.table.column("sample_id"),

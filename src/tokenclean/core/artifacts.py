@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError, MismatchError
 from ..io import read_json, write_json
-from .tokens import TokenLayout, list_column, write_parquet
+from .tokens import TokenLayout, TokenTable, list_column, per_sample_sum, write_parquet
 
 def check_same_tokens(a: dict[str, Any], a_name: str, b: dict[str, Any], b_name: str) -> None:
     """Raise ``MismatchError`` naming the first difference between two artifacts' token layouts (``TokenLayout``)."""
@@ -90,7 +90,7 @@ class Selection(_TokenArtifact):
 
     def kept_per_sample(self) -> np.ndarray:
         """(n_samples,) number of kept tokens per sample."""
-        return np.add.reduceat(self.keep_mask.astype(np.int64), self.offsets[:-1]) * (np.diff(self.offsets) > 0)
+        return per_sample_sum(self.keep_mask, self.offsets)
 
 
 def token_position(artifact: _TokenArtifact, flat_index: int) -> str:

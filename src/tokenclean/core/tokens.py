@@ -294,8 +294,7 @@ def _with_counts(table: pa.Table, meta: dict[str, Any]) -> dict[str, Any]:
     offsets = _list_offsets(table.column("input_ids"))
     ids = _list_values(table.column("input_ids")).astype(np.int32, copy=False)
     mask = _list_values(table.column("response_mask")).astype(bool, copy=False)
-    per_sample = np.add.reduceat(mask, offsets[:-1]) if len(mask) else np.zeros(len(offsets) - 1, np.int64)
-    per_sample[np.diff(offsets) == 0] = 0  # reduceat quirk on empty rows
+    per_sample = per_sample_sum(mask, offsets)
     h = hashlib.sha256()
     h.update(offsets.tobytes())
     h.update(ids.tobytes())
@@ -318,3 +317,15 @@ def make_labels(input_ids: np.ndarray, response_mask: np.ndarray, keep_mask: np.
     """
     trained = response_mask if keep_mask is None else (response_mask & keep_mask)
     return np.where(trained, input_ids, IGNORE_INDEX).astype(np.int64)
+
+
+def per_sample_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(n_samples,) sum of a flat (total_tokens,) array over each sample ``[offsets[i]:offsets[i+1]]``: e.g. the
+    number of response or kept tokens per sample from a flat mask. Empty samples, trailing ones too, get 0. int64
+    for bool and integer values, float64 for floats."""
+    dtype = np.float64 if np.issubdtype(values.dtype, np.floating) else np.int64
+    sums = np.zeros(len(offsets) - 1, dtype)
+    filled = np.diff(offsets) > 0  # reduceat sums from one start to the next: give it the non-empty samples only
+    if filled.any():
+        sums[filled] = np.add.reduceat(values, offsets[:-1][filled], dtype=dtype)
+    return sums

@@ -25,7 +25,7 @@ import numpy as np
 from ..core.artifacts import Scores, Selection, check_same_tokens, keep_mask_for
 from ..errors import MismatchError, TokencleanError
 from ..io import read_json
-from ..core.tokens import TokenTable
+from ..core.tokens import TokenTable, per_sample_sum
 from ..runs.layout import BASE_SCORES, KINDS_FILE, Layout
 
 log = logging.getLogger("tokenclean")
@@ -268,12 +268,6 @@ def _read_kinds(path: Path, tokens: TokenTable) -> np.ndarray | None:
 
 
 # -- per-sample numbers and token text ------------------------------------------------------------------------------
-def per_sample_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """(n_samples,) sum of a flat (total_tokens,) array per sample (0 for empty samples)."""
-    cumsum = np.concatenate([[0], np.cumsum(values, dtype=np.float64)])
-    return cumsum[offsets[1:]] - cumsum[offsets[:-1]]
-
-
 @dataclass
 class SampleStats:
     """Per-sample counts, each (n_samples,). ``kept_share`` = kept / response tokens (NaN without a selection or
@@ -288,9 +282,9 @@ class SampleStats:
 
 def sample_stats(view: RunView) -> SampleStats:
     offsets = view.offsets
-    response = per_sample_sum(view.response_mask, offsets).astype(np.int64)
+    response = per_sample_sum(view.response_mask, offsets)
     with np.errstate(invalid="ignore", divide="ignore"):
-        kept = None if view.keep_mask is None else per_sample_sum(view.keep_mask, offsets).astype(np.int64)
+        kept = None if view.keep_mask is None else per_sample_sum(view.keep_mask, offsets)
         share = np.full(len(response), np.nan) if kept is None else np.where(response > 0, kept / response, np.nan)
         score = view.score
         if score is None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..config import option
+from ..core.tokens import per_sample_sum
 from ..errors import ConfigError
 
 LEVELS = ("global", "sample", "threshold")
@@ -125,11 +126,7 @@ def select_tokens(score: np.ndarray, offsets: np.ndarray, cfg: SelectConfig) -> 
 
 def _per_sample_sums(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """(n_samples,) int64 number of True ``flags`` per sample (empty samples, also trailing ones, get 0)."""
-    n_samples = len(offsets) - 1
-    if len(flags) == 0:
-        return np.zeros(n_samples, np.int64)
-    starts = np.minimum(offsets[:-1], len(flags) - 1)
-    return np.add.reduceat(flags, starts, dtype=np.int64) * (np.diff(offsets) > 0)
+    return per_sample_sum(flags, offsets)
 
 
 def _check_finite(score: np.ndarray, offsets: np.ndarray) -> None:
