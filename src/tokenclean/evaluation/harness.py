@@ -25,7 +25,7 @@ from .benchmarks import DEFAULT_TASKS, Benchmark, combine, parse_tasks
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger("tokenclean")
 INSTALL_HINT = "evaluation needs lm-evaluation-harness: pip install 'tokenclean[eval]'"
 
 
@@ -65,12 +65,12 @@ def evaluate(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="tokenclean-eval-") as work_dir:
         # Tasks first: bad data or an unknown task fails before any model loads.
-        logger.info("loading %s from %s", ", ".join(b.name for b in benchmarks), data_dir or "the Hugging Face hub")
+        log.info("loading %s from %s", ", ".join(b.name for b in benchmarks), data_dir or "the Hugging Face hub")
         task_manager, harness_tasks = _load_tasks(benchmarks, data_dir, Path(work_dir), max_gen_toks)
-        logger.info("loading model %s", _model_name(model))
+        log.info("loading model %s", _model_name(model))
         lm = _harness_model(model, tokenizer, device, batch_size)
         n_tasks = sum(len(ts) for ts in harness_tasks.values())
-        logger.info("running %d harness tasks, limit=%s questions per task", n_tasks, limit)
+        log.info("running %d harness tasks, limit=%s questions per task", n_tasks, limit)
         with _offline(data_dir is not None):
             output = lm_eval.simple_evaluate(
                 model=lm,
