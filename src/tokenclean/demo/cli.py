@@ -13,7 +13,7 @@ import argparse
 from ..config import add_config_args, build, field_names
 
 
-def overrides() -> tuple[type, ...]:
+def override_sections() -> tuple[type, ...]:
     """The run's config sections a demo flag may override (imported on use: they pull in torch)."""
     from ..compute.scoring import ScoreConfig
     from ..compute.training import TrainConfig
@@ -42,7 +42,7 @@ def demo_flags(p: argparse.ArgumentParser) -> None:
                      "OUT/run/demo.md, comparison.md and the report. Offline; cached (a second run reuses "
                      "everything finished).")
     add_config_args(p, DemoConfig, "demo")
-    for section in overrides():
+    for section in override_sections():
         add_config_args(p, section, f"override the demo's {section.__name__} settings")
     p.set_defaults(func=run)
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from .run import DemoConfig, run_demo
 
     values = vars(args)
-    overrides = {k: values[k] for k in field_names(*overrides()) if values.get(k) is not None}
+    overrides = {k: values[k] for k in field_names(*override_sections()) if values.get(k) is not None}
     result = run_demo(build(DemoConfig, values), overrides, progress=not args.quiet)
     from .run import render
 
