@@ -123,8 +123,8 @@ def map_back(prompt_free_loss: np.ndarray, response_mask: np.ndarray, offsets: n
                             f"tokens' responses ({len(layout.source)} prompt-free tokens, start token "
                             f"{'on' if with_start else 'off'}); build the table with prompt_free_tokens and score it")
     out = np.full(len(response_mask), np.nan, np.float32)
-    real = layout.source >= 0
-    out[layout.source[real]] = prompt_free_loss[real]
+    scored = layout.response_mask  # a prompt-free sample's position 0 has no loss, whatever the array holds there
+    out[layout.source[scored]] = prompt_free_loss[scored]
     return out
 
 
