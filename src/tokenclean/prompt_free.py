@@ -139,3 +139,16 @@ def score_prompt_free(model: Any, tokens: TokenTable, start_token: int | None, o
     mapped = map_back(scores.token_loss, tokens.flat_response_mask(), tokens.offsets, start_token is not None,
                       scores.offsets)
     return scores, mapped
+
+
+def map_back_scores(prompt_free_offsets: np.ndarray, prompt_free_loss: np.ndarray, tokens: TokenTable) -> np.ndarray:
+    """``map_back`` of saved prompt-free scores (``Scores.offsets``, ``Scores.token_loss``) onto ``tokens``, the
+    start token's presence read from the offsets (with one, every prompt-free sample is one token longer).
+    (total_tokens,) float32."""
+    mask, offsets = tokens.flat_response_mask(), tokens.offsets
+    for with_start in (True, False):
+        if np.array_equal(prompt_free_layout(mask, offsets, with_start).offsets, prompt_free_offsets):
+            return map_back(prompt_free_loss, mask, offsets, with_start)
+    raise MismatchError(f"the prompt-free scores ({len(prompt_free_offsets) - 1} samples, {len(prompt_free_loss)} "
+                        "tokens) were not made from these tokens' responses; build the table with "
+                        "prompt_free_tokens and score it")
