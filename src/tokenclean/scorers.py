@@ -27,6 +27,9 @@ Scorers (``SCORERS``; ``SelectConfig.scorer`` names one):
   token. Response tokens without a prompt-free loss (see ``prompt_free``) are gated.
 - ``prompt-excess``: the mean of the percentile ranks of excess and of the prompt gain (a token without a
   prompt-free loss gets the middle rank, 0.5, for the prompt term).
+
+``level threshold`` compares ``threshold`` with the scorer's own units: nats for all but ``prompt-excess``, whose
+score is a rank in [0, 1].
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from .errors import ConfigError, MismatchError
 from .selection import SCORERS as SCORER_NAMES
 from .selection import SelectConfig, select_tokens
 
-# The paper code's `global-curve-positive` rule: loss_base > CURVE_SLOPE * loss_ref + CURVE_MARGIN, loss_ref < CURVE_MAX_REF.
+# The paper code's `global-curve-positive` rule: keep when loss_base > CURVE_SLOPE * loss_ref + CURVE_MARGIN and
+# loss_ref < CURVE_MAX_REF.
 CURVE_SLOPE, CURVE_MARGIN, CURVE_MAX_REF = 2.0, 0.07, 5.0
 
 
