@@ -248,7 +248,8 @@ def test_packaged_smollm2_answers_and_runs_the_whole_pipeline(tmp_path, gsm8k_ro
     assert "Paris" in answer
     assert loss < 4.0  # a random 49,152-token model scores ~10.8 nats (ln 49152)
     del model
-    data = write_jsonl(tmp_path / "gsm8k.jsonl", gsm8k_rows[:8])
+    short = sorted(gsm8k_rows[:200], key=lambda r: len(r["question"]) + len(r["answer"]))[:8]  # fit 128 tokens
+    data = write_jsonl(tmp_path / "gsm8k.jsonl", short)
     out = tmp_path / "run"
     assert main(["run", "--method", "full", "--base", SMOLLM2, "--data", str(data), "--out", str(out), "--quiet",
                  "--prompt-field", "question", "--response-field", "answer", "--max-seq-len", "128",

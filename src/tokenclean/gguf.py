@@ -63,8 +63,8 @@ def gguf_file(source: str | os.PathLike, cache: bool | str | os.PathLike = True)
     return path
 
 
-def _single_gguf(directory: Path, none_found: str) -> Path:
-    found = sorted(directory.rglob("*.gguf"))
+def _single_gguf(directory: Path, none_found: str, pattern: str = "*.gguf") -> Path:
+    found = sorted(directory.glob(pattern))
     if not found:
         raise ModelError(none_found)
     if len(found) > 1:
@@ -87,7 +87,7 @@ def _package_gguf(name: str, cache: bool | str | os.PathLike) -> Path:
                          f"(pip install {module.replace('_', '-')})")
     directory = Path(next(iter(spec.submodule_search_locations)))
     if any(directory.rglob("*.gguf")):
-        return _single_gguf(directory, "")
+        return _single_gguf(directory, "", "**/*.gguf")
     package = importlib.import_module(module)
     if not callable(getattr(package, "assemble", None)):
         raise ModelError(f"{PACKAGE_PREFIX}{name}: the package at {directory} holds no .gguf file and has no "
