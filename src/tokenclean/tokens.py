@@ -18,6 +18,7 @@ Alignment. ``response_mask[j]`` is True when token ``j`` is a response token the
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from .config import option
 from .data import Conversation
 from .errors import DataError
 from .io import atomic_write_bytes, read_json, write_json
+
+log = logging.getLogger("tokenclean")
 
 IGNORE_INDEX = -100
 TEMPLATES = ("auto", "chat", "default")
@@ -131,25 +134,26 @@ GENERATION_CHECK_ROWS = 16
 
 
 def check_generation_mask(messages: list[dict[str, str]], tokenizer, input_ids: list[int],
-                          response_mask: list[bool], sample_id: str) -> bool:
-    """For a chat template that marks assistant text with ``{% generation %}``: check that the template's own
-    assistant mask (``return_assistant_tokens_mask``) equals ``response_mask`` (untruncated, from the segments).
-    Returns False (nothing compared) when the whole-text tokenization differs from the segment one."""
+                          response_mask: list[bool]) -> str | None:
+    """For a chat template that marks assistant text with ``{% generation %}``: compare the template's own assistant
+    mask (``return_assistant_tokens_mask``) with ``response_mask`` (untruncated, from the segments).
+
+    Returns "" when they agree, None when the whole-text tokenization differs from the segment one (nothing to
+    compare), else a description of the difference. The segments stay the mask either way: they are what the model
+    generates after the generation prompt at inference (e.g. the space between ``Assistant:`` and the reply, which
+    a template may leave outside its generation block).
+    """
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = list(out["input_ids"]), [bool(x) for x in out["assistant_masks"]]
     if ids != list(input_ids):
-        return False
+        return None
     mask[:1] = [False] * min(1, len(mask))  # position 0 is never a response token
-    if mask != list(response_mask):
-        diff = [j for j, (a, b) in enumerate(zip(mask, response_mask)) if a != b]
-        tokens = tokenizer.convert_ids_to_tokens([ids[j] for j in diff[:8]])
-        raise DataError(
-            f"row {sample_id}: the chat template's {{% generation %}} blocks mark {sum(mask)} tokens, the rendered "
-            f"assistant turns {sum(response_mask)}; they differ at {len(diff)} token(s) ({tokens}); put each "
-            "assistant turn's content and its end-of-turn token, and nothing else, inside {% generation %}, or use "
-            "--template default"
-        )
-    return True
+    diff = [j for j, (a, b) in enumerate(zip(mask, response_mask)) if a != b]
+    if not diff:
+        return ""
+    tokens = tokenizer.convert_ids_to_tokens([ids[j] for j in diff[:8]])
+    return (f"the chat template's {{% generation %}} blocks mark {sum(mask)} tokens, the rendered assistant turns "
+            f"{sum(response_mask)}; they differ at {len(diff)} token(s) ({tokens})")
 
 
 @dataclass
@@ -253,7 +257,7 @@ def tokenize(
     ids_col, mask_col = [], []
     k = 0
     check = _generation_check_rows(tokenizer, cfg)
-    checked = 0
+    checked = mismatches = 0
     for row, segs in enumerate(rendered):
         ids: list[int] = []
         mask: list[bool] = []
@@ -266,7 +270,13 @@ def tokenize(
             mask[0] = False
         if row < check:
             c = conversations[row]
-            checked += check_generation_mask(c.messages, tokenizer, ids, mask, c.sample_id)
+            problem = check_generation_mask(c.messages, tokenizer, ids, mask)
+            checked += problem is not None
+            if problem and not mismatches:
+                log.warning("row %s: %s; the mask is the rendered assistant turns (the text after the generation "
+                            "prompt, as generated at inference); fix the template's {%% generation %%} blocks if "
+                            "they are meant to agree, or use --template default", c.sample_id, problem)
+            mismatches += bool(problem)
         ids_col.append(ids[: cfg.max_seq_len])
         mask_col.append(mask[: cfg.max_seq_len])
     full_lengths = _full_lengths(rendered, encoded)
@@ -286,7 +296,7 @@ def tokenize(
         "truncated_samples": int(sum(n > cfg.max_seq_len for n in full_lengths)),
     }
     if check:
-        meta["generation_mask_checked"] = checked
+        meta.update(generation_mask_checked=checked, generation_mask_mismatches=mismatches)
     return TokenTable(table, _with_counts(table, meta))
 
 
