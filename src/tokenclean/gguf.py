@@ -151,8 +151,8 @@ def _check_readable(path: Path) -> None:
         if "not supported" in str(e):
             from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-            raise ModelError(f"{path}: {e} transformers loads these GGUF architectures: "
-                             f"{', '.join(GGUF_SUPPORTED_ARCHITECTURES)}") from None
+            known = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]  # mapping keys
+            raise ModelError(f"{path}: {e} transformers loads these GGUF architectures: {', '.join(known)}") from None
         raise ModelError(f"{path}: transformers cannot read this GGUF ({e})") from None
 
 
