@@ -109,15 +109,16 @@ def gguf_sha256(source: str | os.PathLike, cache: bool | str | os.PathLike = Tru
 
 def converted_dir(source: str | os.PathLike, cache: bool | str | os.PathLike = True) -> Path:
     """The plain model directory of GGUF ``source``, converting it on first use (seconds to minutes; see the
-    module docstring). Under ``torch.distributed`` rank 0 converts and every rank waits for it."""
-    from .distributed import barrier, process_rank
+    module docstring). Under ``torch.distributed`` every rank must call it (it is collective): rank 0 converts and
+    every rank waits for it."""
+    from .distributed import all_ranks, barrier, process_rank
     from .io import atomic_dir
     from .score_cache import cache_root
 
     path = gguf_file(source, cache)
     sha = gguf_sha256(path)
     target = cache_root(cache) / "models" / sha
-    if not (target / SOURCE_FILE).exists():
+    if not all_ranks((target / SOURCE_FILE).exists()):  # one decision for all ranks, so all reach the barrier
         _check_readable(path)
         if process_rank() == 0:
             with atomic_dir(target) as tmp:
