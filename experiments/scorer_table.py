@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from tokenclean.artifacts import Scores
+from tokenclean.core.artifacts import Scores
 from tokenclean.errors import DataError, TokencleanError
-from tokenclean.prompt_free import map_back_scores
-from tokenclean.scorers import SCORERS, select_for
-from tokenclean.selection import SelectConfig
-from tokenclean.tokens import TokenTable
+from tokenclean.compute.prompt_free import map_back_scores
+from tokenclean.selection.scorers import SCORERS, select_for
+from tokenclean.selection.select import SelectConfig
+from tokenclean.core.tokens import TokenTable
 
 KIND_NAMES = {0: "informative", 1: "generic", 2: "noise"}
 NOT_RESPONSE = -1

@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tokenclean.artifacts import Scores
-from tokenclean.prompt_free import prompt_free_layout, prompt_free_tokens
-from tokenclean.tokens import TokenTable, _with_counts, list_column, write_parquet
+from tokenclean.core.artifacts import Scores
+from tokenclean.compute.prompt_free import prompt_free_layout, prompt_free_tokens
+from tokenclean.core.tokens import TokenTable, _with_counts, list_column, write_parquet
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "scorer_table.py"
 spec = importlib.util.spec_from_file_location("scorer_table", SCRIPT)

@@ -39,7 +39,8 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "{{ 'Assistant: ' }}{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}{{ '\n' }}"
+    # the space after "Assistant:" is generated (the generation prompt ends at the colon), so it is inside the block
+    "{{ 'Assistant:' }}{% generation %}{{ ' ' + message['content'] }}{{ eos_token }}{% endgeneration %}{{ '\n' }}"
     "{% else %}"
     "{{ message['role'] | capitalize }}{{ ': ' }}{{ message['content'] }}{{ '\n' }}"
     "{% endif %}"

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .errors import MismatchError
-from .tokens import TokenTable, _with_counts, list_column
+from ..errors import MismatchError
+from ..core.tokens import TokenTable, _with_counts, list_column
 
 # The keys of the source table's metadata that still describe the prompt-free table (same tokenizer and data).
 _KEPT_META = ("tokenizer_fingerprint", "max_seq_len", "template", "train_on_prompt", "data_fingerprint")
@@ -133,7 +133,7 @@ def score_prompt_free(model: Any, tokens: TokenTable, start_token: int | None, o
     """Score ``tokens``' responses without their prompts with ``model`` (the reference) through ``api.score``
     (``score_kwargs``: its settings, e.g. ``cache``, ``score_config``, ``device``). Returns the prompt-free
     ``Scores`` (written to ``out`` when given) and their losses mapped onto ``tokens`` ((total_tokens,) float32)."""
-    from .api import score
+    from ..api import score
 
     scores = score(model, prompt_free_tokens(tokens, start_token), out, **score_kwargs)
     mapped = map_back(scores.token_loss, tokens.flat_response_mask(), tokens.offsets, start_token is not None,

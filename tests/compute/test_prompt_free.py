@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from tokenclean.data import Conversation
+from tokenclean.core.data import Conversation
 from tokenclean.errors import MismatchError
-from tokenclean.prompt_free import (map_back, prompt_free_layout, prompt_free_tokens, response_spans,
+from tokenclean.compute.prompt_free import (map_back, prompt_free_layout, prompt_free_tokens, response_spans,
                                     score_prompt_free, start_token_id)
-from tokenclean.tokens import tokenize
+from tokenclean.core.tokens import tokenize
 
 # sample 0: prompt, span [2, 4), prompt, span [5, 6), prompt; sample 1: prompt, span [8, 10); sample 2: no response
 MASK = np.array([0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0], bool)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from tokenclean.errors import ConfigError, MismatchError
-from tokenclean.scorers import (SCORERS, curve_positive, percentile_ranks, prompt_excess, prompt_gain, score_for,
+from tokenclean.selection.scorers import (SCORERS, curve_positive, percentile_ranks, prompt_excess, prompt_gain, score_for,
                                 select_for, select_scored, selection_counts, small_loss_gate)
-from tokenclean.selection import SelectConfig, select_tokens
+from tokenclean.selection.select import SelectConfig, select_tokens
 
 nan = np.nan
 # three samples: [nan, 3, 1] [nan, 2, 2, 2] [nan, 0.5, -1] as base - ref with ref = 1 (base = score + 1)

@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, MismatchError
-from .selection import SCORERS as SCORER_NAMES
-from .selection import SelectConfig, select_tokens
+from ..errors import ConfigError, MismatchError
+from .select import SCORERS as SCORER_NAMES
+from .select import SelectConfig, select_tokens
 
 # The paper code's `global-curve-positive` rule: keep when loss_base > CURVE_SLOPE * loss_ref + CURVE_MARGIN and
 # loss_ref < CURVE_MAX_REF.
