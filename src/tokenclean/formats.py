@@ -195,7 +195,8 @@ def chat(turns: Any, where: str, spec: Spec) -> tuple[list[dict], set[str]]:
         if not isinstance(t, dict):
             raise RowError("wrong type", f"{at} must be an object with 'role' and 'content', got {kind(t)}")
         role_key = spec.role_key or ("from" if "role" not in t and "from" in t else "role")
-        content_key = spec.content_key or ("value" if "content" not in t and "value" in t else "content")
+        content_key = spec.content_key or ("value" if "content" not in t and ("value" in t or role_key == "from")
+                                           else "content")
         if role_key not in t:
             raise RowError("missing field", f"{at} has no '{role_key}' (it has {sorted(t)})")
         role = spec.roles.get(t[role_key]) or ROLE_NAMES.get(t[role_key])
