@@ -395,7 +395,8 @@ def load_conversations(
         log.warning("%s: notice: the %s reader does not use these fields, which reach no token: %s", source, fmt,
                     ", ".join(f"{k} ({n} rows)" for k, n in sorted(unused.items())))
     if not conversations:
-        raise DataError(f"{source}: all {len(rows)} rows are invalid; first reason: {report.skipped[0]['detail']}")
+        raise DataError(f"{source}: all {len(rows)} rows are invalid or skipped {report.skip_counts()}; first "
+                        f"reason: {report.skipped[0]['detail']}")
     return conversations, report
 
 

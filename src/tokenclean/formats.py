@@ -243,6 +243,14 @@ def _part_text(part: Any, at: str) -> str:
     if part.get("type") in MEDIA_PARTS:
         raise SkipRow(f"{part['type']} content", f"{at} is {part['type']!r} content, which is not text to train on")
     text = part.get("text", part.get("value"))
+    if part.get("type") == "tool_call":  # LLaMA-Factory v1: the call as a JSON string
+        try:
+            return _call_text(json.loads(text) if isinstance(text, str) else text, at) + "\n"
+        except json.JSONDecodeError:
+            raise RowError("wrong type", f"{at} is a tool call whose value is not JSON, expected "
+                           '{"name": ..., "arguments": ...}') from None
+    if part.get("type") == "reasoning" and isinstance(text, str):  # as reasoning templates write it (Qwen3, R1)
+        return f"<think>\n{text}\n</think>\n\n"
     if part.get("type", "text") != "text" or not isinstance(text, str):
         raise RowError("wrong type", f"{at} must be a text part {{'type': 'text', 'text': ...}}, got keys "
                        f"{sorted(part)}")
