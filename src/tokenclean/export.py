@@ -95,3 +95,97 @@ def check_pretokenized(table: pa.Table, where: str = "export") -> None:
             raise ValueError(f"{where}: row {i}: attention must be all 1 and each label its token id or -100")
         if all(lab == IGNORE_INDEX for lab in y):
             raise ValueError(f"{where}: row {i} has no trained token")
+
+
+# ------------------------------------------------------------------------------------------ written back, per span
+def train_detail(content: str, offsets: list[tuple[int, int]], keep: list[bool]) -> list[dict[str, Any]]:
+    """Axolotl's ``train_detail`` for one assistant message: runs of characters of ``content`` that are trained
+    (``train: true``) or not, as ``{"begin_offset", "end_offset" (inclusive), "train"}`` covering all of it.
+
+    ``offsets``: (n_tokens,) character spans ``(begin, end)`` of the turn's tokens in ``content`` (end exclusive;
+    byte-level tokens of one character share it; a gap before a token belongs to it). ``keep``: (n_tokens,) bool.
+    A character is trained when every token covering it is kept; characters no token covers (cut off by
+    truncation) are not. Axolotl trains a token only when it lies wholly inside a ``train: true`` span.
+
+    >>> train_detail("Hi there", [(0, 2), (2, 8)], [True, False])
+    [{'begin_offset': 0, 'end_offset': 1, 'train': True}, {'begin_offset': 2, 'end_offset': 7, 'train': False}]
+    """
+    n = len(content)
+    flags, covered, prev = np.zeros(n, bool), np.zeros(n, bool), 0
+    for (begin, end), kept in zip(offsets, keep):
+        span = slice(min(begin, prev), min(end, n))
+        flags[span] = np.where(covered[span], flags[span] & kept, kept)
+        covered[span] = True
+        prev = max(prev, min(end, n))
+    edges = [0, *(np.flatnonzero(flags[1:] != flags[:-1]) + 1).tolist(), n]
+    return [{"begin_offset": a, "end_offset": b - 1, "train": bool(flags[a])} for a, b in zip(edges, edges[1:])
+            if b > a]
+
+
+def turn_keep(messages: list[dict], ids: np.ndarray, response_mask: np.ndarray, keep: np.ndarray, tokenizer,
+              template: str = "auto") -> list[tuple[list[tuple[int, int]], list[bool]]]:
+    """For each response segment of one sample (one per assistant turn, in order): the character spans of its
+    tokens within the turn's ``content`` and their keep decisions.
+
+    ``ids``, ``response_mask``, ``keep``: (n_tokens,) of the sample as tokenized (maybe truncated). The segments
+    are rendered and tokenized again with offsets; their ids must equal the sample's, else the tokenizer or
+    template differ from the ones the tokens were made with (``ValueError``).
+    """
+    from .tokens import render_segments
+
+    positions = np.flatnonzero(response_mask)
+    turns, k = [], 0
+    contents = iter([m["content"] for m in messages if m["role"] == "assistant"])
+    for text, is_response in render_segments(messages, tokenizer, template):
+        if not is_response:
+            continue
+        content = next(contents)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        at = positions[k: k + len(enc["input_ids"])]
+        k += len(enc["input_ids"])
+        if not np.array_equal(ids[at], enc["input_ids"][: len(at)]):
+            raise ValueError("the tokens were made with another tokenizer or template than the one given")
+        start = text.find(content)
+        spans = [(b - start, e - start) for b, e in enc["offset_mapping"]][: len(at)]
+        kept = keep[at].tolist()
+        inside = [j for j, (b, _) in enumerate(spans) if b < len(content)]  # the end-of-turn marker is not content
+        turns.append(([spans[j] for j in inside], [kept[j] for j in inside]))
+    return turns
+
+
+def train_detail_rows(rows: list[dict], conversations: list, tokens: TokenTable, keep_mask: np.ndarray, tokenizer,
+                      fmt: str, spec=None, template: str = "auto") -> tuple[list[dict], dict[str, int]]:
+    """The used rows of a chat file (``messages`` or ``sharegpt`` format), in file order, each assistant message
+    with ``train_detail`` spans of the tokens tokenclean kept (see ``train_detail``). ``rows``: the file's raw
+    rows; ``conversations``: what ``load_conversations`` made of them; ``keep_mask``: (total_tokens,) bool aligned
+    with ``tokens``. Returns the rows and counts (``rows``, ``turns``, ``turns_not_carried``: assistant turns whose
+    text is not the message's own string, e.g. tool calls or content parts, left without spans)."""
+    import copy
+
+    from .formats import Spec, chat
+
+    if fmt not in ("messages", "sharegpt"):
+        raise ValueError(f"the {fmt} format cannot carry per-span keep decisions; use the pre-tokenized export")
+    spec = spec or Spec()
+    key = spec.col("messages", "messages" if fmt == "messages" else "conversations")
+    by_id = {c.sample_id: c for c in conversations}
+    ids, mask, offsets = tokens.flat_input_ids(), tokens.flat_response_mask(), tokens.offsets
+    out, counts = [], {"rows": 0, "turns": 0, "turns_not_carried": 0}
+    for i, sample_id in enumerate(tokens.sample_ids):
+        c, (a, b) = by_id[sample_id], (offsets[i], offsets[i + 1])
+        row = copy.deepcopy(rows[c.row])
+        source = row[key]
+        roles = [m["role"] for m in chat(source, key, spec)[0]]
+        turns = turn_keep(c.messages, ids[a:b], mask[a:b], keep_mask[a:b], tokenizer, template)
+        assistant = [k for k, role in enumerate(roles) if role == "assistant"][: len(turns)]
+        own = [m["content"] for m in c.messages if m["role"] == "assistant"]
+        for k, (spans, kept), text in zip(assistant, turns, own):
+            counts["turns"] += 1
+            content = source[k].get(spec.content_key or ("content" if "content" in source[k] else "value"))
+            if content != text:
+                counts["turns_not_carried"] += 1
+                continue
+            source[k]["train_detail"] = train_detail(text, spans, kept)
+        out.append(row)
+        counts["rows"] += 1
+    return out, counts
