@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 import pytest
 
 from conftest import write_jsonl
 from tokenclean import prepare_tokens
+from tokenclean import tokens as tokens_module
 from tokenclean.data import DataConfig, load_conversations
 from tokenclean.errors import DataError
 from tokenclean.formats import load_spec
+
+HONOURED = getattr(tokens_module, "HONOURS_TRAIN_FLAG", False)  # tokens.py keeps untrained turns as context
 
 CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
 CALL_TEXT = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
@@ -41,7 +43,8 @@ ROWS = {
                             "completion": [{"role": "assistant", "content": "3, 4"}]}, ["3, 4"], ["Count.", "1, 2"]),
     "messages_tool_calls": ({"messages": [
         {"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "tool_calls": [CALL]},
-        {"role": "tool", "tool_call_id": "c1", "content": "temp=21"}, {"role": "assistant", "content": "21 C in Paris."}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "temp=21"},
+        {"role": "assistant", "content": "21 C in Paris."}]},
         [CALL_TEXT, "21 C in Paris."], ["Weather in Paris?", "temp=21"]),
     "openai_content_parts": ({"messages": [
         {"role": "system", "content": [{"type": "text", "text": "Be kind."}]},
@@ -174,6 +177,8 @@ def _with(k: int, **flag) -> dict:
      "partial-turn training", "messages[3].train_detail trains only part of the turn"),
 ])
 def test_turn_flags_are_honoured_or_refused_with_why(tmp_path, row, reason, expected):
+    if HONOURED and reason == "untrained turn before a trained one":
+        pytest.skip("honoured: see test_untrained_turns_before_a_trained_one_stay_as_context")
     path = write_jsonl(tmp_path / "flags.jsonl", [row])
     with pytest.raises(DataError, match="flags.jsonl:1: ") as e:
         load_conversations(path)
@@ -187,7 +192,8 @@ def test_flags_that_need_no_context_turn_are_honoured_exactly(tmp_path, gpt2_tok
     eos = gpt2_tokenizer.eos_token
     rows = [_with(3, weight=0), _with(3, train=False), _with(0, train=False), _with(3, weight=1),
             _with(3, train_detail=[{"begin_offset": 0, "end_offset": 1, "train": False}]),
-            {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1", "loss_weight": 1.0}]}]
+            {"messages": [{"role": "user", "content": "q1"},
+                          {"role": "assistant", "content": "a1", "loss_weight": 1.0}]}]
     tokens, report = prepare_tokens(write_jsonl(tmp_path / "rows.jsonl", rows), gpt2_tokenizer)
     assert report.used == 6
     trained = [trained_text(tokens, i, gpt2_tokenizer) for i in range(6)]
@@ -201,9 +207,10 @@ def test_mask_history(tmp_path, gpt2_tokenizer):
     tokens, _ = prepare_tokens(write_jsonl(tmp_path / "one.jsonl", [one]), gpt2_tokenizer,
                                DataConfig(mask_history=True))
     assert trained_text(tokens, 0, gpt2_tokenizer) == "a" + gpt2_tokenizer.eos_token
-    with pytest.raises(DataError, match="assistant turn 1 of 2 is marked not to train"):
-        load_conversations(write_jsonl(tmp_path / "multi.jsonl", [{"messages": TURNS}]),
-                           DataConfig(mask_history=True))
+    if not HONOURED:
+        with pytest.raises(DataError, match="assistant turn 1 of 2 is marked not to train"):
+            load_conversations(write_jsonl(tmp_path / "multi.jsonl", [{"messages": TURNS}]),
+                               DataConfig(mask_history=True))
 
 
 def test_unused_fields_are_named_once_and_reported(tmp_path, caplog):
@@ -258,4 +265,16 @@ def test_column_and_role_mapping(tmp_path, gpt2_tokenizer):
     assert load_spec(llama_factory).roles == {"me": "user", "bot": "assistant"}
     with pytest.raises(DataError, match="--columns: .*unknown role"):
         load_conversations(path, DataConfig(columns='{"roles": {"narrator": ["bot"]}}'))
-    np.testing.assert_equal(report.rows, 1)
+    assert report.rows == 1
+
+
+@pytest.mark.skipif(not HONOURED, reason="tokens.py does not yet keep an assistant turn marked train=False out of "
+                    "the response mask (issue 15, templates part); until then such rows are refused (tested above)")
+def test_untrained_turns_before_a_trained_one_stay_as_context(tmp_path, gpt2_tokenizer):
+    eos = gpt2_tokenizer.eos_token
+    rows = [_with(1, weight=0), _with(1, train=False), {"messages": TURNS}]
+    tokens, report = prepare_tokens(write_jsonl(tmp_path / "rows.jsonl", rows), gpt2_tokenizer)
+    assert [trained_text(tokens, i, gpt2_tokenizer) for i in range(2)] == ["a2" + eos] * 2
+    assert "a1" in full_text(tokens, 0, gpt2_tokenizer)
+    tokens, _ = prepare_tokens(tmp_path / "rows.jsonl", gpt2_tokenizer, DataConfig(mask_history=True))
+    assert trained_text(tokens, 2, gpt2_tokenizer) == "a2" + eos

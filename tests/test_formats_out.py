@@ -127,7 +127,8 @@ def test_written_back_spans_reproduce_the_keep_mask(chat_tokens, gpt2_tokenizer)
 
 def test_turns_whose_text_is_rewritten_are_counted_not_carried(tmp_path, gpt2_tokenizer):
     call = {"type": "function", "function": {"name": "f", "arguments": "{}"}}
-    row = {"messages": [{"role": "user", "content": "Call f."}, {"role": "assistant", "content": "", "tool_calls": [call]},
+    row = {"messages": [{"role": "user", "content": "Call f."},
+                        {"role": "assistant", "content": "", "tool_calls": [call]},
                         {"role": "tool", "content": "ok"}, {"role": "assistant", "content": "Done."}]}
     path = write_jsonl(tmp_path / "tools.jsonl", [row])
     tokens, _ = prepare_tokens(path, gpt2_tokenizer)
