@@ -140,3 +140,17 @@ def test_turns_whose_text_is_rewritten_are_counted_not_carried(tmp_path, gpt2_to
     assert rows[0]["messages"][3]["train_detail"] == [{"begin_offset": 0, "end_offset": 4, "train": True}]
     with pytest.raises(ValueError, match="the alpaca format cannot carry per-span keep decisions"):
         train_detail_rows([], [], tokens, keep, gpt2_tokenizer, "alpaca")
+
+
+def test_write_back_file(tmp_path, chat_tokens, gpt2_tokenizer):
+    from tokenclean.export import write_back
+
+    path, tokens, keep = chat_tokens
+    result = write_back(path, tmp_path / "cleaned.jsonl", tokens, keep, gpt2_tokenizer)
+    rows = [json.loads(line) for line in (tmp_path / "cleaned.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert result["rows"] == len(rows) == 3 and rows[1]["conversations"][1]["value"] == "こんにちは!"
+    spans = rows[0]["conversations"][1]["train_detail"]
+    assert spans[0]["begin_offset"] == 0 and spans[-1]["end_offset"] == len(rows[0]["conversations"][1]["value"]) - 1
+    everything = write_back(path, tmp_path / "all.jsonl", tokens, None, gpt2_tokenizer)
+    first = json.loads((tmp_path / "all.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert everything["turns"] == 5 and all(s["train"] for s in first["conversations"][3]["train_detail"])

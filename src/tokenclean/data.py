@@ -105,15 +105,16 @@ def where(source: str | os.PathLike, row: int, line: int | None) -> str:
     return f"{source}:{line}" if line is not None else f"{source}: row {row}"
 
 
-def read_rows(source: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read raw rows (dicts) from a file, a saved ``datasets`` directory or a hub dataset id.
+def read_rows(source: str | os.PathLike, strict: bool = True) -> list[dict[str, Any]]:
+    """Read raw rows (dicts) from a file, a saved ``datasets`` directory or a hub dataset id; with ``strict``
+    False an unparseable row is a ``RowError`` in its place instead of an error.
 
     JSON is parsed here rather than with ``datasets.load_dataset("json")`` so that a malformed line is reported
     with its file and line number instead of a pyarrow traceback.
     """
     rows, lines = _read_source(source)
     for i, row in enumerate(rows):
-        if isinstance(row, RowError):
+        if strict and isinstance(row, RowError):
             raise DataError(f"{where(source, i, lines[i] if lines else None)}: {row}")
     return rows
 

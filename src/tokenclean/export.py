@@ -15,6 +15,7 @@ by Axolotl's ``chat_template`` type with ``message_field_training_detail: train_
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .io import write_json
+from .io import atomic_write_bytes, write_json
 from .tokens import IGNORE_INDEX, TokenTable, list_column, make_labels, write_parquet
 
 TRAINER_COLUMNS = ("input_ids", "attention_mask", "labels")  # exactly these: see the module docstring
@@ -189,3 +190,23 @@ def train_detail_rows(rows: list[dict], conversations: list, tokens: TokenTable,
         out.append(row)
         counts["rows"] += 1
     return out, counts
+
+
+def write_back(source: str | os.PathLike, out_path: str | os.PathLike, tokens: TokenTable,
+               keep_mask: np.ndarray | None, tokenizer, data_config=None) -> dict[str, Any]:
+    """Write the used rows of chat file ``source`` to ``out_path`` (JSON Lines) in their own format, each assistant
+    message with ``train_detail`` spans of the kept tokens (see ``train_detail_rows``); ``keep_mask`` None keeps
+    every response token. ``tokens`` must come from ``source`` with ``tokenizer`` and ``data_config``. Returns
+    the counts and the path. Axolotl reads the file with ``type: chat_template``, ``message_field_training_detail:
+    train_detail`` (and ``field_messages: conversations`` plus ``message_property_mappings`` for ShareGPT)."""
+    from .data import DataConfig, load_conversations, read_rows
+    from .formats import Spec, load_spec
+
+    cfg = data_config or DataConfig()
+    conversations, report = load_conversations(source, cfg)
+    keep = np.ones(len(tokens.flat_input_ids()), bool) if keep_mask is None else keep_mask
+    spec = load_spec(cfg.columns) if cfg.columns else Spec()
+    rows, counts = train_detail_rows(read_rows(source, strict=False), conversations, tokens, keep, tokenizer,
+                                     report.format, spec, tokens.meta.get("template", "auto"))
+    atomic_write_bytes(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+    return {**counts, "path": str(out_path)}
