@@ -37,6 +37,9 @@ from ..io import atomic_write_bytes, read_json, write_json
 log = logging.getLogger("tokenclean")
 
 IGNORE_INDEX = -100
+# An assistant message with ``"train": False`` (a per-turn flag of the row's format: see core.formats) renders as
+# context: its tokens stay in the input and out of the response mask.
+HONOURS_TRAIN_FLAG = True
 TEMPLATES = ("auto", "chat", "default")
 
 
@@ -106,7 +109,7 @@ def _default_segments(messages: list[dict[str, str]], tokenizer) -> list[tuple[s
     for m in messages:
         if m["role"] == "assistant":
             segments.append((prompt + "<|assistant|>\n", False))
-            segments.append((m["content"] + eos, True))
+            segments.append((m["content"] + eos, m.get("train", True) is not False))
             prompt = "\n"
         else:
             prompt += f"<|{m['role']}|>\n{m['content']}\n"
@@ -127,6 +130,8 @@ def _chat_template_segments(messages: list[dict[str, str]], tokenizer) -> list[t
             raise DataError(f"the tokenizer's chat template fails on this conversation ({type(e).__name__}: {e}); "
                             "fix the conversation's roles, or use --template default") from None
 
+    flags = [m.get("train", True) is not False for m in messages]
+    messages = [{k: v for k, v in m.items() if k != "train"} for m in messages]  # templates never see the flag
     full = render(messages, False)
     specials = _special_token_texts(tokenizer)
     segments: list[tuple[str, bool]] = []
@@ -147,7 +152,7 @@ def _chat_template_segments(messages: list[dict[str, str]], tokenizer) -> list[t
         if response.rstrip() != response and response.rstrip().endswith(specials):
             response = response.rstrip()
         segments.append((full[pos : len(before)], False))
-        segments.append((response, True))
+        segments.append((response, flags[i]))
         pos = len(before) + len(response)
     segments.append((full[pos:], False))
     return [s for s in segments if s[0]]
