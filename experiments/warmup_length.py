@@ -48,7 +48,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--score-pool-rows", type=int, default=60, help="score only this many pool rows (time)")
     p.add_argument("--score-eval-rows", type=int, default=20, help="score only this many held-out rows (time)")
     p.add_argument("--keep-ratio", type=float, default=0.6)
-    p.add_argument("--stage", choices=["all", "analyze"], default="all")
+    p.add_argument("--stage", choices=["all", "score", "analyze"], default="all",
+                   help="score: score the adapters saved so far (alongside a training in progress)")
+    p.add_argument("--floor-rows", type=int, default=20, help="rows scored in bf16 to measure the noise floor")
     return p.parse_args()
 
 
@@ -136,13 +138,40 @@ def main() -> None:
         if args.stage == "all":
             log.info("seed %d: %s", seed, warm_up(args, args.base, tokens.select(parts["warmup"]), seed, run))
         for step in args.save_at:
-            if args.stage == "all" or (run / f"scores-{step}" / "ref" / "scores.json").exists():
+            ready = {"all": True, "score": (run / "adapters" / f"step-{step}" / "adapter_model.safetensors").exists(),
+                     "analyze": (run / f"scores-{step}" / "ref" / "scores.json").exists()}[args.stage]
+            if ready:
                 score_step(args.base, scored, run / "adapters" / f"step-{step}", run / f"scores-{step}",
                            out / "cache")
-    analyze(args, out, scored, n_pool)
+    if args.stage != "score":
+        analyze(args, out, scored, n_pool, noise_floor(args, out, scored))
 
 
-def analyze(args, out: Path, scored, n_pool: int) -> None:
+def noise_floor(args, out: Path, scored) -> dict:
+    """How much scoring in bf16 (the default on a GPU) moves the base's losses against fp32: the size of a
+    score difference that precision alone produces. Over the response tokens of the first ``--floor-rows`` rows."""
+    from tokenclean.api import score
+
+    path = out / "noise_floor.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    fp32_dir = next(out.glob("seed-*/scores-*/base"))
+    from tokenclean.artifacts import Scores
+
+    rows = scored.select(np.arange(args.floor_rows))
+    end = rows.offsets[-1]
+    fp32 = Scores.load(fp32_dir).token_loss[:end]
+    bf16 = score(args.base, rows, device="cpu", dtype="bfloat16", progress=False).token_loss
+    used = rows.flat_response_mask() & np.isfinite(fp32) & np.isfinite(bf16)
+    diff = np.abs(bf16[used].astype(np.float64) - fp32[used])
+    result = {"rows": args.floor_rows, "tokens": int(used.sum()), "mean_fp32_loss": float(fp32[used].mean()),
+              **{f"abs_diff_q{q}": float(np.quantile(diff, q / 100)) for q in (10, 25, 50, 75, 90, 99)},
+              "abs_diff_mean": float(diff.mean())}
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def analyze(args, out: Path, scored, n_pool: int, floor: dict) -> None:
     """One row per (seed, step): health of the pool's scores, held-out losses, agreement with other references."""
     from tokenclean.health import score_health, selection_agreement
     from tokenclean.selection import SelectConfig, select_tokens
@@ -172,7 +201,8 @@ def analyze(args, out: Path, scored, n_pool: int) -> None:
         other = [sd for (sd, s) in sel if s == row["step"] and sd != row["seed"]]
         row["agree_other_seed"] = (selection_agreement(sel[row["seed"], row["step"]], sel[other[0], row["step"]],
                                                        mask[:pool_end]) if other else None)
-    (out / "results.json").write_text(json.dumps(rows, indent=1, default=str))
+    (out / "results.json").write_text(json.dumps({"noise_floor": floor, "rows": rows}, indent=1, default=str))
+    print(json.dumps(floor))
     for row in rows:
         print(json.dumps({k: v for k, v in row.items() if k not in ("warnings",)}, default=str))
 
