@@ -54,6 +54,7 @@ def test_means_divide_by_scored_response_tokens_only():
     assert h.mean_abs_score == pytest.approx(1.0)
     assert h.relative_move == pytest.approx(1 / 3)
     assert h.threshold == pytest.approx(1.0)
+    assert h.score_quantiles["q50"] == pytest.approx(1.0)
 
 
 def test_threshold_is_the_last_kept_score():

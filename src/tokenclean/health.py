@@ -41,6 +41,7 @@ class ScoreHealth:
     mean_base_loss: float  # nats, mean over those tokens
     mean_ref_loss: float
     mean_abs_score: float  # mean |base - ref| over those tokens
+    score_quantiles: dict[str, float]  # {"q10", "q50", "q90"}: the score's 10/50/90% quantiles, nats
     relative_move: float  # mean_abs_score / mean_base_loss
     noise_floor: float  # nats
     below_floor_share: float  # share of those tokens with |score| < noise_floor
@@ -79,7 +80,7 @@ def score_health(
     used = np.asarray(response_mask, bool) & np.isfinite(base_loss) & np.isfinite(ref_loss)
     n = int(used.sum())
     if n == 0:
-        return ScoreHealth(0, float("nan"), float("nan"), float("nan"), float("nan"), noise_floor, float("nan"),
+        return ScoreHealth(0, float("nan"), float("nan"), float("nan"), {}, float("nan"), noise_floor, float("nan"),
                            keep_ratio, float("nan"), float("nan"), None, "no scores",
                            ["no response token has a finite base and reference loss: nothing to select from"])
     score = base_loss[used] - ref_loss[used]  # (n,)
@@ -90,7 +91,7 @@ def score_health(
     undecided = float((np.abs(score - threshold) < noise_floor).mean())
     health = ScoreHealth(
         response_tokens=n, mean_base_loss=mean_base, mean_ref_loss=float(ref_loss[used].mean()),
-        mean_abs_score=mean_abs, relative_move=relative_move, noise_floor=noise_floor,
+        mean_abs_score=mean_abs, score_quantiles=_quantiles(score), relative_move=relative_move, noise_floor=noise_floor,
         below_floor_share=float((np.abs(score) < noise_floor).mean()), keep_ratio=keep_ratio,
         threshold=threshold, undecided_share=undecided,
         split_half=split_half_agreement(base_loss - ref_loss, used, np.asarray(offsets)), verdict="healthy")
@@ -102,6 +103,10 @@ def score_health(
             f"{undecided:.0%} of the response tokens lie within the {noise_floor} nat noise floor of the selection "
             f"threshold {threshold:.4f} (healthy: <= {max_undecided:.0%}); {ADVICE}")
     return health
+
+
+def _quantiles(score: np.ndarray) -> dict[str, float]:
+    return {f"q{q}": float(v) for q, v in zip((10, 50, 90), np.quantile(score, [0.1, 0.5, 0.9]))}
 
 
 def split_half_agreement(score: np.ndarray, used: np.ndarray, offsets: np.ndarray, min_tokens: int = 2,
