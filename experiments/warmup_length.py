@@ -203,8 +203,22 @@ def analyze(args, out: Path, scored, n_pool: int, floor: dict) -> None:
                                                        mask[:pool_end]) if other else None)
     (out / "results.json").write_text(json.dumps({"noise_floor": floor, "rows": rows}, indent=1, default=str))
     print(json.dumps(floor))
-    for row in rows:
-        print(json.dumps({k: v for k, v in row.items() if k not in ("warnings",)}, default=str))
+    print(markdown_table(rows))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The README's table: one line per (seed, step)."""
+    head = ("| seed | step | mean ref loss | relative_move | score q10 / q50 / q90 | below_floor | threshold | "
+            "undecided | undecided loss | split_half | kappa vs last step | kappa vs other seed | held-out loss | verdict |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        q = r["score_quantiles"]
+        other = "" if r["agree_other_seed"] is None else f"{r['agree_other_seed']:.2f}"
+        lines.append(f"| {r['seed']} | {r['step']} | {r['mean_ref_loss']:.4f} | {r['relative_move']:.2%} | "
+                     f"{q['q10']:.4f} / {q['q50']:.4f} / {q['q90']:.4f} | {r['below_floor_share']:.1%} | "
+                     f"{r['threshold']:.5f} | {r['undecided_share']:.1%} | {r['undecided_loss_share']:.1%} | {r['split_half']:.2f} | "
+                     f"{r['agree_with_final']:.2f} | {other} | {r['eval_ref_loss']:.4f} | {r['verdict']} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

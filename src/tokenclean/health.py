@@ -48,6 +48,7 @@ class ScoreHealth:
     keep_ratio: float
     threshold: float  # score of the last kept token of the global top-keep_ratio selection
     undecided_share: float  # share of those tokens with |score - threshold| < noise_floor
+    undecided_loss_share: float  # base loss of the undecided tokens / base loss of all those tokens
     split_half: float | None  # Spearman rho of per-sample mean score, odd vs even response positions
     verdict: str  # "healthy", "near noise" or "no scores"
     warnings: list[str] = field(default_factory=list)
@@ -81,19 +82,22 @@ def score_health(
     n = int(used.sum())
     if n == 0:
         return ScoreHealth(0, float("nan"), float("nan"), float("nan"), {}, float("nan"), noise_floor, float("nan"),
-                           keep_ratio, float("nan"), float("nan"), None, "no scores",
+                           keep_ratio, float("nan"), float("nan"), float("nan"), None, "no scores",
                            ["no response token has a finite base and reference loss: nothing to select from"])
     score = base_loss[used] - ref_loss[used]  # (n,)
     mean_base, mean_abs = float(base_loss[used].mean()), float(np.abs(score).mean())
     relative_move = mean_abs / mean_base if mean_base > 0 else float("inf")
     k = max(1, int(round_half_up(keep_ratio * n)))
     threshold = float(score[top_k_mask(score, k)].min())
-    undecided = float((np.abs(score - threshold) < noise_floor).mean())
+    near = np.abs(score - threshold) < noise_floor  # (n,) keep/drop would flip under rounding
+    undecided = float(near.mean())
+    # Weighted by the base loss: an undecided token the base already predicts (loss ~0) costs nothing either way.
+    undecided_loss = float(base_loss[used][near].sum() / base_loss[used].sum()) if mean_base > 0 else 0.0
     health = ScoreHealth(
         response_tokens=n, mean_base_loss=mean_base, mean_ref_loss=float(ref_loss[used].mean()),
         mean_abs_score=mean_abs, score_quantiles=_quantiles(score), relative_move=relative_move, noise_floor=noise_floor,
         below_floor_share=float((np.abs(score) < noise_floor).mean()), keep_ratio=keep_ratio,
-        threshold=threshold, undecided_share=undecided,
+        threshold=threshold, undecided_share=undecided, undecided_loss_share=undecided_loss,
         split_half=split_half_agreement(base_loss - ref_loss, used, np.asarray(offsets)), verdict="healthy")
     if relative_move < min_relative_move or undecided > max_undecided:
         health.verdict = "near noise"
