@@ -24,7 +24,7 @@ def test_near_zero_scores_are_near_noise():
     h = score_health(base, ref, mask, offsets, keep_ratio=0.6)
     assert h.verdict == "near noise"
     assert h.relative_move < 0.01
-    assert h.below_floor_share > 0.95 and h.undecided_share > 0.95
+    assert h.below_floor_share > 0.95 and h.undecided_share > 0.95 and h.undecided_loss_share > 0.95
     assert abs(h.threshold) < NOISE_FLOOR
     assert len(h.warnings) == 1 and "--warmup-min-steps" in h.warnings[0] and "--warmup-data" in h.warnings[0]
 
@@ -38,7 +38,7 @@ def test_clearly_separated_scores_are_healthy():
     h = score_health(base, ref, mask, offsets, keep_ratio=0.6)
     assert h.verdict == "healthy" and h.warnings == []
     assert h.relative_move > 0.2
-    assert h.undecided_share < 0.2
+    assert h.undecided_share < 0.2 and h.undecided_loss_share < 0.05
     assert h.split_half > 0.8  # both halves of a sample see its gain
 
 
@@ -55,6 +55,28 @@ def test_means_divide_by_scored_response_tokens_only():
     assert h.relative_move == pytest.approx(1 / 3)
     assert h.threshold == pytest.approx(1.0)
     assert h.score_quantiles["q50"] == pytest.approx(1.0)
+
+
+def test_undecided_tokens_the_base_already_knows_cost_nothing():
+    """Half the tokens sit at the threshold (score 0) but the base predicts them already (loss 0): 50% of the
+    tokens are undecided, 0% of the loss; the other half moved by 0.5 of their 1.0 nats."""
+    base = np.array([np.nan] + [0.0, 1.0] * 50)
+    ref = np.array([np.nan] + [0.0, 0.5] * 50)
+    mask = np.array([False] + [True] * 100)
+    h = score_health(base, ref, mask, np.array([0, 101]), keep_ratio=0.6)
+    assert h.threshold == pytest.approx(0.0)
+    assert h.undecided_share == pytest.approx(0.5) and h.undecided_loss_share == pytest.approx(0.0)
+    assert h.verdict == "healthy"
+
+
+def test_a_decided_but_tiny_move_is_still_near_noise():
+    """Scores spread wide of the noise floor (0 to 0.38 nats: 6% undecided) but a mean move of 4.75% of the
+    base loss of 4 nats: the reference barely moved."""
+    base = np.array([np.nan] + [4.0] * 100)
+    ref = base - np.concatenate([[np.nan], np.linspace(0.0, 0.38, 100)])
+    h = score_health(base, ref, np.array([False] + [True] * 100), np.array([0, 101]), keep_ratio=0.5)
+    assert h.undecided_loss_share < 0.1 and h.relative_move == pytest.approx(0.0475)
+    assert h.verdict == "near noise"
 
 
 def test_threshold_is_the_last_kept_score():
@@ -77,7 +99,8 @@ def test_empty_and_all_nan_give_no_scores():
 def test_to_dict_round_trips_every_field():
     base, mask, offsets = _pool(n_samples=12)
     d = score_health(base, base - 0.5, mask, offsets).to_dict()
-    assert set(d) >= {"relative_move", "below_floor_share", "threshold", "undecided_share", "split_half",
+    assert set(d) >= {"relative_move", "below_floor_share", "threshold", "undecided_share", "undecided_loss_share",
+                      "split_half",
                       "verdict", "warnings"}
     assert d["relative_move"] == pytest.approx(0.5 / np.nanmean(base[mask]))
 
