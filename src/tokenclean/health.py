@@ -73,10 +73,11 @@ def score_health(
     ``base_loss``, ``ref_loss``: (total_tokens,) float, NaN where not scored; ``response_mask``: (total_tokens,)
     bool; ``offsets``: (n_samples + 1,) int. Prompt tokens are ignored even when they carry a loss.
 
-    >>> h = score_health(np.array([np.nan, 2.0, 1.0]), np.array([np.nan, 1.0, 0.5]),
-    ...                  np.array([False, True, True]), np.array([0, 3]))
-    >>> h.verdict, round(h.relative_move, 3)
-    ('healthy', 0.5)
+    >>> base = np.full(21, 2.0); base[0] = np.nan              # one sample: position 0 unscored
+    >>> ref = base - np.linspace(0.0, 1.0, 21)                 # scores 0.05 .. 1.0 nats
+    >>> h = score_health(base, ref, np.arange(21) > 0, np.array([0, 21]))
+    >>> h.verdict, round(h.relative_move, 4), round(h.threshold, 2), h.undecided_share
+    ('healthy', 0.2625, 0.45, 0.05)
     """
     base_loss, ref_loss = np.asarray(base_loss, np.float64), np.asarray(ref_loss, np.float64)
     used = np.asarray(response_mask, bool) & np.isfinite(base_loss) & np.isfinite(ref_loss)
