@@ -6,7 +6,7 @@ the scores. A second seed gives a second, independent reference: how much two re
 the ground truth that the diagnostic is checked against. Every stage writes under ``--out`` and is skipped when
 its output is there, so a killed run resumes.
 
-    python experiments/warmup_length.py --base /tmp/smollm2 --out /tmp/warmup-study/run [--seeds 0 1]
+    python experiments/warmup_length.py --base /tmp/smollm2 --out /tmp/warmup-study/run --seeds 0 --floor-rows 10
 
 Split (seeded, as ``tokenclean run`` does): ``--rows`` rows of ``--data`` -> ``--eval-fraction`` held out, then
 ``--warmup-fraction`` of the rest for the warm-up, the remainder is the scored pool.
@@ -127,7 +127,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(args.base)
-    tokens, report = prepare_tokens(subset(args, out), tok, tokenize_config=TokenizeConfig(max_seq_len=args.max_seq_len))
+    tokens, report = prepare_tokens(subset(args, out), tok,
+                                    tokenize_config=TokenizeConfig(max_seq_len=args.max_seq_len))
     parts = splits(tokens, args)
     scored = tokens.select(np.concatenate([parts["pool"], parts["eval"]]))
     n_pool = len(parts["pool"])
@@ -191,13 +192,15 @@ def analyze(args, out: Path, scored, n_pool: int, floor: dict) -> None:
                              args.keep_ratio)
             ev = mask[pool_end:] & np.isfinite(base[pool_end:])
             row = {"seed": seed, "step": step, **h.to_dict(),
-                   "eval_base_loss": float(base[pool_end:][ev].mean()), "eval_ref_loss": float(ref[pool_end:][ev].mean())}
+                   "eval_base_loss": float(base[pool_end:][ev].mean()),
+                   "eval_ref_loss": float(ref[pool_end:][ev].mean())}
             sel[seed, step] = select_tokens(base[:pool_end] - ref[:pool_end], offsets[:n_pool + 1],
                                             SelectConfig(keep_ratio=args.keep_ratio))[0]
             rows.append(row)
     for row in rows:
         final = max(s for (sd, s) in sel if sd == row["seed"])
-        row["agree_with_final"] = selection_agreement(sel[row["seed"], row["step"]], sel[row["seed"], final], mask[:pool_end])
+        row["agree_with_final"] = selection_agreement(sel[row["seed"], row["step"]], sel[row["seed"], final],
+                                                      mask[:pool_end])
         other = [sd for (sd, s) in sel if s == row["step"] and sd != row["seed"]]
         row["agree_other_seed"] = (selection_agreement(sel[row["seed"], row["step"]], sel[other[0], row["step"]],
                                                        mask[:pool_end]) if other else None)
@@ -209,14 +212,16 @@ def analyze(args, out: Path, scored, n_pool: int, floor: dict) -> None:
 def markdown_table(rows: list[dict]) -> str:
     """The README's table: one line per (seed, step)."""
     head = ("| seed | step | mean ref loss | relative_move | score q10 / q50 / q90 | below_floor | threshold | "
-            "undecided | undecided loss | split_half | kappa vs last step | kappa vs other seed | held-out loss | verdict |")
+            "undecided | undecided loss | split_half | kappa vs last step | kappa vs other seed | held-out loss | "
+            "verdict |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         q = r["score_quantiles"]
         other = "" if r["agree_other_seed"] is None else f"{r['agree_other_seed']:.2f}"
         lines.append(f"| {r['seed']} | {r['step']} | {r['mean_ref_loss']:.4f} | {r['relative_move']:.2%} | "
                      f"{q['q10']:.4f} / {q['q50']:.4f} / {q['q90']:.4f} | {r['below_floor_share']:.1%} | "
-                     f"{r['threshold']:.5f} | {r['undecided_share']:.1%} | {r['undecided_loss_share']:.1%} | {r['split_half']:.2f} | "
+                     f"{r['threshold']:.5f} | {r['undecided_share']:.1%} | {r['undecided_loss_share']:.1%} | "
+                     f"{r['split_half']:.2f} | "
                      f"{r['agree_with_final']:.2f} | {other} | {r['eval_ref_loss']:.4f} | {r['verdict']} |")
     return "\n".join(lines)
 

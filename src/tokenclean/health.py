@@ -97,7 +97,8 @@ def score_health(
     undecided_loss = float(base_loss[used][near].sum() / base_loss[used].sum()) if mean_base > 0 else 0.0
     health = ScoreHealth(
         response_tokens=n, mean_base_loss=mean_base, mean_ref_loss=float(ref_loss[used].mean()),
-        mean_abs_score=mean_abs, score_quantiles=_quantiles(score), relative_move=relative_move, noise_floor=noise_floor,
+        mean_abs_score=mean_abs, score_quantiles=_quantiles(score), relative_move=relative_move,
+        noise_floor=noise_floor,
         below_floor_share=float((np.abs(score) < noise_floor).mean()), keep_ratio=keep_ratio,
         threshold=threshold, undecided_share=undecided, undecided_loss_share=undecided_loss,
         split_half=split_half_agreement(base_loss - ref_loss, used, np.asarray(offsets)), verdict="healthy")
