@@ -131,15 +131,20 @@ def split_half_agreement(score: np.ndarray, used: np.ndarray, offsets: np.ndarra
     """
     from scipy.stats import spearmanr
 
-    halves: list[tuple[float, float]] = []
-    for a, b in zip(offsets[:-1], offsets[1:]):
-        s = score[a:b][used[a:b]]
-        odd, even = s[1::2], s[0::2]
-        if len(odd) >= min_tokens and len(even) >= min_tokens:
-            halves.append((float(odd.mean()), float(even.mean())))
-    if len(halves) < min_samples:
+    idx = np.flatnonzero(used)
+    n_samples = len(offsets) - 1
+    sample_of = np.searchsorted(offsets, idx, side="right") - 1  # (n_used,) sorted
+    rank = np.arange(len(idx)) - np.searchsorted(sample_of, np.arange(n_samples))[sample_of]  # within the sample
+    means, enough = [], np.ones(n_samples, bool)
+    for parity in (1, 0):  # odd-numbered, even-numbered scored tokens
+        pick = rank % 2 == parity
+        count = np.bincount(sample_of[pick], minlength=n_samples)
+        total = np.bincount(sample_of[pick], weights=score[idx[pick]], minlength=n_samples)
+        enough &= count >= min_tokens
+        means.append(total / np.maximum(count, 1))
+    if enough.sum() < min_samples:
         return None
-    x, y = np.array(halves).T
+    x, y = means[0][enough], means[1][enough]
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0  # a constant half ranks nothing
     return float(spearmanr(x, y).statistic)
