@@ -1,7 +1,7 @@
 """Warm-up length and score health: how far must the reference move before its scores mean something?
 
 One LoRA warm-up of the base on the warm-up split, with the adapter saved at several optimizer steps; each saved
-reference scores the pool and the held-out rows (``tokenclean.score_pair``), and ``tokenclean.health`` measures
+reference scores the pool and the held-out rows (``tokenclean.score_pair``), and ``tokenclean.selection.health`` measures
 the scores. A second seed gives a second, independent reference: how much two references' selections agree is
 the ground truth that the diagnostic is checked against. Every stage writes under ``--out`` and is skipped when
 its output is there, so a killed run resumes.
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenclean import training
+from tokenclean.compute import training
 from tokenclean.api import prepare_tokens, score_pair, train
-from tokenclean.modeling import load_tokenizer
-from tokenclean.tokens import TokenizeConfig
-from tokenclean.training import TrainConfig
+from tokenclean.compute.modeling import load_tokenizer
+from tokenclean.core.tokens import TokenizeConfig
+from tokenclean.compute.training import TrainConfig
 
 log = logging.getLogger("warmup_length")
 
@@ -111,7 +111,7 @@ def warm_up(args, base: str, tokens, seed: int, out: Path) -> dict:
 
 def score_step(base: str, tokens, adapter: Path, out: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """(base losses, reference losses) over ``tokens``, read back from ``out`` when scored before."""
-    from tokenclean.artifacts import Scores
+    from tokenclean.core.artifacts import Scores
 
     if not (out / "ref" / "scores.json").exists():
         start = time.perf_counter()
@@ -157,7 +157,7 @@ def noise_floor(args, out: Path, scored) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     fp32_dir = next(out.glob("seed-*/scores-*/base"))
-    from tokenclean.artifacts import Scores
+    from tokenclean.core.artifacts import Scores
 
     rows = scored.select(np.arange(args.floor_rows))
     end = rows.offsets[-1]
@@ -174,8 +174,8 @@ def noise_floor(args, out: Path, scored) -> dict:
 
 def analyze(args, out: Path, scored, n_pool: int, floor: dict) -> None:
     """One row per (seed, step): health of the pool's scores, held-out losses, agreement with other references."""
-    from tokenclean.health import score_health, selection_agreement
-    from tokenclean.selection import SelectConfig, select_tokens
+    from tokenclean.selection.health import score_health, selection_agreement
+    from tokenclean.selection.select import SelectConfig, select_tokens
 
     offsets = scored.offsets
     pool_end = offsets[n_pool]

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import option
-from .data import RowError, _sample_id, where
-from .errors import ConfigError, DataError
-from .training import TrainConfig
+from ..config import option
+from ..core.data import RowError, _sample_id, where
+from ..errors import ConfigError, DataError
+from ..compute.training import TrainConfig
 
 
 @dataclass

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 
 from tokenclean.config import field_names
-from tokenclean.data import DataConfig
+from tokenclean.core.data import DataConfig
 from tokenclean.errors import ConfigError, DataError
-from tokenclean.scoring import ScoreConfig
-from tokenclean.selection import SelectConfig
-from tokenclean.tokens import TokenizeConfig
-from tokenclean.training import TrainConfig
-from tokenclean.warmup import WarmupConfig, reference_train_config, steps_per_epoch, top_rated
+from tokenclean.compute.scoring import ScoreConfig
+from tokenclean.selection.select import SelectConfig
+from tokenclean.core.tokens import TokenizeConfig
+from tokenclean.compute.training import TrainConfig
+from tokenclean.runs.warmup import WarmupConfig, reference_train_config, steps_per_epoch, top_rated
 
 
 def test_setting_names_do_not_collide_with_other_sections():
-    from tokenclean.pipeline import RunSettings
+    from tokenclean.runs.config import RunSettings
 
     others = field_names(RunSettings, DataConfig, TokenizeConfig, ScoreConfig, SelectConfig, TrainConfig)
     assert not field_names(WarmupConfig) & others

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tokenclean.health import NOISE_FLOOR, score_health, selection_agreement, split_half_agreement
+from tokenclean.selection.health import NOISE_FLOOR, score_health, selection_agreement, split_half_agreement
 
 
 def _pool(n_samples: int = 40, length: int = 30, prompt: int = 10, seed: int = 0):
