@@ -12,6 +12,7 @@ from ..core.data import DataConfig
 from ..core.tokens import TokenizeConfig
 from ..errors import ConfigError
 from ..selection.select import SelectConfig
+from .warmup import WarmupConfig
 
 
 @dataclass
@@ -62,9 +63,10 @@ class RunConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
     SECTIONS = {"run": RunSettings, "data": DataConfig, "tokenize": TokenizeConfig, "score": ScoreConfig,
-                "select": SelectConfig, "train": TrainConfig}
+                "select": SelectConfig, "train": TrainConfig, "warmup": WarmupConfig}
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> RunConfig:
@@ -84,6 +86,9 @@ class RunConfig:
 
         if r.method not in METHODS:
             raise ConfigError(f"unknown method {r.method!r}, expected one of {sorted(METHODS)}")
+        if r.warmup_data and self.warmup.warmup_rated_by:
+            raise ConfigError("--warmup-rated-by picks the warm-up rows from the pool; it cannot be combined with "
+                              "--warmup-data (your own warm-up set)")
 
         resolve_dtype(r.dtype, resolve_device(r.device))  # a missing GPU is reported before anything runs
 
