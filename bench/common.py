@@ -55,9 +55,9 @@ def non_embedding_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p is not emb)
 
 
-def matmul_flops(n: int = 2048, reps: int = 3) -> float:
-    """Best-of-``reps`` FLOP/s of an n x n x n fp32 matmul on this machine, now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_flops(n: int = 2048, reps: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-``reps`` FLOP/s of an n x n x n matmul in ``dtype`` on this machine, now."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(reps):
@@ -65,6 +65,35 @@ def matmul_flops(n: int = 2048, reps: int = 3) -> float:
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
+
+
+def run_facts(dtype: torch.dtype | None = None) -> str:
+    """One paragraph for the top of a benchmark's output: date, CPU model, torch's capability and the CPU flags
+    that matter for bf16, whether bf16 is native, the dtype ``auto`` picks, library versions, load average."""
+    import datetime
+
+    import transformers
+
+    from tokenclean.hardware import auto_dtype, compute_facts
+
+    facts = compute_facts("cpu", dtype or auto_dtype("cpu"))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU {facts['cpu_model']}, "
+            f"{os.cpu_count()} CPUs, torch capability {facts['cpu_capability']}, flags "
+            f"{' '.join(facts['cpu_flags']) or 'none of interest'}; native bf16: {facts['native_bf16']}; dtype auto "
+            f"picks {facts['dtype']}\ntorch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
+            f"{transformers.__version__}, numpy {np.__version__}; load average {load}")
+
+
+def selection_agreement(score_a: np.ndarray, score_b: np.ndarray, keep_ratio: float = 0.6) -> float:
+    """Share of the global top-``keep_ratio`` tokens by ``score_a`` that are also in the top by ``score_b``.
+    Both: flat float arrays, NaN where a token is not scored (the same positions in both)."""
+    from tokenclean.selection import round_half_up, top_k_mask
+
+    scored = ~np.isnan(score_a)
+    k = int(round_half_up(keep_ratio * scored.sum()))
+    a, b = top_k_mask(score_a[scored], k), top_k_mask(score_b[scored], k)
+    return float((a & b).sum() / max(k, 1))
 
 
 def timed(fn, *args, **kwargs):
