@@ -63,6 +63,67 @@ def fp32_head():
         losses_module.head_losses = plain
 
 
+class Bf16Emulation(torch.overrides.TorchFunctionMode):
+    """bf16 numerics at fp32 speed, for CPUs whose bf16 matmuls are too slow to score a real workload (this AVX2
+    EPYC: ``torch.mm`` in bf16 ran at 0.12 GFLOP/s). Every float32 tensor an op returns is rounded to bf16 in
+    place: the model's weights (rounded beforehand) and activations hold bf16 values, while products accumulate
+    in fp32, as oneDNN's bf16 kernels do. ``active = False`` pauses it (the fp32 log-softmax of the head)."""
+
+    active = True
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if (self.active and isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.is_contiguous()
+                and out.numel() and (torch.is_inference_mode_enabled() or not out.is_inference())):
+            # (a strided view, e.g. expand, is of an already-rounded tensor; results leaving inference mode are)
+            out.copy_(out.to(torch.bfloat16))
+        return out
+
+
+@contextlib.contextmanager
+def emulated_bf16(fp32_head_matmul: bool):
+    """Within the block, scoring runs under ``Bf16Emulation``; the head's logits are rounded to bf16 (as a bf16
+    matmul writes them) unless ``fp32_head_matmul``, and their log-softmax is fp32 either way."""
+    plain = losses_module.head_losses
+    mode = Bf16Emulation()
+
+    def head(hidden, weight, targets, bias=None, chunk_tokens=None):
+        mode.active = False
+        try:
+            if fp32_head_matmul:
+                return plain(hidden, weight, targets, bias, chunk_tokens)
+            out = torch.empty(len(targets))
+            for i in range(0, len(targets), 512):  # the same reduction as head_losses, on bf16-rounded logits
+                logits = torch.mm(weight, hidden[i : i + 512].T).bfloat16().float()  # (V, c)
+                cols = torch.arange(logits.shape[1])
+                out[i : i + 512] = torch.logsumexp(logits, 0) - logits[targets[i : i + 512], cols]
+            return out
+        finally:
+            mode.active = True
+
+    losses_module.head_losses = head
+    try:
+        with mode:
+            yield
+    finally:
+        losses_module.head_losses = plain
+
+
+def bf16_valued(model):
+    """A copy of ``model`` in fp32 whose weights hold bf16 values (what ``model.to(torch.bfloat16)`` keeps)."""
+    return copy.deepcopy(model).to(torch.bfloat16).to(torch.float32)
+
+
+def emulated_variants(base32, ref32, tokens) -> dict:
+    """{variant: (base losses, ref losses)} with bf16 emulated (``Bf16Emulation``); fp32 computed plainly."""
+    found = {"fp32": tuple(score_tokens(m, tokens, ScoreConfig(), progress=False).token_loss for m in (base32, ref32))}
+    pair = tuple(bf16_valued(m) for m in (base32, ref32))
+    for v, fp32_matmul in (("bf16", False), ("bf16 trunk + fp32 head", True)):
+        with emulated_bf16(fp32_matmul):
+            found[v] = tuple(score_tokens(m, tokens, ScoreConfig(), progress=False).token_loss for m in pair)
+    return found
+
+
 def reference(base, tokens, steps: int, rows: int = 8):
     """A copy of ``base`` after ``steps`` AdamW steps (lr 1e-4) on the first ``rows`` chats' response tokens."""
     ref = copy.deepcopy(base).train()
@@ -85,56 +146,83 @@ def reference(base, tokens, steps: int, rows: int = 8):
     return ref.eval()
 
 
-def score_variants(base32, ref32, tokens, repeats: int) -> tuple[dict, dict, list]:
-    """Scores every variant of base and reference ``repeats`` times, round-robin, with matmul probes between.
-    Returns ({variant: (base losses, ref losses)}, {variant: [seconds per pass]}, [(fp32, bf16) FLOP/s probes])."""
-    models = {"fp32": (base32, ref32)}
-    models["bf16"] = tuple(copy.deepcopy(m).to(torch.bfloat16) for m in (base32, ref32))
+def score_variants(models32: tuple, tokens, repeats: int, probe_n: int) -> tuple[dict, dict, list]:
+    """Scores ``tokens`` with every variant of each of ``models32`` (fp32 models; bf16 copies are made), in real
+    arithmetic, ``repeats`` times round-robin with matmul probes (``probe_n``^3) between. Returns
+    ({variant: tuple of losses per model}, {variant: [seconds per pass]}, [(fp32, bf16) FLOP/s probes])."""
+    models = {"fp32": models32, "bf16": tuple(copy.deepcopy(m).to(torch.bfloat16) for m in models32)}
     models["bf16 trunk + fp32 head"] = models["bf16"]
     found, seconds, probes = {}, {v: [] for v in models}, []
+
+    def probe():
+        probes.append((matmul_flops(probe_n), matmul_flops(probe_n, dtype=torch.bfloat16)))
+
     for _ in range(repeats):
-        probes.append((matmul_flops(), matmul_flops(dtype=torch.bfloat16)))
-        for v, pair in models.items():
+        probe()
+        for v, group in models.items():
             with fp32_head() if v == "bf16 trunk + fp32 head" else contextlib.nullcontext():
                 out = []
-                for m in pair:
+                for m in group:
                     s = score_tokens(m, tokens, ScoreConfig(), progress=False)
                     seconds[v].append(s.meta["seconds"])
                     out.append(s.token_loss)
             found[v] = tuple(out)
-    probes.append((matmul_flops(), matmul_flops(dtype=torch.bfloat16)))
+    probe()
     return found, seconds, probes
 
 
-def bench_scoring(name: str, samples: int, repeats: int, ref_steps: int) -> None:
+def bench_scoring(name: str, samples: int, speed_samples: int | None, repeats: int, ref_steps: int) -> None:
+    """Speed (real arithmetic) and agreement (real bf16 where the CPU has it, emulated elsewhere) of each variant."""
+    from tokenclean.hardware import cpu_has_native_bf16
+
     path = gguf_model_dir(name)
     if path is None:
         print(f"{name}: skipped (its GGUF package is not installed)")
         return
+    native = cpu_has_native_bf16()
     tokens = tokenize(gsm8k_conversations(samples), load_tokenizer(path), TokenizeConfig(template="default"))
     base32 = load_model(path, "cpu", "float32").eval()
     start = time.perf_counter()
     ref32 = reference(base32, tokens, ref_steps)
-    n_tokens, n_scored = tokens.meta["tokens"], tokens.meta["response_tokens"]
+    ref_seconds = time.perf_counter() - start
+    # Without native bf16, torch.mm in bf16 is ~1000x slower than fp32 here: time it on the shortest chats only.
+    speed_samples = speed_samples or (samples if native else 2)
+    speed_tokens = tokens.select(np.argsort(tokens.lengths, kind="stable")[:speed_samples])
+    n_tokens, n_scored = speed_tokens.meta["tokens"], speed_tokens.meta["response_tokens"]
     cfg = base32.config
     need = 2 * non_embedding_params(base32) * n_tokens + 2 * cfg.hidden_size * cfg.vocab_size * n_scored
-    print(f"\n{name}: {path}; {samples} chats, {n_tokens} tokens, {n_scored} response tokens; vocabulary "
-          f"{cfg.vocab_size}; {need / 1e12:.3f} TFLOP per pass; reference made in {time.perf_counter() - start:.0f} s")
-    found, seconds, probes = score_variants(base32, ref32, tokens, repeats)
+    print(f"\n{name}: {path}; vocabulary {cfg.vocab_size}; reference made in {ref_seconds:.0f} s")
+    print(f"speed: {speed_samples} chats, {n_tokens} tokens, {n_scored} response tokens, {need / 1e9:.1f} GFLOP per "
+          f"pass; real arithmetic in each dtype, base model, best of {repeats}")
+    pair_speed = (base32,) if not native or speed_samples != samples else (base32, ref32)
+    found, seconds, probes = score_variants(pair_speed, speed_tokens, repeats, 2048 if native else 512)
     peak = {torch.float32: max(p[0] for p in probes), torch.bfloat16: max(p[1] for p in probes)}
-    print("matmul 2048^3 probes, GFLOP/s (fp32, bf16): " + "; ".join(f"{a / 1e9:.0f}, {b / 1e9:.0f}" for a, b in probes))
+    print(f"matmul {2048 if native else 512}^3 probes, GFLOP/s (fp32, bf16): "
+          + "; ".join(f"{a / 1e9:.2f}, {b / 1e9:.2f}" for a, b in probes))
+    best32 = min(seconds["fp32"])
+    for v in seconds:
+        sec = min(seconds[v])
+        print(f"  {v}: {sec:.2f} s ({n_tokens / sec:.0f} tok/s; passes {', '.join(f'{x:.1f}' for x in seconds[v])}), "
+              f"{best32 / sec:.2f}x fp32's speed, {need / sec / peak[DTYPES[v]]:.0%} of the {DTYPES[v]} matmul peak "
+              f"({peak[DTYPES[v]] / 1e9:.2f} GFLOP/s)")
+    if not (native and speed_samples == samples):
+        found = emulated_variants(base32, ref32, tokens) if not native else \
+            score_variants((base32, ref32), tokens, 1, 2048)[0]
+    report_agreement(found, tokens, "real bf16" if native else "bf16 emulated at fp32 speed (Bf16Emulation)")
+
+
+def report_agreement(found: dict, tokens, how: str) -> None:
     fp32_base, fp32_ref = found["fp32"]
     fp32_score = fp32_base - fp32_ref
     scored = ~np.isnan(fp32_base)
-    print(f"fp32 scores: mean {np.nanmean(fp32_score):.3f}, std {np.nanstd(fp32_score):.3f} nats")
-    best32 = min(seconds["fp32"])
+    print(f"agreement, {how}: {len(tokens)} chats, {int(scored.sum())} response tokens; fp32 scores mean "
+          f"{np.nanmean(fp32_score):.3f}, std {np.nanstd(fp32_score):.3f} nats")
     for v, (b, r) in found.items():
-        s = min(seconds[v])
+        if v == "fp32":
+            continue
         diff = np.abs(b[scored] - fp32_base[scored])
-        print(f"  {v}: best pass {s:.2f} s ({n_tokens / s:.0f} tok/s; passes {', '.join(f'{x:.1f}' for x in seconds[v])}), "
-              f"{best32 / s:.2f}x fp32's speed, {need / s / peak[DTYPES[v]]:.0%} of the {DTYPES[v]} matmul peak "
-              f"({peak[DTYPES[v]] / 1e9:.0f} GFLOP/s); |loss difference| max {diff.max():.4f} mean {diff.mean():.5f}; "
-              f"global top-60% agreement {selection_agreement(fp32_score, b - r):.2%}")
+        print(f"  {v}: |loss difference| max {diff.max():.4f}, mean {diff.mean():.5f}; global top-60% agreement "
+              f"{selection_agreement(fp32_score, b - r):.2%} (by loss alone {selection_agreement(fp32_base, b):.2%})")
 
 
 def ours_end_to_end(model_dir: str, jsonl: str, out_dir: str) -> None:
@@ -162,7 +250,7 @@ def timed_subprocess(cmd: list[str]) -> tuple[float, float, str]:
     return wall, rss, text
 
 
-def side_by_side(name: str, samples: int, script: str, driver: str, batch: int) -> None:
+def side_by_side(name: str, samples: int, script: str, driver: str, batch: int, repeats: int) -> None:
     path = gguf_model_dir(name)
     if path is None:
         print(f"{name}: side-by-side skipped (its GGUF package is not installed)")
@@ -171,7 +259,7 @@ def side_by_side(name: str, samples: int, script: str, driver: str, batch: int) 
     jsonl = work / "train.jsonl"
     jsonl.write_text("".join(json.dumps({"messages": c.messages}) + "\n" for c in gsm8k_conversations(samples)))
     runs = {}
-    for who in ("paper", "ours", "paper", "ours"):  # alternated, so both see the machine's drift
+    for who in ("paper", "ours") * repeats:  # alternated, so both see the machine's drift
         out = work / who
         out.mkdir(exist_ok=True)
         cmd = [sys.executable, driver, script, str(path), str(jsonl), str(out), str(batch)] if who == "paper" else \
@@ -218,18 +306,21 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--models", default="smollm2,gemma3")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--speed-samples", type=int, help="chats timed per variant (default: all where the CPU has "
+                    "native bf16, the 2 shortest elsewhere)")
     ap.add_argument("--ref-steps", type=int, default=3)
     ap.add_argument("--paper-script", help="path to the paper's calculate_token_loss.py (outside this repository)")
     ap.add_argument("--paper-driver", default="/tmp/paper/driver.py")
     ap.add_argument("--paper-batch", type=int, default=6, help="the paper's BATCH_SIZE_PER_GPU (fixed_model_cleaning.sh)")
+    ap.add_argument("--paper-repeats", type=int, default=2)
     ap.add_argument("--skip-scoring", action="store_true", help="only the side-by-side")
     args = ap.parse_args()
     print(run_facts())
     for name in args.models.split(","):
         if not args.skip_scoring:
-            bench_scoring(name, args.samples, args.repeats, args.ref_steps)
+            bench_scoring(name, args.samples, args.speed_samples, args.repeats, args.ref_steps)
         if args.paper_script:
-            side_by_side(name, args.samples, args.paper_script, args.paper_driver, args.paper_batch)
+            side_by_side(name, args.samples, args.paper_script, args.paper_driver, args.paper_batch, args.paper_repeats)
     print("at the end: " + run_facts().splitlines()[-1].split("; ")[-1])
 
 
