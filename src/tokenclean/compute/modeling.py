@@ -66,11 +66,12 @@ def out_of_memory_as_error(what: str, advice: str) -> Iterator[None]:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bf16 on a GPU that supports it and fp32 elsewhere."""
+    """``auto`` is bf16 where ``device`` computes it natively (a GPU that supports it, a CPU with AVX512-BF16, AMX
+    or Arm BF16) and fp32 elsewhere: see ``hardware.auto_dtype``."""
     if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        from .hardware import auto_dtype
+
+        return auto_dtype(device)
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:

@@ -34,7 +34,8 @@ class RunSettings:
     eval_fraction: float = option(0.0, "hold out this share of the pool (fixed split, never trained on) for the "
                                   "held-out loss, when no --eval-data is given")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: CUDA when available)")
-    dtype: str = option("auto", "scoring weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    dtype: str = option("auto", "scoring weights dtype: auto (bf16 where the hardware has native bf16: CUDA, CPUs "
+                        "with AVX512-BF16 or AMX; fp32 elsewhere), float32, bfloat16")
     cache: bool = option(True, "take the base model's token losses from the score cache when another run "
                          "computed them for the same base, tokenizer and data, and store new ones there "
                          "(--no-cache: always compute)")

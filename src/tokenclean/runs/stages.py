@@ -159,7 +159,40 @@ class Run(Store):
         return self.cfg.run.cache and (self.cfg.run.cache_dir or True)
 
     def _score_inputs(self, model_key: str, tokens: TokenTable) -> dict[str, Any]:
-        return {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"], "dtype": self.cfg.run.dtype}
+        # the dtype auto resolves to on this machine: "auto" means bf16 on one CPU and fp32 on another
+        return {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"], "dtype": self.scoring_dtype}
+
+    @property
+    def scoring_dtype(self) -> str:
+        """``--dtype`` as resolved on this machine (``compute.hardware``): "float32" or "bfloat16"."""
+        if "dtype" not in self._cache:
+            from ..compute.modeling import resolve_device, resolve_dtype
+
+            dtype = resolve_dtype(self.cfg.run.dtype, resolve_device(self.cfg.run.device))
+            self._cache["dtype"] = str(dtype).removeprefix("torch.")
+        return self._cache["dtype"]
+
+    def base_model_record(self) -> dict[str, Any]:
+        """The base model as given, its fingerprint, and for a GGUF source the file it was converted from
+        (``compute.gguf``: name, size, sha256, converter versions)."""
+        from ..compute import gguf
+
+        record = {"source": str(self.cfg.run.base), "fingerprint": self.base_fingerprint}
+        if gguf.is_gguf_source(self.cfg.run.base):
+            record["gguf"] = gguf.read_source(gguf.converted_dir(self.cfg.run.base))
+        return record
+
+    def compute_facts(self) -> dict[str, Any]:
+        """What ran this run's numbers: device, CPU capability, whether bf16 is native, the scoring dtype and
+        whether training autocasts to bf16 (``compute.hardware``)."""
+        import torch
+
+        from ..compute.hardware import compute_facts, resolve_bf16
+        from ..compute.modeling import resolve_device
+
+        device = resolve_device(self.cfg.run.device)
+        return {**compute_facts(device, getattr(torch, self.scoring_dtype)),
+                "train_bf16": resolve_bf16(self.cfg.train.bf16, device)}
 
     def score_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable,
                     cache: bool = False, compute: Callable[[], Scores] | None = None) -> Scores:
@@ -308,6 +341,8 @@ class Run(Store):
             "seed": self.cfg.run.seed,
             "run_dir": str(self.dir / self.layout.ns) if self.layout.ns else str(self.dir),
             "versions": library_versions(),
+            "compute": self.compute_facts(),
+            "base_model": self.base_model_record(),
             **extra,
             "seconds": round(sum(rec.get("seconds") or 0 for rec in self.stages.values()), 3),
             "stages": {name: {"seconds": rec.get("seconds"), "key": rec["key"]} for name, rec in self.stages.items()},
