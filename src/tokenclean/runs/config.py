@@ -19,7 +19,8 @@ from .warmup import WarmupConfig
 class RunSettings:
     """Run: what to clean, with which base model, into which directory."""
 
-    base: str | None = option(None, "base model: a model directory or hub id (the model SFT starts from)")
+    base: str | None = option(None, "base model (the model SFT starts from): a model directory, hub id, .gguf file "
+                              "(or a directory holding one), or pkg:PACKAGE, an installed package carrying a GGUF")
     data: str | None = option(None, "the SFT pool: .json/.jsonl/.parquet file, saved datasets directory or hub id")
     out: str | None = option(None, "run directory (created; an existing run resumes)")
     method: str = option("fixed", "cleaning method")
