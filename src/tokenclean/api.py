@@ -29,7 +29,8 @@ from .io import atomic_dir, write_json
 from .compute.modeling import (load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint, resolve_device,
                        resolve_dtype)
 from .compute.scoring import ScoreConfig, score_tokens
-from .selection.select import SelectConfig, select_tokens
+from .selection.scorers import select_for
+from .selection.select import SelectConfig
 from .core.tokens import TokenizeConfig, TokenLayout, TokenTable, per_sample_sum, tokenize
 from .compute.training import TrainConfig, train_model
 
@@ -293,10 +294,17 @@ def select(
     ref: Scores | PathLike,
     out: PathLike | None = None,
     config: SelectConfig | None = None,
+    prompt_free: Scores | PathLike | None = None,
 ) -> Selection:
-    """Keep-mask from two score outputs: score = base loss - reference loss, ranked per ``config``."""
+    """Keep-mask from two score outputs: the score of ``config.scorer`` (default ``excess``: base loss - reference
+    loss; see ``selection.scorers``), ranked per ``config``. ``prompt_free``: the reference's losses of the same tokens
+    without their prompts (``compute.prompt_free``, mapped onto these tokens), needed by the prompt scorers."""
     config = config or SelectConfig()
     (base, base_name), (ref, ref_name) = _load_scores(base), _load_scores(ref)
+    free = None
+    if prompt_free is not None:
+        free, free_name = _load_scores(prompt_free)
+        check_same_tokens(base.meta, f"base scores ({base_name})", free.meta, f"prompt-free scores ({free_name})")
     check_same_tokens(base.meta, f"base scores ({base_name})", ref.meta, f"reference scores ({ref_name})")
     if base.sample_ids != ref.sample_ids or not np.array_equal(base.offsets, ref.offsets):
         raise MismatchError(f"{base_name} and {ref_name} cover different samples; score the same data with both")
@@ -307,7 +315,8 @@ def select(
                         "file scored, expected a finite loss at every response token; score again")
     check_losses(base, base_name)
     check_losses(ref, ref_name)
-    mask, counts = select_tokens(base.token_loss - ref.token_loss, base.offsets, config)
+    mask, counts = select_for(config, base.token_loss, ref.token_loss, base.offsets,
+                              prompt_free_loss=None if free is None else free.token_loss)
     meta = {
         **TokenLayout.of(base.meta).meta(),
         "base_model_fingerprint": base.meta.get("model_fingerprint"),
@@ -315,8 +324,8 @@ def select(
         "config": asdict(config),
         **counts,
     }
-    log.info("selection (%s, keep_ratio %.2f): kept %d of %d response tokens (%.4f); %d samples with none kept",
-             config.level, config.keep_ratio, counts["kept_tokens"], counts["response_tokens"],
+    log.info("selection (%s, %s, keep_ratio %.2f): kept %d of %d response tokens (%.4f); %d samples with none kept",
+             config.scorer, config.level, config.keep_ratio, counts["kept_tokens"], counts["response_tokens"],
              counts["kept_share"], counts["samples_zero_kept"])
     selection = Selection(base.sample_ids, mask, base.offsets, meta)
     if out is not None:

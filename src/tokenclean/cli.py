@@ -43,7 +43,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
     g = p.add_argument_group("model")
-    g.add_argument(flag, required=True, help="model directory or hub id (its tokenizer is used too)")
+    g.add_argument(flag, required=True, help="model directory, hub id, .gguf file (or a directory holding one) or "
+                   "pkg:PACKAGE (an installed package carrying a GGUF); its tokenizer is used too")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository to run")
 
@@ -221,7 +222,8 @@ def train_flags(p: argparse.ArgumentParser) -> None:
 def export_flags(p: argparse.ArgumentParser) -> None:
     p.description = ("Write OUT (datasets.save_to_disk) and OUT.parquet with input_ids, attention_mask and labels "
                      "(-100 for dropped and prompt tokens).")
-    p.add_argument("--tokenizer", required=True, help="tokenizer (or model) directory or hub id")
+    p.add_argument("--tokenizer", required=True,
+                   help="tokenizer (or model) directory, hub id, .gguf file or pkg:PACKAGE")
     p.add_argument("--trust-remote-code", action="store_true", help="allow code from the tokenizer repository")
     _data_args(p)
     p.add_argument("--selection", help="selection directory (default: keep every response token)")

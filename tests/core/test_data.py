@@ -107,7 +107,7 @@ def test_duplicate_ids_and_odd_sources(tmp_path):
     (tmp_path / "bytes.jsonl").write_bytes(b'{"prompt": "\xff", "completion": "x"}\n')
     with pytest.raises(DataError, match="invalid UTF-8"):
         load_conversations(tmp_path / "bytes.jsonl")
-    with pytest.raises(DataError, match="expected 'messages'"):
+    with pytest.raises(DataError, match=r"unknown.jsonl:1: the row has fields \['text'\]; expected one of the formats messages"):
         load_conversations(write_jsonl(tmp_path / "unknown.jsonl", [{"text": "hi"}]))
 
 

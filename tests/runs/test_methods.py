@@ -20,7 +20,8 @@ from tokenclean.runs.pipeline import RunConfig, run_pipeline
 from tokenclean.core.tokens import IGNORE_INDEX
 
 SETTINGS = {"prompt_field": "question", "response_field": "answer", "max_seq_len": 256, "batch_size": 8,
-            "gradient_accumulation_steps": 1, "lora_r": 8, "max_steps": 2, "batch_tokens": 4096}
+            "gradient_accumulation_steps": 1, "lora_r": 8, "max_steps": 2, "batch_tokens": 4096,
+            "warmup_min_steps": 0}
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,7 @@ def _run_cli(args, **kw):
 def test_interrupted_runs_resume_to_the_same_weights(tmp_path, tiny_model_dir, pool, monkeypatch):
     flags = ["--base", str(tiny_model_dir), "--data", str(pool), "--prompt-field", "question", "--response-field",
              "answer", "--max-seq-len", "256", "--batch-size", "4", "--gradient-accumulation-steps", "1",
-             "--lora-r", "8", "--max-steps", "8", "--save-steps", "2", "--batch-tokens", "4096", "--quiet"]
+             "--lora-r", "8", "--max-steps", "8", "--save-steps", "2", "--warmup-min-steps", "0", "--batch-tokens", "4096", "--quiet"]
     assert _run_cli([*flags, "--out", str(tmp_path / "clean")]).wait() == 0
     expected = load_file(tmp_path / "clean" / "model" / "model.safetensors")
 

@@ -66,11 +66,12 @@ def out_of_memory_as_error(what: str, advice: str) -> Iterator[None]:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bf16 on a GPU that supports it and fp32 elsewhere."""
+    """``auto`` is bf16 where ``device`` computes it natively (a GPU that supports it, a CPU with AVX512-BF16, AMX
+    or Arm BF16) and fp32 elsewhere: see ``hardware.auto_dtype``."""
     if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        from .hardware import auto_dtype
+
+        return auto_dtype(device)
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
@@ -78,9 +79,19 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+# --- GGUF sources (compute.gguf): a .gguf file, a directory holding one, or pkg:NAME ----------------------------
+def resolve_model_source(name_or_path: str | os.PathLike) -> str | os.PathLike:
+    """The converted model directory of a GGUF source (converted once, cached), else ``name_or_path`` unchanged."""
+    from . import gguf
+
+    return gguf.converted_dir(name_or_path) if gguf.is_gguf_source(name_or_path) else name_or_path
+# --- end GGUF sources ----------------------------------------------------------------------------------------------
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    name_or_path = resolve_model_source(name_or_path)  # GGUF hook
     _check_model_path(name_or_path)
     path = Path(name_or_path)
     if path.is_dir() and not any((path / f).exists() for f in _TOKENIZER_FILES):
@@ -109,6 +120,7 @@ def load_model(
 
     from .distributed import fsdp_requested
 
+    name_or_path = resolve_model_source(name_or_path)  # GGUF hook
     _check_model_path(name_or_path)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     advice = ("use --dtype bfloat16, a machine or GPU with more memory, or a smaller model" if device.type == "cpu"
@@ -181,7 +193,12 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 
 
 def path_fingerprint(name_or_path: str | os.PathLike) -> str:
-    """Fingerprint of a model directory (config and weight files), a data file or directory, or a hub id."""
+    """Fingerprint of a model directory (config and weight files), a data file or directory, or a hub id; of a GGUF
+    source (see ``tokenclean.compute.gguf``), the sha256 of the GGUF file."""
+    from . import gguf
+
+    if gguf.is_gguf_source(name_or_path):  # GGUF hook
+        return gguf.gguf_sha256(name_or_path)
     path = Path(name_or_path)
     if not path.exists():
         return f"hub:{name_or_path}"

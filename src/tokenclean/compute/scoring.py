@@ -172,8 +172,11 @@ def compute_token_loss(model, tokens: TokenTable, cfg: ScoreConfig | None = None
     return compute_token_losses(model, tokens, cfg, progress)[0]
 
 
-def _scores(tokens: TokenTable, losses: np.ndarray, seconds: float, model_fingerprint: str) -> Scores:
+def _scores(tokens: TokenTable, losses: np.ndarray, seconds: float, model_fingerprint: str, model) -> Scores:
+    from .hardware import compute_facts
+
     scored = ~np.isnan(losses)
+    param = next(model.parameters())
     meta = {
         "model_fingerprint": model_fingerprint,
         **TokenLayout.of(tokens.meta).meta(),
@@ -183,6 +186,7 @@ def _scores(tokens: TokenTable, losses: np.ndarray, seconds: float, model_finger
         "mean_token_loss": float(losses[scored].mean()) if scored.any() else None,
         "seconds": round(seconds, 3),
         "tokens_per_second": round(len(losses) / seconds, 1) if seconds > 0 else None,
+        "compute": compute_facts(param.device, param.dtype),  # the hardware and dtype these losses came from
     }
     return Scores(tokens.sample_ids, losses, tokens.offsets, meta)
 
@@ -197,7 +201,7 @@ def score_tokens(model, tokens: TokenTable, cfg: ScoreConfig | None = None, mode
     start = time.perf_counter()
     shards = ScoreShards(work_dir) if work_dir is not None else None
     losses = compute_token_losses(model, tokens, cfg, progress, shards=shards)[0]
-    return _with_resumed(_scores(tokens, losses, time.perf_counter() - start, model_fingerprint), shards)
+    return _with_resumed(_scores(tokens, losses, time.perf_counter() - start, model_fingerprint, model), shards)
 
 
 def _with_resumed(scores: Scores, shards: ScoreShards | None) -> Scores:
@@ -224,7 +228,7 @@ def score_adapter_pair(model, tokens: TokenTable, cfg: ScoreConfig | None = None
         start = time.perf_counter()
         with model.disable_adapter():
             losses = compute_token_losses(model, tokens, cfg, progress, shards=base_shards)[0]
-        base_scores = _with_resumed(_scores(tokens, losses, time.perf_counter() - start, base_fingerprint),
+        base_scores = _with_resumed(_scores(tokens, losses, time.perf_counter() - start, base_fingerprint, model),
                                     base_shards)
     start = time.perf_counter()
     model.merge_adapter()
@@ -232,7 +236,7 @@ def score_adapter_pair(model, tokens: TokenTable, cfg: ScoreConfig | None = None
         losses = compute_token_losses(model, tokens, cfg, progress, shards=ref_shards)[0]
     finally:
         model.unmerge_adapter()
-    return base_scores, _with_resumed(_scores(tokens, losses, time.perf_counter() - start, ref_fingerprint),
+    return base_scores, _with_resumed(_scores(tokens, losses, time.perf_counter() - start, ref_fingerprint, model),
                                       ref_shards)
 
 

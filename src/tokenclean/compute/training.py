@@ -22,6 +22,7 @@ import torch
 from ..config import option
 from .distributed import fsdp_requested, launched_processes
 from ..errors import ConfigError
+from .hardware import resolve_bf16
 from .losses import kept_token_loss_sum, slm_loss_sum
 from ..selection.select import round_half_up
 from ..core.tokens import IGNORE_INDEX, TokenTable, make_labels
@@ -53,6 +54,9 @@ class TrainConfig:
     save_steps: int = option(500, "checkpoint every this many steps so an interrupted run resumes (not under "
                              "FSDP: see train_model)")
     logging_steps: int = option(10, "log the loss every this many steps")
+    bf16: str = option("auto", "bf16 autocast while training (fp32 weights and optimiser state): auto = where the "
+                       "device computes bf16 natively (GPU, CPU with AVX512-BF16/AMX), true, false",
+                       choices=["auto", "true", "false"])
 
     def __post_init__(self) -> None:
         for name in ("lora_r", "batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
@@ -66,6 +70,9 @@ class TrainConfig:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.epochs <= 0 and self.max_steps < 1:
             raise ConfigError("epochs must be > 0 (or max_steps >= 1)")
+        self.bf16 = str(self.bf16).lower()  # YAML may give a boolean
+        if self.bf16 not in ("auto", "true", "false"):
+            raise ConfigError(f"bf16 must be auto, true or false, got {self.bf16!r}")
 
 
 def training_examples(tokens: TokenTable, keep_mask: np.ndarray | None = None, drop_empty: bool = True,
@@ -257,7 +264,7 @@ def train_model(
     trained_tokens = int(sum((np.asarray(lab[1:]) != IGNORE_INDEX).sum() for lab in dataset["labels"]))
     # Under FSDP the model comes in on the CPU and the Trainer moves each rank's shard to its GPU.
     device_type = "cuda" if fsdp_requested() and torch.cuda.is_available() else next(model.parameters()).device.type
-    use_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
+    use_bf16 = resolve_bf16(cfg.bf16, device_type)
     from transformers import set_seed
 
     set_seed(seed)  # before the adapter is created, so its initialisation is reproducible

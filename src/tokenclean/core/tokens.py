@@ -18,7 +18,9 @@ Alignment. ``response_mask[j]`` is True when token ``j`` is a response token the
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,7 +34,12 @@ from .data import Conversation
 from ..errors import DataError
 from ..io import atomic_write_bytes, read_json, write_json
 
+log = logging.getLogger("tokenclean")
+
 IGNORE_INDEX = -100
+# An assistant message with ``"train": False`` (a per-turn flag of the row's format: see core.formats) renders as
+# context: its tokens stay in the input and out of the response mask.
+HONOURS_TRAIN_FLAG = True
 TEMPLATES = ("auto", "chat", "default")
 
 
@@ -102,7 +109,7 @@ def _default_segments(messages: list[dict[str, str]], tokenizer) -> list[tuple[s
     for m in messages:
         if m["role"] == "assistant":
             segments.append((prompt + "<|assistant|>\n", False))
-            segments.append((m["content"] + eos, True))
+            segments.append((m["content"] + eos, m.get("train", True) is not False))
             prompt = "\n"
         else:
             prompt += f"<|{m['role']}|>\n{m['content']}\n"
@@ -110,29 +117,80 @@ def _default_segments(messages: list[dict[str, str]], tokenizer) -> list[tuple[s
 
 
 def _chat_template_segments(messages: list[dict[str, str]], tokenizer) -> list[tuple[str, bool]]:
+    """Cut the chat template's rendering at each assistant turn: the turn starts where the rendering of the
+    turns before it with the generation prompt ends, and ends where the rendering up to it ends, less any
+    whitespace after its end-of-turn special token (ChatML's and Gemma's "\n" after ``<|im_end|>`` /
+    ``<end_of_turn>``: generation stops at the special token, so the model never produces that newline)."""
     def render(msgs: list[dict[str, str]], generation_prompt: bool) -> str:
         if not msgs:
             return ""
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+        try:
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+        except Exception as e:  # noqa: BLE001 (jinja2 raises its own errors, and templates raise_exception())
+            raise DataError(f"the tokenizer's chat template fails on this conversation ({type(e).__name__}: {e}); "
+                            "fix the conversation's roles, or use --template default") from None
 
+    flags = [m.get("train", True) is not False for m in messages]
+    messages = [{k: v for k, v in m.items() if k != "train"} for m in messages]  # templates never see the flag
     full = render(messages, False)
+    specials = _special_token_texts(tokenizer)
     segments: list[tuple[str, bool]] = []
     pos = 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start = len(render(messages[:i], True))
+        before = render(messages[:i], True)
         upto = render(messages[: i + 1], False)
-        if not full.startswith(upto) or not full.startswith(render(messages[:i], True)) or start < pos:
+        if not full.startswith(upto) or not full.startswith(before) or len(before) < pos:
             raise DataError(
-                "the tokenizer's chat template does not render conversations prefix by prefix, so response "
-                "tokens cannot be located exactly; use --template default"
+                f"the tokenizer's chat template is not prefix-stable (assistant turn {i}: rendering the turns before "
+                "it, or up to it, is not a prefix of rendering the whole conversation; templates that rewrite "
+                "earlier turns or add text to the generation prompt do this), so response tokens cannot be located "
+                "exactly; use --template default"
             )
-        segments.append((full[pos:start], False))
-        segments.append((full[start : len(upto)], True))
-        pos = len(upto)
+        response = full[len(before) : len(upto)]
+        if response.rstrip() != response and response.rstrip().endswith(specials):
+            response = response.rstrip()
+        segments.append((full[pos : len(before)], False))
+        segments.append((response, flags[i]))
+        pos = len(before) + len(response)
     segments.append((full[pos:], False))
     return [s for s in segments if s[0]]
+
+
+def _special_token_texts(tokenizer) -> tuple[str, ...]:
+    """The text of every special token (EOS, ``<|im_end|>``, ``<end_of_turn>``, ...), longest first."""
+    texts = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    texts.update(t.content for t in decoder.values() if getattr(t, "special", False))
+    return tuple(sorted((t for t in texts if t), key=len, reverse=True))
+
+
+GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+GENERATION_CHECK_ROWS = 16
+
+
+def check_generation_mask(messages: list[dict[str, str]], tokenizer, input_ids: list[int],
+                          response_mask: list[bool]) -> str | None:
+    """For a chat template that marks assistant text with ``{% generation %}``: compare the template's own assistant
+    mask (``return_assistant_tokens_mask``) with ``response_mask`` (untruncated, from the segments).
+
+    Returns "" when they agree, None when the whole-text tokenization differs from the segment one (nothing to
+    compare), else a description of the difference. The segments stay the mask either way: they are what the model
+    generates after the generation prompt at inference (e.g. the space between ``Assistant:`` and the reply, which
+    a template may leave outside its generation block).
+    """
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = list(out["input_ids"]), [bool(x) for x in out["assistant_masks"]]
+    if ids != list(input_ids):
+        return None
+    mask[:1] = [False] * min(1, len(mask))  # position 0 is never a response token
+    diff = [j for j, (a, b) in enumerate(zip(mask, response_mask)) if a != b]
+    if not diff:
+        return ""
+    tokens = tokenizer.convert_ids_to_tokens([ids[j] for j in diff[:8]])
+    return (f"the chat template's {{% generation %}} blocks mark {sum(mask)} tokens, the rendered assistant turns "
+            f"{sum(response_mask)}; they differ at {len(diff)} token(s) ({tokens})")
 
 
 @dataclass
@@ -243,14 +301,16 @@ def tokenize(
     from ..compute.modeling import tokenizer_fingerprint
 
     cfg = cfg or TokenizeConfig()
-    rendered = [render_segments(c.messages, tokenizer, cfg.template) for c in conversations]
+    rendered = [_render_row(c, tokenizer, cfg.template) for c in conversations]
     texts = [text for segs in rendered for text, _ in segs]
     # One batched call: the fast tokenizer parallelises it. add_special_tokens=False because the template text
     # already contains BOS/EOS where they belong.
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     ids_col, mask_col = [], []
     k = 0
-    for segs in rendered:
+    check = _generation_check_rows(tokenizer, cfg)
+    checked = mismatches = 0
+    for row, segs in enumerate(rendered):
         ids: list[int] = []
         mask: list[bool] = []
         for _, is_response in segs:
@@ -260,6 +320,15 @@ def tokenize(
             mask.extend([is_response or cfg.train_on_prompt] * len(seg_ids))
         if mask:
             mask[0] = False
+        if row < check:
+            c = conversations[row]
+            problem = check_generation_mask(c.messages, tokenizer, ids, mask)
+            checked += problem is not None
+            if problem and not mismatches:
+                log.warning("row %s: %s; the mask is the rendered assistant turns (the text after the generation "
+                            "prompt, as generated at inference); fix the template's {%% generation %%} blocks if "
+                            "they are meant to agree, or use --template default", c.sample_id, problem)
+            mismatches += bool(problem)
         ids_col.append(ids[: cfg.max_seq_len])
         mask_col.append(mask[: cfg.max_seq_len])
     full_lengths = _full_lengths(rendered, encoded)
@@ -279,7 +348,25 @@ def tokenize(
         "truncated_samples": int(sum(n > cfg.max_seq_len for n in full_lengths)),
         "truncated_rows": [i for i, n in enumerate(full_lengths) if n > cfg.max_seq_len],
     }
+    if check:
+        meta.update(generation_mask_checked=checked, generation_mask_mismatches=mismatches)
     return TokenTable(table, _with_counts(table, meta))
+
+
+def _render_row(c: Conversation, tokenizer, template: str) -> list[tuple[str, bool]]:
+    try:
+        return render_segments(c.messages, tokenizer, template)
+    except DataError as e:
+        raise DataError(f"row {c.sample_id}: {e}") from None
+
+
+def _generation_check_rows(tokenizer, cfg: TokenizeConfig) -> int:
+    """How many leading rows to check against the template's ``{% generation %}`` mask (0: no such template)."""
+    chat_template = getattr(tokenizer, "chat_template", None)
+    uses_chat = cfg.template == "chat" or (cfg.template == "auto" and chat_template)
+    if not uses_chat or cfg.train_on_prompt or not isinstance(chat_template, str):
+        return 0
+    return GENERATION_CHECK_ROWS if GENERATION_TAG.search(chat_template) else 0
 
 
 def _full_lengths(rendered: list[list[tuple[str, bool]]], encoded: list[list[int]]) -> list[int]:

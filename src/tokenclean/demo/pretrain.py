@@ -39,7 +39,8 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "{{ 'Assistant: ' }}{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}{{ '\n' }}"
+    # the space after "Assistant:" is generated (the generation prompt ends at the colon), so it is inside the block
+    "{{ 'Assistant:' }}{% generation %}{{ ' ' + message['content'] }}{{ eos_token }}{% endgeneration %}{{ '\n' }}"
     "{% else %}"
     "{{ message['role'] | capitalize }}{{ ': ' }}{{ message['content'] }}{{ '\n' }}"
     "{% endif %}"
@@ -330,7 +331,9 @@ def _train(files: list[Path], out: Path, cfg: PretrainConfig, tokenizer: str | P
     if tokenizer is None:
         tok = train_tokenizer(iter_documents(files), cfg.vocab_size)
     else:
-        tok = AutoTokenizer.from_pretrained(tokenizer)
+        from ..compute.modeling import resolve_model_source
+
+        tok = AutoTokenizer.from_pretrained(resolve_model_source(tokenizer))  # a GGUF source: its converted dir
     blocks = pack_blocks(iter_documents(files), tok, cfg.max_seq_len)  # (N, T)
     if len(blocks) < 2:
         raise DataError(f"{files[0]}: corpus too small: {len(blocks)} block(s) of {cfg.max_seq_len} tokens")

@@ -168,7 +168,12 @@ def _harness_model(
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..compute.modeling import resolve_model_source
+
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = resolve_model_source(tokenizer)  # a GGUF source: its converted directory
     if isinstance(model, (str, os.PathLike)):
+        model = resolve_model_source(model)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = tokenizer if tokenizer is not None else model
         try:

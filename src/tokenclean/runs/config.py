@@ -12,13 +12,15 @@ from ..core.data import DataConfig
 from ..core.tokens import TokenizeConfig
 from ..errors import ConfigError
 from ..selection.select import SelectConfig
+from .warmup import WarmupConfig
 
 
 @dataclass
 class RunSettings:
     """Run: what to clean, with which base model, into which directory."""
 
-    base: str | None = option(None, "base model: a model directory or hub id (the model SFT starts from)")
+    base: str | None = option(None, "base model (the model SFT starts from): a model directory, hub id, .gguf file "
+                              "(or a directory holding one), or pkg:PACKAGE, an installed package carrying a GGUF")
     data: str | None = option(None, "the SFT pool: .json/.jsonl/.parquet file, saved datasets directory or hub id")
     out: str | None = option(None, "run directory (created; an existing run resumes)")
     method: str = option("fixed", "cleaning method")
@@ -33,7 +35,8 @@ class RunSettings:
     eval_fraction: float = option(0.0, "hold out this share of the pool (fixed split, never trained on) for the "
                                   "held-out loss, when no --eval-data is given")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: CUDA when available)")
-    dtype: str = option("auto", "scoring weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    dtype: str = option("auto", "scoring weights dtype: auto (bf16 where the hardware has native bf16: CUDA, CPUs "
+                        "with AVX512-BF16 or AMX; fp32 elsewhere), float32, bfloat16")
     cache: bool = option(True, "take the base model's token losses from the score cache when another run "
                          "computed them for the same base, tokenizer and data, and store new ones there "
                          "(--no-cache: always compute)")
@@ -62,9 +65,10 @@ class RunConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
     SECTIONS = {"run": RunSettings, "data": DataConfig, "tokenize": TokenizeConfig, "score": ScoreConfig,
-                "select": SelectConfig, "train": TrainConfig}
+                "select": SelectConfig, "train": TrainConfig, "warmup": WarmupConfig}
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> RunConfig:
@@ -84,6 +88,9 @@ class RunConfig:
 
         if r.method not in METHODS:
             raise ConfigError(f"unknown method {r.method!r}, expected one of {sorted(METHODS)}")
+        if r.warmup_data and self.warmup.warmup_rated_by:
+            raise ConfigError("--warmup-rated-by picks the warm-up rows from the pool; it cannot be combined with "
+                              "--warmup-data (your own warm-up set)")
 
         resolve_dtype(r.dtype, resolve_device(r.device))  # a missing GPU is reported before anything runs
 

@@ -69,6 +69,11 @@ class Layout:
         return f"{self.seed_ns}scores/reference"
 
     @property
+    def prompt_free_scores(self) -> str:
+        """The reference's losses of the pool's responses without their prompts (the prompt scorers)."""
+        return f"{self.seed_ns}scores/prompt_free"
+
+    @property
     def pair_scores(self) -> str:
         """Where the one-model base + reference scoring keeps its shards (under ``checkpoints/``)."""
         return f"{self.seed_ns}scores/pair"

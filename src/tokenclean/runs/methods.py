@@ -13,12 +13,15 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..core.artifacts import Scores
+from ..selection.health import score_health
+from ..selection.scorers import SCORERS
 from ..selection.select import SelectConfig, select_tokens
 from ..core.tokens import TokenTable
 from ..io import write_json
@@ -26,6 +29,8 @@ from .layout import BASE_SCORES, TOKENS
 
 if TYPE_CHECKING:
     from .stages import Run
+
+log = logging.getLogger("tokenclean")
 
 
 # name -> the method: a function of a ``Run`` returning its summary (written to ``summary.json``). A new method is
@@ -65,7 +70,8 @@ def _finish(run: Run, tables: dict[str, TokenTable], model_stage: str, keep: tup
 
 
 def _selection_counts(meta: dict[str, Any]) -> dict[str, Any]:
-    keys = ("response_tokens", "kept_tokens", "dropped_tokens", "kept_share", "samples_zero_kept", "score_threshold")
+    keys = ("response_tokens", "kept_tokens", "dropped_tokens", "kept_share", "samples_zero_kept", "score_threshold",
+            "gated_tokens", "score_health")
     return {k: meta[k] for k in keys if k in meta}
 
 
@@ -74,10 +80,26 @@ def _fixed_like(run: Run, config: SelectConfig) -> dict[str, Any]:
     base, ref = run.base_and_reference(tables)
     at = run.layout
     inputs = {"base": run.key(BASE_SCORES), "ref": run.key(at.reference_scores)}
-    selection = run.select_stage(at.selection, base, ref, inputs, config)
+    free = None
+    if SCORERS[config.scorer].needs_prompt_free:
+        free = run.prompt_free_stage(at.prompt_free_scores, run.key(at.reference), run.path(at.reference),
+                                     tables["pool"])
+        inputs["prompt_free"] = run.key(at.prompt_free_scores)
+    selection = run.select_stage(at.selection, base, ref, inputs, config, prompt_free=free)
     keep = (run.key(at.selection), selection.keep_mask)
     run.train_stage(at.model, run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
-    return _finish(run, tables, at.model, keep, _selection_counts(selection.meta))
+    summary = _finish(run, tables, at.model, keep, _selection_counts(selection.meta))
+    summary["score_health"] = score_health_of(base, ref, tables["pool"], config.keep_ratio)
+    return summary
+
+
+def score_health_of(base: Scores, ref: Scores, tokens: TokenTable, keep_ratio: float, where: str = "") -> dict:
+    """``selection.health.score_health`` of a base/reference pair over ``tokens``, as a dict; each warning is
+    logged (``where``: which reference, e.g. "round 2")."""
+    h = score_health(base.token_loss, ref.token_loss, tokens.flat_response_mask(), tokens.offsets, keep_ratio)
+    for line in h.warnings:
+        log.warning("score health%s: %s", f" ({where})" if where else "", line)
+    return h.to_dict()
 
 
 @method("fixed")
@@ -89,8 +111,11 @@ def run_fixed(run: Run) -> dict[str, Any]:
 
 @method("rho")
 def run_rho(run: Run) -> dict[str, Any]:
-    """The paper's RHO baseline: the fixed-model score ranked within each sample."""
-    return _fixed_like(run, dataclasses.replace(run.cfg.select, level="sample"))
+    """The paper's RHO baseline: the fixed-model score ranked within each sample (the excess score when the run's
+    scorer combines global and per-sample selections, which has no per-sample form of its own)."""
+    scorer = run.cfg.select.scorer
+    return _fixed_like(run, dataclasses.replace(run.cfg.select, level="sample",
+                                                scorer="excess" if SCORERS[scorer].combine else scorer))
 
 
 @method("full")
@@ -164,7 +189,8 @@ def run_self_evolving(run: Run) -> dict[str, Any]:
     keep = np.zeros(pool.meta["tokens"], dtype=bool)
     keep_key = [run.key(BASE_SCORES)]
     model_stage = at.round_stage(0, "model")
-    run.train_stage(model_stage, run.base_fingerprint, c.run.base, pool.select(parts[0]))
+    first = pool.select(parts[0])  # theta_1 is the first reference: trained with the warm-up's settings
+    run.train_stage(model_stage, run.base_fingerprint, c.run.base, first, train_config=run.warmup_train_config(first))
     _mark(keep, pool, parts[0], pool.select(parts[0]).flat_response_mask())
     trajectory = [_round_record(run, 0, model_stage, None, tables)]
     for t in range(1, c.run.rounds + 1):
@@ -172,19 +198,24 @@ def run_self_evolving(run: Run) -> dict[str, Any]:
         scores, select = at.round_stage(t, "scores"), at.round_stage(t, "selection")
         ref = run.score_stage(scores, run.key(model_stage), run.path(model_stage), chunk)
         inputs = {"base": run.key(BASE_SCORES), "ref": run.key(scores), "chunk": chunk.meta["tokens_fingerprint"]}
-        selection = run.select_stage(select, _take(base, parts[t], chunk), ref, inputs)
+        chunk_base = _take(base, parts[t], chunk)
+        selection = run.select_stage(select, chunk_base, ref, inputs)
+        health = score_health_of(chunk_base, ref, chunk, c.select.keep_ratio, where=f"round {t}")
         previous, model_stage = model_stage, at.round_stage(t, "model")
         run.train_stage(model_stage, run.key(previous), run.path(previous), chunk,
                         keep=(run.key(select), selection.keep_mask))
         _mark(keep, pool, parts[t], selection.keep_mask)
         keep_key.append(run.key(select))
-        trajectory.append(_round_record(run, t, model_stage, selection.meta, tables))
+        trajectory.append(_round_record(run, t, model_stage, {**selection.meta, "score_health": health}, tables))
     response = pool.meta["response_tokens"]
     counts = {"response_tokens": response, "kept_tokens": int(keep.sum()),
               "kept_share": float(keep.sum() / response) if response else 0.0}
     union = run.mask_stage(at.selection, pool, {"rounds": keep_key}, lambda: (keep, counts))
     summary = _finish(run, tables, model_stage, (run.key(at.selection), union.keep_mask), counts)
     summary["rounds"] = trajectory
+    healths = [r["score_health"] for r in trajectory if "score_health" in r]
+    if healths:  # the first round that is not healthy, else round 1 (the first reference's)
+        summary["score_health"] = next((h for h in healths if h["verdict"] != "healthy"), healths[0])
     summary["training"]["trained_tokens"] = sum(r["trained_tokens"] for r in trajectory)  # over all rounds
     summary["training"]["optimizer_steps"] = sum(
         run.result(at.round_stage(r["round"], "model"))["optimizer_steps"] for r in trajectory)

@@ -12,7 +12,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,10 @@ from ..io import write_json
 from .config import RunConfig
 from .layout import BASE_SCORES, TOKENS, Layout
 from .store import Store, write_config
+
+if TYPE_CHECKING:
+    from ..compute.training import TrainConfig
+    from ..selection.select import SelectConfig
 
 
 class Run(Store):
@@ -104,29 +108,45 @@ class Run(Store):
         return self._cache["tokenizer_key"]
 
     def warmup_split(self, tables: dict[str, TokenTable]) -> TokenTable:
-        """The warm-up set: the given warm-up data, or a seeded random ``warmup_fraction`` of the pool."""
+        """The warm-up set: the given warm-up data, else ``warmup_fraction`` of the pool: its top-rated rows by
+        ``--warmup-rated-by``, or a seeded random share."""
         if "warmup" in tables:
             return tables["warmup"]
-        pool, c = tables["pool"], self.cfg.run
+        pool, c, field = tables["pool"], self.cfg.run, self.cfg.warmup.warmup_rated_by
         n_warm = max(1, int(round(c.warmup_fraction * len(pool))))
+        if field:
+            from ..core.data import _read_source
+            from .warmup import top_rated
+
+            rows, lines = _read_source(c.data)
+            return pool.select(np.sort(top_rated(rows, field, pool.sample_ids, n_warm, str(c.data), lines)))
         return pool.select(np.sort(np.random.default_rng(c.seed).permutation(len(pool))[:n_warm]))
+
+    def warmup_train_config(self, warmup: TokenTable) -> TrainConfig:
+        """The reference's training settings (``runs.warmup``): the final fine-tune's, with the warm-up's epochs,
+        learning rate and minimum number of optimizer steps over ``warmup``."""
+        from ..compute.distributed import launched_processes
+        from .warmup import reference_train_config
+
+        return reference_train_config(self.cfg.train, self.cfg.warmup, len(warmup), launched_processes())
 
     def train_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable,
                     keep: tuple[str, np.ndarray] | None = None, slm: tuple[str, np.ndarray] | None = None,
-                    save_adapter: bool = False) -> Path:
+                    save_adapter: bool = False, train_config: TrainConfig | None = None) -> Path:
         """Train ``model_path`` on ``tokens``: the kept tokens of ``keep`` = (key, mask), Rho-1 online selection
         with ``slm`` = (key, reference losses), else all response tokens. ``save_adapter``: keep the unmerged
-        LoRA adapter in ``adapter/`` too."""
+        LoRA adapter in ``adapter/`` too. ``train_config``: other settings than the run's (the warm-up's)."""
         from ..api import train
 
         c = self.cfg
+        train_config = train_config or c.train
         inputs = {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"],
                   "keep": keep and keep[0],
-                  "slm": slm and [slm[0], c.select.keep_ratio], "train_config": asdict(c.train),
+                  "slm": slm and [slm[0], c.select.keep_ratio], "train_config": asdict(train_config),
                   "drop_empty": c.select.drop_empty, "seed": c.run.seed}
         mask = keep[1] if keep else None
         self.stage(name, inputs, lambda tmp: train(
-            str(model_path), tokens, tmp, tokenizer=self.tokenizer, train_config=c.train,
+            str(model_path), tokens, tmp, tokenizer=self.tokenizer, train_config=train_config,
             drop_empty=c.select.drop_empty, seed=c.run.seed, device=c.run.device,
             trust_remote_code=c.run.trust_remote_code, checkpoint_dir=self.work_dir(name, inputs),
             slm=(slm[1], c.select.keep_ratio) if slm else None, selection=_as_selection(mask, tokens),
@@ -139,7 +159,40 @@ class Run(Store):
         return self.cfg.run.cache and (self.cfg.run.cache_dir or True)
 
     def _score_inputs(self, model_key: str, tokens: TokenTable) -> dict[str, Any]:
-        return {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"], "dtype": self.cfg.run.dtype}
+        # the dtype auto resolves to on this machine: "auto" means bf16 on one CPU and fp32 on another
+        return {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"], "dtype": self.scoring_dtype}
+
+    @property
+    def scoring_dtype(self) -> str:
+        """``--dtype`` as resolved on this machine (``compute.hardware``): "float32" or "bfloat16"."""
+        if "dtype" not in self._cache:
+            from ..compute.modeling import resolve_device, resolve_dtype
+
+            dtype = resolve_dtype(self.cfg.run.dtype, resolve_device(self.cfg.run.device))
+            self._cache["dtype"] = str(dtype).removeprefix("torch.")
+        return self._cache["dtype"]
+
+    def base_model_record(self) -> dict[str, Any]:
+        """The base model as given, its fingerprint, and for a GGUF source the file it was converted from
+        (``compute.gguf``: name, size, sha256, converter versions)."""
+        from ..compute import gguf
+
+        record = {"source": str(self.cfg.run.base), "fingerprint": self.base_fingerprint}
+        if gguf.is_gguf_source(self.cfg.run.base):
+            record["gguf"] = gguf.read_source(gguf.converted_dir(self.cfg.run.base))
+        return record
+
+    def compute_facts(self) -> dict[str, Any]:
+        """What ran this run's numbers: device, CPU capability, whether bf16 is native, the scoring dtype and
+        whether training autocasts to bf16 (``compute.hardware``)."""
+        import torch
+
+        from ..compute.hardware import compute_facts, resolve_bf16
+        from ..compute.modeling import resolve_device
+
+        device = resolve_device(self.cfg.run.device)
+        return {**compute_facts(device, getattr(torch, self.scoring_dtype)),
+                "train_bf16": resolve_bf16(self.cfg.train.bf16, device)}
 
     def score_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable,
                     cache: bool = False, compute: Callable[[], Scores] | None = None) -> Scores:
@@ -164,14 +217,33 @@ class Run(Store):
         return Scores.load(self.path(name))
 
     def select_stage(self, name: str, base: Scores, ref: Scores, inputs: dict[str, Any],
-                     config: SelectConfig | None = None) -> Selection:
-        """Select from two ``Scores`` (``inputs`` identifies them: their stage keys)."""
+                     config: SelectConfig | None = None, prompt_free: Scores | None = None) -> Selection:
+        """Select from two ``Scores`` (``inputs`` identifies them: their stage keys; a prompt scorer's
+        ``prompt_free`` scores too)."""
         from ..api import select
 
         config = config or self.cfg.select
         self.stage(name, {**inputs, "select_config": asdict(config)},
-                   lambda tmp: select(base, ref, tmp, config).meta)
+                   lambda tmp: select(base, ref, tmp, config, prompt_free=prompt_free).meta)
         return Selection.load(self.path(name))
+
+    def prompt_free_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable) -> Scores:
+        """The losses of ``tokens``' response tokens under ``model_path`` with their prompts removed
+        (``compute.prompt_free``), mapped back onto ``tokens`` (NaN at prompt tokens and a span's first token when
+        the tokenizer has no BOS): what the prompt scorers compare with the reference's ordinary losses."""
+        from ..compute.prompt_free import score_prompt_free, start_token_id
+
+        start = start_token_id(self.tokenizer)
+        c = self.cfg
+
+        def compute() -> Scores:
+            free, mapped = score_prompt_free(str(model_path), tokens, start, score_config=c.score,
+                                             device=c.run.device, dtype=c.run.dtype,
+                                             trust_remote_code=c.run.trust_remote_code)
+            meta = {**free.meta, **TokenLayout.of(tokens.meta).meta(), "prompt_free": {"start_token": start}}
+            return Scores(tokens.sample_ids, mapped, tokens.offsets, meta)
+
+        return self.score_stage(name, f"{model_key}:prompt-free:{start}", model_path, tokens, compute=compute)
 
     def mask_stage(self, name: str, tokens: TokenTable, inputs: dict[str, Any],
                    make: Callable[[], tuple[np.ndarray, dict[str, Any]]]) -> Selection:
@@ -204,8 +276,9 @@ class Run(Store):
     def reference_model(self, tables: dict[str, TokenTable]) -> Path:
         """The warm-up reference: the base trained on all response tokens of the warm-up set. With ``--lora``
         its unmerged adapter is kept in ``adapter/`` as well, for ``base_and_reference``."""
-        return self.train_stage(self.layout.reference, self.base_fingerprint, self.cfg.run.base,
-                                self.warmup_split(tables), save_adapter=self.cfg.train.lora)
+        warmup = self.warmup_split(tables)
+        return self.train_stage(self.layout.reference, self.base_fingerprint, self.cfg.run.base, warmup,
+                                save_adapter=self.cfg.train.lora, train_config=self.warmup_train_config(warmup))
 
     def reference(self, tables: dict[str, TokenTable]) -> tuple[Path, Scores]:
         """The warm-up reference model and its losses over the pool."""
@@ -268,6 +341,8 @@ class Run(Store):
             "seed": self.cfg.run.seed,
             "run_dir": str(self.dir / self.layout.ns) if self.layout.ns else str(self.dir),
             "versions": library_versions(),
+            "compute": self.compute_facts(),
+            "base_model": self.base_model_record(),
             **extra,
             "seconds": round(sum(rec.get("seconds") or 0 for rec in self.stages.values()), 3),
             "stages": {name: {"seconds": rec.get("seconds"), "key": rec["key"]} for name, rec in self.stages.items()},

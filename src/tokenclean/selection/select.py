@@ -24,6 +24,8 @@ from ..core.tokens import per_sample_sum
 from ..errors import ConfigError
 
 LEVELS = ("global", "sample", "threshold")
+# Token scorers (``tokenclean.scorers.SCORERS`` holds what each computes); union/intersection combine two levels.
+SCORERS = ("excess", "small-loss", "curve-positive", "union", "intersection", "prompt", "prompt-excess")
 
 
 @dataclass
@@ -36,6 +38,13 @@ class SelectConfig:
     threshold: float = option(0.0, "with --level threshold: keep tokens whose score is above this")
     min_kept_per_sample: int = option(0, "top every sample up to at least this many kept tokens, by score")
     drop_empty: bool = option(True, "leave samples with no kept token out of training and export")
+    scorer: str = option("excess", "what ranks tokens (see tokenclean.scorers): excess = base - reference loss; "
+                         "small-loss: excess, never keeping tokens the reference still finds hard; curve-positive: "
+                         "the paper code's fixed rule; union/intersection of the global and sample selections; "
+                         "prompt: how much the prompt helps the reference; prompt-excess: both",
+                         choices=list(SCORERS))
+    gate_quantile: float = option(0.9, "with --scorer small-loss: never keep a token whose reference loss is above "
+                                  "this quantile of all response tokens' reference losses, in (0, 1]")
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -44,6 +53,13 @@ class SelectConfig:
             raise ConfigError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         if self.min_kept_per_sample < 0:
             raise ConfigError(f"min_kept_per_sample must be >= 0, got {self.min_kept_per_sample}")
+        if self.scorer not in SCORERS:
+            raise ConfigError(f"unknown scorer {self.scorer!r}, expected one of {list(SCORERS)}")
+        if not (0.0 < self.gate_quantile <= 1.0):
+            raise ConfigError(f"gate_quantile must be in (0, 1], got {self.gate_quantile}")
+        if self.scorer in ("union", "intersection") and self.level != "global":
+            raise ConfigError(f"scorer {self.scorer!r} combines the global and the sample selection itself; "
+                              f"leave level at 'global', got {self.level!r}")
 
 
 def round_half_up(x: np.ndarray | float) -> np.ndarray:

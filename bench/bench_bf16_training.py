@@ -1,0 +1,100 @@
+"""Training step throughput on the packaged real models: fp32 vs bf16 autocast, loss at kept positions only vs
+full logits, in one run (interleaved, so the shared machine's drift hits every variant alike).
+
+Models: SmolLM2-135M-Instruct (vocabulary 49,152) and Gemma-3-270M (262,144), converted from their GGUF packages
+(``common.gguf_model_dir``). Batch 2 x 256 random tokens, 60% of positions kept; full fine-tune (forward, backward,
+AdamW step). bf16 autocast = ``torch.autocast("cpu", torch.bfloat16)`` around forward and loss, as the Trainer
+does with ``bf16=True``: weights and optimiser state stay fp32.
+
+    python bench/bench_bf16_training.py [--models smollm2,gemma3] [--steps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import torch
+
+from bench_training import full_logits_loss, kept_loss
+from common import gguf_model_dir, run_facts
+
+from tokenclean.compute.modeling import load_model
+from tokenclean.core.tokens import IGNORE_INDEX
+
+VARIANTS = {  # name: (loss function, bf16 autocast)
+    "fp32, kept positions": (kept_loss, False),
+    "bf16 autocast, kept positions": (kept_loss, True),
+    "fp32, full logits": (full_logits_loss, False),
+    "bf16 autocast, full logits": (full_logits_loss, True),
+}
+
+
+def one_step(model, opt, loss_fn, bf16: bool, batch) -> float:
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        loss = loss_fn(model, *batch)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def bench_model(name: str, steps: int, batch: int, seq: int, kept: float, layers: int | None, fp32_only: bool) -> None:
+    path = gguf_model_dir(name)
+    if path is None:
+        print(f"{name}: skipped (its GGUF package is not installed)")
+        return
+    model = load_model(path, "cpu", "float32").train()
+    if layers:  # the first ``layers`` blocks only (same widths and vocabulary): where bf16 is slow, a whole step is
+        model.model.layers = model.model.layers[:layers]  # too slow to time
+        model.config.num_hidden_layers = layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:layers]
+    variants = {v: x for v, x in VARIANTS.items() if not (fp32_only and x[1])}
+    vocab = model.config.vocab_size
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)  # tiny steps: the weights barely move between variants
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    labels = torch.where(torch.rand(batch, seq, generator=g) < kept, ids, IGNORE_INDEX)
+    data = (ids, torch.ones_like(ids), labels)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for v, (fn, bf16) in variants.items():  # warm-up step of each variant
+        one_step(model, opt, fn, bf16, data)
+    for _ in range(steps):  # round-robin, so each variant sees the same load
+        for v, (fn, bf16) in variants.items():
+            times[v].append(one_step(model, opt, fn, bf16, data))
+    best = {v: min(t) for v, t in times.items()}
+    tokens = batch * seq
+    print(f"{name}{f' (first {layers} layers)' if layers else ''} (vocabulary {vocab}, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters), "
+          f"batch {batch} x {seq}, best of {steps} steps per variant:")
+    for v, s in best.items():
+        print(f"  {v}: {s:.2f} s/step ({tokens / s:.0f} tok/s); all: {', '.join(f'{t:.2f}' for t in times[v])}")
+    print(f"  kept positions vs full logits (fp32): {best['fp32, full logits'] / best['fp32, kept positions']:.2f}x")
+    if not fp32_only:
+        print(f"  bf16 autocast vs fp32 (kept positions): "
+              f"{best['fp32, kept positions'] / best['bf16 autocast, kept positions']:.2f}x; kept vs full (bf16): "
+              f"{best['bf16 autocast, full logits'] / best['bf16 autocast, kept positions']:.2f}x")
+    del model, opt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="smollm2,gemma3")
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--kept", type=float, default=0.6)
+    ap.add_argument("--layers", type=int, help="keep only the first N transformer blocks")
+    ap.add_argument("--fp32-only", action="store_true", help="skip the bf16 variants (slow without native bf16)")
+    args = ap.parse_args()
+    print(run_facts())
+    for name in args.models.split(","):
+        bench_model(name, args.steps, args.batch, args.seq, args.kept, args.layers, args.fp32_only)
+    print(run_facts().splitlines()[-1].split("; ")[-1], "(at the end)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,405 @@
+"""Row formats: one small reader per format, a registry by name, and detection from a row.
+
+A reader turns one raw row (a dict) into chat messages ``[{"role", "content"}, ...]`` (roles ``system``, ``user``,
+``assistant``, ``tool``) plus the names of the row's fields it did not use. Assistant turns are the response;
+one marked not to train (OpenAI ``weight: 0``, Axolotl ``train: false``, LLaMA-Factory ``loss_weight: 0``)
+carries ``"train": False`` and is meant to stay in the prompt as context (see ``data.apply_turn_flags``).
+
+Formats (``FORMATS``; detected from the first row by ``detect``, or named with ``--format``):
+
+- ``messages``: OpenAI / TRL chat, ``{"messages": [{"role", "content"}, ...]}``; ``content`` may be a list of parts
+  (``{"type": "text", "text": ...}``); ``tool_calls`` (with empty content) and ``tool`` results are read;
+- ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system"|"function_call"|"observation", "value"}],
+  "system", "tools"}`` as LLaMA-Factory and Axolotl use it;
+- ``prompt_completion``: ``{"prompt", "completion"}``, strings or (TRL conversational) lists of messages;
+- ``alpaca``: ``{"instruction", "input", "output", "system", "history": [[q, a], ...]}``;
+- ``dolly`` / ``gpteacher``: ``{"instruction", "context"|"input", "response"}``;
+- ``fields``: two fields named by ``Spec.prompt_field`` / ``Spec.response_field`` (GSM8K's ``question``/``answer``).
+
+Other key names and role values come from a ``Spec`` (``load_spec`` reads LLaMA-Factory's ``dataset_info.json``
+entry, ``columns`` and ``tags``, or Axolotl's ``field_messages`` / ``message_property_mappings`` / ``roles``).
+Rows whose content cannot be trained on as text (images, audio) raise ``SkipRow``: always skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROLES = ("system", "user", "assistant", "tool")
+# Role values of the published formats -> role. function_call is the assistant's tool call (trained, as in
+# LLaMA-Factory); observation / function are tool results (context, never trained).
+ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "human": "user", "assistant": "assistant",
+              "gpt": "assistant", "function_call": "assistant", "tool": "tool", "observation": "tool",
+              "function": "tool"}
+# Per-turn training flags: key -> who uses it. A flag is 0/1 or a bool; anything else refuses the row.
+TRAIN_KEYS = ("weight", "train", "training", "loss_weight", "loss")  # OpenAI, Axolotl (x2), LLaMA-Factory (x2)
+TRAIN_DETAIL_KEYS = ("train_detail", "training_detail")  # Axolotl's character spans
+MEDIA_PARTS = ("image", "image_url", "input_image", "audio", "input_audio", "video", "file")
+MEDIA_COLUMNS = ("images", "videos", "audios")  # LLaMA-Factory's multimodal columns
+FIELD_PAIRS = (("question", "answer"), ("query", "response"))  # (prompt, response) fields ``fields`` detects
+
+
+class RowError(ValueError):
+    """Why one row is invalid. ``reason`` is a short fixed phrase (the key under which ``--skip-invalid`` counts
+    the row, e.g. ``missing field``); the message says what was found and what was expected."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class SkipRow(RowError):
+    """A well-formed row with nothing to train on as text (e.g. an image): skipped and counted, never an error."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Where a row's fields are and what its role values mean. The defaults read the published formats as is."""
+
+    columns: dict[str, str] = field(default_factory=dict)  # name (messages, system, prompt, ...) -> key in the row
+    role_key: str | None = None  # None: "role", or "from" when the message has no "role"
+    content_key: str | None = None  # None: "content", or "value" when the message has no "content"
+    roles: dict[str, str] = field(default_factory=dict)  # role value -> one of ROLES, before ROLE_NAMES
+    train_key: str | None = None  # a message key holding a train flag, besides TRAIN_KEYS
+    train_detail_key: str | None = None  # a message key holding Axolotl-style spans, besides TRAIN_DETAIL_KEYS
+    format: str | None = None  # the format the spec names (LLaMA-Factory's "formatting")
+    prompt_field: str | None = None
+    response_field: str | None = None
+
+    def col(self, name: str, default: str | None = None) -> str | None:
+        return self.columns.get(name, default)
+
+
+def load_spec(source: str | Path | dict) -> Spec:
+    """A ``Spec`` from a JSON/YAML file, inline JSON or a dict: one LLaMA-Factory ``dataset_info.json`` entry
+    (``formatting``, ``columns``, ``tags``) or Axolotl dataset keys (``field_messages``,
+    ``message_property_mappings``, ``roles``, ``message_field_training``, ``message_field_training_detail``)."""
+    raw = source if isinstance(source, dict) else _read_mapping(str(source))
+    tags, columns = raw.get("tags") or {}, dict(raw.get("columns") or {})
+    if raw.get("field_messages"):
+        columns["messages"] = raw["field_messages"]
+    props = raw.get("message_property_mappings") or {}
+    roles = {tags[k]: role for k, role in (("user_tag", "user"), ("assistant_tag", "assistant"),
+                                           ("system_tag", "system"), ("observation_tag", "tool"),
+                                           ("function_tag", "assistant")) if k in tags}
+    for role, values in (raw.get("roles") or {}).items():
+        roles.update({v: role for v in ([values] if isinstance(values, str) else values)})
+    bad = sorted(set(roles.values()) - set(ROLES))
+    if bad:
+        raise ValueError(f"column mapping names unknown role(s) {bad}, expected roles among {list(ROLES)}")
+    fmt = {"sharegpt": "sharegpt", "alpaca": "alpaca", "openai": "messages"}.get(raw.get("formatting", ""))
+    if fmt == "sharegpt" and "messages" in columns and columns["messages"] == "messages":
+        fmt = "messages"
+    return Spec(columns=columns, role_key=tags.get("role_tag") or props.get("role"),
+                content_key=tags.get("content_tag") or props.get("content"), roles=roles,
+                train_key=raw.get("message_field_training"), train_detail_key=raw.get("message_field_training_detail"),
+                format=fmt)
+
+
+def _read_mapping(text: str) -> dict:
+    import yaml
+
+    path = Path(text)
+    body = path.read_text(encoding="utf-8") if not text.lstrip().startswith("{") and path.is_file() else text
+    try:
+        value = yaml.safe_load(body)  # YAML is a superset of JSON
+    except yaml.YAMLError as e:
+        raise ValueError(f"{text}: not valid JSON or YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{text}: expected a file or inline JSON holding a mapping such as "
+                         '{"columns": {"messages": "dialog"}, "tags": {"role_tag": "speaker"}}')
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------- readers
+Reader = Callable[[dict, Spec], tuple[list[dict], set[str]]]
+
+
+def read_messages(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
+    key = spec.col("messages", "messages")
+    _check_media(row)
+    messages, unused = chat(_get(row, key), key, spec)
+    return _with_system(row, spec, messages), unused | _rest(row, spec, key)
+
+
+def read_sharegpt(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
+    key = spec.col("messages", "conversations")
+    _check_media(row)
+    messages, unused = chat(_get(row, key), key, spec)
+    return _with_system(row, spec, messages), unused | _rest(row, spec, key)
+
+
+def read_prompt_completion(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
+    p, c = spec.col("prompt", "prompt"), spec.col("completion", "completion")
+    prompt, completion = _get(row, p), _get(row, c)
+    if isinstance(prompt, list) or isinstance(completion, list):  # TRL's conversational prompt-completion
+        before, u1 = chat(prompt, p, spec) if isinstance(prompt, list) else ([_turn("user", row, p)], set())
+        after, u2 = chat(completion, c, spec)
+        if any(m["role"] != "assistant" for m in after):
+            raise RowError("wrong role", f"'{c}' must hold assistant messages only, got roles "
+                           f"{[m['role'] for m in after]}")
+        return _with_system(row, spec, before + after), u1 | u2 | _rest(row, spec, p, c)
+    return [_turn("user", row, p), _turn("assistant", row, c)], _rest(row, spec, p, c)
+
+
+def read_alpaca(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
+    return _instruction(row, spec, spec.col("query", "input"), spec.col("response", "output"))
+
+
+def read_dolly(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
+    extra = "context" if "context" in row else spec.col("query", "input")
+    return _instruction(row, spec, extra, spec.col("response", "response"))
+
+
+def read_fields(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
+    p, r = spec.prompt_field, spec.response_field
+    return [_turn("user", row, p), _turn("assistant", row, r)], _rest(row, spec, p, r)
+
+
+def _instruction(row: dict, spec: Spec, extra: str, response: str) -> tuple[list[dict], set[str]]:
+    """Alpaca-shaped rows: the instruction and its extra input form the last user turn; ``history`` pairs come
+    before it (their answers are assistant turns, trained as in LLaMA-Factory unless ``mask_history``)."""
+    _check_media(row)
+    instruction = spec.col("prompt", "instruction")
+    prompt = _text(row, instruction)
+    value = row.get(extra)
+    if value is not None and not isinstance(value, str):
+        raise RowError("wrong type", f"field '{extra}' must be a string, got {kind(value)}")
+    if value and value.strip():
+        prompt = f"{prompt}\n\n{value}"
+    history_key = spec.col("history", "history")
+    turns: list[dict] = []
+    for k, pair in enumerate(row.get(history_key) or []):
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise RowError("wrong type", f"'{history_key}'[{k}] must be a [question, answer] pair, got {pair!r:.60}")
+        for role, text, what in (("user", pair[0], 0), ("assistant", pair[1], 1)):
+            check_text(text, f"'{history_key}'[{k}][{what}]")
+            turns.append({"role": role, "content": text})
+    messages = turns + [{"role": "user", "content": prompt}, _turn("assistant", row, response)]
+    return _with_system(row, spec, messages), _rest(row, spec, instruction, extra, response, history_key)
+
+
+# ---------------------------------------------------------------------------------------------------- messages
+def chat(turns: Any, where: str, spec: Spec) -> tuple[list[dict], set[str]]:
+    """Read a list of chat messages (any of the published shapes) at field ``where``; returns the messages and
+    the message keys not used, as ``where[].key``."""
+    if not isinstance(turns, list):
+        raise RowError("wrong type", f"'{where}' must be a list of {{role, content}} objects, got {kind(turns)}")
+    out, unused = [], set()
+    for k, t in enumerate(turns):
+        at = f"{where}[{k}]"
+        if not isinstance(t, dict):
+            raise RowError("wrong type", f"{at} must be an object with 'role' and 'content', got {kind(t)}")
+        role_key = spec.role_key or ("from" if "role" not in t and "from" in t else "role")
+        content_key = spec.content_key or ("value" if "content" not in t and ("value" in t or role_key == "from")
+                                           else "content")
+        if role_key not in t:
+            raise RowError("missing field", f"{at} has no '{role_key}' (it has {sorted(t)})")
+        role = spec.roles.get(t[role_key]) or ROLE_NAMES.get(t[role_key])
+        if role is None:
+            known = sorted(set(ROLE_NAMES) | set(spec.roles))
+            raise RowError("unknown role", f"{at} has unknown role {t[role_key]!r}, expected one of {known} "
+                           "(name others with --columns)")
+        content = _content(t, content_key, role, at)
+        message = {"role": role, "content": content}
+        if _turn_trained(t, role, at, spec) is False and role == "assistant":
+            message["train"] = False
+        out.append(message)
+        used = {role_key, content_key, "tool_calls", spec.train_key, spec.train_detail_key, *TRAIN_KEYS,
+                *TRAIN_DETAIL_KEYS}
+        unused |= {f"{where}[].{key}" for key in t if key not in used}
+    return out, unused
+
+
+def _content(t: dict, key: str, role: str, at: str) -> str:
+    """The message's text: a string or the text parts of a list, then its tool calls as JSON lines (the text a
+    chat template without tool support renders, and what the default template shows)."""
+    value = t.get(key)
+    if isinstance(value, list):
+        value = "".join(_part_text(p, f"{at}.{key}[{j}]") for j, p in enumerate(value))
+    calls = t.get("tool_calls")
+    if calls:
+        if role != "assistant":
+            raise RowError("wrong role", f"{at} has 'tool_calls' but role {role!r}, expected an assistant turn")
+        if value is not None and not isinstance(value, str):
+            raise RowError("wrong type", f"{at}.{key} must be a string, got {kind(value)}")
+        text = "\n".join(_call_text(c, f"{at}.tool_calls[{j}]") for j, c in enumerate(calls))
+        return f"{value}\n{text}" if value and value.strip() else text
+    if key not in t:
+        raise RowError("missing field", f"{at} has no '{key}' (it has {sorted(t)})")
+    check_text(value, f"{at}.{key}")
+    return value
+
+
+def _part_text(part: Any, at: str) -> str:
+    if isinstance(part, str):
+        return part
+    if not isinstance(part, dict):
+        raise RowError("wrong type", f"{at} must be a content part object, got {kind(part)}")
+    if part.get("type") in MEDIA_PARTS:
+        raise SkipRow(f"{part['type']} content", f"{at} is {part['type']!r} content, which is not text to train on")
+    text = part.get("text", part.get("value"))
+    if part.get("type") == "tool_call":  # LLaMA-Factory v1: the call as a JSON string
+        try:
+            return _call_text(json.loads(text) if isinstance(text, str) else text, at) + "\n"
+        except json.JSONDecodeError:
+            raise RowError("wrong type", f"{at} is a tool call whose value is not JSON, expected "
+                           '{"name": ..., "arguments": ...}') from None
+    if part.get("type") == "reasoning" and isinstance(text, str):  # as reasoning templates write it (Qwen3, R1)
+        return f"<think>\n{text}\n</think>\n\n"
+    if part.get("type", "text") != "text" or not isinstance(text, str):
+        raise RowError("wrong type", f"{at} must be a text part {{'type': 'text', 'text': ...}}, got keys "
+                       f"{sorted(part)}")
+    return text
+
+
+def _call_text(call: Any, at: str) -> str:
+    """One tool call as ``{"name": ..., "arguments": {...}}`` (OpenAI's ``function`` wrapper removed, string
+    arguments parsed when they are JSON)."""
+    fn = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise RowError("wrong type", f"{at} must be a tool call {{'function': {{'name', 'arguments'}}}}, got "
+                       f"{call!r:.80}")
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            pass  # keep the string: it is what the model is to produce
+    return json.dumps({"name": fn["name"], "arguments": args}, ensure_ascii=False)
+
+
+def _turn_trained(t: dict, role: str, at: str, spec: Spec) -> bool | None:
+    """The turn's train flag (None when it has none); raises when it cannot be honoured exactly."""
+    flag = None
+    for key in (spec.train_key, *TRAIN_KEYS):
+        if key and key in t and t[key] is not None:
+            v = t[key]
+            if isinstance(v, bool) or v in (0, 1):
+                flag = bool(v)
+            else:
+                raise RowError("fractional weight", f"{at}.{key} is {v!r}; a turn is trained or not, expected 0 or 1 "
+                               "(true/false)")
+    for key in (spec.train_detail_key, *TRAIN_DETAIL_KEYS):
+        if key and t.get(key):
+            spans = {bool(s.get("train")) for s in t[key] if isinstance(s, dict)}
+            if len(spans) != 1:
+                raise RowError("partial-turn training", f"{at}.{key} trains only part of the turn; tokenclean trains "
+                               "whole assistant turns and selects tokens itself, expected every span to have the "
+                               "same 'train'")
+            flag = spans.pop() if flag is None else flag and spans.pop()
+    if flag and role != "assistant":
+        raise RowError("trained non-assistant turn", f"{at} is a {role} turn marked to train; only assistant turns "
+                       "are trained (or every token, with --train-on-prompt)")
+    return flag
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _with_system(row: dict, spec: Spec, messages: list[dict]) -> list[dict]:
+    """``messages`` with the row's ``system`` (and ``tools`` description, as text) as a first system turn."""
+    parts = []
+    for name in ("system", "tools"):
+        value = row.get(spec.col(name, name))
+        if value in (None, "", []):
+            continue
+        if name == "tools" and not isinstance(value, str):
+            value = json.dumps(value, ensure_ascii=False)
+        check_text(value, f"field '{spec.col(name, name)}'")
+        parts.append(value if name == "system" else f"Tools:\n{value}")
+    if not parts:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        parts.append(messages[0]["content"])
+        messages = messages[1:]
+    return [{"role": "system", "content": "\n\n".join(parts)}] + messages
+
+
+def _check_media(row: dict) -> None:
+    for name in MEDIA_COLUMNS:
+        if row.get(name):
+            raise SkipRow(name, f"the row has {name} ({len(row[name])}), which are not text to train on")
+
+
+def _rest(row: dict, spec: Spec, *used: str | None) -> set[str]:
+    known = {*used, "id", *(spec.col(n, n) for n in ("system", "tools", *MEDIA_COLUMNS))}
+    return {k for k in row if k not in known}
+
+
+def _get(row: dict, name: str) -> Any:
+    if name not in row:
+        raise RowError("missing field", f"missing field '{name}' (row has {sorted(row)})")
+    return row[name]
+
+
+def _turn(role: str, row: dict, name: str | None) -> dict[str, str]:
+    return {"role": role, "content": _text(row, name)}
+
+
+def _text(row: dict, name: str | None) -> str:
+    value = _get(row, name)
+    check_text(value, f"field '{name}'")
+    return value
+
+
+def check_text(value: Any, what: str) -> None:
+    if value is None:
+        raise RowError("null", f"{what} is null, expected a string")
+    if not isinstance(value, str):
+        raise RowError("wrong type", f"{what} must be a string, got {kind(value)}")
+    if not value.strip():
+        raise RowError("empty text", f"{what} is empty or whitespace only, expected text")
+
+
+def kind(v: Any) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Format:
+    """A row format: its reader, and whether a row looks like it (``detect``)."""
+
+    read: Reader
+    detect: Callable[[dict, Spec], bool]
+    shape: str  # the fields that identify it, for error messages
+
+
+FORMATS: dict[str, Format] = {
+    "messages": Format(read_messages, lambda r, s: s.col("messages", "messages") in r, "'messages'"),
+    "sharegpt": Format(read_sharegpt, lambda r, s: s.col("messages", "conversations") in r, "'conversations'"),
+    "prompt_completion": Format(read_prompt_completion, lambda r, s: "prompt" in r and "completion" in r,
+                                "'prompt'+'completion'"),
+    "alpaca": Format(read_alpaca, lambda r, s: "instruction" in r and s.col("response", "output") in r,
+                     "'instruction'+'output'"),
+    "dolly": Format(read_dolly, lambda r, s: "instruction" in r and "response" in r and "context" in r,
+                    "'instruction'+'context'+'response'"),
+    "gpteacher": Format(read_dolly, lambda r, s: "instruction" in r and "response" in r,
+                        "'instruction'+'input'+'response'"),
+    "fields": Format(read_fields, lambda r, s: s.prompt_field is not None, "--prompt-field/--response-field"),
+}
+
+
+def detect(row: dict, spec: Spec) -> str | None:
+    """The name of the first format of ``FORMATS`` that ``row`` looks like (``spec.format`` when it names one);
+    None when none fits. ``fields`` is detected for the common pairs of ``FIELD_PAIRS`` too."""
+    if spec.prompt_field:
+        return "fields"
+    if spec.format:
+        return spec.format
+    name = next((n for n, f in FORMATS.items() if f.detect(row, spec)), None)
+    return name or ("fields" if field_pair(row) else None)
+
+
+def field_pair(row: dict) -> tuple[str, str] | None:
+    """The first of ``FIELD_PAIRS`` that ``row`` has, else None."""
+    return next((pair for pair in FIELD_PAIRS if pair[0] in row and pair[1] in row), None)
+
+
+def expected_shapes() -> str:
+    """The row shapes auto-detection recognises, for error messages."""
+    shapes = [f"{n} ({f.shape})" for n, f in FORMATS.items() if n != "fields"]
+    return ", ".join(shapes + [f"'{a}'+'{b}'" for a, b in FIELD_PAIRS])

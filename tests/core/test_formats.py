@@ -1,0 +1,280 @@
+"""Formats in: every published row shape is read, and its trained tokens are exactly the assistant text.
+
+Fixture rows are written here after the shapes of the published example files (LLaMA-Factory's alpaca, sharegpt
+and glaive tool-call demos, Axolotl's chat_template docs, TRL's dataset formats, OpenAI's fine-tuning docs,
+Dolly, GPTeacher); no file is copied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from conftest import write_jsonl
+from tokenclean import prepare_tokens
+from tokenclean.core import tokens as tokens_module
+from tokenclean.core.data import DataConfig, load_conversations
+from tokenclean.errors import DataError
+from tokenclean.core.formats import load_spec
+
+HONOURED = getattr(tokens_module, "HONOURS_TRAIN_FLAG", False)  # tokens.py keeps untrained turns as context
+
+CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+CALL_TEXT = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+
+# name -> (row, the assistant turns it trains, texts that must be in the prompt and never trained)
+ROWS = {
+    "sharegpt": ({"conversations": [
+        {"from": "system", "value": "You answer in French."}, {"from": "human", "value": "Hello there"},
+        {"from": "gpt", "value": "Bonjour !"}, {"from": "human", "value": "Weather in Paris?"},
+        {"from": "function_call", "value": CALL_TEXT}, {"from": "observation", "value": '{"temp": 21}'},
+        {"from": "gpt", "value": "Il fait 21 degrés."}]},
+        ["Bonjour !", CALL_TEXT, "Il fait 21 degrés."], ["You answer in French.", "Hello there", '{"temp": 21}']),
+    "sharegpt_columns": ({"conversations": [{"from": "user", "value": "Add 2 and 3."},
+                                            {"from": "assistant", "value": "5"}],
+                         "system": "Be terse.", "tools": '[{"name": "add"}]'},
+                        ["5"], ["Be terse.", '[{"name": "add"}]', "Add 2 and 3."]),
+    "axolotl_role_content": ({"conversations": [{"role": "user", "content": "Name a colour."},
+                                                {"role": "assistant", "content": "Teal."}]}, ["Teal."],
+                             ["Name a colour."]),
+    "trl_conversational": ({"prompt": [{"role": "system", "content": "Count."}, {"role": "user", "content": "1, 2"}],
+                            "completion": [{"role": "assistant", "content": "3, 4"}]}, ["3, 4"], ["Count.", "1, 2"]),
+    "messages_tool_calls": ({"messages": [
+        {"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "c1", "content": "temp=21"},
+        {"role": "assistant", "content": "21 C in Paris."}]},
+        [CALL_TEXT, "21 C in Paris."], ["Weather in Paris?", "temp=21"]),
+    "openai_content_parts": ({"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Be kind."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hi!"}]}]}, ["Hi!"], ["Be kind.", "Say hi."]),
+    "alpaca_history_system": ({"instruction": "And 3 + 3?", "input": "", "output": "6",
+                               "system": "You do sums.", "history": [["1 + 1?", "2"], ["2 + 2?", "4"]]},
+                              ["2", "4", "6"], ["You do sums.", "1 + 1?", "2 + 2?", "And 3 + 3?"]),
+    "dolly": ({"instruction": "Who wrote it?", "context": "Hamlet is a play by Shakespeare.",
+               "response": "Shakespeare.", "category": "closed_qa"}, ["Shakespeare."],
+              ["Who wrote it?", "Hamlet is a play by Shakespeare."]),
+    "gpteacher": ({"instruction": "Translate to German.", "input": "Good morning", "response": "Guten Morgen"},
+                  ["Guten Morgen"], ["Translate to German.", "Good morning"]),
+}
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(gpt2_tokenizer):
+    """GPT-2 with a ChatML-like template that renders every role, the tool role included."""
+    tok = gpt2_tokenizer.__class__.from_pretrained(gpt2_tokenizer.name_or_path)
+    tok.chat_template = CHATML
+    return tok
+
+
+def trained_text(tokens, i: int, tokenizer) -> str:
+    a, b = tokens.offsets[i], tokens.offsets[i + 1]
+    ids, mask = tokens.flat_input_ids()[a:b], tokens.flat_response_mask()[a:b]
+    return tokenizer.decode(ids[mask])
+
+
+def full_text(tokens, i: int, tokenizer) -> str:
+    a, b = tokens.offsets[i], tokens.offsets[i + 1]
+    return tokenizer.decode(tokens.flat_input_ids()[a:b])
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+@pytest.mark.parametrize("template", ["default", "chat"])
+def test_trained_tokens_are_exactly_the_assistant_turns(tmp_path, name, template, gpt2_tokenizer, chat_tokenizer):
+    row, answers, context = ROWS[name]
+    tok = chat_tokenizer if template == "chat" else gpt2_tokenizer
+    end = "<|im_end|>\n" if template == "chat" else gpt2_tokenizer.eos_token
+    tokens, report = prepare_tokens(write_jsonl(tmp_path / "rows.jsonl", [row, row]), tok)
+    assert report.used == 2 and report.rows == 2
+    assert trained_text(tokens, 0, tok) == "".join(a + end for a in answers)
+    full = full_text(tokens, 0, tok)
+    for text in context:
+        assert text in full and text not in trained_text(tokens, 0, tok)
+
+
+def test_csv_rows_are_read_with_their_lines(tmp_path, gpt2_tokenizer):
+    path = tmp_path / "rows.csv"
+    path.write_text('instruction,input,output\nAdd,"1 and\n2",3\nDouble,4,8\n', encoding="utf-8")
+    tokens, report = prepare_tokens(path, gpt2_tokenizer)
+    assert report.format == "alpaca" and report.used == 2
+    assert trained_text(tokens, 1, gpt2_tokenizer) == "8" + gpt2_tokenizer.eos_token
+    convs, _ = load_conversations(path)
+    assert convs[0].messages[0]["content"] == "Add\n\n1 and\n2" and [c.line for c in convs] == [2, 4]
+    path.write_text("prompt,completion\nq,a\nq2,a2,extra\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"rows.csv:3: 3 values, expected 2 \(the header's columns\)"):
+        load_conversations(path)
+
+
+def test_rows_accounted_media_skipped_with_reason(tmp_path):
+    ok = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    image_part = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}},
+                                                            {"type": "text", "text": "What is it?"}]},
+                               {"role": "assistant", "content": "A cat."}]}
+    images_column = {"messages": ok["messages"], "images": ["cat.png"]}
+    bad = {"messages": [{"role": "user", "content": "q"}]}
+    path = write_jsonl(tmp_path / "mixed.jsonl", [ok, image_part, images_column, ok, bad])
+    with pytest.raises(DataError, match=r"mixed.jsonl:5: the chat has no assistant turn"):
+        load_conversations(path)  # media rows are skipped even without --skip-invalid; the bad row still stops
+    convs, report = load_conversations(path, DataConfig(skip_invalid=True))
+    assert report.used == 2 and report.used + len(report.skipped) == report.rows == 5
+    assert report.skip_counts() == {"image_url content": 1, "images": 1, "no assistant turn": 1}
+    assert [s["line"] for s in report.skipped] == [2, 3, 5]
+
+
+@pytest.mark.parametrize("row, expected", [
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]},
+     "conversations[1] has unknown role 'robot'"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]}, "conversations[1] has no 'value'"),
+    ({"conversations": "q"}, "'conversations' must be a list"),
+    ({"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "user", "content": "a"}]},
+     "'completion' must hold assistant messages only"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [{"x": 1}]}]},
+     "messages[1].tool_calls[0] must be a tool call"),
+    ({"messages": [{"role": "user", "content": "q", "tool_calls": [CALL]}, {"role": "assistant", "content": "a"}]},
+     "messages[0] has 'tool_calls' but role 'user'"),
+    ({"instruction": "q", "output": "a", "history": [["only one"]]}, "'history'[0] must be a [question, answer] pair"),
+    ({"instruction": "q", "context": 3, "response": "a"}, "field 'context' must be a string, got int"),
+    ({"instruction": "q", "input": "x"}, "missing field 'output'"),
+])
+def test_bad_rows_give_one_line_with_file_line_and_expectation(tmp_path, row, expected):
+    first = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    if "prompt" in row:
+        first = {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]}
+    elif "messages" in row:
+        first = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    elif "instruction" in row:
+        first = {"instruction": "q", "input": "", "output": "a"} if "context" not in row else \
+            {"instruction": "q", "context": "", "response": "a"}
+    path = write_jsonl(tmp_path / "bad.jsonl", [first, row])
+    with pytest.raises(DataError) as e:
+        load_conversations(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}:2: ") and expected in msg and "\n" not in msg
+
+
+TURNS = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+         {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+
+
+def _with(k: int, **flag) -> dict:
+    return {"messages": [dict(m, **flag) if i == k else m for i, m in enumerate(TURNS)]}
+
+
+@pytest.mark.parametrize("row, reason, expected", [
+    (_with(1, weight=0), "untrained turn before a trained one", "assistant turn 1 of 2 is marked not to train"),
+    (_with(1, train=False), "untrained turn before a trained one", "assistant turn 1 of 2"),
+    (_with(1, loss_weight=0.0), "untrained turn before a trained one", "assistant turn 1 of 2"),
+    (_with(3, weight=0.5), "fractional weight", "messages[3].weight is 0.5; a turn is trained or not"),
+    (_with(0, train=True), "trained non-assistant turn", "messages[0] is a user turn marked to train"),
+    ({"messages": [dict(m, weight=0) if m["role"] == "assistant" else m for m in TURNS]}, "no trained turn",
+     "all 2 assistant turn(s) are marked not to train"),
+    (_with(3, train_detail=[{"begin_offset": 0, "end_offset": 0, "train": True},
+                            {"begin_offset": 1, "end_offset": 1, "train": False}]),
+     "partial-turn training", "messages[3].train_detail trains only part of the turn"),
+])
+def test_turn_flags_are_honoured_or_refused_with_why(tmp_path, row, reason, expected):
+    if HONOURED and reason == "untrained turn before a trained one":
+        pytest.skip("honoured: see test_untrained_turns_before_a_trained_one_stay_as_context")
+    path = write_jsonl(tmp_path / "flags.jsonl", [row])
+    with pytest.raises(DataError, match="flags.jsonl:1: ") as e:
+        load_conversations(path)
+    assert expected in str(e.value)
+    path = write_jsonl(tmp_path / "flags2.jsonl", [{"messages": TURNS}, row])
+    _, report = load_conversations(path, DataConfig(skip_invalid=True))
+    assert report.skip_counts() == {reason: 1}
+
+
+def test_flags_that_need_no_context_turn_are_honoured_exactly(tmp_path, gpt2_tokenizer):
+    eos = gpt2_tokenizer.eos_token
+    rows = [_with(3, weight=0), _with(3, train=False), _with(0, train=False), _with(3, weight=1),
+            _with(3, train_detail=[{"begin_offset": 0, "end_offset": 1, "train": False}]),
+            {"messages": [{"role": "user", "content": "q1"},
+                          {"role": "assistant", "content": "a1", "loss_weight": 1.0}]}]
+    tokens, report = prepare_tokens(write_jsonl(tmp_path / "rows.jsonl", rows), gpt2_tokenizer)
+    assert report.used == 6
+    trained = [trained_text(tokens, i, gpt2_tokenizer) for i in range(6)]
+    assert trained == ["a1" + eos, "a1" + eos, "a1" + eos + "a2" + eos, "a1" + eos + "a2" + eos, "a1" + eos,
+                       "a1" + eos]
+    assert "q2" not in full_text(tokens, 0, gpt2_tokenizer)  # the untrained last turn and what led to it: dropped
+
+
+def test_mask_history(tmp_path, gpt2_tokenizer):
+    one = {"instruction": "q", "output": "a"}
+    tokens, _ = prepare_tokens(write_jsonl(tmp_path / "one.jsonl", [one]), gpt2_tokenizer,
+                               DataConfig(mask_history=True))
+    assert trained_text(tokens, 0, gpt2_tokenizer) == "a" + gpt2_tokenizer.eos_token
+    if not HONOURED:
+        with pytest.raises(DataError, match="assistant turn 1 of 2 is marked not to train"):
+            load_conversations(write_jsonl(tmp_path / "multi.jsonl", [{"messages": TURNS}]),
+                               DataConfig(mask_history=True))
+
+
+def test_unused_fields_are_named_once_and_reported(tmp_path, caplog):
+    rows = [dict(ROWS["dolly"][0], id=str(i)) for i in range(3)]
+    rows[0]["messages_meta"] = {"x": 1}
+    with caplog.at_level(logging.WARNING, logger="tokenclean"):
+        convs, report = load_conversations(write_jsonl(tmp_path / "dolly.jsonl", rows))
+    assert report.format == "dolly" and report.unused_fields == {"category": 3, "messages_meta": 1}
+    assert report.to_dict()["unused_fields"] == {"category": 3, "messages_meta": 1}
+    notices = [r.getMessage() for r in caplog.records if "notice" in r.getMessage()]
+    assert len(notices) == 1 and "category (3 rows)" in notices[0]
+    _, report = load_conversations(write_jsonl(tmp_path / "tools.jsonl", [ROWS["messages_tool_calls"][0]]))
+    assert report.unused_fields == {"messages[].tool_call_id": 1}  # nothing else in that row is dropped
+
+
+def test_json_one_object_wrapper_and_row_numbers(tmp_path):
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(ROWS["gpteacher"][0], indent=2))
+    convs, _ = load_conversations(one)
+    assert convs[0].messages[-1]["content"] == "Guten Morgen"
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"data": [ROWS["gpteacher"][0]] * 2}, indent=2))
+    with pytest.raises(DataError, match=r"wrapped.json: the file is one JSON object whose field 'data' holds 2 "
+                                        r"objects; expected the rows themselves"):
+        load_conversations(wrapped)
+    good = {"prompt": "p", "completion": "c"}
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps([good, good, {"prompt": "p"}], indent=2))  # the bad row starts on line 10
+    with pytest.raises(DataError, match=r"pretty.json:10: missing field 'completion'"):
+        load_conversations(pretty)
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps([good, good, {"prompt": "p"}]))  # one line: rows are named by index
+    with pytest.raises(DataError, match=r"flat.json: row 2: missing field 'completion'"):
+        load_conversations(flat)
+    flat.write_text('[{"prompt": "p", "completion": "c"} {"prompt": "p"}]')
+    with pytest.raises(DataError, match=r"flat.json:1: malformed JSON \(Expecting ',' delimiter\)"):
+        load_conversations(flat)
+
+
+def test_column_and_role_mapping(tmp_path, gpt2_tokenizer):
+    row = {"dialog": [{"speaker": "me", "text": "Hi"}, {"speaker": "bot", "text": "Hello!"}], "sys": "Be brief."}
+    path = write_jsonl(tmp_path / "custom.jsonl", [row])
+    llama_factory = {"formatting": "sharegpt", "columns": {"messages": "dialog", "system": "sys"},
+                     "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "me", "assistant_tag": "bot"}}
+    axolotl = tmp_path / "axolotl.yaml"
+    axolotl.write_text("field_messages: dialog\nmessage_property_mappings:\n  role: speaker\n  content: text\n"
+                       "roles:\n  user: [me]\n  assistant: [bot]\n")
+    for columns in (json.dumps(llama_factory), str(axolotl)):
+        tokens, report = prepare_tokens(path, gpt2_tokenizer, DataConfig(columns=columns))
+        assert trained_text(tokens, 0, gpt2_tokenizer) == "Hello!" + gpt2_tokenizer.eos_token
+    assert report.unused_fields == {"sys": 1}  # Axolotl's keys name no system column
+    assert load_spec(llama_factory).roles == {"me": "user", "bot": "assistant"}
+    with pytest.raises(DataError, match="--columns: .*unknown role"):
+        load_conversations(path, DataConfig(columns='{"roles": {"narrator": ["bot"]}}'))
+    assert report.rows == 1
+
+
+@pytest.mark.skipif(not HONOURED, reason="tokens.py does not yet keep an assistant turn marked train=False out of "
+                    "the response mask (issue 15, templates part); until then such rows are refused (tested above)")
+def test_untrained_turns_before_a_trained_one_stay_as_context(tmp_path, gpt2_tokenizer):
+    eos = gpt2_tokenizer.eos_token
+    rows = [_with(1, weight=0), _with(1, train=False), {"messages": TURNS}]
+    tokens, report = prepare_tokens(write_jsonl(tmp_path / "rows.jsonl", rows), gpt2_tokenizer)
+    assert [trained_text(tokens, i, gpt2_tokenizer) for i in range(2)] == ["a2" + eos] * 2
+    assert "a1" in full_text(tokens, 0, gpt2_tokenizer)
+    tokens, _ = prepare_tokens(tmp_path / "rows.jsonl", gpt2_tokenizer, DataConfig(mask_history=True))
+    assert trained_text(tokens, 2, gpt2_tokenizer) == "a2" + eos
