@@ -7,7 +7,7 @@ import pytest
 
 from tokenclean.errors import ConfigError, MismatchError
 from tokenclean.selection.scorers import (SCORERS, curve_positive, percentile_ranks, prompt_excess, prompt_gain, score_for,
-                                select_for, select_scored, selection_counts, small_loss_gate)
+                                select_for, select_scored, mask_counts, small_loss_gate)
 from tokenclean.selection.select import SelectConfig, select_tokens
 
 nan = np.nan
@@ -190,6 +190,6 @@ def test_counts_of_a_gated_selection():
     offsets = np.array([0, 4, 7])
     mask, counts = select_scored(score, offsets, SelectConfig(keep_ratio=0.5))
     assert np.flatnonzero(mask).tolist() == [1, 3]  # budget round(0.5 * 5) = 3; only two are not gated
-    assert counts == selection_counts(score, offsets, mask)
+    assert counts == mask_counts(score, offsets, mask)
     assert counts["response_tokens"] == 5 and counts["kept_tokens"] == 2 and counts["gated_tokens"] == 3
     assert counts["samples_zero_kept"] == 1 and counts["score_threshold"] == 1.0

@@ -41,9 +41,11 @@ from typing import Any
 
 import numpy as np
 
+from ..core.tokens import per_sample_sum
 from ..errors import ConfigError, MismatchError
 from .select import SCORERS as SCORER_NAMES
 from .select import SelectConfig, select_tokens
+from .select import selection_counts
 
 # The paper code's `global-curve-positive` rule: keep when loss_base > CURVE_SLOPE * loss_ref + CURVE_MARGIN and
 # loss_ref < CURVE_MAX_REF.
@@ -168,7 +170,7 @@ def score_for(config: SelectConfig, base_loss: np.ndarray, ref_loss: np.ndarray,
 
 def select_scored(score: np.ndarray, offsets: np.ndarray, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """Keep-mask ((total_tokens,) bool) of a scorer's ``score`` at ``config``'s level, keep ratio and min-kept
-    rules, never keeping a gated (-inf) token; and its counts (``selection_counts``).
+    rules, never keeping a gated (-inf) token; and its counts (``mask_counts``).
 
     Gated tokens go to ``select_tokens`` as the lowest finite value, so they count as candidates but rank last,
     and are removed from its mask afterwards. A combining scorer (union, intersection) selects at level ``global``
@@ -184,7 +186,7 @@ def select_scored(score: np.ndarray, offsets: np.ndarray, config: SelectConfig) 
                     for level in ("global", "sample")]
         mask = combine(*by_level)
     mask &= ~gated
-    return mask, selection_counts(score, offsets, mask)
+    return mask, mask_counts(score, offsets, mask)
 
 
 def select_for(config: SelectConfig, base_loss: np.ndarray, ref_loss: np.ndarray, offsets: np.ndarray,
@@ -195,29 +197,12 @@ def select_for(config: SelectConfig, base_loss: np.ndarray, ref_loss: np.ndarray
     return select_scored(score, offsets, config)
 
 
-def selection_counts(score: np.ndarray, offsets: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+def mask_counts(score: np.ndarray, offsets: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     """The counts ``select_tokens`` reports, for any keep-mask of ``score``, plus ``gated_tokens``.
 
     ``response_tokens``: non-NaN scores (gated ones included); ``kept_share`` = kept / response tokens;
     ``samples_zero_kept``: samples with candidates but none kept; ``score_threshold``: the lowest kept score.
     """
-    candidate = ~np.isnan(score)
-    n, kept = int(candidate.sum()), int(mask.sum())
-    per_sample, kept_per_sample = _per_sample(candidate, offsets), _per_sample(mask, offsets)
-    return {
-        "response_tokens": n,
-        "kept_tokens": kept,
-        "dropped_tokens": n - kept,
-        "kept_share": kept / n if n else 0.0,
-        "samples": len(offsets) - 1,
-        "samples_with_response": int((per_sample > 0).sum()),
-        "samples_zero_kept": int(((per_sample > 0) & (kept_per_sample == 0)).sum()),
-        "score_threshold": float(score[mask].min()) if kept else None,
-        "gated_tokens": int(np.isneginf(score).sum()),
-    }
-
-
-def _per_sample(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """(n_samples,) int64 number of True ``flags`` in each sample (empty samples give 0)."""
-    cumulative = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
-    return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
+    threshold = float(score[mask].min()) if mask.any() else None
+    counts = selection_counts(per_sample_sum(~np.isnan(score), offsets), per_sample_sum(mask, offsets), threshold)
+    return {**counts, "gated_tokens": int(np.isneginf(score).sum())}

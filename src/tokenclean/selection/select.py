@@ -127,17 +127,27 @@ def select_tokens(score: np.ndarray, offsets: np.ndarray, cfg: SelectConfig) -> 
     mask = np.zeros(len(score), dtype=bool)
     mask[cand[keep]] = True
     kept_per_sample = np.bincount(sample_of[keep], minlength=n_samples)
-    counts = {
-        "response_tokens": int(len(values)),
-        "kept_tokens": int(keep.sum()),
-        "dropped_tokens": int(len(values) - keep.sum()),
-        "kept_share": float(keep.mean()) if len(values) else 0.0,
-        "samples": n_samples,
+    threshold = float(values[keep].min()) if keep.any() else None
+    return mask, selection_counts(per_sample, kept_per_sample, threshold)
+
+
+def selection_counts(per_sample: np.ndarray, kept_per_sample: np.ndarray, threshold: float | None
+                     ) -> dict[str, Any]:
+    """The counts every selection reports, from (n_samples,) candidates and kept tokens per sample and the
+    lowest kept score: ``response_tokens``, ``kept_tokens``, ``dropped_tokens``, ``kept_share`` (kept / response
+    tokens), ``samples``, ``samples_with_response``, ``samples_zero_kept`` (samples with candidates but none kept),
+    ``score_threshold``."""
+    n, kept = int(per_sample.sum()), int(kept_per_sample.sum())
+    return {
+        "response_tokens": n,
+        "kept_tokens": kept,
+        "dropped_tokens": n - kept,
+        "kept_share": kept / n if n else 0.0,
+        "samples": len(per_sample),
         "samples_with_response": int((per_sample > 0).sum()),
         "samples_zero_kept": int(((per_sample > 0) & (kept_per_sample == 0)).sum()),
-        "score_threshold": float(values[keep].min()) if keep.any() else None,
+        "score_threshold": threshold,
     }
-    return mask, counts
 
 
 def _per_sample_sums(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -173,15 +183,5 @@ def _select_global(score: np.ndarray, offsets: np.ndarray, keep_ratio: float) ->
         need = k - int(np.count_nonzero(mask))
         if need:
             mask[np.flatnonzero(score == kth)[:need]] = True  # ties: the earlier tokens
-    kept_per_sample = _per_sample_sums(mask, offsets)
-    counts = {
-        "response_tokens": n,
-        "kept_tokens": k,
-        "dropped_tokens": n - k,
-        "kept_share": k / n if n else 0.0,
-        "samples": len(offsets) - 1,
-        "samples_with_response": int((per_sample > 0).sum()),
-        "samples_zero_kept": int(((per_sample > 0) & (kept_per_sample == 0)).sum()),
-        "score_threshold": float(kth) if kth is not None else None,
-    }
-    return mask, counts
+    threshold = float(kth) if kth is not None else None
+    return mask, selection_counts(per_sample, _per_sample_sums(mask, offsets), threshold)
