@@ -308,5 +308,6 @@ def test_report_on_a_real_compare_directory(tmp_path, tiny_model_dir, gsm8k_rows
         assert int(view.keep_mask.sum()) == summary["selection"]["kept_tokens"]  # the mask that was trained on
         page = write_report(out, method=method, samples=5).read_text(encoding="utf-8")
         assert page.count('<section class="sample"') == 5 and "<th>held-out loss</th>" in page
+        assert summary["score_health"]["verdict"] in page and "<h2>Score health" in page  # runs record it
     assert [r["round"] for r in view.rounds] == [0, 1] and set(np.unique(view.sample_round)) == {0, 1}
     assert_png(out / "report" / "rounds.png")

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .health import health_banner, health_box, health_cell
+from .scorers import GATING_SCORERS, scorer_text, threshold_units
 from .view import KINDS, RunView, SampleStats
 
 BINS = 8  # colour steps per side of zero
@@ -116,11 +118,15 @@ def summary_rows(view: RunView) -> list[tuple[str, str]]:
     if "kept_tokens" in sel and sel.get("response_tokens"):
         rows.append(("kept tokens", (f"{sel['kept_tokens']:,} of {sel['response_tokens']:,} "
                                     f"({100 * sel['kept_tokens'] / sel['response_tokens']:.1f}%)")))
+    if sel.get("gated_tokens") or (view.scorer in GATING_SCORERS and "gated_tokens" in sel):
+        rows.append(("gated tokens", f"{sel['gated_tokens']:,} (ruled out by scorer {view.scorer}: never kept)"))
     config = sel.get("config") or {}
     if config:
-        rows.append(("selection", f"level {config.get('level')}, keep_ratio {config.get('keep_ratio')}"))
+        scorer = scorer_text(view)
+        rows.append(("selection", ("" if scorer is None else f"scorer {scorer}, ")
+                     + f"level {config.get('level')}, keep_ratio {config.get('keep_ratio')}"))
     if view.threshold is not None:
-        rows.append(("score threshold", f"{view.threshold:+.4f} (lowest kept score)"))
+        rows.append(("score threshold", f"{view.threshold:+.4f} (lowest kept score, {threshold_units(view.scorer)})"))
     if "samples_zero_kept" in sel:
         rows.append(("samples with none kept", f"{sel['samples_zero_kept']:,}"))
     training = summ.get("training", {})
@@ -165,10 +171,11 @@ def rounds_table(rounds: list[dict[str, Any]]) -> str:
             ("train_loss", "train loss", ".4f"), ("heldout_loss", "held-out loss", ".4f"),
             ("score_threshold", "score threshold", "+.4f")]
     keys = [k for k in keys if any(r.get(k[0]) is not None for r in rounds)]
-    head = "".join(f"<th>{h}</th>" for _, h, _ in keys)
+    health = any("score_health" in r for r in rounds)
+    head = "".join(f"<th>{h}</th>" for _, h, _ in keys) + ("<th>score health</th>" if health else "")
     body = "".join(f"<tr><th>{r['round']}</th>" + "".join(
-        f"<td>{_fmt(r.get(k), f) if r.get(k) is not None else ''}</td>" for k, _, f in keys) + "</tr>"
-        for r in rounds)
+        f"<td>{_fmt(r.get(k), f) if r.get(k) is not None else ''}</td>" for k, _, f in keys)
+        + (f"<td>{esc(health_cell(r))}</td>" if health else "") + "</tr>" for r in rounds)
     return f'<h2>Self-evolving rounds</h2><table class="cmp"><thead><tr><th>round</th>{head}</tr></thead>' \
            f"<tbody>{body}</tbody></table>"
 
@@ -207,8 +214,10 @@ def render_page(view: RunView, stats: SampleStats, texts: dict[int, list[str]],
              + ("" if view.seed is None else f" · seed {view.seed}") + "</p>"]
     if view.conclusion:
         parts.append('<div class="conclusion">' + "".join(f"<p>{esc(c)}</p>" for c in view.conclusion) + "</div>")
+    parts.append(health_banner(view))
     parts.append('<table class="summary">' + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>"
                                                      for k, v in summary_rows(view)) + "</table>")
+    parts.append(health_box(view))
     if view.comparison:
         parts.append(comparison_table(view.comparison, view.method))
     if view.rounds:
@@ -258,6 +267,8 @@ figcaption{color:#6e7781;font-size:.9em}
 .t{border-radius:2px}.t:empty{display:inline-block;width:.3em;height:1em;vertical-align:middle}
 .p{color:#8c959f}.d{opacity:.45;text-decoration:line-through}.r{color:#1f2328}
 .legend .t{padding:0 .25em;font:13px ui-monospace,monospace}
+.warn{border-left:4px solid #bf8700;background:#fff8c5;padding:0 1em;margin:1em 0}.warn p{margin:.5em 0}
+td.ok{color:#1a7f37;font-weight:600}td.bad{color:#9a6700;font-weight:600}
 """
 
 SCRIPT = """

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import TokencleanError
 from ..io import atomic_write_bytes
+from .scorers import no_threshold_line, threshold_line
 from .view import RunView, SampleStats
 
 MAX_POINTS = 50_000  # scatter points drawn at most (a seeded random subset of the tokens)
@@ -126,9 +127,10 @@ def write_plots(view: RunView, stats: SampleStats, out: Path) -> list[tuple[Path
     else:
         figures.append((plot_losses(view.base_loss, view.ref_loss, view.keep_mask, out / "losses.png"),
                         "Base vs reference loss per token; below the line the warm-up lowered the loss."))
-        figures.append((plot_score_histogram(score, view.keep_mask, view.threshold, out / "scores.png"),
-                        "Scores of the response tokens" + (" and the selection threshold." if view.threshold
-                                                           is not None else ".")))
+        line = threshold_line(view)
+        caption = "Scores of the response tokens" + (" and the selection threshold." if line is not None else ".")
+        figures.append((plot_score_histogram(score, view.keep_mask, line, out / "scores.png"),
+                        caption + (f" {no_threshold_line(view)}" if no_threshold_line(view) else "")))
     if view.keep_mask is None:
         view.note(f"no kept-per-sample plot: method {view.method} records no token selection")
     else:

@@ -92,11 +92,27 @@ class RunView:
 
     @property
     def threshold(self) -> float | None:
-        """The lowest kept score, when the selection was made from this score (``select`` over base and reference
-        losses); None otherwise: random (its own random scores), self-evolving (one threshold per round)."""
+        """The lowest kept score, when the selection was made from base and reference losses (``select``), in the
+        units of its scorer (``report.scorers``); None otherwise: random (its own random scores), self-evolving (one
+        threshold per round)."""
         if "ref_model_fingerprint" not in self.selection:
             return None
         return self.selection.get("score_threshold")
+
+    @property
+    def scorer(self) -> str | None:
+        """The scorer that made the selection (selection.json ``config.scorer``; ``excess`` for selections written
+        before scorers existed); None when the selection was not made from base and reference losses."""
+        if "ref_model_fingerprint" not in self.selection:
+            return None
+        return (self.selection.get("config") or {}).get("scorer", "excess")
+
+    @property
+    def score_health(self) -> dict[str, Any] | None:
+        """summary.json ``score_health`` (``selection.health.ScoreHealth`` as a dict); None for runs written
+        before it existed and for methods without a reference (full, random)."""
+        health = self.summary.get("score_health")
+        return health if isinstance(health, dict) else None
 
     def note(self, text: str) -> None:
         log.info("report: %s", text)
