@@ -175,6 +175,14 @@ def _with(k: int, **flag) -> dict:
     (_with(3, train_detail=[{"begin_offset": 0, "end_offset": 0, "train": True},
                             {"begin_offset": 1, "end_offset": 1, "train": False}]),
      "partial-turn training", "messages[3].train_detail trains only part of the turn"),
+    # Axolotl's per-part flags (docs/dataset-formats/conversation.qmd): parts that disagree train part of a turn
+    ({"messages": [TURNS[0], {"role": "assistant", "content": [
+        {"type": "text", "text": "Let me think step by step...", "train": False},
+        {"type": "text", "text": " The answer is 4.", "train": True}]}]},
+     "partial-turn training", "messages[1].content marks some content parts to train and others not"),
+    ({"messages": [TURNS[0], {"role": "assistant", "content": [
+        {"type": "text", "text": "a", "train": False}, {"type": "text", "text": "b"}]}]},
+     "partial-turn training", "messages[1].content marks some content parts"),
 ])
 def test_turn_flags_are_honoured_or_refused_with_why(tmp_path, row, reason, expected):
     if HONOURED and reason == "untrained turn before a trained one":
@@ -193,12 +201,15 @@ def test_flags_that_need_no_context_turn_are_honoured_exactly(tmp_path, gpt2_tok
     rows = [_with(3, weight=0), _with(3, train=False), _with(0, train=False), _with(3, weight=1),
             _with(3, train_detail=[{"begin_offset": 0, "end_offset": 1, "train": False}]),
             {"messages": [{"role": "user", "content": "q1"},
-                          {"role": "assistant", "content": "a1", "loss_weight": 1.0}]}]
+                          {"role": "assistant", "content": "a1", "loss_weight": 1.0}]},
+            # every content part marked alike: the turn's flag
+            {"messages": [*TURNS[:3], {"role": "assistant", "content": [{"type": "text", "text": "a", "train": False},
+                                                                        {"type": "text", "text": "2", "train": False}]}]}]
     tokens, report = prepare_tokens(write_jsonl(tmp_path / "rows.jsonl", rows), gpt2_tokenizer)
-    assert report.used == 6
-    trained = [trained_text(tokens, i, gpt2_tokenizer) for i in range(6)]
+    assert report.used == 7
+    trained = [trained_text(tokens, i, gpt2_tokenizer) for i in range(7)]
     assert trained == ["a1" + eos, "a1" + eos, "a1" + eos + "a2" + eos, "a1" + eos + "a2" + eos, "a1" + eos,
-                       "a1" + eos]
+                       "a1" + eos, "a1" + eos]
     assert "q2" not in full_text(tokens, 0, gpt2_tokenizer)  # the untrained last turn and what led to it: dropped
 
 

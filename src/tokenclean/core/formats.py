@@ -206,7 +206,7 @@ def chat(turns: Any, where: str, spec: Spec) -> tuple[list[dict], set[str]]:
                            "(name others with --columns)")
         content = _content(t, content_key, role, at)
         message = {"role": role, "content": content}
-        if _turn_trained(t, role, at, spec) is False and role == "assistant":
+        if _turn_trained(t, role, at, spec, content_key) is False and role == "assistant":
             message["train"] = False
         out.append(message)
         used = {role_key, content_key, "tool_calls", spec.train_key, spec.train_detail_key, *TRAIN_KEYS,
@@ -273,8 +273,9 @@ def _call_text(call: Any, at: str) -> str:
     return json.dumps({"name": fn["name"], "arguments": args}, ensure_ascii=False)
 
 
-def _turn_trained(t: dict, role: str, at: str, spec: Spec) -> bool | None:
-    """The turn's train flag (None when it has none); raises when it cannot be honoured exactly."""
+def _turn_trained(t: dict, role: str, at: str, spec: Spec, content_key: str = "content") -> bool | None:
+    """The turn's train flag (None when it has none): its own, its ``train_detail`` spans' or its content parts'
+    (Axolotl's per-part ``train``); raises when it cannot be honoured exactly (a flag on part of the turn only)."""
     flag = None
     for key in (spec.train_key, *TRAIN_KEYS):
         if key and key in t and t[key] is not None:
@@ -284,6 +285,9 @@ def _turn_trained(t: dict, role: str, at: str, spec: Spec) -> bool | None:
             else:
                 raise RowError("fractional weight", f"{at}.{key} is {v!r}; a turn is trained or not, expected 0 or 1 "
                                "(true/false)")
+    parts = _parts_trained(t.get(content_key), f"{at}.{content_key}", spec)
+    if parts is not None:
+        flag = parts if flag is None else flag and parts
     for key in (spec.train_detail_key, *TRAIN_DETAIL_KEYS):
         if key and t.get(key):
             spans = {bool(s.get("train")) for s in t[key] if isinstance(s, dict)}
@@ -296,6 +300,24 @@ def _turn_trained(t: dict, role: str, at: str, spec: Spec) -> bool | None:
         raise RowError("trained non-assistant turn", f"{at} is a {role} turn marked to train; only assistant turns "
                        "are trained (or every token, with --train-on-prompt)")
     return flag
+
+
+def _parts_trained(parts: Any, at: str, spec: Spec) -> bool | None:
+    """The common train flag of a content-part list whose parts carry one (None: no part does); a flag on some parts
+    only, or parts that disagree, is training part of a turn: refused, as for ``train_detail``."""
+    if not isinstance(parts, list):
+        return None
+    flags = []
+    for part in parts:
+        keys = [k for k in (spec.train_key, *TRAIN_KEYS) if k and isinstance(part, dict) and part.get(k) is not None]
+        flags.append(bool(part[keys[0]]) if keys else None)
+    if all(f is None for f in flags):
+        return None
+    if len(set(flags)) != 1:
+        raise RowError("partial-turn training", f"{at} marks some content parts to train and others not; tokenclean "
+                       "trains whole assistant turns and selects tokens itself, expected every part to have the "
+                       "same 'train'")
+    return flags[0]
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
