@@ -206,6 +206,17 @@ def test_compare_adds_a_row_per_scorer_sharing_the_reference(tmp_path, tiny_mode
     assert not [r for r in caplog.records if r.getMessage().endswith("] running")]
 
 
+@pytest.mark.slow
+def test_self_evolving_selects_with_the_scorer_of_its_row(tmp_path, tiny_model_dir, pool):
+    out = tmp_path / "cmp"
+    result = compare(config(tiny_model_dir, pool, out, eval_fraction=0.2, rounds=1), ["self-evolving"],
+                     scorers=["small-loss"])
+    assert [r["method"] for r in result["rows"]] == ["self-evolving", "self-evolving[small-loss]"]
+    for name, scorer in (("self-evolving", "excess"), ("self-evolving[small-loss]", "small-loss")):
+        selection = json.loads((out / "seed-0" / name / "rounds/1/selection/selection.json").read_text())
+        assert selection["config"]["scorer"] == scorer and (selection["gated_tokens"] > 0) == (scorer != "excess")
+
+
 def test_compare_plans_scorer_rows_for_the_methods_that_use_a_scorer(caplog):
     import logging
 
@@ -309,3 +320,21 @@ def test_compare_adds_benchmark_columns_and_their_average(tmp_path, tiny_model_d
     messages = [r.getMessage() for r in caplog.records]
     assert "[seed-0/full/benchmarks] up to date, skipped" in messages
     assert not any(m.endswith("benchmarks] running") for m in messages)
+
+
+def test_compare_command_passes_the_scorers(tmp_path, monkeypatch):
+    import tokenclean.runs.compare as compare_module
+    from tokenclean.cli import main
+
+    seen = {}
+
+    def fake_compare(cfg, methods, seeds=None, scorers=None, **kw):
+        seen.update(methods=methods, scorers=scorers, scorer=cfg.select.scorer)
+        (tmp_path / "cmp" / "comparison.md").write_text("| method |\n")
+
+    monkeypatch.setattr(compare_module, "compare", fake_compare)
+    (tmp_path / "cmp").mkdir()
+    argv = ["compare", "--methods", "fixed", "rho", "--scorers", "excess", "small-loss", "--scorer", "curve-positive",
+            "--base", "b", "--data", "d", "--out", str(tmp_path / "cmp"), "--quiet"]
+    assert main(argv) == 0
+    assert seen == {"methods": ["fixed", "rho"], "scorers": ["excess", "small-loss"], "scorer": "curve-positive"}
