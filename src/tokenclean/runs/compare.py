@@ -128,8 +128,8 @@ def plan_rows(methods: list[str] | tuple[str, ...], select: SelectConfig, scorer
             name = variant_name(method, scorer)
             if _scorer_used(method, scorer) == _scorer_used(method, select.scorer):
                 if scorer != select.scorer:
-                    log.info("compare: %s left out: it would select exactly as the %s row (%s ranks by excess "
-                             "under %s)", name, method, method, scorer)
+                    log.info("compare: %s left out: it would select exactly as the %s row (rho ranks by excess "
+                             "under union and intersection)", name, method)
                 continue
             if method == "self-evolving" and SCORERS[scorer].needs_prompt_free:
                 log.warning("compare: %s left out: self-evolving's rounds have no prompt-free scores", name)
