@@ -303,12 +303,11 @@ def null_in_parquet(tmp, env):
 
 
 @case
-def response_cut_off_by_truncation(tmp, env):
+def every_response_cut_off_by_truncation(tmp, env):
     long_prompt = json.dumps({"prompt": "why " * 60, "completion": "because"})
-    path = lines(tmp / "long.jsonl", GOOD, long_prompt)
+    path = lines(tmp / "long.jsonl", long_prompt, long_prompt.replace("because", "since"))
     return Case(prepare(path, max_seq_len=32), DataError,
-                [f"{path}:2:", "no response token is left after truncation to max_seq_len 32", "raise --max-seq-len",
-                 "--skip-invalid"])
+                [f"{path}: no row has a response token within max_seq_len 32", "raise --max-seq-len"])
 
 
 @case
@@ -625,6 +624,21 @@ def test_a_huge_row_is_truncated_and_counted(tmp_path, gpt2_tokenizer):
     path = write_jsonl(tmp_path / "huge.jsonl", [{"prompt": "p", "completion": "c"}, huge])
     tokens, report = tc.prepare_tokens(path, gpt2_tokenizer, tokenize_config=tc.TokenizeConfig(max_seq_len=64))
     assert tokens.lengths.tolist()[1] == 64 and report.truncated == 1 and report.used == 2
+
+
+def test_a_row_whose_response_is_cut_off_is_skipped_counted_and_warned(tmp_path, gpt2_tokenizer, caplog):
+    import logging
+
+    long_prompt = {"prompt": "why " * 60, "completion": "because"}
+    path = write_jsonl(tmp_path / "long.jsonl", [json.loads(GOOD), long_prompt, {**long_prompt, "id": "x"}])
+    with caplog.at_level(logging.WARNING, logger="tokenclean"):
+        tokens, report = tc.prepare_tokens(path, gpt2_tokenizer, tokenize_config=tc.TokenizeConfig(max_seq_len=32))
+    assert len(tokens) == 1 and report.used == 1 and report.rows == 3  # without --skip-invalid
+    assert report.skip_counts() == {"response cut off by truncation": 2}
+    assert [(s["row"], s["line"]) for s in report.skipped] == [(1, 2), (2, 3)]
+    assert "max_seq_len 32" in report.skipped[0]["detail"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "2 rows skipped" in warnings[0] and f"(first: {path}:2)" in warnings[0]
 
 
 # -- skipping and accounting -------------------------------------------------------------------------------------

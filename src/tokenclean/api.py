@@ -47,14 +47,15 @@ def prepare_tokens(
 ) -> tuple[TokenTable, LoadReport]:
     """Read ``data``, render and tokenize it; log what happened to every row.
 
-    A row whose response is cut off entirely by truncation to ``max_seq_len`` has nothing to train on: it is an
-    error naming the row, or with ``skip_invalid`` skipped and counted (reason ``response cut off by
-    truncation``). ``report.truncated`` counts the used rows that were cut but keep some response.
+    A row whose response is cut off entirely by truncation to ``max_seq_len`` has nothing to train on: it is
+    skipped and counted in the report (reason ``response cut off by truncation``), with one warning giving the
+    count and the first such row; only when no row is left is it an error. ``report.truncated`` counts the used
+    rows that were cut but keep some response.
     """
     data_config = data_config or DataConfig()
     conversations, report = load_conversations(data, data_config)
     tokens = tokenize(conversations, tokenizer, tokenize_config, data_fingerprint=path_fingerprint(data))
-    tokens = _without_cut_off_responses(data, tokens, conversations, report, data_config.skip_invalid)
+    tokens = _without_cut_off_responses(data, tokens, conversations, report)
     m = tokens.meta
     report.truncated = m["truncated_samples"]
     log.info("%s: %d rows, %d used, %d skipped %s; %d tokens (%d response); %d truncated to %d tokens", data,
@@ -63,26 +64,28 @@ def prepare_tokens(
     return tokens, report
 
 
-def _without_cut_off_responses(data: PathLike, tokens: TokenTable, conversations: list, report: LoadReport,
-                               skip_invalid: bool) -> TokenTable:
-    """``tokens`` without the samples whose every response token was cut off by truncation (see
-    ``prepare_tokens``)."""
+def _without_cut_off_responses(data: PathLike, tokens: TokenTable, conversations: list,
+                               report: LoadReport) -> TokenTable:
+    """``tokens`` without the samples whose every response token was cut off by truncation, each skipped and
+    counted in ``report`` (see ``prepare_tokens``)."""
     empty = np.flatnonzero(per_sample_sum(tokens.flat_response_mask(), tokens.offsets) == 0)
     if not len(empty):
         return tokens
     max_seq_len = tokens.meta["max_seq_len"]
+    if len(empty) == len(tokens):
+        raise DataError(f"{data}: no row has a response token within max_seq_len {max_seq_len} (the prompts fill "
+                        "it); raise --max-seq-len or shorten the prompts")
+    e = RowError("response cut off by truncation",
+                 f"no response token is left after truncation to max_seq_len {max_seq_len} (the prompt fills it), "
+                 "expected a response to train on; raise --max-seq-len or shorten the prompt")
     for i in empty:
-        c = conversations[i]
-        e = RowError("response cut off by truncation",
-                     f"no response token is left after truncation to max_seq_len {max_seq_len} (the prompt fills "
-                     "it), expected a response to train on; raise --max-seq-len or shorten the prompt")
-        if not skip_invalid:
-            raise DataError(f"{where(data, c.row, c.line)}: {e} (use --skip-invalid to skip such rows)")
-        report.skip(c.row, c.line, e)
+        report.skip(conversations[i].row, conversations[i].line, e)
     report.skipped.sort(key=lambda s: s["row"])
     report.used -= len(empty)
-    if report.used == 0:
-        raise DataError(f"{data}: no row has a response token within max_seq_len {max_seq_len}; raise --max-seq-len")
+    first = conversations[empty[0]]
+    log.warning("%s: %d row%s skipped: no response token is left after truncation to max_seq_len %d (first: %s); "
+                "raise --max-seq-len to train on them", data, len(empty), "s" if len(empty) > 1 else "",
+                max_seq_len, where(data, first.row, first.line))
     return tokens.select(np.setdiff1d(np.arange(len(tokens)), empty))  # every one of them was cut
 
 
@@ -176,6 +179,46 @@ def score(
         _check_model_losses(scores, tokens, model, loaded)
         if slot is not None:
             score_cache.store(*slot, scores)
+    if out is not None:
+        score_cache.save_scores(scores, out)
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    return scores
+
+
+def score_prompt_free(
+    model: Any,
+    data: PathLike | TokenTable,
+    out: PathLike | None = None,
+    *,
+    tokenizer: Any = None,
+    data_config: DataConfig | None = None,
+    tokenize_config: TokenizeConfig | None = None,
+    score_config: ScoreConfig | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    progress: bool = True,
+    work_dir: PathLike | None = None,
+) -> Scores:
+    """Per-token loss of ``data``'s response tokens under ``model`` with their prompts removed: each response span
+    scored after the tokenizer's BOS alone (``compute.prompt_free``), mapped back onto ``data``'s tokens.
+
+    ``token_loss``: (total_tokens,) aligned with ``data``'s tokens, NaN at prompt tokens and, when the tokenizer
+    has no BOS, at each span's first token. Score the *reference* model: ``select(..., prompt_free=)`` compares these
+    with the reference's ordinary losses (scorers ``prompt`` and ``prompt-excess``). Writes ``out`` and resumes
+    from ``work_dir`` as ``score`` does.
+    """
+    from .compute.prompt_free import score_prompt_free as score_spans
+    from .compute.prompt_free import start_token_id
+
+    tok = _tokenizer_for(model, tokenizer, trust_remote_code)
+    tokens = _as_tokens(data, lambda: tok, data_config, tokenize_config)
+    start = start_token_id(tok)
+    free, mapped = score_spans(model, tokens, start, score_config=score_config, device=device, dtype=dtype,
+                               trust_remote_code=trust_remote_code, progress=progress, work_dir=work_dir)
+    meta = {**free.meta, **TokenLayout.of(tokens.meta).meta(), "prompt_free": {"start_token": start}}
+    scores = Scores(tokens.sample_ids, mapped, tokens.offsets, meta)
     if out is not None:
         score_cache.save_scores(scores, out)
         if work_dir is not None:
@@ -382,15 +425,42 @@ def export(
     tokenize_config: TokenizeConfig | None = None,
     drop_empty: bool = True,
     trust_remote_code: bool = False,
+    write_back: PathLike | None = None,
 ) -> dict[str, Any]:
-    """Write the cleaned dataset to ``out`` (``save_to_disk``) and ``out.parquet``; see ``tokenclean.compute.export``."""
-    tokens = _as_tokens(data, lambda: _tokenizer_for(None, tokenizer, trust_remote_code), data_config,
-                        tokenize_config)
+    """Write the cleaned dataset to ``out`` (``save_to_disk``) and ``out.parquet``; see ``tokenclean.compute.export``.
+
+    ``write_back``: also write ``data`` (a ``messages`` or ShareGPT chat file) to this JSON Lines file in its own
+    format, each assistant message with Axolotl ``train_detail`` character spans of the kept tokens
+    (``compute.export.write_back``); every used row is written, one with no kept token too (all spans untrained).
+    """
+    if write_back is not None and isinstance(data, TokenTable):
+        raise ConfigError("write_back rewrites the data file's rows: pass the data as a path, not as tokens")
+    tok = None if isinstance(data, TokenTable) else _tokenizer_for(None, tokenizer, trust_remote_code)
+    tokens = _as_tokens(data, lambda: tok, data_config, tokenize_config)
     keep = keep_mask_for(tokens, selection, f"data ({data})")
+    # written first: a format that cannot carry spans is refused before anything is written
+    written_back = None if write_back is None else _write_back(data, write_back, tokens, keep, tok, data_config)
     parquet = Path(out).with_name(f"{Path(out).name}.parquet")  # not with_suffix: "runs/v1.5" keeps its ".5"
     with atomic_dir(out) as tmp:
         result = export_dataset(tokens, tmp, keep, drop_empty, parquet_path=parquet)
     result["dataset_dir"] = str(out)
     log.info("exported %d rows (%d trained tokens) to %s and %s", result["rows"], result["trained_tokens"],
              result["dataset_dir"], result["parquet"])
+    if written_back is not None:
+        result["write_back"] = written_back
     return result
+
+
+def _write_back(data: PathLike, path: PathLike, tokens: TokenTable, keep: np.ndarray | None, tokenizer: Any,
+                data_config: DataConfig | None) -> dict[str, Any]:
+    """``compute.export.write_back``, its refusals (a format without per-turn text) as a ``ConfigError``."""
+    from .compute.export import write_back
+
+    try:
+        counts = write_back(data, path, tokens, keep, tokenizer, data_config)
+    except ValueError as e:  # train_detail_rows: the format cannot carry spans
+        raise ConfigError(f"--write-back {path}: {data}: {e}") from None
+    log.info("wrote %d rows of %s back with train_detail spans to %s (%d assistant turns, %d not carried: their "
+             "text is not the message's own string)", counts["rows"], data, path, counts["turns"],
+             counts["turns_not_carried"])
+    return counts

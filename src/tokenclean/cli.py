@@ -68,23 +68,33 @@ def _data_configs(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
-    from .api import score
+    from .api import score, score_prompt_free
     from .compute.scoring import ScoreConfig
 
     data_cfg, tok_cfg = _data_configs(args)
     out = Path(args.out)
-    scores = score(args.model, args.data, out, data_config=data_cfg, tokenize_config=tok_cfg,
-                   score_config=build(ScoreConfig, vars(args)), device=args.device, dtype=args.dtype,
-                   trust_remote_code=args.trust_remote_code, progress=not args.quiet,
-                   work_dir=out.with_name(f"{out.name}.shards"))  # a killed command resumes from here
+    scores = (score_prompt_free if args.prompt_free else score)(
+        args.model, args.data, out, data_config=data_cfg, tokenize_config=tok_cfg,
+        score_config=build(ScoreConfig, vars(args)), device=args.device, dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+        work_dir=out.with_name(f"{out.name}.shards"))  # a killed command resumes from here
     return scores.meta
 
 
 def cmd_select(args: argparse.Namespace) -> dict[str, Any]:
     from .api import select
+    from .selection.scorers import SCORERS
     from .selection.select import SelectConfig
 
-    return select(args.base, args.ref, args.out, build(SelectConfig, vars(args))).meta
+    config = build(SelectConfig, vars(args))
+    if SCORERS[config.scorer].needs_prompt_free and not args.prompt_free:
+        raise ConfigError(f"--scorer {config.scorer} needs --prompt-free DIR: the reference's losses of the "
+                          "responses without their prompts, from `tokenclean score --prompt-free --model REF` on the "
+                          "data --ref was scored on")
+    if args.prompt_free and not SCORERS[config.scorer].needs_prompt_free:
+        logging.getLogger("tokenclean").warning("--prompt-free is not used by --scorer %s (only by prompt and "
+                                                "prompt-excess)", config.scorer)
+    return select(args.base, args.ref, args.out, config, prompt_free=args.prompt_free).meta
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,7 +114,7 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     data_cfg, tok_cfg = _data_configs(args)
     return export(args.data, args.out, tokenizer=args.tokenizer, selection=args.selection, data_config=data_cfg,
                   tokenize_config=tok_cfg, drop_empty=args.drop_empty is not False,
-                  trust_remote_code=args.trust_remote_code)
+                  trust_remote_code=args.trust_remote_code, write_back=args.write_back)
 
 
 def run_settings_names() -> set[str]:
@@ -146,7 +156,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
         metrics, columns = benchmark_metrics(args.eval_tasks, args.eval_data_dir, args.eval_limit)
     elif args.eval_data_dir or args.eval_limit:
         raise ConfigError("--eval-data-dir and --eval-limit need --eval-tasks")
-    compare(cfg, args.methods, args.seeds, extra_metrics=metrics, extra_columns=columns)
+    compare(cfg, args.methods, args.seeds, extra_metrics=metrics, extra_columns=columns, scorers=args.scorers)
     if process_rank() == 0:  # under torchrun rank 0 wrote it; the others may not see it yet
         print((Path(cfg.run.out) / "comparison.md").read_text())
     return 0
@@ -168,6 +178,9 @@ def compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                    help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="repeat for each seed (default: --seed)")
+    p.add_argument("--scorers", nargs="+", default=None, metavar="SCORER",
+                   help="more rows: each of these scorers other than --scorer reruns fixed, rho and self-evolving "
+                        "as METHOD[SCORER] (e.g. fixed[small-loss]), sharing the reference and the scores")
     g = p.add_argument_group("benchmarks", "evaluate every final model with lm-evaluation-harness (pip install "
                                            "'tokenclean[eval]') and add a column per task and their average")
     g.add_argument("--eval-tasks", help="comma-separated benchmarks, e.g. gsm8k,arc_challenge (see tokenclean eval)")
@@ -187,6 +200,9 @@ def score_flags(p: argparse.ArgumentParser) -> None:
     _data_args(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--dtype", default="auto", help="weights dtype: auto (bf16 on GPU), float32, bfloat16")
+    p.add_argument("--prompt-free", action="store_true",
+                   help="score each response without its prompt (after the tokenizer's BOS alone), the losses put "
+                        "back at the data's tokens: with the reference model, what select --prompt-free takes")
     add_config_args(p, ScoreConfig, "scoring")
     p.set_defaults(func=cmd_score)
 
@@ -194,11 +210,14 @@ def score_flags(p: argparse.ArgumentParser) -> None:
 def select_flags(p: argparse.ArgumentParser) -> None:
     from .selection.select import SelectConfig
 
-    p.description = ("score = base loss - reference loss; keep the top --keep-ratio (global or per sample) or "
-                     "score > --threshold. Writes OUT/keep_mask.parquet and OUT/selection.json.")
+    p.description = ("score = base loss - reference loss (or --scorer's); keep the top --keep-ratio (global or per "
+                     "sample) or score > --threshold. Writes OUT/keep_mask.parquet and OUT/selection.json.")
     p.add_argument("--base", required=True, help="score directory of the base model")
     p.add_argument("--ref", required=True, help="score directory of the reference model")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--prompt-free", metavar="DIR",
+                   help="--scorer prompt / prompt-excess: the reference's prompt-free losses (tokenclean score "
+                        "--prompt-free --model REF, the same data)")
     add_config_args(p, SelectConfig, "selection")
     p.set_defaults(func=cmd_select)
 
@@ -230,6 +249,9 @@ def export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--drop-empty", action=argparse.BooleanOptionalAction, default=None,
                    help="leave out samples with no kept token (default: on)")
+    p.add_argument("--write-back", metavar="PATH",
+                   help="also write the rows of a messages or ShareGPT file to PATH (JSON Lines) in their own "
+                        "format, each assistant message with Axolotl train_detail spans of the kept tokens")
     p.set_defaults(func=cmd_export)
 
 

@@ -154,3 +154,66 @@ def test_write_back_file(tmp_path, chat_tokens, gpt2_tokenizer):
     everything = write_back(path, tmp_path / "all.jsonl", tokens, None, gpt2_tokenizer)
     first = json.loads((tmp_path / "all.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert everything["turns"] == 5 and all(s["train"] for s in first["conversations"][3]["train_detail"])
+
+
+MESSAGES = [
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name three fruits."},
+                  {"role": "assistant", "content": "Apple, pear and plum."},
+                  {"role": "user", "content": "And one more?"},
+                  {"role": "assistant", "content": "Quince, café-style."}]},
+    {"messages": [{"role": "user", "content": "Say hello in Japanese."},
+                  {"role": "assistant", "content": "こんにちは!"}]},
+]
+
+
+def test_export_writes_back_through_the_cli(tmp_path, tiny_model_dir, capsys):
+    from tokenclean.cli import main
+    from tokenclean.compute.modeling import load_tokenizer
+    from tokenclean.core.artifacts import Selection
+    from tokenclean.core.tokens import TokenLayout
+
+    path = write_jsonl(tmp_path / "chats.jsonl", MESSAGES)
+    tokenizer = load_tokenizer(str(tiny_model_dir))  # what export --tokenizer loads
+    tokens, _ = prepare_tokens(path, tokenizer)
+    keep = tokens.flat_response_mask() & (np.random.default_rng(1).random(len(tokens.flat_input_ids())) < 0.5)
+    assert 0 < keep.sum() < tokens.flat_response_mask().sum()
+    Selection(tokens.sample_ids, keep, tokens.offsets, TokenLayout.of(tokens.meta).meta()).save(tmp_path / "sel")
+    argv = ["export", "--tokenizer", str(tiny_model_dir), "--data", str(path), "--selection", str(tmp_path / "sel"),
+            "--out", str(tmp_path / "out"), "--write-back", str(tmp_path / "cleaned.jsonl")]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["write_back"] == {"rows": 2, "turns": 3, "turns_not_carried": 0,
+                                    "path": str(tmp_path / "cleaned.jsonl")}
+    rows = [json.loads(line) for line in (tmp_path / "cleaned.jsonl").read_text(encoding="utf-8").splitlines()]
+    mask, offsets, checked_tokens = tokens.flat_response_mask(), tokens.offsets, 0
+    for i, row in enumerate(rows):
+        resp, k = np.flatnonzero(mask[offsets[i]:offsets[i + 1]]) + offsets[i], 0
+        for m in row["messages"]:
+            assert ("train_detail" in m) == (m["role"] == "assistant")  # nothing on system and user turns
+            if m["role"] != "assistant":
+                continue
+            n = len(tokenizer(m["content"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
+            kept = keep[resp[k: k + n - 1]]  # the turn's tokens but its end-of-turn marker
+            k += n
+            # a character split over two byte-level tokens (ち here) is trained only when both are kept
+            spans = tokenizer(m["content"], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            expected = [all(kept[j] for j, (b2, e2) in enumerate(spans) if b2 < e and b < e2) for b, e in spans]
+            assert axolotl_trained(m["content"], m["train_detail"], tokenizer) == expected
+            checked_tokens += len(expected)
+        assert {k: v for k, v in row.items() if k != "messages"} == {}
+        unchanged = [{k: v for k, v in m.items() if k != "train_detail"} for m in row["messages"]]
+        assert unchanged == MESSAGES[i]["messages"]  # the rows in their own format, only the spans added
+    assert checked_tokens == 6 + 7 + 7
+    assert (tmp_path / "out" / "dataset_info.json").exists() and (tmp_path / "out.parquet").exists()
+
+
+def test_export_write_back_refuses_a_format_without_turns(tmp_path, tiny_model_dir, capsys):
+    from tokenclean.cli import main
+
+    path = write_jsonl(tmp_path / "alpaca.jsonl", [{"instruction": "Add 2 and 2.", "input": "", "output": "4"}])
+    argv = ["export", "--tokenizer", str(tiny_model_dir), "--data", str(path), "--out", str(tmp_path / "out"),
+            "--write-back", str(tmp_path / "cleaned.jsonl"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--write-back {tmp_path / 'cleaned.jsonl'}: {path}: the alpaca format cannot" in err[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cleaned.jsonl").exists()  # nothing written

@@ -165,6 +165,85 @@ def test_compare_writes_one_row_per_method_and_shares_the_reference(tmp_path, ti
     assert json.loads((tmp_path / "cmp" / "tokens" / "stage.json").read_text())["result"]["eval"]["samples"] == 18
 
 
+@pytest.mark.slow
+def test_compare_adds_a_row_per_scorer_sharing_the_reference(tmp_path, tiny_model_dir, pool, caplog):
+    import logging
+
+    from tokenclean.core.artifacts import Scores, Selection
+    from tokenclean.report.view import load_run
+    from tokenclean.runs.layout import Layout
+    from tokenclean.runs.methods import METHODS
+    from tokenclean.selection.scorers import select_for
+
+    out = tmp_path / "cmp"
+    cfg = config(tiny_model_dir, pool, out, eval_fraction=0.2)
+    with caplog.at_level(logging.INFO, logger="tokenclean"):
+        result = compare(cfg, ["fixed"], scorers=["excess", "small-loss"])
+    assert [r["method"] for r in result["rows"]] == ["fixed", "fixed[small-loss]"]
+    assert [r["scorer"] for r in result["runs"]] == ["excess", "small-loss"]
+    ran = [r.getMessage()[1:-len("] running")] for r in caplog.records if r.getMessage().endswith("] running")]
+    # one reference, trained and scored once; one final model per row
+    assert [s for s in ran if s.endswith(("reference", "model"))] == [
+        "seed-0/reference", "seed-0/scores/reference", "seed-0/fixed/model", "seed-0/fixed[small-loss]/model"]
+    assert ran.count("scores/base") == 1
+    seed_dir = out / "seed-0"
+    plain, small = (json.loads((seed_dir / m / "selection" / "selection.json").read_text())
+                    for m in ("fixed", "fixed[small-loss]"))
+    assert plain["config"]["scorer"] == "excess" and small["config"]["scorer"] == "small-loss"
+    assert plain["gated_tokens"] == 0 < small["gated_tokens"]
+    base, ref = Scores.load(out / "scores" / "base"), Scores.load(seed_dir / "scores" / "reference")
+    expected, _ = select_for(cfg.select.__class__(scorer="small-loss"), base.token_loss, ref.token_loss, base.offsets)
+    assert np.array_equal(Selection.load(seed_dir / "fixed[small-loss]" / "selection").keep_mask, expected)
+    assert "| fixed[small-loss] |" in (out / "comparison.md").read_text()
+    # the report finds the row's run
+    assert Layout(out).methods_run(0, set(METHODS)) == ["fixed", "fixed[small-loss]"]
+    view = load_run(out, "fixed[small-loss]", 0)
+    assert view.selection["config"]["scorer"] == "small-loss" and view.keep_mask.sum() == small["kept_tokens"]
+    # run again: every stage of both rows is reused
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tokenclean"):
+        compare(cfg, ["fixed"], scorers=["excess", "small-loss"])
+    assert not [r for r in caplog.records if r.getMessage().endswith("] running")]
+
+
+@pytest.mark.slow
+def test_self_evolving_selects_with_the_scorer_of_its_row(tmp_path, tiny_model_dir, pool):
+    out = tmp_path / "cmp"
+    result = compare(config(tiny_model_dir, pool, out, eval_fraction=0.2, rounds=1), ["self-evolving"],
+                     scorers=["small-loss"])
+    assert [r["method"] for r in result["rows"]] == ["self-evolving", "self-evolving[small-loss]"]
+    for name, scorer in (("self-evolving", "excess"), ("self-evolving[small-loss]", "small-loss")):
+        selection = json.loads((out / "seed-0" / name / "rounds/1/selection/selection.json").read_text())
+        assert selection["config"]["scorer"] == scorer and (selection["gated_tokens"] > 0) == (scorer != "excess")
+
+
+def test_compare_plans_scorer_rows_for_the_methods_that_use_a_scorer(caplog):
+    import logging
+
+    from tokenclean.errors import ConfigError
+    from tokenclean.runs.compare import plan_rows
+    from tokenclean.selection.select import SelectConfig
+
+    methods = ["full", "fixed", "rho", "slm", "self-evolving"]
+    with caplog.at_level(logging.INFO, logger="tokenclean"):
+        plan = plan_rows(methods, SelectConfig(), ["small-loss", "excess", "union", "prompt", "small-loss"])
+    assert [(name, method, c and c.scorer) for name, method, c in plan] == [
+        ("full", "full", None),
+        ("fixed", "fixed", None), ("fixed[small-loss]", "fixed", "small-loss"), ("fixed[union]", "fixed", "union"),
+        ("fixed[prompt]", "fixed", "prompt"),
+        ("rho", "rho", None), ("rho[small-loss]", "rho", "small-loss"), ("rho[prompt]", "rho", "prompt"),
+        ("slm", "slm", None),
+        ("self-evolving", "self-evolving", None), ("self-evolving[small-loss]", "self-evolving", "small-loss"),
+        ("self-evolving[union]", "self-evolving", "union")]
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "rho[union] left out" in messages and "self-evolving[prompt] left out" in messages
+    assert plan[2][2].keep_ratio == 0.6 and plan[2][2].gate_quantile == 0.9  # the run's other settings stay
+    with pytest.raises(ConfigError, match="unknown scorer"):
+        plan_rows(["fixed"], SelectConfig(), ["smallloss"])
+    with pytest.raises(ConfigError, match="union"):  # checked before anything runs
+        plan_rows(["fixed"], SelectConfig(level="sample"), ["union"])
+
+
 def _run_cli(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "tokenclean", "run", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, **kw)
@@ -241,3 +320,21 @@ def test_compare_adds_benchmark_columns_and_their_average(tmp_path, tiny_model_d
     messages = [r.getMessage() for r in caplog.records]
     assert "[seed-0/full/benchmarks] up to date, skipped" in messages
     assert not any(m.endswith("benchmarks] running") for m in messages)
+
+
+def test_compare_command_passes_the_scorers(tmp_path, monkeypatch):
+    import tokenclean.runs.compare as compare_module
+    from tokenclean.cli import main
+
+    seen = {}
+
+    def fake_compare(cfg, methods, seeds=None, scorers=None, **kw):
+        seen.update(methods=methods, scorers=scorers, scorer=cfg.select.scorer)
+        (tmp_path / "cmp" / "comparison.md").write_text("| method |\n")
+
+    monkeypatch.setattr(compare_module, "compare", fake_compare)
+    (tmp_path / "cmp").mkdir()
+    argv = ["compare", "--methods", "fixed", "rho", "--scorers", "excess", "small-loss", "--scorer", "curve-positive",
+            "--base", "b", "--data", "d", "--out", str(tmp_path / "cmp"), "--quiet"]
+    assert main(argv) == 0
+    assert seen == {"methods": ["fixed", "rho"], "scorers": ["excess", "small-loss"], "scorer": "curve-positive"}

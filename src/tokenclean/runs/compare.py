@@ -5,10 +5,15 @@ the warm-up reference and its losses) are computed once. Each final model's mean
 a held-out split is measured, and one row per method (mean and spread over seeds) goes to ``comparison.json`` and
 ``comparison.md``. More columns join through ``extra_metrics``: benchmark scores (``benchmark_metrics``, the
 paper's Table 1 layout) or the demo's ground-truth measurements.
+
+``scorers`` adds rows: each scorer other than the run's own (``--scorer``) reruns the methods whose selection uses
+the scorer (``SCORER_METHODS``) as ``<method>[<scorer>]`` (``layout.variant_name``), in that name's own directory,
+sharing the tokens, base scores, warm-up reference and its scores with the plain rows.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import statistics
@@ -18,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..io import atomic_write_text, write_json
-from .layout import HELDOUT_BASE, Layout
+from ..selection.scorers import SCORERS
+from .layout import HELDOUT_BASE, Layout, variant_name
 from .methods import METHODS
 
 if TYPE_CHECKING:  # the table functions below are used by the report, which imports no torch
+    from ..selection.select import SelectConfig
     from .config import RunConfig
     from .stages import Run
 
@@ -29,6 +36,10 @@ log = logging.getLogger("tokenclean")
 
 DEFAULT_METHODS = ("full", "random", "rho", "slm", "fixed", "self-evolving")
 DEFAULT_EVAL_FRACTION = 0.1
+# The methods whose keep-mask comes from the scorer (``SelectConfig.scorer``): fixed and rho through
+# ``select_stage``; self-evolving in every round, with the round's model as the reference. full, random and slm
+# (Rho-1's own online excess score) do not read it.
+SCORER_METHODS = ("fixed", "rho", "self-evolving")
 
 Column = tuple[str, str, str]  # (key in a row's metrics, column header, format of one value)
 
@@ -46,12 +57,14 @@ Metrics = Callable[["Run", dict[str, Any]], dict[str, float]]
 
 
 def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS, seeds: list[int] | None = None,
-            extra_metrics: Metrics | None = None, extra_columns: list[Column] | tuple[Column, ...] = ()
-            ) -> dict[str, Any]:
+            extra_metrics: Metrics | None = None, extra_columns: list[Column] | tuple[Column, ...] = (),
+            scorers: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run ``methods`` for each seed in ``cfg.run.out`` and write the comparison. Returns it.
 
-    ``extra_columns`` gives headers and formats to keys ``extra_metrics`` returns (others show under their key).
-    The result's ``timings`` lists every stage with the seconds it took in *this* call (0 when reused).
+    ``scorers``: more rows, ``<method>[<scorer>]`` for each of these scorers other than ``cfg.select.scorer`` and
+    each method of ``SCORER_METHODS`` among ``methods`` (see ``plan_rows``). ``extra_columns`` gives headers and
+    formats to keys ``extra_metrics`` returns (others show under their key). The result's ``timings`` lists every
+    stage with the seconds it took in *this* call (0 when reused).
     """
     from .pipeline import run_method
     from .stages import Run
@@ -61,6 +74,7 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
         raise ConfigError(f"unknown method(s) {unknown}, expected some of {sorted(METHODS)}")
     if not methods:
         raise ConfigError("no method to compare")
+    plan = plan_rows(methods, cfg.select, scorers or ())  # a bad scorer fails here, before anything runs
     seeds = list(seeds or [cfg.run.seed])
     if not cfg.run.eval_data and not cfg.run.eval_fraction:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, eval_fraction=DEFAULT_EVAL_FRACTION))
@@ -71,9 +85,9 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     base_loss = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, tables["eval"]).meta[
         "mean_token_loss"]
     for seed in seeds:
-        for method in methods:
-            log.info("=== %s, seed %d ===", method, seed)
-            run = root.variant(method, seed)
+        for name, method, select_config in plan:
+            log.info("=== %s, seed %d ===", name, seed)
+            run = _variant(root, name, method, seed, select_config)
             summary = run_method(run)
             metrics = {
                 "kept_tokens": summary["selection"]["kept_tokens"],
@@ -83,14 +97,63 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
             }
             if extra_metrics:
                 metrics.update(extra_metrics(run, summary))
-            runs.append({"method": method, "seed": seed, "metrics": metrics, "model_dir": summary["model_dir"]})
-    rows = aggregate(runs, methods)
-    result = {"methods": list(methods), "seeds": seeds, "base_heldout_loss": base_loss,
+            runs.append({"method": name, "seed": seed, "scorer": run.cfg.select.scorer, "metrics": metrics,
+                         "model_dir": summary["model_dir"]})
+    names = [name for name, _, _ in plan]
+    rows = aggregate(runs, names)
+    result = {"methods": names, "scorers": list(scorers or []), "seeds": seeds, "base_heldout_loss": base_loss,
               "columns": _columns(rows, [*COLUMNS, *extra_columns]), "rows": rows, "runs": runs,
               "timings": root.timings}
     write_json(root.layout.comparison, result)
     atomic_write_text(root.layout.comparison_md, render_markdown(result))
     return result
+
+
+def plan_rows(methods: list[str] | tuple[str, ...], select: SelectConfig, scorers: list[str] | tuple[str, ...]
+              ) -> list[tuple[str, str, SelectConfig | None]]:
+    """The rows of a comparison, in order: (name, method, selection settings; None = the run's own). Each method's
+    row is followed by its scorer variants: one per scorer of ``scorers`` other than the run's own, for the
+    methods of ``SCORER_METHODS``. Left out, with a log line: a variant that would select exactly as the plain row
+    (rho under ``union``/``intersection`` falls back to excess, as ``methods.run_rho`` does), and self-evolving
+    with a prompt scorer (its rounds have no prompt-free scores)."""
+    unknown = [s for s in scorers if s not in SCORERS]
+    if unknown:
+        raise ConfigError(f"unknown scorer(s) {unknown}, expected some of {list(SCORERS)}")
+    plan: list[tuple[str, str, SelectConfig | None]] = []
+    for method in methods:
+        plan.append((method, method, None))
+        if method not in SCORER_METHODS:
+            continue
+        for scorer in dict.fromkeys(scorers):
+            name = variant_name(method, scorer)
+            if _scorer_used(method, scorer) == _scorer_used(method, select.scorer):
+                if scorer != select.scorer:
+                    log.info("compare: %s left out: it would select exactly as the %s row (rho ranks by excess "
+                             "under union and intersection)", name, method)
+                continue
+            if method == "self-evolving" and SCORERS[scorer].needs_prompt_free:
+                log.warning("compare: %s left out: self-evolving's rounds have no prompt-free scores", name)
+                continue
+            plan.append((name, method, dataclasses.replace(select, scorer=scorer)))  # checks level and scorer
+    return plan
+
+
+def _scorer_used(method: str, scorer: str) -> str:
+    """The scorer ``method`` selects with under ``--scorer scorer`` (rho has no per-sample form of a combining
+    scorer and uses excess: ``methods.run_rho``)."""
+    return "excess" if method == "rho" and SCORERS[scorer].combine else scorer
+
+
+def _variant(root: Run, name: str, method: str, seed: int, select: SelectConfig | None) -> Run:
+    """``root.variant(method, seed)``, or for a scorer variant the same with ``select`` as its selection settings,
+    in the directory ``seed-<s>/<name>/`` (its own stages; the seed's shared stages as every method's)."""
+    if select is None:
+        return root.variant(method, seed)
+    from .stages import Run
+
+    cfg = copy.deepcopy(root.cfg)
+    cfg.run.method, cfg.run.seed, cfg.select = method, seed, select
+    return Run(cfg, Layout.variant_of(root.dir, seed, name), shared=root)
 
 
 def aggregate(runs: list[dict[str, Any]], methods: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:

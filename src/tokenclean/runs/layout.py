@@ -12,6 +12,8 @@ method under ``seed-<s>/<method>/``. A single ``tokenclean run`` uses no sub-dir
     <run>/[seed-<s>/<method>/]rounds/<t>/{model,scores,selection,heldout}/  round.json   (self-evolving)
     <run>/checkpoints/<stage>/   (a stage's finished units while it runs)
 
+``<method>`` is a method's name, or ``<method>[<scorer>]`` for a ``compare --scorers`` row (``variant_name``).
+
 This file is the format of a run directory: runs written before keep resuming only while these names stay.
 """
 
@@ -155,10 +157,11 @@ class Layout:
         return self.root / f"seed-{seed}"
 
     def methods_run(self, seed: int, known: set[str] | list[str]) -> list[str]:
-        """Methods of ``known`` that have a directory at ``seed``, sorted."""
+        """Methods of ``known`` and their scorer variants (``fixed[small-loss]``) that have a directory at
+        ``seed``, sorted."""
         seed_dir = self.seed_dir(seed)
-        return sorted(d.name for d in seed_dir.iterdir() if d.is_dir() and d.name in known) if seed_dir.is_dir() \
-            else []
+        return sorted(d.name for d in seed_dir.iterdir() if d.is_dir() and split_variant(d.name)[0] in known) \
+            if seed_dir.is_dir() else []
 
     def round_dirs(self) -> list[tuple[int, Path]]:
         """Self-evolving: (t, directory) of every round present, in order."""
@@ -166,3 +169,15 @@ class Layout:
         if not rounds.is_dir():
             return []
         return sorted((int(d.name), d) for d in rounds.iterdir() if d.is_dir() and d.name.isdigit())
+
+
+def variant_name(method: str, scorer: str) -> str:
+    """The name (row of a comparison, directory under ``seed-<s>/``) of ``method`` run with scorer ``scorer``
+    instead of the run's own: ``fixed[small-loss]``."""
+    return f"{method}[{scorer}]"
+
+
+def split_variant(name: str) -> tuple[str, str | None]:
+    """(method, scorer) of a ``variant_name``; (name, None) for a plain method."""
+    method, bracket, rest = name.partition("[")
+    return (method, rest[:-1]) if bracket and rest.endswith("]") else (name, None)

@@ -231,19 +231,17 @@ class Run(Store):
         """The losses of ``tokens``' response tokens under ``model_path`` with their prompts removed
         (``compute.prompt_free``), mapped back onto ``tokens`` (NaN at prompt tokens and a span's first token when
         the tokenizer has no BOS): what the prompt scorers compare with the reference's ordinary losses."""
-        from ..compute.prompt_free import score_prompt_free, start_token_id
+        from ..api import score_prompt_free
+        from ..compute.prompt_free import start_token_id
 
-        start = start_token_id(self.tokenizer)
         c = self.cfg
 
         def compute() -> Scores:
-            free, mapped = score_prompt_free(str(model_path), tokens, start, score_config=c.score,
-                                             device=c.run.device, dtype=c.run.dtype,
-                                             trust_remote_code=c.run.trust_remote_code)
-            meta = {**free.meta, **TokenLayout.of(tokens.meta).meta(), "prompt_free": {"start_token": start}}
-            return Scores(tokens.sample_ids, mapped, tokens.offsets, meta)
+            return score_prompt_free(str(model_path), tokens, tokenizer=self.tokenizer, score_config=c.score,
+                                     device=c.run.device, dtype=c.run.dtype, trust_remote_code=c.run.trust_remote_code)
 
-        return self.score_stage(name, f"{model_key}:prompt-free:{start}", model_path, tokens, compute=compute)
+        key = f"{model_key}:prompt-free:{start_token_id(self.tokenizer)}"
+        return self.score_stage(name, key, model_path, tokens, compute=compute)
 
     def mask_stage(self, name: str, tokens: TokenTable, inputs: dict[str, Any],
                    make: Callable[[], tuple[np.ndarray, dict[str, Any]]]) -> Selection:
