@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 # public name -> (module, attribute)
 _EXPORTS = {
     "export": ("api", "export"), "prepare_tokens": ("api", "prepare_tokens"), "score": ("api", "score"),
-    "select": ("api", "select"), "train": ("api", "train"),
+    "select": ("api", "select"), "train": ("api", "train"), "score_prompt_free": ("api", "score_prompt_free"),
     "compare": ("runs.compare", "compare"),
     "Scores": ("core.artifacts", "Scores"), "Selection": ("core.artifacts", "Selection"),
     "DataConfig": ("core.data", "DataConfig"),

@@ -88,6 +88,11 @@ class RunConfig:
 
         if r.method not in METHODS:
             raise ConfigError(f"unknown method {r.method!r}, expected one of {sorted(METHODS)}")
+        from ..selection.scorers import SCORERS
+
+        if r.method == "self-evolving" and SCORERS[self.select.scorer].needs_prompt_free:
+            raise ConfigError(f"scorer {self.select.scorer!r} needs the responses scored without their prompts, which "
+                              "self-evolving rounds do not compute; use it with --method fixed (or another scorer)")
         if r.warmup_data and self.warmup.warmup_rated_by:
             raise ConfigError("--warmup-rated-by picks the warm-up rows from the pool; it cannot be combined with "
                               "--warmup-data (your own warm-up set)")

@@ -159,7 +159,7 @@ def score_for(config: SelectConfig, base_loss: np.ndarray, ref_loss: np.ndarray,
     scorer = SCORERS[config.scorer]
     if scorer.needs_prompt_free and prompt_free_loss is None:
         raise ConfigError(f"scorer {config.scorer!r} needs the reference's prompt-free losses (see "
-                          "tokenclean.prompt_free); score the responses without their prompts first")
+                          "tokenclean.compute.prompt_free); score the responses without their prompts first")
     candidate = ~np.isnan(base_loss) & ~np.isnan(ref_loss)
     if response_mask is not None:
         candidate &= response_mask.astype(bool)
