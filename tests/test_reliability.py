@@ -53,7 +53,8 @@ def unsafe_calls(source: str) -> list[str]:
             problems.append(f"{node.lineno}: np.load(allow_pickle=True)")
         if const("trust_remote_code") is True:
             problems.append(f"{node.lineno}: trust_remote_code=True")
-        if name.endswith("AutoModelForCausalLM.from_pretrained") and const("use_safetensors") is not True:
+        if (name.endswith("AutoModelForCausalLM.from_pretrained") and const("use_safetensors") is not True
+                and "gguf_file" not in kw):  # GGUF files are read by the gguf parser, never unpickled
             problems.append(f"{node.lineno}: a model loaded without use_safetensors=True")
         if name in ("eval", "exec"):
             problems.append(f"{node.lineno}: {name}()")
@@ -65,7 +66,8 @@ def test_the_scanner_finds_unsafe_code():
            "AutoModelForCausalLM.from_pretrained(p)\nAutoTokenizer.from_pretrained(p, trust_remote_code=True)\n")
     assert len(unsafe_calls(bad)) == 4
     assert not unsafe_calls("torch.load(f, weights_only=True)\nAutoModelForCausalLM.from_pretrained(p, "
-                            "use_safetensors=True, trust_remote_code=flag)\n")
+                            "use_safetensors=True, trust_remote_code=flag)\n"
+                            "AutoModelForCausalLM.from_pretrained(d, gguf_file=name)\n")
 
 
 def test_the_package_never_unpickles_nor_runs_remote_code_by_itself():

@@ -168,10 +168,9 @@ def _convert(path: Path, out: Path) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
-    kwargs = {"gguf_file": path.name}
-    try:
-        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), **kwargs)
+    try:  # a GGUF file is parsed by the gguf reader: nothing in it is unpickled
+        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelError(f"{path}: transformers could not load this GGUF ({str(e).strip().splitlines()[0]})") from None
     config = loaded.config
