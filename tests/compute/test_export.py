@@ -60,3 +60,16 @@ def test_trl_sft_trainer_trains_a_step_on_the_export(tmp_path, table, gpt2_token
     trainer.train()
     assert trainer.state.global_step == 1
     assert not model.model.layers[0].mlp.up_proj.weight.detach().equal(before)
+
+
+def test_export_takes_a_tokenizer_saved_on_its_own(tmp_path, gpt2_tokenizer, gsm8k_rows):
+    from conftest import write_jsonl
+    from tokenclean.cli import main
+
+    tok_dir = tmp_path / "tok"
+    gpt2_tokenizer.save_pretrained(tok_dir)  # no config.json: a tokenizer directory, not a model directory
+    data = write_jsonl(tmp_path / "rows.jsonl", gsm8k_rows[:3])
+    assert main(["export", "--tokenizer", str(tok_dir), "--data", str(data), "--out", str(tmp_path / "out"),
+                 "--prompt-field", "question", "--response-field", "answer", "--quiet"]) == 0
+    ds = datasets.load_from_disk(str(tmp_path / "out"))
+    assert len(ds) == 3 and all(any(label != IGNORE_INDEX for label in row) for row in ds["labels"])

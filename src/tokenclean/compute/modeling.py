@@ -92,7 +92,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = Fa
     from transformers import AutoTokenizer
 
     name_or_path = resolve_model_source(name_or_path)  # GGUF hook
-    _check_model_path(name_or_path)
+    _check_model_path(name_or_path, need_config=False)  # a tokenizer saved on its own is a tokenizer directory too
     path = Path(name_or_path)
     if path.is_dir() and not any((path / f).exists() for f in _TOKENIZER_FILES):
         raise ModelError(f"{path}: no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...), expected a model "
@@ -146,12 +146,14 @@ def _load_failure(name_or_path: str | os.PathLike, e: Exception) -> str:
     return f"{name_or_path}: could not load a causal LM ({_first_line(e)})"
 
 
-def _check_model_path(name_or_path: str | os.PathLike) -> None:
+def _check_model_path(name_or_path: str | os.PathLike, need_config: bool = True) -> None:
+    """A local path must be a model directory (``config.json``), or, for a tokenizer (``need_config=False``), a
+    directory saved with ``tokenizer.save_pretrained``; hub ids pass."""
     path = Path(name_or_path)
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"{path}: is a file, expected a model directory (with config.json)")
-        if not (path / "config.json").exists():
+        if need_config and not (path / "config.json").exists():
             raise ModelError(f"{path}: no config.json, expected a model directory saved with save_pretrained")
     elif str(name_or_path).startswith((".", "/", "~")):
         raise ModelError(f"{name_or_path}: no such model directory")
