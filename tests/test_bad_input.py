@@ -687,7 +687,7 @@ def test_summary_accounts_for_every_input_row(tmp_path, tiny_model_dir):
         "base": str(tiny_model_dir), "data": str(path), "out": str(tmp_path / "run"), "method": "full",
         "prompt_field": "question", "response_field": "answer", "skip_invalid": True, "max_seq_len": 64,
         "eval_fraction": 0.25, "max_steps": 1, "batch_size": 4, "gradient_accumulation_steps": 1, "lora_r": 4,
-        "warmup_min_steps": 0})
+        "warmup_min_steps": 1})
     tc.run(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     data = summary["data"]

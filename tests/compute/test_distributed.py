@@ -157,7 +157,7 @@ def test_run_under_torchrun(tmp_path, tiny_model_dir, gsm8k_rows):
            "--response-field", "answer", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
            "--max-seq-len", "256", "--batch-size", "2", "--gradient-accumulation-steps", "1", "--lora-r", "4",
            "--max-steps", "2", "--batch-tokens", "1024", "--learning-rate", "1e-2",
-           "--warmup-min-steps", "0"]
+           "--warmup-min-steps", "2"]
     done = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count('"method": "fixed"') == 1  # one process reports

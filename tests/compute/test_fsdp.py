@@ -94,7 +94,7 @@ def test_fsdp_run_matches_one_process(tmp_path, tiny_model_dir, gsm8k_rows):
     cmd = _torchrun(script, "run", "--base", tiny_model_dir, "--data", data, "--prompt-field", "question",
                     "--response-field", "answer", "--out", out, "--no-cache", "--max-seq-len", "256", "--batch-size",
                     "2", "--gradient-accumulation-steps", "1", "--lora-r", "4", "--max-steps", "2", "--batch-tokens",
-                    "700", "--learning-rate", "1e-2", "--warmup-min-steps", "0")
+                    "700", "--learning-rate", "1e-2", "--warmup-min-steps", "2")
     done = subprocess.run(cmd, env=_fsdp_env(scratch), check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count('"method": "fixed"') == 1  # one process reports

@@ -301,7 +301,8 @@ def test_report_on_a_real_compare_directory(tmp_path, tiny_model_dir, gsm8k_rows
     out = tmp_path / "cmp"
     assert main(["compare", "--methods", "fixed", "self-evolving", "--rounds", "1", "--base", str(tiny_model_dir),
                  "--data", str(data), "--out", str(out), "--prompt-field", "question", "--response-field", "answer",
-                 "--max-seq-len", "128", "--batch-size", "8", "--lora-r", "4", "--max-steps", "1", "--warmup-min-steps", "0", "--quiet"]) == 0
+                 "--max-seq-len", "128", "--batch-size", "8", "--lora-r", "4", "--max-steps", "1", "--warmup-min-steps", "1",
+                 "--quiet"]) == 0
     for method in ("fixed", "self-evolving"):
         view = load_run(out, method=method)
         summary = json.loads((out / "seed-0" / method / "summary.json").read_text())

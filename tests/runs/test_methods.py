@@ -21,7 +21,7 @@ from tokenclean.core.tokens import IGNORE_INDEX
 
 SETTINGS = {"prompt_field": "question", "response_field": "answer", "max_seq_len": 256, "batch_size": 8,
             "gradient_accumulation_steps": 1, "lora_r": 8, "max_steps": 2, "batch_tokens": 4096,
-            "warmup_min_steps": 0}
+            "warmup_min_steps": 2}
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +253,8 @@ def _run_cli(args, **kw):
 def test_interrupted_runs_resume_to_the_same_weights(tmp_path, tiny_model_dir, pool, monkeypatch):
     flags = ["--base", str(tiny_model_dir), "--data", str(pool), "--prompt-field", "question", "--response-field",
              "answer", "--max-seq-len", "256", "--batch-size", "4", "--gradient-accumulation-steps", "1",
-             "--lora-r", "8", "--max-steps", "8", "--save-steps", "2", "--warmup-min-steps", "0", "--batch-tokens", "4096", "--quiet"]
+             "--lora-r", "8", "--max-steps", "8", "--save-steps", "2", "--warmup-min-steps", "8",
+             "--batch-tokens", "4096", "--quiet"]
     assert _run_cli([*flags, "--out", str(tmp_path / "clean")]).wait() == 0
     expected = load_file(tmp_path / "clean" / "model" / "model.safetensors")
 
@@ -263,7 +264,7 @@ def test_interrupted_runs_resume_to_the_same_weights(tmp_path, tiny_model_dir, p
     original = api.train_model
     monkeypatch.setattr(api, "train_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))
                         if "model" in str(a[3]) and "reference" not in str(a[3]) else original(*a, **k))
-    cfg_args = dict(SETTINGS, batch_size=4, max_steps=8, save_steps=2)
+    cfg_args = dict(SETTINGS, batch_size=4, max_steps=8, save_steps=2, warmup_min_steps=8)
     cfg = RunConfig.from_flat({"base": str(tiny_model_dir), "data": str(pool), "out": str(tmp_path / "between"),
                                **cfg_args})
     with pytest.raises(RuntimeError, match="boom"):

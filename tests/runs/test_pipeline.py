@@ -13,7 +13,7 @@ from conftest import write_jsonl
 from tokenclean.cli import main
 
 FAST = ["--max-seq-len", "256", "--batch-size", "8", "--gradient-accumulation-steps", "1", "--lora-r", "8",
-        "--max-steps", "3", "--batch-tokens", "4096", "--warmup-min-steps", "0"]
+        "--max-steps", "3", "--batch-tokens", "4096", "--warmup-min-steps", "3"]
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,8 @@ def test_shards_of_other_settings_are_not_reused(tmp_path, table):
 def flags(model: Path, data: Path, out: Path) -> list[str]:
     return ["run", "--base", str(model), "--data", str(data), "--out", str(out), "--prompt-field", "question",
             "--response-field", "answer", "--max-seq-len", "256", "--batch-tokens", "512", "--shard-tokens", "1500",
-            "--batch-size", "4", "--gradient-accumulation-steps", "1", "--lora-r", "4", "--max-steps", "6", "--warmup-min-steps", "0",
+            "--batch-size", "4", "--gradient-accumulation-steps", "1", "--lora-r", "4", "--max-steps", "6",
+            "--warmup-min-steps", "6",
             "--save-steps", "2", "--seed", "3", "--no-cache"]  # the score cache would skip the base's scoring
 
 
