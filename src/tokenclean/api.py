@@ -160,14 +160,14 @@ def score_prompt_free(
     with the reference's ordinary losses (scorers ``prompt`` and ``prompt-excess``). Writes ``out`` and resumes
     from ``work_dir`` as ``score`` does.
     """
-    from .compute.prompt_free import score_prompt_free as score_spans
-    from .compute.prompt_free import start_token_id
+    from .compute.prompt_free import map_back, prompt_free_tokens, start_token_id
 
     tok = _tokenizer_for(model, tokenizer, trust_remote_code)
     tokens = _as_tokens(data, lambda: tok, data_config, tokenize_config)
     start = start_token_id(tok)
-    free, mapped = score_spans(model, tokens, start, score_config=score_config, device=device, dtype=dtype,
-                               trust_remote_code=trust_remote_code, progress=progress, work_dir=work_dir)
+    free = score(model, prompt_free_tokens(tokens, start), tokenizer=tok, score_config=score_config, device=device,
+                 dtype=dtype, trust_remote_code=trust_remote_code, progress=progress, work_dir=work_dir)
+    mapped = map_back(free.token_loss, tokens.flat_response_mask(), tokens.offsets, start is not None, free.offsets)
     meta = {**free.meta, **TokenLayout.of(tokens.meta).meta(), "prompt_free": {"start_token": start}}
     scores = Scores(tokens.sample_ids, mapped, tokens.offsets, meta)
     if out is not None:

@@ -8,8 +8,9 @@ import torch
 from conftest import tiny_llama
 from tokenclean.core.data import Conversation
 from tokenclean.errors import MismatchError
+from tokenclean.api import score_prompt_free
 from tokenclean.compute.prompt_free import (map_back, prompt_free_layout, prompt_free_tokens, response_spans,
-                                    score_prompt_free, start_token_id)
+                                    start_token_id)
 from tokenclean.core.tokens import tokenize
 
 # sample 0: prompt, span [2, 4), prompt, span [5, 6), prompt; sample 1: prompt, span [8, 10); sample 2: no response
@@ -98,7 +99,8 @@ def test_mapped_prompt_free_losses_equal_a_direct_computation(gpt2_tokenizer):
     tokens = tokenize(conversations(), gpt2_tokenizer)
     model = tiny_llama().eval()
     bos = start_token_id(gpt2_tokenizer)
-    scores, mapped = score_prompt_free(model, tokens, bos, progress=False)
+    scores = score_prompt_free(model, tokens, tokenizer=gpt2_tokenizer, progress=False)
+    mapped = scores.token_loss
     mask, ids, offsets = tokens.flat_response_mask(), tokens.flat_input_ids(), tokens.offsets
     assert np.isnan(mapped[~mask]).all() and not np.isnan(mapped[mask]).any()
     starts, stops = response_spans(mask, offsets)

@@ -2,7 +2,7 @@
 
 ``prompt_free_tokens`` builds, from a ``TokenTable``, a table with one sample per *response span* (a maximal run of
 response tokens within a sample): the start token (the tokenizer's BOS, when it has one) followed by the span's
-tokens. Scoring that table (``scoring.score_tokens`` or ``api.score``) gives each response token's loss given only
+tokens. Scoring that table (``scoring.score_tokens`` or ``api.score``; ``api.score_prompt_free`` does both) gives each response token's loss given only
 the earlier tokens of its own span; ``map_back`` puts those losses back onto the original token positions.
 
 What "without the prompt" means in a multi-turn sample: each assistant turn is scored alone, with every earlier
@@ -126,19 +126,6 @@ def map_back(prompt_free_loss: np.ndarray, response_mask: np.ndarray, offsets: n
     scored = layout.response_mask  # a prompt-free sample's position 0 has no loss, whatever the array holds there
     out[layout.source[scored]] = prompt_free_loss[scored]
     return out
-
-
-def score_prompt_free(model: Any, tokens: TokenTable, start_token: int | None, out: Any = None,
-                      **score_kwargs: Any) -> tuple[Any, np.ndarray]:
-    """Score ``tokens``' responses without their prompts with ``model`` (the reference) through ``api.score``
-    (``score_kwargs``: its settings, e.g. ``cache``, ``score_config``, ``device``). Returns the prompt-free
-    ``Scores`` (written to ``out`` when given) and their losses mapped onto ``tokens`` ((total_tokens,) float32)."""
-    from ..api import score
-
-    scores = score(model, prompt_free_tokens(tokens, start_token), out, **score_kwargs)
-    mapped = map_back(scores.token_loss, tokens.flat_response_mask(), tokens.offsets, start_token is not None,
-                      scores.offsets)
-    return scores, mapped
 
 
 def map_back_scores(prompt_free_offsets: np.ndarray, prompt_free_loss: np.ndarray, tokens: TokenTable) -> np.ndarray:
