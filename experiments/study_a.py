@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from noisy_gsm8k import NoiseConfig, write_study_data  # noqa: E402
 
-from tokenclean.demo.run import DEMO_COLUMNS, DemoInputs, DemoMetrics  # noqa: E402
+from tokenclean.demo.metrics import DEMO_COLUMNS, DemoInputs, DemoMetrics  # noqa: E402
 from tokenclean.runs.compare import compare  # noqa: E402
 from tokenclean.runs.config import RunConfig  # noqa: E402
 from tokenclean.runs.stages import Run  # noqa: E402

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import GSM8K, SHARED
 from tokenclean.cli import main
-from tokenclean.demo.run import DemoConfig, conclude, stage_group
+from tokenclean.demo.render import conclude, stage_group
+from tokenclean.demo.run import DemoConfig
 from tokenclean.demo.metrics import KIND_CODES, NOT_RESPONSE, kind_codes, selection_quality
 from tokenclean.errors import ConfigError
 
@@ -76,10 +77,16 @@ def test_kind_codes_refuse_data_without_kinds(world_tokens, tmp_path):
         kind_codes(tokens, stripped, tokenizer)
 
 
-def _result(losses: dict[str, list[float]], fixed_quality: dict[str, float]) -> dict:
+def _result(losses: dict[str, list[float]], fixed_quality: dict[str, float],
+            accuracy: dict[str, list[float]] | None = None) -> dict:
     seeds = list(range(len(next(iter(losses.values())))))
-    runs = [{"method": m, "seed": s, "metrics": {"informative_loss": v[s]}} for m, v in losses.items() for s in seeds]
-    rows = [{"method": m, "mean": {"informative_loss": float(np.mean(v)), **(fixed_quality if m == "fixed" else {})}}
+    runs = [{"method": m, "seed": s, "metrics": {"informative_loss": v[s],
+                                                 **({"accuracy": accuracy[m][s]} if accuracy else {})}}
+            for m, v in losses.items() for s in seeds]
+    rows = [{"method": m, "mean": {"informative_loss": float(np.mean(v)),
+                                   **({"accuracy": float(np.mean(accuracy[m]))} if accuracy else {}),
+                                   **(fixed_quality if m == "fixed" else {})},
+             "std": {"accuracy": float(np.std(accuracy[m], ddof=1)) if accuracy and len(seeds) > 1 else 0.0}}
             for m, v in losses.items()]
     return {"runs": runs, "rows": rows, "seeds": seeds, "methods": list(losses)}
 
@@ -92,13 +99,40 @@ def test_conclusion_is_computed_from_the_numbers():
     assert "than full in 2 of 3 seeds (0.800 vs 0.833" in text
     assert "than random in 3 of 3 seeds" in text
     assert "Lowest held-out loss on informative tokens: fixed (0.800)" in text
-    assert "dropped 95.0% of garbled tokens (target >= 90%: met)" in text
-    assert "kept 85.0% of informative tokens (target >= 80%: met)" in text
+    assert "95.0% of garbled tokens dropped (target >= 90%: met)" in text
+    assert "50.0% of generic tokens dropped (target >= 80%: not met)" in text
+    assert "85.0% of informative tokens kept (target >= 85%: met)" in text
+    assert "Verdict: fixed-model cleaning beats full and random" in text
     worse = _result({"full": [0.5], "fixed": [0.9]}, {"informative_kept": 0.7, "garbled_dropped": 0.6,
                                                      "precision": 0.6})
     text = "\n".join(conclude(worse, world=True))
     assert "than full in 0 of 1 seed " in text and "(target >= 90%: not met)" in text
     assert "Lowest held-out loss on informative tokens: full" in text
+    # not winning is said plainly, with the measured reason
+    assert "Verdict: fixed-model cleaning does not beat full here." in text
+    assert "dropped 30.0% of the informative tokens" in text
+
+
+def test_conclusion_counts_accuracy_wins_health_and_ablations():
+    result = _result({"full": [1.0, 1.0], "random": [1.2, 1.3], "fixed": [0.9, 0.8], "fixed[noisy-warmup]": [1.1, 1.0]},
+                     {"informative_kept": 0.9, "garbled_dropped": 0.97, "precision": 0.8, "healthy": 0.5,
+                      "reference_move": 0.04},
+                     accuracy={"full": [0.40, 0.50], "random": [0.30, 0.35], "fixed": [0.45, 0.45],
+                               "fixed[noisy-warmup]": [0.2, 0.3]})
+    noisy = next(r for r in result["rows"] if r["method"] == "fixed[noisy-warmup]")["mean"]
+    noisy.update(garbled_dropped=0.05, informative_kept=0.6)
+    result["ablations"] = [{"name": "fixed[noisy-warmup]", "note": "noisy warm-up"}]
+    result["pool_kinds"] = {"informative": 0.6, "generic": 0.3, "noise": 0.1}
+    text = "\n".join(conclude(result, world=True))
+    # lower loss in 2 of 2 seeds, higher accuracy in 1 of 2: not a majority on both -> not a win over full
+    assert "than full in 2 of 2 seeds" in text and "higher greedy accuracy in 1 of 2 (45.0% vs 45.0%)" in text
+    assert "higher greedy accuracy in 2 of 2 (45.0% vs 32.5%)" in text
+    assert "Verdict: fixed-model cleaning does not beat full here." in text
+    assert "near noise in some seeds (the reference moved 4.0% of the base loss)" in text
+    assert "Noise is 10.0% of the pool's response tokens" in text
+    assert "fixed: healthy in 1 of 2 seeds" in text
+    assert ("Ablation fixed[noisy-warmup] (noisy warm-up): garbled dropped 5.0% (clean warm-up: 97.0%), informative "
+            "kept 60.0% (clean warm-up: 90.0%), accuracy 25.0% (clean warm-up: 45.0%).") in text
 
 
 def test_stage_groups_name_the_method_being_trained():
@@ -114,6 +148,7 @@ def test_stage_groups_name_the_method_being_trained():
     ({"corpus": ["c.txt"]}, "--corpus only apply with --data"),
     ({"data": "d.jsonl"}, "--data needs --corpus"),
     ({"max_train": 3}, "--max-train must be >= 10"),
+    ({"base": "m", "data": "d.jsonl", "corpus": ["c.txt"]}, "--base brings its own weights and tokenizer"),
 ])  # fmt: skip
 def test_demo_settings_are_checked(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -126,11 +161,20 @@ def test_quick_demo_end_to_end_and_cached(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "run" / "demo.json").read_text())
-    methods = ["full", "random", "rho", "slm", "fixed", "self-evolving"]
+    methods = ["full", "random", "rho", "slm", "fixed", "self-evolving", "fixed[noisy-warmup]"]
     assert [r["method"] for r in result["rows"]] == methods
     for row in result["rows"]:
         assert row["mean"]["informative_loss"] > 0 and 0 <= row["mean"]["accuracy"] <= 1
+        assert 0 <= row["mean"]["wrong_answer_reproduced"] <= 1
     by_method = {r["method"]: r["mean"] for r in result["rows"]}
+    # the reference of the plain rows trains on the world's clean warm-up set; the ablation's on the noisy pool
+    world = out / "world"
+    warmup = [json.loads(line) for line in (world / "warmup.jsonl").read_text().splitlines()]
+    assert len(warmup) == 48 and all(r["corruption"] is None for r in warmup)
+    assert result["data"]["warmup"]["used"] == 48
+    assert (out / "run" / "ablations" / "fixed[noisy-warmup]" / "seed-0" / "fixed" / "model").is_dir()
+    assert "reference_move" in by_method["fixed"] and "reference_move" in by_method["fixed[noisy-warmup]"]
+    assert "Ablation fixed[noisy-warmup]" in printed and "Score health: " in printed
     assert by_method["full"]["informative_kept"] == 1.0 and by_method["full"]["garbled_dropped"] == 0.0
     assert "informative_kept" not in by_method["slm"]  # online selection: no fixed mask to grade
     assert 0.5 < by_method["random"]["informative_kept"] < 0.7
@@ -165,3 +209,18 @@ def test_demo_on_real_data_without_kinds(tmp_path, capsys):
     assert 0 <= rows["fixed"]["accuracy"] <= 1  # GSM8K rows: graded by the final number
     assert len((out / "data" / "train.jsonl").read_text().splitlines()) == 40
     assert "Lowest held-out loss: " in "\n".join(result["conclusion"])
+
+
+@pytest.mark.slow
+def test_demo_on_a_given_pretrained_base(tmp_path, tiny_model_dir):
+    """--base: no pretraining; the world's SFT part runs on the given model with its own tokenizer."""
+    out = tmp_path / "given"
+    assert main(["demo", "--quick", "--out", str(out), "--base", str(tiny_model_dir), "--methods", "full", "fixed",
+                 "--no-ablations", "--quiet"]) == 0
+    result = json.loads((out / "run" / "demo.json").read_text())
+    assert [r["method"] for r in result["rows"]] == ["full", "fixed"]
+    assert not (out / "base").exists() and result["paths"]["base"] == str(tiny_model_dir)
+    fixed = next(r for r in result["rows"] if r["method"] == "fixed")["mean"]
+    assert 0 < fixed["informative_kept"] <= 1 and fixed["informative_loss"] > 0
+    config = (out / "run" / "config.yaml").read_text()
+    assert str(tiny_model_dir) in config and "warmup.jsonl" in config

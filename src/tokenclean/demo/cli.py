@@ -36,9 +36,11 @@ def demo_flags(p: argparse.ArgumentParser) -> None:
     """The flags of ``tokenclean demo``."""
     from .run import DemoConfig
 
-    p.description = ("Generate a world whose noisy tokens are known, pretrain a tiny base model on its corpus, run "
-                     "full, random, rho, slm, fixed and self-evolving over 3 seeds, and measure held-out loss on "
-                     "informative tokens, greedy accuracy and what each selection kept and dropped. Writes "
+    p.description = ("Generate a world whose noisy tokens are known (a noisy pool, a clean warm-up set, held-out "
+                     "prompts), pretrain a tiny base model on its corpus (or use --base), run full, random, rho, "
+                     "slm, fixed and self-evolving over 3 seeds plus two warm-up ablations, and measure held-out "
+                     "loss on informative tokens, greedy accuracy, repeated wrong answers, what each selection kept "
+                     "and dropped, and the score health. Writes "
                      "OUT/run/demo.md, comparison.md and the report. Offline; cached (a second run reuses "
                      "everything finished).")
     add_config_args(p, DemoConfig, "demo")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     values = vars(args)
     overrides = {k: values[k] for k in field_names(*override_sections()) if values.get(k) is not None}
     result = run_demo(build(DemoConfig, values), overrides, progress=not args.quiet)
-    from .run import render
+    from .render import render
 
     print(render(result))
     return 0

@@ -9,21 +9,37 @@
   Noise is split into garbled spans and wrong answers, the two corruptions the world injects.
 - **Accuracy.** ``generate`` answers held-out prompts greedily with a model; ``accuracy`` checks each answer with
   the world's checker, or with GSM8K's final-number match on real GSM8K-style data.
+- **Learned noise.** The same greedy answers to the prompts of the pool's wrong-answer rows: how often the final
+  model repeats the wrong answer it was shown (``wrong_answer_reproduced``).
+- **Score health.** The ``selection.health`` verdict of each run's scores (1 = healthy) and how far the reference
+  moved (mean |score| / mean base loss), so the demo shows when a selection is close to noise.
+
+``DemoMetrics`` is ``compare``'s ``extra_metrics``: it computes all of these for each method and seed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
+from ..core.artifacts import Scores, Selection
 from ..core.data import DataConfig, load_conversations, read_rows
-from ..errors import DataError
 from ..core.tokens import TokenTable, list_column, render_segments, write_parquet
+from ..errors import DataError
+from ..io import atomic_write_text
+from ..runs.layout import Layout
+
+if TYPE_CHECKING:
+    from ..runs.compare import Column
+    from ..runs.stages import Run
 
 log = logging.getLogger("tokenclean")
 
@@ -166,3 +182,121 @@ def generate(model_dir: str | Path, prompts: list[list[int]], max_new_tokens: in
                                  do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
         texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return texts
+
+
+def wrong_answers(rows: Sequence[dict[str, Any]]) -> list[str | None]:
+    """The injected wrong answer of each world row (the text of its noise span), None for rows without one."""
+    out: list[str | None] = []
+    for row in rows:
+        content = row["messages"][-1]["content"] if "messages" in row else ""
+        spans = [content[s:e].strip() for s, e, kind in row.get("kinds", []) if kind == "noise"]
+        out.append(spans[0] if row.get("corruption") == "wrong_answer" and spans else None)
+    return out
+
+
+# --- the demo's measurements of one method and seed ----------------------------------------------------------
+
+# The demo's own columns; compare's wall time and token counts stay in comparison.md/json.
+DEMO_COLUMNS: list[Column] = [
+    ("informative_loss", "informative-token loss", "{:.3f}"),
+    ("heldout_loss", "held-out loss", "{:.3f}"),
+    ("accuracy", "accuracy", "{:.1%}"),
+    ("wrong_answer_reproduced", "wrong answers repeated", "{:.1%}"),
+    ("informative_kept", "informative kept", "{:.1%}"),
+    ("generic_dropped", "generic dropped", "{:.1%}"),
+    ("garbled_dropped", "garbled dropped", "{:.1%}"),
+    ("wrong_answer_dropped", "wrong answers dropped", "{:.1%}"),
+    ("precision", "kept that are informative", "{:.1%}"),
+    ("reference_move", "reference moved", "{:.1%}"),
+]
+
+
+@dataclass
+class DemoInputs:
+    train: Path
+    eval: Path
+    corpus: list[Path]
+    tokenizer: Path | None
+    world: bool  # ground-truth token kinds available
+    warmup: Path | None = None  # the clean warm-up set (world), else None: a share of the pool
+
+
+class DemoMetrics:
+    """``compare``'s ``extra_metrics`` for the demo: called with each method's run and summary."""
+
+    def __init__(self, root: Run, tables: dict, inputs: DemoInputs, max_new_tokens: int):
+        self.pool, self.eval, self.world = tables["pool"], tables["eval"], inputs.world
+        tokenizer, template = root.tokenizer, self.pool.meta["template"]
+        if self.world:
+            self.codes, self.garbled = kind_codes(self.pool, inputs.train, tokenizer, root.cfg.data)
+            self.eval_codes, _ = kind_codes(self.eval, inputs.eval, tokenizer, root.cfg.data)
+            save_kinds(self.pool, self.codes, root.layout.kinds)
+        self.rows, self.prompts = prompt_ids(inputs.eval, tokenizer, template, root.cfg.data)
+        self.checker = answer_checker(self.rows)
+        # the pool's wrong-answer rows, asked again: does the final model repeat the wrong answer it was shown?
+        self.noisy, self.noisy_prompts = [], []
+        if self.world:
+            pool_rows, pool_prompts = prompt_ids(inputs.train, tokenizer, template, root.cfg.data)
+            for row, prompt, wrong in zip(pool_rows, pool_prompts, wrong_answers(pool_rows)):
+                if wrong is not None:
+                    self.noisy.append({**row, "answer": wrong})
+                    self.noisy_prompts.append(prompt)
+        self.max_new_tokens = max_new_tokens
+
+    def informative_loss(self, heldout: Scores) -> float:
+        return kind_mean(heldout.token_loss, self.eval_codes, "informative")
+
+    def __call__(self, run: Run, summary: dict[str, Any]) -> dict[str, float]:
+        model_stage = summary["model_stage"]
+        metrics: dict[str, float] = {}
+        if self.world:
+            heldout = Scores.load(run.path(Layout.next_to(model_stage, "heldout")))
+            metrics["informative_loss"] = self.informative_loss(heldout)
+            keep = self._keep_mask(run, summary["method"])
+            if keep is not None:
+                metrics.update(selection_quality(keep, self.codes, self.garbled))
+        health = summary.get("selection", {}).get("score_health") or summary.get("score_health")
+        if health and health.get("verdict") != "no scores":
+            metrics["reference_move"] = health["relative_move"]
+            metrics["healthy"] = float(health["verdict"] == "healthy")
+        if self.checker is not None:
+            answers = self._answers(run, summary, Layout.next_to(model_stage, "accuracy"))
+            metrics["accuracy"] = answers["accuracy"]
+            if "wrong_answer_reproduced" in answers:
+                metrics["wrong_answer_reproduced"] = answers["wrong_answer_reproduced"]
+        return metrics
+
+    def _keep_mask(self, run: Run, method: str) -> np.ndarray | None:
+        """What the method trained on: its saved selection; every response token for full; None for slm, whose
+        selection changes at every step."""
+        selection = run.path(run.layout.selection)
+        if (selection / Selection.FILE).is_file():
+            return Selection.load(selection).keep_mask
+        return self.pool.flat_response_mask() if method == "full" else None
+
+    def _answers(self, run: Run, summary: dict[str, Any], stage: str) -> dict[str, Any]:
+        """Greedy answers to the held-out prompts (graded) and to the pool's wrong-answer prompts (did the model
+        repeat the wrong answer?): a stage, so a re-run does not generate again. Writes ``generations.jsonl``
+        (one row per held-out prompt: id, generated text, correct)."""
+        inputs = {"model": run.key(summary["model_stage"]), "eval": self.eval.meta["tokens_fingerprint"],
+                  "max_new_tokens": self.max_new_tokens, "wrong_answer_prompts": len(self.noisy_prompts)}
+
+        def build(tmp: Path) -> dict[str, Any]:
+            texts = generate(summary["model_dir"], self.prompts + self.noisy_prompts, self.max_new_tokens,
+                             run.cfg.run.device)
+            held, noisy = texts[:len(self.prompts)], texts[len(self.prompts):]
+            correct = [bool(self.checker(row, text)) for row, text in zip(self.rows, held)]
+            by_task: dict[str, list[bool]] = defaultdict(list)
+            for row, ok in zip(self.rows, correct):
+                by_task[str(row.get("task", "all"))].append(ok)
+            atomic_write_text(tmp / "generations.jsonl", "".join(
+                json.dumps({"id": row.get("id"), "generated": text, "correct": ok}) + "\n"
+                for row, text, ok in zip(self.rows, held, correct)))
+            result = {"accuracy": float(np.mean(correct)), "n": len(correct),
+                      "per_task": {task: float(np.mean(v)) for task, v in sorted(by_task.items())}}
+            if noisy:
+                repeated = [bool(self.checker(row, text)) for row, text in zip(self.noisy, noisy)]
+                result.update(wrong_answer_reproduced=float(np.mean(repeated)), wrong_answer_prompts=len(noisy))
+            return result
+
+        return run.stage(stage, inputs, build)

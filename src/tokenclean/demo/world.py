@@ -29,7 +29,8 @@ The world has people (invented names) with jobs and home towns, short English wo
     as from a broken encoding or a scraping artefact) inserted between two pieces, or the answer replaced by a
     plausible wrong one. ``garble_share`` sets the split between the two.
 
-  Eval samples are noise-free, and their problems (the numbers of a sum, the word to reverse, ...) never occur in
+  The **warm-up set** (``n_warmup`` rows) is made like the training samples but with no injected noise: the
+  curated set the paper warms its reference up on. Eval samples are noise-free too, and their problems (the numbers of a sum, the word to reverse, ...) never occur in
   training for the same task: about one problem in five, by a stable hash, is reserved for eval.
 
 Example:
@@ -84,6 +85,10 @@ class WorldConfig:
     """Number of SFT training samples."""
     n_eval: int = 200
     """Number of held-out SFT samples (noise-free, prompts disjoint from train)."""
+    n_warmup: int = 300
+    """Number of warm-up samples: the clean, curated set the reference is warmed up on (the paper's protocol: its
+    reference trains on a rated high-quality set, not on the noisy pool). Same tasks and phrasing as train, no
+    injected noise; rows of their own (problems drawn from the training side of the world)."""
     noise_rate: float = 0.2
     """Fraction of training samples that carry one injected corruption (exact count: round(rate * n_train))."""
     garble_share: float = 0.5
@@ -96,7 +101,7 @@ class WorldConfig:
     """Tasks to draw SFT samples from, uniformly."""
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_eval", "corpus_docs"):
+        for name in ("n_train", "n_eval", "n_warmup", "corpus_docs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"WorldConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("noise_rate", "garble_share"):
@@ -229,14 +234,19 @@ TASK_FNS: dict[str, Callable[[random.Random], Problem]] = {
 # --- SFT samples ---------------------------------------------------------------------------------------------
 
 
+SPLITS = ("train", "warmup", "eval")
+
+
 def make_sft(cfg: WorldConfig, split: str) -> list[dict]:
-    """SFT rows of one split ("train" or "eval"); see the module docstring for the row format.
+    """SFT rows of one split ("train": the noisy pool, "warmup": the clean warm-up set, "eval": held-out
+    prompts); see the module docstring for the row format. Each split draws from its own random stream; train and
+    warmup draw problems from the training side of the world, eval from the held-out side.
 
     ``kinds`` are ``[start_char, end_char, kind]`` spans that tile the assistant content exactly.
     """
-    if split not in ("train", "eval"):
-        raise ConfigError(f"split must be 'train' or 'eval', got {split!r}")
-    n = cfg.n_train if split == "train" else cfg.n_eval
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
+    n = {"train": cfg.n_train, "warmup": cfg.n_warmup, "eval": cfg.n_eval}[split]
     n_noisy = round(cfg.noise_rate * n) if split == "train" else 0
     rng = random.Random(f"{cfg.seed}-{split}")
     noisy = set(random.Random(f"{cfg.seed}-{split}-noise").sample(range(n), n_noisy))
@@ -304,13 +314,13 @@ def _join(pieces: list[Piece]) -> tuple[str, list[list]]:
 
 
 def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``corpus.txt`` (documents separated by a blank line), ``train.jsonl``, ``eval.jsonl`` and
-    ``world.json`` (the config) into ``out_dir``, each atomically. Returns their paths by name."""
+    """Write ``corpus.txt`` (documents separated by a blank line), ``train.jsonl``, ``warmup.jsonl``,
+    ``eval.jsonl`` and ``world.json`` (the config) into ``out_dir``, each atomically. Returns their paths by name."""
     out_dir = Path(out_dir)
-    files = {"corpus": "corpus.txt", "train": "train.jsonl", "eval": "eval.jsonl", "config": "world.json"}
+    files = {"corpus": "corpus.txt", **{split: f"{split}.jsonl" for split in SPLITS}, "config": "world.json"}
     paths = {name: out_dir / file for name, file in files.items()}
     atomic_write_text(paths["corpus"], "\n\n".join(make_corpus(cfg)) + "\n")
-    for split in ("train", "eval"):
+    for split in SPLITS:
         atomic_write_text(paths[split], "".join(json.dumps(row) + "\n" for row in make_sft(cfg, split)))
     write_json(paths["config"], dataclasses.asdict(cfg))
     return paths

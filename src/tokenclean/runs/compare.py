@@ -9,6 +9,11 @@ paper's Table 1 layout) or the demo's ground-truth measurements.
 ``scorers`` adds rows: each scorer other than the run's own (``--scorer``) reruns the methods whose selection uses
 the scorer (``SCORER_METHODS``) as ``<method>[<scorer>]`` (``layout.variant_name``), in that name's own directory,
 sharing the tokens, base scores, warm-up reference and its scores with the plain rows.
+
+``ablations`` adds rows run under other *run* settings (``Ablation``: e.g. the reference warmed up on a noisy
+sample of the pool instead of the clean warm-up set, or for a few steps only). Those settings change stages every
+method of a seed shares, so each ablation is a compare directory of its own, ``<out>/ablations/<name>/``
+(``Layout.ablation``); the base model's losses come from the score cache, and the rows join the same table.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import re
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +58,19 @@ COLUMNS: list[Column] = [
     ("heldout_loss", "held-out loss", "{:.4f}"),
 ]
 
+
+@dataclass(frozen=True)
+class Ablation:
+    """A comparison row that runs ``method`` with ``overrides`` (flat ``RunConfig`` settings) on top of the
+    comparison's own; ``name`` is its row and directory name (e.g. ``fixed[noisy-warmup]``), ``note`` one line on
+    what it changes, for tables and reports."""
+
+    name: str
+    method: str
+    overrides: dict[str, Any]
+    note: str = ""
+
+
 # (the method's run, its summary) -> extra columns. The run gives the stage mechanism, so a costly metric can be
 # a stage keyed by the model's stage key (``summary["model_stage"]``) and is not recomputed on a re-run.
 Metrics = Callable[["Run", dict[str, Any]], dict[str, float]]
@@ -58,11 +78,13 @@ Metrics = Callable[["Run", dict[str, Any]], dict[str, float]]
 
 def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS, seeds: list[int] | None = None,
             extra_metrics: Metrics | None = None, extra_columns: list[Column] | tuple[Column, ...] = (),
-            scorers: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+            scorers: list[str] | tuple[str, ...] | None = None, ablations: Sequence[Ablation] = ()
+            ) -> dict[str, Any]:
     """Run ``methods`` for each seed in ``cfg.run.out`` and write the comparison. Returns it.
 
     ``scorers``: more rows, ``<method>[<scorer>]`` for each of these scorers other than ``cfg.select.scorer`` and
-    each method of ``SCORER_METHODS`` among ``methods`` (see ``plan_rows``). ``extra_columns`` gives headers and
+    each method of ``SCORER_METHODS`` among ``methods`` (see ``plan_rows``). ``ablations``: more rows, each run
+    under its own settings in its own directory (``Ablation``), after the plain rows. ``extra_columns`` gives headers and
     formats to keys ``extra_metrics`` returns (others show under their key). The result's ``timings`` lists every
     stage with the seconds it took in *this* call (0 when reused).
     """
@@ -80,14 +102,16 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, eval_fraction=DEFAULT_EVAL_FRACTION))
     root = Run(cfg)
     root.write_config(ignore=("method",))  # the methods are an argument of compare, not one setting
+    ablation_roots = _ablation_roots(root, ablations, {name for name, _, _ in plan})
     runs: list[dict[str, Any]] = []
     tables = root.tokens_stage()
     base_loss = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, tables["eval"]).meta[
         "mean_token_loss"]
     for seed in seeds:
-        for name, method, select_config in plan:
+        rows = [(name, _variant(root, name, method, seed, select_config)) for name, method, select_config in plan]
+        rows += [(a.name, ablation_roots[a.name].variant(a.method, seed)) for a in ablations]
+        for name, run in rows:
             log.info("=== %s, seed %d ===", name, seed)
-            run = _variant(root, name, method, seed, select_config)
             summary = run_method(run)
             metrics = {
                 "kept_tokens": summary["selection"]["kept_tokens"],
@@ -99,14 +123,38 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
                 metrics.update(extra_metrics(run, summary))
             runs.append({"method": name, "seed": seed, "scorer": run.cfg.select.scorer, "metrics": metrics,
                          "model_dir": summary["model_dir"]})
-    names = [name for name, _, _ in plan]
+    names = [name for name, _, _ in plan] + [a.name for a in ablations]
     rows = aggregate(runs, names)
     result = {"methods": names, "scorers": list(scorers or []), "seeds": seeds, "base_heldout_loss": base_loss,
+              "ablations": [dataclasses.asdict(a) for a in ablations],
               "columns": _columns(rows, [*COLUMNS, *extra_columns]), "rows": rows, "runs": runs,
               "timings": root.timings}
     write_json(root.layout.comparison, result)
     atomic_write_text(root.layout.comparison_md, render_markdown(result))
     return result
+
+
+def _ablation_roots(root: Run, ablations: Sequence[Ablation], taken: set[str]) -> dict[str, Run]:
+    """Each ablation's compare directory as a ``Run`` (``Layout.ablation``), its settings checked and written.
+    It shares ``root``'s timings, and its loaded tokenizer unless the ablation changes the base model."""
+    from .config import RunConfig
+    from .stages import Run
+
+    cfg, roots = root.cfg, {}
+    for a in ablations:
+        if a.name in taken or a.name in roots or not re.fullmatch(r"[\w.\-\[\]]+", a.name):
+            raise ConfigError(f"ablation name {a.name!r}: must be unique among the rows and a plain directory "
+                              "name (letters, digits, _ . - [ ])")
+        if a.method not in METHODS:
+            raise ConfigError(f"ablation {a.name}: unknown method {a.method!r}, expected one of {sorted(METHODS)}")
+        unknown = sorted(set(a.overrides) - set(cfg.flat()))
+        if unknown:
+            raise ConfigError(f"ablation {a.name}: unknown setting(s) {unknown}")
+        sub = RunConfig.from_flat({**cfg.flat(), **a.overrides, "out": str(root.layout.ablation(a.name)),
+                                   "method": a.method})
+        roots[a.name] = Run(sub, shared=root if sub.run.base == cfg.run.base else None)
+        roots[a.name].write_config(ignore=("method",))
+    return roots
 
 
 def plan_rows(methods: list[str] | tuple[str, ...], select: SelectConfig, scorers: list[str] | tuple[str, ...]

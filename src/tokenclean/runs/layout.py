@@ -11,6 +11,7 @@ method under ``seed-<s>/<method>/``. A single ``tokenclean run`` uses no sub-dir
     <run>/[seed-<s>/<method>/]{selection,model,heldout,export,benchmarks,accuracy}/  summary.json
     <run>/[seed-<s>/<method>/]rounds/<t>/{model,scores,selection,heldout}/  round.json   (self-evolving)
     <run>/checkpoints/<stage>/   (a stage's finished units while it runs)
+    <run>/ablations/<name>/      (a compare row run with other run settings: a compare directory of its own)
 
 ``<method>`` is a method's name, or ``<method>[<scorer>]`` for a ``compare --scorers`` row (``variant_name``).
 
@@ -35,6 +36,7 @@ DEMO = "demo.json"
 REPORT = "report"
 KINDS_FILE = "pool_kinds.parquet"  # a demo's ground-truth token kinds, next to the pool's tokens
 CHECKPOINTS = "checkpoints"
+ABLATIONS = "ablations"
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,11 @@ class Layout:
     def seeds(self) -> list[int]:
         """The seeds of a compare directory (``seed-<s>/``), unordered; empty for a single run."""
         return [int(d.name[5:]) for d in self.root.glob("seed-*") if d.is_dir() and d.name[5:].lstrip("-").isdigit()]
+
+    def ablation(self, name: str) -> Path:
+        """The run directory of a comparison's ablation row ``name`` (``compare``'s ``ablations``): a compare
+        directory of its own, since its run settings (e.g. the warm-up data) change stages every method shares."""
+        return self.root / ABLATIONS / name
 
     def seed_dir(self, seed: int) -> Path:
         return self.root / f"seed-{seed}"

@@ -1,0 +1,163 @@
+"""The demo's words: the conclusion computed from its numbers, the time per stage, and the printed output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..runs.compare import render_markdown
+from .metrics import DEMO_COLUMNS
+
+# issue 13's targets for fixed-model selection with the clean warm-up: (metric, at least, what)
+SELECTION_TARGETS = (("garbled_dropped", 0.90, "of garbled tokens dropped"),
+                     ("generic_dropped", 0.80, "of generic tokens dropped"),
+                     ("informative_kept", 0.85, "of informative tokens kept"))  # fmt: skip
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def conclude(result: dict[str, Any], world: bool) -> list[str]:
+    """Sentences computed from the numbers: does fixed-model cleaning beat full and random seed by seed (loss and
+    accuracy), a plain verdict with the measured reasons when it does not, which method is best on each measure,
+    what the selection kept and dropped against the targets, the score health, and what each ablation changed."""
+    per = {(r["method"], r["seed"]): r["metrics"] for r in result["runs"]}
+    means = {r["method"]: r["mean"] for r in result["rows"]}
+    seeds, methods = result["seeds"], result["methods"]
+    key, what = ("informative_loss", "loss on informative tokens") if world else ("heldout_loss", "loss")
+    lines, lost = [], []
+    if "fixed" in methods:
+        for other in ("full", "random"):
+            if other not in methods:
+                continue
+            wins = sum(per[("fixed", s)][key] < per[(other, s)][key] for s in seeds)
+            line = (f"Fixed-model cleaning reached a lower held-out {what} than {other} in {wins} of "
+                    f"{_seeds(len(seeds))} ({means['fixed'][key]:.3f} vs {means[other][key]:.3f} on average)")
+            majority = wins * 2 > len(seeds)
+            if all("accuracy" in per[(m, s)] for m in ("fixed", other) for s in seeds):
+                acc = sum(per[("fixed", s)]["accuracy"] > per[(other, s)]["accuracy"] for s in seeds)
+                line += (f" and a higher greedy accuracy in {acc} of {len(seeds)} ({means['fixed']['accuracy']:.1%} "
+                         f"vs {means[other]['accuracy']:.1%})")
+                majority = majority and acc * 2 > len(seeds)
+            lines.append(line + ".")
+            if not majority:
+                lost.append(other)
+        if lost:
+            lines.append(f"Verdict: fixed-model cleaning does not beat {' or '.join(lost)} here. "
+                         + " ".join(_reasons(result, means["fixed"], world)))
+        elif any(m in methods for m in ("full", "random")):
+            lines.append("Verdict: fixed-model cleaning beats full and random here in most seeds, on both measures.")
+    best = min(methods, key=lambda m: means[m][key])
+    lines.append(f"Lowest held-out {what}: {best} ({means[best][key]:.3f}).")
+    if all("accuracy" in means[m] for m in methods):
+        top = max(methods, key=lambda m: means[m]["accuracy"])
+        versus = f"; full: {means['full']['accuracy']:.1%}" if "full" in methods and top != "full" else ""
+        lines.append(f"Highest greedy accuracy on held-out prompts: {top} ({means[top]['accuracy']:.1%}{versus}).")
+    if world and "fixed" in methods and "informative_kept" in means["fixed"]:
+        lines.append(_selection_line("Fixed-model selection", means["fixed"]))
+    lines += _health_lines(result, means)
+    lines += _ablation_lines(result, means)
+    return lines
+
+
+def _selection_line(who: str, m: dict[str, float]) -> str:
+    parts = [f"{m[k]:.1%} {text} (target >= {target:.0%}: {'met' if m[k] >= target else 'not met'})"
+             for k, target, text in SELECTION_TARGETS if k in m]
+    if "wrong_answer_dropped" in m:
+        parts.append(f"{m['wrong_answer_dropped']:.1%} of wrong-answer tokens dropped")
+    return f"{who}: {', '.join(parts)}; {m['precision']:.1%} of the tokens it kept are informative."
+
+
+def _reasons(result: dict[str, Any], fixed: dict[str, float], world: bool) -> list[str]:
+    """What the numbers say about why cleaning did not win (each sentence only when its measurement shows it)."""
+    reasons = []
+    if fixed.get("healthy", 1.0) < 1.0:
+        reasons.append(f"Its scores were near noise in some seeds (the reference moved {fixed['reference_move']:.1%} "
+                       "of the base loss): the warm-up was too weak to rank tokens.")
+    if world and fixed.get("informative_kept", 1.0) < 0.85:
+        reasons.append(f"Its selection dropped {1 - fixed['informative_kept']:.1%} of the informative tokens, which "
+                       "the model then never trained on.")
+    share = (result.get("pool_kinds") or {}).get("noise")
+    if share is not None:
+        reasons.append(f"Noise is {share:.1%} of the pool's response tokens, so full SFT trains on little of it.")
+    spread = [r["std"].get("accuracy") for r in result["rows"] if r["method"] in ("fixed", "full")]
+    if all(s is not None for s in spread) and len(result["seeds"]) > 1:
+        reasons.append(f"Seed-to-seed spread of accuracy: ±{max(spread):.1%} (fixed, full).")
+    return reasons
+
+
+def _health_lines(result: dict[str, Any], means: dict[str, dict[str, float]]) -> list[str]:
+    """Score health of every row that selects from a warm-up reference's scores."""
+    n = len(result["seeds"])
+    parts = [f"{m}: healthy in {round(v['healthy'] * n)} of {_seeds(n)} (the reference moved {v['reference_move']:.1%} "
+             "of the base loss)" for m, v in means.items() if "healthy" in v]
+    return [f"Score health: {'; '.join(parts)}."] if parts else []
+
+
+def _ablation_lines(result: dict[str, Any], means: dict[str, dict[str, float]]) -> list[str]:
+    lines = []
+    fixed = means.get("fixed", {})
+    for a in result.get("ablations", []):
+        m = means[a["name"]]
+        versus = [f"{k.replace('_', ' ')} {m[k]:.1%} (clean warm-up: {fixed[k]:.1%})"
+                  for k in ("garbled_dropped", "informative_kept", "accuracy") if k in m and k in fixed]
+        lines.append(f"Ablation {a['name']} ({a['note']}): " + ", ".join(versus) + ".")
+    return lines
+
+
+_STAGE_GROUPS = (  # (stage name ends with, group); the first match wins
+    ("scores/base", "score: base model"), ("heldout-base", "held-out loss"), ("scores/reference",
+    "score: warm-up reference"), ("/reference", "train: warm-up reference"), ("/scores", "score: self-evolving rounds"),
+    ("selection", "select"), ("heldout", "held-out loss"), ("export", "export"), ("accuracy", "generate answers"),
+    ("benchmarks", "benchmarks"), ("tokens", "tokenize"),
+)  # fmt: skip
+
+
+def stage_group(name: str) -> str:
+    """The line a stage's time is counted on: training per method, everything else by kind of work."""
+    if name.endswith("model"):
+        return f"train: {name.split('/')[1]}" if name.startswith("seed-") else "train"
+    return next((group for end, group in _STAGE_GROUPS if name.endswith(end)), name)
+
+
+def time_per_stage(stages: list[dict[str, Any]], steps: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    """Seconds spent in this call per group of work (pipeline stages grouped by ``stage_group``, then the demo's
+    own steps), in order of first appearance."""
+    seconds: dict[str, float] = {name: 0.0 for name, _ in steps[:2]}  # data and pretraining come first
+    for record in stages:
+        group = stage_group(record["stage"])
+        seconds[group] = seconds.get(group, 0.0) + record["seconds"]
+    for name, s in steps:
+        seconds[name] = seconds.get(name, 0.0) + s
+    return [{"stage": name, "seconds": round(s, 1)} for name, s in seconds.items()]
+
+
+def render(result: dict[str, Any]) -> str:
+    """The demo's output: the table (mean ± std over seeds), the conclusion, the time per stage and the paths."""
+    shown = {c[0] for c in DEMO_COLUMNS} - ({"heldout_loss"} if "base_informative_loss" in result else set())
+    table = render_markdown({**result, "columns": [c for c in result["columns"] if c[0] in shown]})
+    table = table.split("\n\nHeld-out loss:")[0]  # compare's footnote is about its own columns
+    lines = [table.rstrip(), ""]
+    for split, load in (result.get("data") or {}).items():
+        if load:
+            skipped = "; ".join(f"{n} {reason}" for reason, n in load.get("skipped_by_reason", {}).items())
+            lines.append(f"Data ({split}): {load['used']} of {load['rows']} rows used"
+                         + (f", {load.get('truncated', 0)} truncated to max_seq_len" if load.get("truncated") else "")
+                         + (f" (skipped: {skipped})" if skipped else "") + ".")
+    lines.append("")
+    if "base_informative_loss" in result:
+        lines += [f"Base model before SFT: informative-token loss {result['base_informative_loss']:.3f}.", ""]
+    for a in result.get("ablations", []):
+        lines.append(f"{a['name']}: {a['note']}.")
+    lines += ["Columns: held-out losses are mean per-token losses of the held-out prompts' responses (lower is "
+              "better); accuracy is greedy answers graded against the reference; wrong answers repeated: the share "
+              "of the pool's wrong-answer prompts the model answers with the wrong answer it was shown; "
+              "kept/dropped shares compare what each method trained on with the ground-truth token kinds (slm "
+              "selects online: no fixed mask); reference moved: mean |score| / mean base loss (score health).", ""]
+    lines += ["## Conclusion", "", *[f"- {s}" for s in result["conclusion"]], "", "## Time per stage", "",
+              "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {t['stage']} | {t['seconds']:.1f} |" for t in result["timings"]]
+    total = sum(t["seconds"] for t in result["timings"])
+    lines += [f"| **total** | **{total:.1f}** |", ""]
+    lines += [f"{name}: {path}" for name, path in result["paths"].items() if path]
+    return "\n".join(lines) + "\n"
