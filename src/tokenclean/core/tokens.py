@@ -406,13 +406,22 @@ def make_labels(input_ids: np.ndarray, response_mask: np.ndarray, keep_mask: np.
     return np.where(trained, input_ids, IGNORE_INDEX).astype(np.int64)
 
 
-def per_sample_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def per_sample_sum(values: np.ndarray, offsets: np.ndarray, block_tokens: int = 1 << 20) -> np.ndarray:
     """(n_samples,) sum of a flat (total_tokens,) array over each sample ``[offsets[i]:offsets[i+1]]``: e.g. the
     number of response or kept tokens per sample from a flat mask. Empty samples, trailing ones too, get 0. int64
-    for bool and integer values, float64 for floats."""
+    for bool and integer values, float64 for floats.
+
+    Summed a block of whole samples (about ``block_tokens`` tokens) at a time: ``reduceat`` with a wider dtype
+    casts its whole input first (8 bytes a token; 0.8 GB and up to 1.4 s of page faults for 10^8 tokens)."""
     dtype = np.float64 if np.issubdtype(values.dtype, np.floating) else np.int64
     sums = np.zeros(len(offsets) - 1, dtype)
     filled = np.diff(offsets) > 0  # reduceat sums from one start to the next: give it the non-empty samples only
-    if filled.any():
-        sums[filled] = np.add.reduceat(values, offsets[:-1][filled], dtype=dtype)
+    starts = np.asarray(offsets[:-1])[filled]
+    out, i = np.empty(len(starts), dtype), 0
+    while i < len(starts):
+        j = max(int(np.searchsorted(starts, starts[i] + block_tokens)), i + 1)
+        end = starts[j] if j < len(starts) else offsets[-1]
+        out[i:j] = np.add.reduceat(values[starts[i]:end], starts[i:j] - starts[i], dtype=dtype)
+        i = j
+    sums[filled] = out
     return sums
