@@ -22,6 +22,7 @@ import numpy as np
 from .core.artifacts import Scores, Selection, check_losses, check_same_tokens, keep_mask_for, token_position
 from .compute.distributed import fsdp_requested, is_sharded, shard_for_inference
 from .core.data import DataConfig
+from .core.labels import clear_first_positions
 from .errors import ConfigError, DataError, MismatchError, ModelError
 from .runs import cache as score_cache
 from .compute.export import export_dataset
@@ -180,8 +181,7 @@ def score_prompt_free(
 def _check_model_losses(scores: Scores, tokens: TokenTable, model: Any, loaded: Any) -> None:
     """A model whose loss is NaN or infinite at a response token (corrupt weights, or overflow in half precision)
     would make that token silently vanish from selection: refuse it."""
-    expected = tokens.flat_response_mask().copy()
-    expected[tokens.offsets[:-1][tokens.lengths > 0]] = False  # position 0 of a sample is never scored
+    expected = clear_first_positions(tokens.flat_response_mask().copy(), tokens.offsets)  # position 0: no loss
     bad = np.flatnonzero(expected & ~np.isfinite(scores.token_loss))
     if len(bad):
         dtype = str(next(loaded.parameters()).dtype).replace("torch.", "")

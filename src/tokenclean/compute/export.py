@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..core.tokens import IGNORE_INDEX, TokenTable, list_column, make_labels, per_sample_sum, write_parquet
+from ..core.labels import IGNORE_INDEX, make_labels
+from ..core.tokens import TokenTable, list_column, per_sample_sum, write_parquet
 from ..io import atomic_write_bytes, write_json
 
 TRAINER_COLUMNS = ("input_ids", "attention_mask", "labels")  # exactly these: see the module docstring

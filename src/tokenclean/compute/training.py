@@ -25,7 +25,8 @@ from ..errors import ConfigError
 from .hardware import resolve_bf16
 from .losses import kept_token_loss_sum, slm_loss_sum
 from ..selection.select import round_half_up
-from ..core.tokens import IGNORE_INDEX, TokenTable, make_labels
+from ..core.labels import IGNORE_INDEX, make_labels, trained_token_count
+from ..core.tokens import TokenTable
 
 log = logging.getLogger("tokenclean")
 
@@ -97,7 +98,7 @@ def training_examples(tokens: TokenTable, keep_mask: np.ndarray | None = None, d
     for i in range(len(tokens)):
         a, b = offsets[i], offsets[i + 1]
         lab = labels[a:b]
-        if drop_empty and not (lab[1:] != IGNORE_INDEX).any():
+        if drop_empty and not trained_token_count(lab):
             left_out += 1
             continue
         rows["input_ids"].append(ids[a:b].tolist())
@@ -261,7 +262,7 @@ def train_model(
     dataset, left_out = training_examples(tokens, keep_mask, drop_empty, slm[0] if slm else None)
     if len(dataset) == 0:
         raise ConfigError("no sample has a token to train on (all labels are masked)")
-    trained_tokens = int(sum((np.asarray(lab[1:]) != IGNORE_INDEX).sum() for lab in dataset["labels"]))
+    trained_tokens = sum(trained_token_count(lab) for lab in dataset["labels"])
     # Under FSDP the model comes in on the CPU and the Trainer moves each rank's shard to its GPU.
     device_type = "cuda" if fsdp_requested() and torch.cuda.is_available() else next(model.parameters()).device.type
     use_bf16 = resolve_bf16(cfg.bf16, device_type)

@@ -12,7 +12,7 @@ what the model sees at inference, where the prompt is tokenized up to the genera
 generated token by token.
 
 Alignment. ``response_mask[j]`` is True when token ``j`` is a response token the model should learn to predict
-(from positions ``< j``). Position 0 is never a response token, since nothing predicts it.
+(from positions ``< j``). Position 0 is never a response token, since nothing predicts it (``core.labels``).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import option
+from .labels import IGNORE_INDEX, clear_position_0, make_labels  # noqa: F401 (re-exported)
 from .data import Conversation
 from ..errors import DataError
 from ..io import atomic_write_bytes, read_json, write_json
 
 log = logging.getLogger("tokenclean")
 
-IGNORE_INDEX = -100
 # An assistant message with ``"train": False`` (a per-turn flag of the row's format: see core.formats) renders as
 # context: its tokens stay in the input and out of the response mask.
 HONOURS_TRAIN_FLAG = True
@@ -184,7 +184,7 @@ def check_generation_mask(messages: list[dict[str, str]], tokenizer, input_ids: 
     ids, mask = list(out["input_ids"]), [bool(x) for x in out["assistant_masks"]]
     if ids != list(input_ids):
         return None
-    mask[:1] = [False] * min(1, len(mask))  # position 0 is never a response token
+    clear_position_0(mask)
     diff = [j for j, (a, b) in enumerate(zip(mask, response_mask)) if a != b]
     if not diff:
         return ""
@@ -318,8 +318,7 @@ def tokenize(
             k += 1
             ids.extend(seg_ids)
             mask.extend([is_response or cfg.train_on_prompt] * len(seg_ids))
-        if mask:
-            mask[0] = False
+        clear_position_0(mask)
         if row < check:
             c = conversations[row]
             problem = check_generation_mask(c.messages, tokenizer, ids, mask)
@@ -395,15 +394,6 @@ def _with_counts(table: pa.Table, meta: dict[str, Any]) -> dict[str, Any]:
         "no_response": int((per_sample == 0).sum()),
         "tokens_fingerprint": h.hexdigest()[:16],
     }
-
-
-def make_labels(input_ids: np.ndarray, response_mask: np.ndarray, keep_mask: np.ndarray | None = None) -> np.ndarray:
-    """Labels for training: ``input_ids`` where the token is a response token (and kept), else ``IGNORE_INDEX``.
-
-    All arguments have the same shape; the result is int64 of that shape.
-    """
-    trained = response_mask if keep_mask is None else (response_mask & keep_mask)
-    return np.where(trained, input_ids, IGNORE_INDEX).astype(np.int64)
 
 
 def per_sample_sum(values: np.ndarray, offsets: np.ndarray, block_tokens: int = 1 << 20) -> np.ndarray:
