@@ -23,7 +23,7 @@ import numpy as np
 from ..config import option
 from ..core.tokens import per_sample_sum
 from ..errors import ConfigError
-from .threshold import round_half_up, select_top, top_k_mask  # noqa: F401 (re-exported)
+from .threshold import refuse_infinite, round_half_up, select_top, top_k_mask  # noqa: F401 (re-exported)
 
 LEVELS = ("global", "sample", "threshold")
 # Token scorers (``tokenclean.scorers.SCORERS`` holds what each computes); union/intersection combine two levels.
@@ -89,10 +89,9 @@ def select_tokens(score: np.ndarray, offsets: np.ndarray, cfg: SelectConfig) -> 
         if not cfg.min_kept_per_sample:
             return mask, selection_counts(per_sample_sum(~np.isnan(score), offsets), per_sample_sum(mask, offsets),
                                           threshold.value)
+    refuse_infinite(score, locate)
     cand = np.flatnonzero(~np.isnan(score))
     values = score[cand]
-    if not np.isfinite(values).all():
-        raise ConfigError(f"score of {locate(int(cand[~np.isfinite(values)][0]))} is infinite; losses must be finite")
     sample_of = np.searchsorted(offsets, cand, side="right") - 1
     n_samples = len(offsets) - 1
     per_sample = np.bincount(sample_of, minlength=n_samples)

@@ -83,6 +83,14 @@ def _flat_index(i: int) -> str:
     return f"token {i} (flat index)"
 
 
+def refuse_infinite(score: np.ndarray, locate: Locate = _flat_index, position: int = 0) -> None:
+    """Raise ``ConfigError`` naming the first infinite entry of ``score`` (flat index ``position + i``)."""
+    infinite = np.isinf(score)
+    if infinite.any():
+        raise ConfigError(f"score of {locate(position + int(np.flatnonzero(infinite)[0]))} is infinite; losses "
+                          "must be finite")
+
+
 def _finite_buckets(dtype: type) -> tuple[int, int]:
     """First and last top-digit bucket of finite keys; NaN and infinite keys fall outside them."""
     big = np.array([-np.finfo(dtype).max, np.finfo(dtype).max], dtype)
@@ -96,9 +104,7 @@ def _first_pass(chunks: Chunks, locate: Locate) -> tuple[np.ndarray, type]:
     for chunk in chunks():
         chunk = np.asarray(chunk)
         dtype = dtype or key_dtype(chunk.dtype)
-        if np.isinf(chunk).any():
-            raise ConfigError(f"score of {locate(position + int(np.flatnonzero(np.isinf(chunk))[0]))} is "
-                              "infinite; losses must be finite")
+        refuse_infinite(chunk, locate, position)
         position += len(chunk)
         keys = order_key(np.asarray(chunk, dtype))  # NaN too: their keys fall outside the finite buckets
         hist += np.bincount((keys >> (8 * keys.itemsize - DIGIT)).astype(np.intp), minlength=1 << DIGIT)
