@@ -27,7 +27,7 @@ _EXPORTS = {
     "run": ("runs.pipeline", "run_pipeline"),
     "ScoreConfig": ("compute.scoring", "ScoreConfig"),
     "SelectConfig": ("selection.select", "SelectConfig"), "select_tokens": ("selection.select", "select_tokens"),
-    "IGNORE_INDEX": ("core.tokens", "IGNORE_INDEX"), "TokenizeConfig": ("core.tokens", "TokenizeConfig"),
+    "IGNORE_INDEX": ("core.labels", "IGNORE_INDEX"), "TokenizeConfig": ("core.tokens", "TokenizeConfig"),
     "TokenLayout": ("core.tokens", "TokenLayout"), "TokenTable": ("core.tokens", "TokenTable"),
     "TrainConfig": ("compute.training", "TrainConfig"),
 }

@@ -22,13 +22,12 @@ import numpy as np
 from .core.artifacts import Scores, Selection, check_losses, check_same_tokens, keep_mask_for, token_position
 from .compute.distributed import fsdp_requested, is_sharded, shard_for_inference
 from .core.data import DataConfig
-from .errors import ConfigError, DataError, MismatchError, ModelError
+from .errors import ConfigError, DataError, MismatchError
 from .runs import cache as score_cache
 from .compute.export import export_dataset
 from .io import atomic_dir, write_json
-from .compute.modeling import (load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint, resolve_device,
-                       resolve_dtype)
-from .compute.scoring import ScoreConfig, score_tokens
+from .compute.modeling import check_vocab, load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint
+from .compute.scoring import ScoreConfig, check_model_losses, score_tokens
 from .selection.scorers import select_for
 from .selection.select import SelectConfig
 from .core.prepare import prepare_tokens  # noqa: F401  (public: tokenclean.prepare_tokens)
@@ -38,17 +37,6 @@ from .compute.training import TrainConfig, train_model
 log = logging.getLogger("tokenclean")
 
 PathLike = str | os.PathLike
-
-
-def check_vocab(model: Any, tokens: TokenTable, model_name: Any) -> None:
-    """Refuse tokens the model's embedding has no row for: the tokenizer does not belong to the model."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    rows = getattr(emb, "num_embeddings", None)
-    ids = tokens.flat_input_ids()
-    if rows is not None and len(ids) and int(ids.max()) >= rows:
-        raise ModelError(f"{model_name}: the data was tokenized into token id {int(ids.max())} but the model's "
-                         f"embedding has only {rows} rows; the tokenizer does not belong to this model (use the "
-                         "model's own tokenizer)")
 
 
 def _as_tokens(data: PathLike | TokenTable, tokenizer: Callable[[], Any], data_config: DataConfig | None,
@@ -109,11 +97,11 @@ def score(
     tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
     loaded = slot = scores = None
-    if cache and _is_local_dir(model):  # keyed by the directory's files: no need to load the model
-        slot = _cache_slot(cache, model, None, tokens, device, dtype)
+    if cache and score_cache.is_local_dir(model):  # keyed by the directory's files: no need to load the model
+        slot = score_cache.cache_slot(cache, model, None, tokens, device, dtype)
     elif cache:
         loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
-        slot = _cache_slot(cache, model, loaded, tokens, device, dtype)
+        slot = score_cache.cache_slot(cache, model, loaded, tokens, device, dtype)
     if slot is not None:
         scores = score_cache.load_cached(*slot, tokens.meta)
         if scores is not None:
@@ -127,7 +115,7 @@ def score(
         with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
             scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress,
                                   work_dir=work_dir)
-        _check_model_losses(scores, tokens, model, loaded)
+        check_model_losses(scores, tokens, model, loaded)
         if slot is not None:
             score_cache.store(*slot, scores)
     if out is not None:
@@ -177,42 +165,9 @@ def score_prompt_free(
     return scores
 
 
-def _check_model_losses(scores: Scores, tokens: TokenTable, model: Any, loaded: Any) -> None:
-    """A model whose loss is NaN or infinite at a response token (corrupt weights, or overflow in half precision)
-    would make that token silently vanish from selection: refuse it."""
-    expected = tokens.flat_response_mask().copy()
-    expected[tokens.offsets[:-1][tokens.lengths > 0]] = False  # position 0 of a sample is never scored
-    bad = np.flatnonzero(expected & ~np.isfinite(scores.token_loss))
-    if len(bad):
-        dtype = str(next(loaded.parameters()).dtype).replace("torch.", "")
-        raise ModelError(f"{model}: the loss is {scores.token_loss[bad[0]]} at {token_position(scores, bad[0])} "
-                         f"({len(bad)} response tokens in all), expected finite losses; the weights may be corrupt, "
-                         f"or {dtype} overflows (try --dtype float32)")
-
-
 _SCORING_MEMORY_ADVICE = "lower --batch-tokens, use --dtype bfloat16, or score on a GPU (--device cuda)"
 _TRAINING_MEMORY_ADVICE = ("lower --batch-size (raise --gradient-accumulation-steps to keep the global batch), "
                            "turn on --gradient-checkpointing, keep --lora on, or train on a GPU")
-
-
-def _is_local_dir(model: Any) -> bool:
-    return isinstance(model, (str, os.PathLike)) and Path(model).is_dir()
-
-
-def _cache_slot(cache: bool | PathLike, model: Any, loaded: Any, tokens: TokenTable, device: str | None,
-                dtype: str, skip_adapters: bool = False) -> tuple[Path, str]:
-    """(cache root, key) of ``model``'s losses over ``tokens``. A model directory is identified by its files'
-    hash and the dtype and device it would be loaded with; anything else (a hub id, a loaded model) by the
-    ``loaded`` model's parameters (``skip_adapters``: leave LoRA parameters out: the base under an adapter)."""
-    if _is_local_dir(model):
-        dev = resolve_device(device)
-        fingerprint, weights_dtype, device_type = path_fingerprint(model), resolve_dtype(dtype, dev), dev.type
-    else:
-        param = next(loaded.parameters())
-        fingerprint = score_cache.model_fingerprint(loaded, skip_adapters)
-        weights_dtype, device_type = param.dtype, param.device.type
-    key = score_cache.scores_key(fingerprint, tokens.meta, weights_dtype, device_type)
-    return score_cache.cache_root(cache), key
 
 
 def score_pair(
@@ -251,14 +206,8 @@ def score_pair(
     tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
     loaded, base_fp = _model_for(model, device, dtype, trust_remote_code)
-    if adapter is not None:
-        from peft import PeftModel
-
-        loaded = PeftModel.from_pretrained(loaded, str(adapter))
-        ref_fp = f"{base_fp}+{path_fingerprint(adapter)}"
-    else:
-        ref_fp = base_fp + "+adapter"
-    slot = _cache_slot(cache, model, loaded, tokens, device, dtype, skip_adapters=True) if cache else None
+    loaded, ref_fp = _with_adapter(loaded, adapter, base_fp)
+    slot = score_cache.cache_slot(cache, model, loaded, tokens, device, dtype, skip_adapters=True) if cache else None
     base = score_cache.load_cached(*slot, tokens.meta) if slot else None
     check_vocab(loaded, tokens, model)
     with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
@@ -266,7 +215,7 @@ def score_pair(
                                            base=base is None, work_dir=work_dir)
     for scores in (computed, ref):
         if scores is not None:
-            _check_model_losses(scores, tokens, model, loaded)
+            check_model_losses(scores, tokens, model, loaded)
     ref.meta["adapter_pair"] = True
     if computed is not None:
         base = computed
@@ -277,6 +226,16 @@ def score_pair(
         if out is not None:
             score_cache.save_scores(scores, out)
     return base, ref
+
+
+def _with_adapter(loaded: Any, adapter: PathLike | None, base_fp: str) -> tuple[Any, str]:
+    """(the base with the reference's PEFT adapter attached, the reference's fingerprint); without ``adapter``,
+    ``loaded`` already carries it."""
+    if adapter is None:
+        return loaded, base_fp + "+adapter"
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(loaded, str(adapter)), f"{base_fp}+{path_fingerprint(adapter)}"
 
 
 def _load_scores(s: Scores | PathLike) -> tuple[Scores, str]:

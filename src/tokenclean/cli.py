@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import add_config_args, build, field_names, merge_settings
+from .config import add_config_args, add_fields, build, field_names, merge_settings
 from .errors import ConfigError, TokencleanError
 
 DESCRIPTION = """\
@@ -41,12 +41,30 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="only print warnings and the result")
 
 
-def _model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
+def _model_args(p: argparse.ArgumentParser, flag: str = "--model",
+                settings: tuple[str, ...] = ("device", "trust_remote_code")) -> None:
+    """The model flag and the model-loading settings, declared once as ``RunSettings`` fields (``device``,
+    ``dtype``, ``trust_remote_code``), so ``run``, its YAML and the stage commands share names, help and defaults."""
+    from .runs.config import RunSettings
+
     g = p.add_argument_group("model")
     g.add_argument(flag, required=True, help="model directory, hub id, .gguf file (or a directory holding one) or "
                    "pkg:PACKAGE (an installed package carrying a GGUF); its tokenizer is used too")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
-    g.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository to run")
+    add_fields(g, RunSettings, only=settings)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    """``RunSettings`` of the declared settings given as flags (the others at their defaults)."""
+    from .runs.config import RunSettings
+
+    return build(RunSettings, {k: v for k, v in vars(args).items() if k not in ("data", "out")})
+
+
+def _drop_empty(args: argparse.Namespace) -> bool:
+    """``--drop-empty``, declared once as the ``SelectConfig`` field, at its default when not given."""
+    from .selection.select import SelectConfig
+
+    return build(SelectConfig, {"drop_empty": args.drop_empty}).drop_empty
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -72,11 +90,11 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     from .compute.scoring import ScoreConfig
 
     data_cfg, tok_cfg = _data_configs(args)
-    out = Path(args.out)
+    out, settings = Path(args.out), _settings(args)
     scores = (score_prompt_free if args.prompt_free else score)(
         args.model, args.data, out, data_config=data_cfg, tokenize_config=tok_cfg,
-        score_config=build(ScoreConfig, vars(args)), device=args.device, dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+        score_config=build(ScoreConfig, vars(args)), device=settings.device, dtype=settings.dtype,
+        trust_remote_code=settings.trust_remote_code, progress=not args.quiet,
         work_dir=out.with_name(f"{out.name}.shards"))  # a killed command resumes from here
     return scores.meta
 
@@ -102,10 +120,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from .compute.training import TrainConfig
 
     data_cfg, tok_cfg = _data_configs(args)
+    settings = _settings(args)
     return train(args.model, args.data, args.out, selection=args.selection, data_config=data_cfg,
                  tokenize_config=tok_cfg, train_config=build(TrainConfig, vars(args)),
-                 drop_empty=args.drop_empty is not False, seed=args.seed, device=args.device,
-                 trust_remote_code=args.trust_remote_code)
+                 drop_empty=_drop_empty(args), seed=settings.seed, device=settings.device,
+                 trust_remote_code=settings.trust_remote_code)
 
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,8 +132,8 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
     data_cfg, tok_cfg = _data_configs(args)
     return export(args.data, args.out, tokenizer=args.tokenizer, selection=args.selection, data_config=data_cfg,
-                  tokenize_config=tok_cfg, drop_empty=args.drop_empty is not False,
-                  trust_remote_code=args.trust_remote_code, write_back=args.write_back)
+                  tokenize_config=tok_cfg, drop_empty=_drop_empty(args),
+                  trust_remote_code=_settings(args).trust_remote_code, write_back=args.write_back)
 
 
 def run_settings_names() -> set[str]:
@@ -196,10 +215,9 @@ def score_flags(p: argparse.ArgumentParser) -> None:
 
     p.description = ("Write OUT/token_loss.parquet (sample_id, token_loss: one float per token, NaN where not a "
                      "response token) and OUT/scores.json (fingerprints, counts).")
-    _model_args(p)
+    _model_args(p, settings=("device", "dtype", "trust_remote_code"))
     _data_args(p)
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--dtype", default="auto", help="weights dtype: auto (bf16 on GPU), float32, bfloat16")
     p.add_argument("--prompt-free", action="store_true",
                    help="score each response without its prompt (after the tokenizer's BOS alone), the losses put "
                         "back at the data's tokens: with the reference model, what select --prompt-free takes")
@@ -224,6 +242,8 @@ def select_flags(p: argparse.ArgumentParser) -> None:
 
 def train_flags(p: argparse.ArgumentParser) -> None:
     from .compute.training import TrainConfig
+    from .runs.config import RunSettings
+    from .selection.select import SelectConfig
 
     p.description = ("Fine-tune MODEL on DATA, training only on kept response tokens (all response tokens without "
                      "--selection). Saves a merged model directory to OUT.")
@@ -231,24 +251,25 @@ def train_flags(p: argparse.ArgumentParser) -> None:
     _data_args(p)
     p.add_argument("--selection", help="selection directory from tokenclean select")
     p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    p.add_argument("--drop-empty", action=argparse.BooleanOptionalAction, default=None,
-                   help="leave out samples with no kept token (default: on)")
+    add_config_args(p, RunSettings, "run", only=("seed",))
+    add_config_args(p, SelectConfig, "selection", only=("drop_empty",))
     add_config_args(p, TrainConfig, "training")
     p.set_defaults(func=cmd_train)
 
 
 def export_flags(p: argparse.ArgumentParser) -> None:
+    from .runs.config import RunSettings
+    from .selection.select import SelectConfig
+
     p.description = ("Write OUT (datasets.save_to_disk) and OUT.parquet with input_ids, attention_mask and labels "
                      "(-100 for dropped and prompt tokens).")
     p.add_argument("--tokenizer", required=True,
                    help="tokenizer (or model) directory, hub id, .gguf file or pkg:PACKAGE")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow code from the tokenizer repository")
+    add_fields(p, RunSettings, only=("trust_remote_code",))
     _data_args(p)
     p.add_argument("--selection", help="selection directory (default: keep every response token)")
     p.add_argument("--out", required=True, help="output dataset directory")
-    p.add_argument("--drop-empty", action=argparse.BooleanOptionalAction, default=None,
-                   help="leave out samples with no kept token (default: on)")
+    add_config_args(p, SelectConfig, "selection", only=("drop_empty",))
     p.add_argument("--write-back", metavar="PATH",
                    help="also write the rows of a messages or ShareGPT file to PATH (JSON Lines) in their own "
                         "format, each assistant message with Axolotl train_detail spans of the kept tokens")

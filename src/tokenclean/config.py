@@ -37,12 +37,19 @@ def _base_type(tp: Any) -> tuple[type, bool]:
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, title: str | None = None,
-                    skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per field of dataclass ``cls``; unset flags stay ``None`` so YAML values survive."""
+                    skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> Any:
+    """Add one ``--flag`` per field of dataclass ``cls`` (or per field named in ``only``) to a new argument group
+    of ``parser``, and return the group; unset flags stay ``None`` so YAML values survive."""
     group = parser.add_argument_group(title or cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
+    add_fields(group, cls, skip, only)
+    return group
+
+
+def add_fields(group: Any, cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
+    """The flags of ``add_config_args``, added to an existing parser or argument group."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip or "help" not in f.metadata:
+        if f.name in skip or (only is not None and f.name not in only) or "help" not in f.metadata:
             continue
         scalar, is_list = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")

@@ -93,3 +93,49 @@ def test_parquet_stream_equals_select_tokens(tmp_path):
     column = table.column("keep_mask").combine_chunks()
     np.testing.assert_array_equal(column.flatten().to_numpy(zero_copy_only=False), expected)
     np.testing.assert_array_equal(column.offsets.to_numpy(), offsets)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64, 1 << 24])
+def test_in_memory_and_streamed_break_ties_the_same_way(chunk):
+    """All candidates tie: both keep the earliest k, whatever the chunking (NaN gaps and -0.0 included)."""
+    score = np.array([0.0, np.nan, -0.0, 0.0, np.nan, 0.0, -0.0, 0.0, 0.0, np.nan], np.float32)
+    offsets = np.array([0, 4, 4, 10])
+    for ratio, expected in ((0.3, [0, 2]), (0.5, [0, 2, 3, 5]), (1.0, [0, 2, 3, 5, 6, 7, 8])):
+        in_memory, counts = select_tokens(score, offsets, SelectConfig(keep_ratio=ratio))
+        streamed, threshold = select_global_array(score, ratio, chunk_tokens=chunk)
+        assert np.flatnonzero(in_memory).tolist() == expected
+        np.testing.assert_array_equal(streamed, in_memory)
+        assert threshold.value == counts["score_threshold"] == 0.0
+
+
+@pytest.mark.parametrize("chunk", [5, 1 << 24])
+def test_float64_scores_keep_their_precision(chunk):
+    """Scores that differ below float32's resolution are ranked by their float64 values, not tied."""
+    score = np.array([1.0, 1.0 + 1e-12, np.nan, 1.0 + 2e-12, 1.0, -1e-300, 1e-300], np.float64)
+    offsets = np.array([0, 3, 7])
+    mask, counts = select_tokens(score, offsets, SelectConfig(keep_ratio=2 / 6))
+    assert np.flatnonzero(mask).tolist() == [1, 3]
+    assert counts["score_threshold"] == 1.0 + 1e-12
+    streamed, threshold = select_global_array(score, 2 / 6, chunk_tokens=chunk)
+    np.testing.assert_array_equal(streamed, mask)
+    assert threshold.value == 1.0 + 1e-12
+    tiny, _ = select_global_array(score, 5 / 6, chunk_tokens=chunk)
+    assert np.flatnonzero(tiny).tolist() == [0, 1, 3, 4, 6]  # 1e-300 > -1e-300, both beyond float32's range
+
+
+def test_float64_random_scores_equal_a_full_sort():
+    rng = np.random.default_rng(11)
+    score = rng.standard_normal(4000) * 1e-6 + 5.0  # float64, distinct only beyond float32 precision
+    score[rng.random(4000) < 0.2] = np.nan
+    score[::50] = score[1]  # exact float64 ties too
+    for ratio in (0.001, 0.37, 0.6, 1.0):
+        mask, _ = select_global_array(score, ratio, chunk_tokens=333)
+        np.testing.assert_array_equal(mask, reference_mask(score, ratio))
+
+
+def test_float64_order_keys_sort_like_floats():
+    x = np.array([-1.7e308, -1.0 - 1e-15, -1.0, -5e-324, -0.0, 0.0, 5e-324, 1.0, 1.0 + 2.3e-16, 1.7e308])
+    keys = order_key(x)
+    assert keys.dtype == np.uint64
+    assert np.all(np.diff(keys.astype(object)) >= 0) and keys[4] == keys[5]
+    assert [key_value(int(k), np.float64) for k in keys[5:]] == x[5:].tolist()

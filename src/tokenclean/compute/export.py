@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..core.tokens import IGNORE_INDEX, TokenTable, list_column, make_labels, per_sample_sum, write_parquet
+from ..core.labels import IGNORE_INDEX, make_labels
+from ..core.tokens import TokenTable, list_column, per_sample_sum, write_parquet
 from ..io import atomic_write_bytes, write_json
 
 TRAINER_COLUMNS = ("input_ids", "attention_mask", "labels")  # exactly these: see the module docstring
@@ -132,7 +133,7 @@ def turn_keep(messages: list[dict], ids: np.ndarray, response_mask: np.ndarray, 
     are rendered and tokenized again with offsets; their ids must equal the sample's, else the tokenizer or
     template differ from the ones the tokens were made with (``ValueError``).
     """
-    from ..core.tokens import render_segments
+    from ..core.render import render_segments
 
     positions = np.flatnonzero(response_mask)
     turns, k = [], 0
@@ -199,8 +200,9 @@ def write_back(source: str | os.PathLike, out_path: str | os.PathLike, tokens: T
     every response token. ``tokens`` must come from ``source`` with ``tokenizer`` and ``data_config``. Returns
     the counts and the path. Axolotl reads the file with ``type: chat_template``, ``message_field_training_detail:
     train_detail`` (and ``field_messages: conversations`` plus ``message_property_mappings`` for ShareGPT)."""
-    from ..core.data import DataConfig, load_conversations, read_rows
-    from ..core.formats import Spec, load_spec
+    from ..core.data import DataConfig, load_conversations
+    from ..core.readers import read_rows
+    from ..core.spec import Spec, load_spec
 
     cfg = data_config or DataConfig()
     conversations, report = load_conversations(source, cfg)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributed import is_sharded
-from ..core.tokens import IGNORE_INDEX
+from ..core.labels import IGNORE_INDEX, clear_position_0
 
 # Configs with any of these set change logits after the output projection; for such models the trunk/head
 # fast path is not exact and the model's own forward (with ``logits_to_keep``) is used instead.
@@ -121,8 +121,7 @@ def kept_token_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Te
     returns a zero that is still connected to the graph, so its gradient is exactly zero, never NaN.
     Shapes: (B, T) in; scalar fp32 sum and int count out.
     """
-    target = labels != IGNORE_INDEX
-    target[:, 0] = False
+    target = clear_position_0(labels != IGNORE_INDEX)
     pred = prediction_mask(target)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=pred).logits  # (N, V)
     targets = labels[:, 1:][target[:, 1:]]
@@ -140,8 +139,7 @@ def slm_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, l
     """
     from ..selection.select import round_half_up, top_k_mask
 
-    target = labels != IGNORE_INDEX
-    target[:, 0] = False
+    target = clear_position_0(labels != IGNORE_INDEX)
     pred = prediction_mask(target)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=pred).logits  # (N, V)
     current = F.cross_entropy(logits.float(), labels[:, 1:][target[:, 1:]], reduction="none")  # (N,)

@@ -220,3 +220,15 @@ def _counts(p: Path) -> bool:
 def model_summary(model) -> dict[str, Any]:
     n = sum(p.numel() for p in model.parameters())
     return {"parameters": n, "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+
+
+def check_vocab(model: Any, tokens: Any, model_name: Any) -> None:
+    """Refuse tokens (a ``TokenTable``) the model's embedding has no row for: the tokenizer does not belong to the
+    model."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(emb, "num_embeddings", None)
+    ids = tokens.flat_input_ids()
+    if rows is not None and len(ids) and int(ids.max()) >= rows:
+        raise ModelError(f"{model_name}: the data was tokenized into token id {int(ids.max())} but the model's "
+                         f"embedding has only {rows} rows; the tokenizer does not belong to this model (use the "
+                         "model's own tokenizer)")

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import MismatchError
+from ..core.labels import clear_first_positions
 from ..core.tokens import TokenTable, _with_counts, list_column
 
 # The keys of the source table's metadata that still describe the prompt-free table (same tokenizer and data).
@@ -46,9 +47,7 @@ class PromptFreeLayout:
     @property
     def response_mask(self) -> np.ndarray:
         """(prompt_free_tokens,) bool: the span tokens, except a prompt-free sample's position 0."""
-        mask = self.source >= 0
-        mask[self.offsets[:-1][np.diff(self.offsets) > 0]] = False
-        return mask
+        return clear_first_positions(self.source >= 0, self.offsets)
 
 
 def response_spans(response_mask: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +33,10 @@ from tqdm.auto import tqdm
 
 from ..config import option
 from .distributed import all_ranks, distributed_world, gather_arrays, is_sharded
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from .losses import token_losses
-from ..core.artifacts import Scores
+from ..core.artifacts import Scores, token_position
+from ..core.labels import clear_first_positions
 from ..core.tokens import TokenLayout, TokenTable
 
 log = logging.getLogger("tokenclean")
@@ -98,9 +100,8 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
     ``shards``: keep finished shards there and reuse those a killed call left (see ``ScoreShards``).
     """
     cfg = cfg or ScoreConfig()
-    device = next(model.parameters()).device
-    offsets, lengths = tokens.offsets, tokens.lengths
-    ids_flat, mask_flat = tokens.flat_input_ids(), tokens.flat_response_mask()
+    flat = _FlatTokens(tokens.offsets, tokens.lengths, tokens.flat_input_ids(), tokens.flat_response_mask())
+    lengths = flat.lengths
     rank, world = distributed_world()
     # FSDP gathers each layer's weights from all ranks during a forward, so every rank must run as many forwards,
     # and take the same resume decisions, as every other.
@@ -110,7 +111,7 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
     where, found = [], [[] for _ in passes]  # flat positions and their losses, batch by batch
     was_training = model.training
     model.eval()
-    total = int(sum(int(lengths[b].sum()) for shard in plan for b in shard))
+    total = int(sum(_shard_tokens(lengths, shard) for shard in plan))
     bar = tqdm(total=total, unit="tok", desc="scoring", disable=not progress or rank != 0, dynamic_ncols=True)
     if shards is not None:
         shards.open(_shards_key(model, tokens, cfg, len(passes), rank, world), len(plan))
@@ -123,35 +124,65 @@ def compute_token_losses(model, tokens: TokenTable, cfg: ScoreConfig | None = No
             where.append(done[0])
             for k in range(len(passes)):
                 found[k].append(done[1][k])
-            bar.update(int(sum(int(lengths[b].sum()) for b in shard)))
+            bar.update(_shard_tokens(lengths, shard))
             continue
         first = len(where)
-        for batch in shard:
-            ids, attention, target = _padded_batch(batch, offsets, lengths, ids_flat, mask_flat)
-            ids_t, att_t, tgt_t = (torch.from_numpy(a).to(device) for a in (ids, attention, target))
-            for k, scope in enumerate(passes):
-                with scope() if scope is not None else contextlib.nullcontext():
-                    found[k].append(token_losses(model, ids_t, att_t, tgt_t).cpu().numpy())
-            # Target positions in row-major order are exactly the order of the losses.
-            rows, cols = np.nonzero(target[:, 1:])
-            where.append(offsets[batch[rows]] + cols + 1)
-            bar.update(int(lengths[batch].sum()))
+        _score_shard(model, flat, shard, passes, where, found, bar)
         if lockstep:  # a rank with one batch fewer in this shard joins the others' last forward
             for _ in range(-(-len(shards_all[s]) // world) - len(shard)):
-                _idle_forward(model, device, passes)
+                _idle_forward(model, next(model.parameters()).device, passes)
         if shards is not None:
             shards.save(s, rank, where[first:], [f[first:] for f in found])
     bar.close()
     if shards is not None and shards.reused:
         log.info("scoring resumed: %d of %d shards reused from %s", shards.reused, len(plan), shards.dir)
     model.train(was_training)
+    return _flat_losses(where, found, world, len(flat.input_ids))
+
+
+@dataclass
+class _FlatTokens:
+    """A token table's flat arrays, read once per scoring call."""
+
+    offsets: np.ndarray  # (n_samples + 1,)
+    lengths: np.ndarray  # (n_samples,)
+    input_ids: np.ndarray  # (total_tokens,)
+    response_mask: np.ndarray  # (total_tokens,) bool
+
+
+def _shard_tokens(lengths: np.ndarray, shard: list[np.ndarray]) -> int:
+    return int(sum(int(lengths[b].sum()) for b in shard))
+
+
+def _score_shard(model, flat: _FlatTokens, shard: list[np.ndarray], passes: tuple, where: list[np.ndarray],
+                 found: list[list[np.ndarray]], bar) -> None:
+    """Score every batch of ``shard`` under each of ``passes``, appending the flat positions of the losses to
+    ``where`` and the losses (N,) fp32 to ``found[k]``, batch by batch."""
+    device = next(model.parameters()).device
+    offsets, lengths = flat.offsets, flat.lengths
+    for batch in shard:
+        ids, attention, target = _padded_batch(batch, offsets, lengths, flat.input_ids, flat.response_mask)
+        ids_t, att_t, tgt_t = (torch.from_numpy(a).to(device) for a in (ids, attention, target))
+        for k, scope in enumerate(passes):
+            with scope() if scope is not None else contextlib.nullcontext():
+                found[k].append(token_losses(model, ids_t, att_t, tgt_t).cpu().numpy())
+        # Target positions in row-major order are exactly the order of the losses.
+        rows, cols = np.nonzero(target[:, 1:])
+        where.append(offsets[batch[rows]] + cols + 1)
+        bar.update(int(lengths[batch].sum()))
+
+
+def _flat_losses(where: list[np.ndarray], found: list[list[np.ndarray]], world: int, total_tokens: int
+                 ) -> list[np.ndarray]:
+    """One (total_tokens,) float32 array per pass, NaN where nothing was scored; under ``torch.distributed``
+    every rank's positions and losses are gathered first."""
     where_all = np.concatenate(where) if where else np.zeros(0, np.int64)
     found_all = [np.concatenate(f) if f else np.zeros(0, np.float32) for f in found]
     if world > 1:  # every rank ends with every rank's positions and losses
         where_all, *found_all = (np.concatenate(parts) for parts in gather_arrays([where_all, *found_all]))
     outs = []
     for values in found_all:
-        out = np.full(len(ids_flat), np.nan, dtype=np.float32)
+        out = np.full(total_tokens, np.nan, dtype=np.float32)
         out[where_all] = values
         outs.append(out)
     return outs
@@ -315,3 +346,15 @@ class ScoreShards:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def check_model_losses(scores: Scores, tokens: TokenTable, model: Any, loaded: Any) -> None:
+    """A model whose loss is NaN or infinite at a response token (corrupt weights, or overflow in half precision)
+    would make that token silently vanish from selection: refuse it."""
+    expected = clear_first_positions(tokens.flat_response_mask().copy(), tokens.offsets)  # position 0: no loss
+    bad = np.flatnonzero(expected & ~np.isfinite(scores.token_loss))
+    if len(bad):
+        dtype = str(next(loaded.parameters()).dtype).replace("torch.", "")
+        raise ModelError(f"{model}: the loss is {scores.token_loss[bad[0]]} at {token_position(scores, bad[0])} "
+                         f"({len(bad)} response tokens in all), expected finite losses; the weights may be corrupt, "
+                         f"or {dtype} overflows (try --dtype float32)")

@@ -22,10 +22,12 @@ import torch
 from ..config import option
 from .distributed import fsdp_requested, launched_processes
 from ..errors import ConfigError
+from .checkpoints import crash_after_save, last_complete_checkpoint
 from .hardware import resolve_bf16
 from .losses import kept_token_loss_sum, slm_loss_sum
 from ..selection.select import round_half_up
-from ..core.tokens import IGNORE_INDEX, TokenTable, make_labels
+from ..core.labels import IGNORE_INDEX, make_labels, trained_token_count
+from ..core.tokens import TokenTable
 
 log = logging.getLogger("tokenclean")
 
@@ -97,7 +99,7 @@ def training_examples(tokens: TokenTable, keep_mask: np.ndarray | None = None, d
     for i in range(len(tokens)):
         a, b = offsets[i], offsets[i + 1]
         lab = labels[a:b]
-        if drop_empty and not (lab[1:] != IGNORE_INDEX).any():
+        if drop_empty and not trained_token_count(lab):
             left_out += 1
             continue
         rows["input_ids"].append(ids[a:b].tolist())
@@ -261,7 +263,32 @@ def train_model(
     dataset, left_out = training_examples(tokens, keep_mask, drop_empty, slm[0] if slm else None)
     if len(dataset) == 0:
         raise ConfigError("no sample has a token to train on (all labels are masked)")
-    trained_tokens = int(sum((np.asarray(lab[1:]) != IGNORE_INDEX).sum() for lab in dataset["labels"]))
+    trained_tokens = sum(trained_token_count(lab) for lab in dataset["labels"])
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
+    trainer = _masked_trainer(model, tokenizer, dataset, cfg, ckpt_dir, seed, slm[1] if slm else None)
+    start = time.perf_counter()
+    last = last_complete_checkpoint(ckpt_dir)
+    result = trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - start
+    _save_trained(trainer, tokenizer, cfg, out_dir, ckpt_dir, save_adapter)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "samples": len(dataset),
+        "samples_left_out": left_out,
+        "trained_tokens": int(round_half_up(slm[1] * trained_tokens)) if slm else trained_tokens,
+        "optimizer_steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "resumed_from": last,
+        "seconds": round(seconds, 3),
+    }
+
+
+def _masked_trainer(model, tokenizer, dataset, cfg: TrainConfig, ckpt_dir: Path, seed: int,
+                    slm_keep_ratio: float | None):
+    """The ``MaskedLossTrainer`` of one fine-tune: seeded, with the LoRA adapter (if any) attached, its logs routed
+    to the ``tokenclean`` logger, checkpointing to ``ckpt_dir``."""
     # Under FSDP the model comes in on the CPU and the Trainer moves each rank's shard to its GPU.
     device_type = "cuda" if fsdp_requested() and torch.cuda.is_available() else next(model.parameters()).device.type
     use_bf16 = resolve_bf16(cfg.bf16, device_type)
@@ -272,25 +299,26 @@ def train_model(
         model = _with_lora(model, cfg)
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     trainer = _trainer_class()(
         model=model,
         args=training_arguments(cfg, ckpt_dir, use_bf16, seed, use_cpu=device_type == "cpu"),
         train_dataset=dataset,
         data_collator=PadCollator(pad_id),
-        slm_keep_ratio=slm[1] if slm else None,
+        slm_keep_ratio=slm_keep_ratio,
     )
     route_trainer_logs(trainer)
     if trainer.is_fsdp_enabled:
         log.warning("FSDP: no checkpoints during training (their sharded format keeps its index as a pickle, which "
                     "tokenclean never loads); a killed training stage starts again from its first step")
     if os.environ.get("TOKENCLEAN_TEST_KILL_AT"):
-        trainer.add_callback(_crash_after_save(ckpt_dir.name))
-    start = time.perf_counter()
-    last = last_complete_checkpoint(ckpt_dir)
-    result = trainer.train(resume_from_checkpoint=last)
-    seconds = time.perf_counter() - start
+        trainer.add_callback(crash_after_save(ckpt_dir.name))
+    return trainer
+
+
+def _save_trained(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, ckpt_dir: Path, save_adapter: bool) -> None:
+    """Process 0 writes the trained model (LoRA merged; the adapter too with ``save_adapter``) and the tokenizer
+    to ``out_dir``, then removes the checkpoints once every process is done with them."""
     save = trainer.args.should_save  # process 0 only: after DDP training every process holds the same weights
     model = _whole_model(trainer, cfg.lora) if trainer.is_fsdp_enabled else trainer.model
     if cfg.lora and save_adapter and save:
@@ -304,18 +332,6 @@ def train_model(
     trainer.accelerator.wait_for_everyone()  # no process still writes its part of a checkpoint
     if save:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {
-        "samples": len(dataset),
-        "samples_left_out": left_out,
-        "trained_tokens": int(round_half_up(slm[1] * trained_tokens)) if slm else trained_tokens,
-        "optimizer_steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "first_logged_loss": losses[0] if losses else None,
-        "last_logged_loss": losses[-1] if losses else None,
-        "resumed_from": last,
-        "seconds": round(seconds, 3),
-    }
 
 
 def _whole_model(trainer, lora: bool):
@@ -347,36 +363,6 @@ def _whole_model(trainer, lora: bool):
     if tied:
         copy.tie_weights()
     return copy
-
-
-def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
-    """The newest ``checkpoint-N`` in ``ckpt_dir`` that the Trainer finished writing (its ``trainer_state.json``
-    is written last), or None. A checkpoint cut off by a kill is skipped, so the resume starts from the one
-    before it instead of failing on a missing file."""
-    if not ckpt_dir.is_dir():
-        return None
-    steps = {int(d.name.removeprefix("checkpoint-")): d for d in ckpt_dir.glob("checkpoint-*")
-             if d.name.removeprefix("checkpoint-").isdigit()}
-    for step in sorted(steps, reverse=True):
-        if (steps[step] / "trainer_state.json").exists():
-            return str(steps[step])
-        log.warning("skipping the unfinished checkpoint %s", steps[step])
-    return None
-
-
-def _crash_after_save(name: str):
-    """A callback for the crash-safety tests: ``crash_point("train:<name>:step<N>")`` once process 0 (the writer)
-    has saved checkpoint N."""
-    from transformers import TrainerCallback
-
-    from ..io import crash_point
-
-    class CrashAfterSave(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                crash_point(f"train:{name}:step{state.global_step}")
-
-    return CrashAfterSave()
 
 
 def _with_lora(model, cfg: TrainConfig):

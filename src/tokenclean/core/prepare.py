@@ -8,7 +8,8 @@ import os
 import numpy as np
 
 from ..errors import DataError
-from .data import DataConfig, LoadReport, RowError, load_conversations, where
+from .data import DataConfig, LoadReport, RowError, load_conversations
+from .readers import where
 from .tokens import TokenizeConfig, TokenTable, per_sample_sum, tokenize
 
 log = logging.getLogger("tokenclean")

@@ -63,6 +63,25 @@ def evaluate(
     _check_settings(model, limit, data_dir, max_gen_toks)
     lm_eval = _import_harness()
     started = time.time()
+    harness_tasks, output = _run_harness(lm_eval, model, tokenizer, benchmarks, limit=limit, data_dir=data_dir,
+                                         batch_size=batch_size, device=device, max_gen_toks=max_gen_toks)
+    task_results = {b.name: _benchmark_result(b, harness_tasks[b.name], output, data_dir) for b in benchmarks}
+    return {
+        "model": _model_name(model),
+        "tasks": task_results,
+        "average": sum(r["value"] for r in task_results.values()) / len(task_results),
+        "limit": limit,
+        "data_dir": str(data_dir) if data_dir is not None else None,
+        "lm_eval_version": lm_eval.__version__,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def _run_harness(lm_eval: Any, model: Any, tokenizer: Any, benchmarks: list[Benchmark], *, limit: int | None,
+                 data_dir: str | os.PathLike | None, batch_size: int | str, device: str | None,
+                 max_gen_toks: int | None) -> tuple[dict[str, list], dict[str, Any]]:
+    """Load the benchmarks' harness tasks, then the model, and run them: (harness tasks per benchmark, the
+    harness's ``simple_evaluate`` output)."""
     with tempfile.TemporaryDirectory(prefix="tokenclean-eval-") as work_dir:
         # Tasks first: bad data or an unknown task fails before any model loads.
         log.info("loading %s from %s", ", ".join(b.name for b in benchmarks), data_dir or "the Hugging Face hub")
@@ -80,16 +99,7 @@ def evaluate(
                 bootstrap_iters=0,
                 log_samples=False,
             )
-    task_results = {b.name: _benchmark_result(b, harness_tasks[b.name], output, data_dir) for b in benchmarks}
-    return {
-        "model": _model_name(model),
-        "tasks": task_results,
-        "average": sum(r["value"] for r in task_results.values()) / len(task_results),
-        "limit": limit,
-        "data_dir": str(data_dir) if data_dir is not None else None,
-        "lm_eval_version": lm_eval.__version__,
-        "seconds": round(time.time() - started, 1),
-    }
+    return harness_tasks, output
 
 
 def _check_settings(

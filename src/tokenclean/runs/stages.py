@@ -115,7 +115,7 @@ class Run(Store):
         pool, c, field = tables["pool"], self.cfg.run, self.cfg.warmup.warmup_rated_by
         n_warm = max(1, int(round(c.warmup_fraction * len(pool))))
         if field:
-            from ..core.data import _read_source
+            from ..core.readers import _read_source
             from .warmup import top_rated
 
             rows, lines = _read_source(c.data)

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..config import option
-from ..core.data import RowError, _sample_id, where
+from ..core.data import RowError, _sample_id
+from ..core.readers import where
 from ..errors import ConfigError, DataError
 from ..compute.training import TrainConfig
 

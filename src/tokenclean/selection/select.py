@@ -5,7 +5,8 @@ Arrays are flat over all tokens of all samples; ``offsets`` (n_samples + 1,) del
 tokens that are not candidates (prompt tokens, position 0).
 
 Levels:
-- ``global``: the top ``round(keep_ratio * N)`` of all N candidates (exact, O(N): ``np.partition``, no sort);
+- ``global``: the top ``round(keep_ratio * N)`` of all N candidates (exact, O(N), no sort: the streamed
+  threshold of ``selection.threshold``, also used out of core by ``selection.stream``);
 - ``sample``: the top ``round(keep_ratio * n_i)`` of each sample's n_i candidates;
 - ``threshold``: every candidate with score > ``threshold``.
 ``round`` is round-half-up. Ties are broken deterministically: the earlier token (in sample order, then position)
@@ -22,6 +23,7 @@ import numpy as np
 from ..config import option
 from ..core.tokens import per_sample_sum
 from ..errors import ConfigError
+from .threshold import refuse_infinite, round_half_up, select_top, top_k_mask  # noqa: F401 (re-exported)
 
 LEVELS = ("global", "sample", "threshold")
 # Token scorers (``tokenclean.scorers.SCORERS`` holds what each computes); union/intersection combine two levels.
@@ -62,27 +64,6 @@ class SelectConfig:
                               f"leave level at 'global', got {self.level!r}")
 
 
-def round_half_up(x: np.ndarray | float) -> np.ndarray:
-    return np.floor(np.asarray(x, dtype=np.float64) + 0.5).astype(np.int64)
-
-
-def top_k_mask(values: np.ndarray, k: int) -> np.ndarray:
-    """Bool mask of the ``k`` largest ``values`` (1-D, finite); ties go to the earlier index. O(N)."""
-    n = len(values)
-    mask = np.zeros(n, dtype=bool)
-    if k <= 0:
-        return mask
-    if k >= n:
-        mask[:] = True
-        return mask
-    kth = np.partition(values, n - k)[n - k]  # the k-th largest value
-    np.greater(values, kth, out=mask)
-    need = k - int(np.count_nonzero(mask))
-    if need:
-        mask[np.flatnonzero(values == kth)[:need]] = True
-    return mask
-
-
 def sample_ranks(values: np.ndarray, sample_of: np.ndarray) -> np.ndarray:
     """Rank (0 = best) of each candidate within its sample: by value descending, then earlier position."""
     order = np.lexsort((np.arange(len(values)), -values, sample_of))
@@ -102,20 +83,21 @@ def select_tokens(score: np.ndarray, offsets: np.ndarray, cfg: SelectConfig) -> 
     ``samples``, ``samples_with_response``, ``samples_zero_kept`` (samples with candidates but none kept),
     ``score_threshold`` (lowest kept score).
     """
-    if cfg.level == "global" and not cfg.min_kept_per_sample:
-        return _select_global(score, offsets, cfg.keep_ratio)
+    locate = _locator(offsets)
+    if cfg.level == "global":  # the streamed threshold over the array, read in chunks
+        mask, threshold = select_top(score, cfg.keep_ratio, locate=locate)
+        if not cfg.min_kept_per_sample:
+            return mask, selection_counts(per_sample_sum(~np.isnan(score), offsets), per_sample_sum(mask, offsets),
+                                          threshold.value)
+    refuse_infinite(score, locate)
     cand = np.flatnonzero(~np.isnan(score))
     values = score[cand]
-    if not np.isfinite(values).all():
-        bad = cand[~np.isfinite(values)][0]
-        sample = int(np.searchsorted(offsets, bad, side="right") - 1)
-        raise ConfigError(f"score of sample {sample}, token {bad - offsets[sample]} is infinite; losses must be finite")
     sample_of = np.searchsorted(offsets, cand, side="right") - 1
     n_samples = len(offsets) - 1
     per_sample = np.bincount(sample_of, minlength=n_samples)
     ranks = None
     if cfg.level == "global":
-        keep = top_k_mask(values, int(round_half_up(cfg.keep_ratio * len(values))))
+        keep = mask[cand]
     elif cfg.level == "sample":
         ranks = sample_ranks(values, sample_of)
         keep = ranks < round_half_up(cfg.keep_ratio * per_sample)[sample_of]
@@ -129,6 +111,14 @@ def select_tokens(score: np.ndarray, offsets: np.ndarray, cfg: SelectConfig) -> 
     kept_per_sample = np.bincount(sample_of[keep], minlength=n_samples)
     threshold = float(values[keep].min()) if keep.any() else None
     return mask, selection_counts(per_sample, kept_per_sample, threshold)
+
+
+def _locator(offsets: np.ndarray):
+    """Names a flat token index by its sample and position, for error messages."""
+    def locate(flat: int) -> str:
+        sample = int(np.searchsorted(offsets, flat, side="right") - 1)
+        return f"sample {sample}, token {flat - offsets[sample]}"
+    return locate
 
 
 def selection_counts(per_sample: np.ndarray, kept_per_sample: np.ndarray, threshold: float | None
@@ -148,40 +138,3 @@ def selection_counts(per_sample: np.ndarray, kept_per_sample: np.ndarray, thresh
         "samples_zero_kept": int(((per_sample > 0) & (kept_per_sample == 0)).sum()),
         "score_threshold": threshold,
     }
-
-
-def _per_sample_sums(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """(n_samples,) int64 number of True ``flags`` per sample (empty samples, also trailing ones, get 0)."""
-    return per_sample_sum(flags, offsets)
-
-
-def _check_finite(score: np.ndarray, offsets: np.ndarray) -> None:
-    if np.isinf(score).any():
-        bad = int(np.flatnonzero(np.isinf(score))[0])
-        sample = int(np.searchsorted(offsets, bad, side="right") - 1)
-        raise ConfigError(f"score of sample {sample}, token {bad - offsets[sample]} is infinite; losses must be finite")
-
-
-def _select_global(score: np.ndarray, offsets: np.ndarray, keep_ratio: float) -> tuple[np.ndarray, dict[str, Any]]:
-    """``select_tokens`` at level ``global``, on the flat array itself: no candidate-index or per-token sample
-    arrays (8 bytes per token each), one float32 working copy for the partition. Same result and counts."""
-    _check_finite(score, offsets)
-    is_cand = ~np.isnan(score)
-    per_sample = _per_sample_sums(is_cand, offsets)
-    n = int(per_sample.sum())
-    k = int(round_half_up(keep_ratio * n))
-    work = np.where(is_cand, score, -np.inf)  # (total_tokens,) in score's dtype; non-candidates rank last
-    del is_cand
-    kth = None
-    if 0 < k:
-        work.partition(len(work) - k)
-        kth = work[len(work) - k]  # the k-th largest candidate score (k <= n, so never -inf)
-    del work
-    mask = np.zeros(len(score), dtype=bool)
-    if kth is not None:
-        np.greater(score, kth, out=mask)
-        need = k - int(np.count_nonzero(mask))
-        if need:
-            mask[np.flatnonzero(score == kth)[:need]] = True  # ties: the earlier tokens
-    threshold = float(kth) if kth is not None else None
-    return mask, selection_counts(per_sample, _per_sample_sums(mask, offsets), threshold)
