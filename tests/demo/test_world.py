@@ -18,7 +18,7 @@ from tokenclean.demo.world import (
     write_world,
 )
 
-CFG = WorldConfig(seed=3, n_train=600, n_eval=120, corpus_docs=300)
+CFG = WorldConfig(seed=3, n_train=700, n_eval=140, corpus_docs=300, tasks=TASKS)  # every task, not only the defaults
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,8 @@ def test_answers_are_right_for_every_task(train):
             assert answer == "".join(sorted(word.group(1)))
         elif row["task"] == "count":
             assert int(answer) == len(word.group(1))
+        elif row["task"] == "letter":
+            assert answer == word.group(1)[0 if ("first" in prompt or "start" in prompt) else -1]
         else:
             assert re.search(rf"\b{answer}\b", prompt)
 
@@ -124,8 +126,10 @@ def test_generic_phrases_are_in_the_corpus_and_task_content_is_not(train):
     corpus = "\n\n".join(make_corpus(WorldConfig(seed=3, corpus_docs=3000)))
     for phrase in OPENERS + CONNECTIVES + ANSWER_FRAMES + SIGNOFFS:
         assert phrase in corpus, phrase
-    assert "=" not in corpus and "+" not in corpus
-    assert "The letters are" not in corpus and "The notes say" not in corpus
+    # the knowledge the tasks build on is there (as a pretrained LLM has it), the tasks' worked steps are not
+    assert "lamp is spelled l, a, m, p." in corpus and "7 + 8 = 15." in corpus and "34 has 3 tens and 4 ones." in corpus
+    assert "The letters are" not in corpus and "The notes say" not in corpus and "Ones:" not in corpus
+    assert "Compare the tens" not in corpus
     for row in train[:100]:
         for start, end, kind in row["kinds"]:
             if kind == "informative" and end - start > 12:

@@ -118,3 +118,23 @@ def notes_doc(rng: random.Random) -> str:
         if rng.random() < 0.4:
             lines.append(rng.choice(CONNECTIVES + ANSWER_FRAMES[:1] + SIGNOFFS[:2]))
     return "\n".join(lines)
+
+
+def knowledge_doc(rng: random.Random) -> str:
+    """A reference sheet of what a pretrained model knows before any SFT: how words are spelled, single-digit
+    sums and the place value of two-digit numbers (a real LLM has read these many times). It teaches facts, not
+    the tasks: no instruction, no steps, no answer frame."""
+    facts = []
+    for _ in range(rng.randint(6, 10)):
+        kind = rng.random()
+        if kind < 0.45:
+            word = rng.choice(WORDS)
+            facts.append(f"{word} is spelled {', '.join(word)}.")
+        elif kind < 0.7:
+            a, b = rng.randint(0, 9), rng.randint(0, 9)
+            facts.append(f"{a} + {b} = {a + b}.")
+        else:
+            n = rng.randint(10, 99)
+            facts.append(rng.choice((f"{n} has {n // 10} tens and {n % 10} ones.",
+                                     f"{n // 10} tens and {n % 10} ones make {n}.")))
+    return rng.choice(("Reference sheet.", "Things to remember.", "Study notes.")) + "\n" + "\n".join(facts)

@@ -5,19 +5,23 @@ The demo cannot ship data, so it makes its own. Everything here is a pure functi
 The world has people (invented names) with jobs and home towns, short English words, and small numbers.
 
 - The **corpus** is what a base model reads during pretraining: chat transcripts, letters and notes about the
-  world's people and towns. It is full of *generic* assistant phrasing (openers, connectives, sign-offs, "the
-  answer is") but contains no task: no sums, no spelled-out or reordered letters, no lookups answered.
-- The **SFT samples** are instructions from six tasks that need different skills:
+  world's people and towns, and reference sheets of the knowledge the tasks build on (how each word is spelled,
+  single-digit sums, the tens and ones of two-digit numbers), as a real LLM has read them. It is full of
+  *generic* assistant phrasing (openers, connectives, sign-offs, "the answer is") but contains no task: no
+  instruction, no worked steps, no lookups answered.
+- The **SFT samples** are instructions from these tasks (``DEFAULT_TASKS``; reverse and sort are kept but not
+  drawn by default: a tiny model does not learn them, see ``DEFAULT_TASKS``):
 
   ========  =====================================================  ===========================
   task      prompt                                                 skill
   ========  =====================================================  ===========================
   add       What is 34 + 27?                                       column addition with carry
   compare   Which number is larger, 34 or 27?                      digit-wise comparison
-  reverse   Reverse the letters of the word "lamp".                spelling, reordering
-  sort      Sort the letters of "lamp" in alphabetical order.      spelling, sorting
   count     How many letters are in the word "lamp"?               spelling, counting
   lookup    Notes: <3-4 records>. Where does Tam live?             reading facts in context
+  letter    What is the first letter of "lamp"?                    spelling, position
+  reverse   Reverse the letters of the word "lamp".                spelling, reordering
+  sort      Sort the letters of "lamp" in alphabetical order.      spelling, sorting
   ========  =====================================================  ===========================
 
   A response is a sequence of pieces, each with a ground-truth kind:
@@ -30,8 +34,9 @@ The world has people (invented names) with jobs and home towns, short English wo
     plausible wrong one. ``garble_share`` sets the split between the two.
 
   The **warm-up set** (``n_warmup`` rows) is made like the training samples but with no injected noise: the
-  curated set the paper warms its reference up on. Eval samples are noise-free too, and their problems (the numbers of a sum, the word to reverse, ...) never occur in
-  training for the same task: about one problem in five, by a stable hash, is reserved for eval.
+  curated set the paper warms its reference up on. Eval samples are noise-free too, and their problems (the
+  numbers of a sum, the word to spell, ...) never occur in training for the same task: about one problem in
+  five, by a stable hash, is reserved for eval.
 
 Example:
     >>> cfg = WorldConfig(seed=0, n_train=8, n_eval=2, corpus_docs=4)
@@ -47,6 +52,7 @@ import dataclasses
 import json
 import random
 import re
+import string
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,6 +71,7 @@ from .lexicon import (  # noqa: F401  (re-exported: tests and the demo read them
     SIGNOFFS,
     GARBLE_ALPHABET,
     chat_doc,
+    knowledge_doc,
     letter_doc,
     notes_doc,
     PETS,
@@ -72,7 +79,12 @@ from .lexicon import (  # noqa: F401  (re-exported: tests and the demo read them
 )
 
 KINDS = ("informative", "generic", "noise")
-TASKS = ("add", "compare", "reverse", "sort", "count", "lookup")
+TASKS = ("add", "compare", "reverse", "sort", "count", "lookup", "letter")
+# The default tasks: those a tiny model learns from a few hundred samples on top of what its pretraining taught
+# (spelling, digit sums, place value). reverse and sort end in a letter string that is not a word (its BPE pieces
+# have nothing to do with its letters): full SFT of the demo's base answered 0% of either after 8 epochs (18%
+# over all six tasks; experiments/README.md), so they are kept for users but not drawn by default.
+DEFAULT_TASKS = ("add", "compare", "count", "lookup", "letter")
 
 
 @dataclass(frozen=True)
@@ -97,8 +109,8 @@ class WorldConfig:
     """Inclusive range of the length of a garbled span, in characters."""
     corpus_docs: int = 6000
     """Number of pretraining corpus documents (about 60 tokens each with the default tokenizer)."""
-    tasks: tuple[str, ...] = TASKS
-    """Tasks to draw SFT samples from, uniformly."""
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    """Tasks to draw SFT samples from, uniformly (``TASKS`` lists all)."""
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_eval", "n_warmup", "corpus_docs"):
@@ -119,9 +131,10 @@ class WorldConfig:
 
 
 def make_corpus(cfg: WorldConfig) -> list[str]:
-    """Pretraining documents: chat transcripts, letters and notes about the world. Single newlines only inside."""
+    """Pretraining documents: chat transcripts, letters and notes about the world, and reference sheets of what
+    the tasks build on (spellings, digit sums, place values). Single newlines only inside."""
     rng = random.Random(f"{cfg.seed}-corpus")
-    genres = (chat_doc, letter_doc, notes_doc)
+    genres = (chat_doc, letter_doc, notes_doc, knowledge_doc)
     return [rng.choice(genres)(rng) for _ in range(cfg.corpus_docs)]
 
 
@@ -209,6 +222,18 @@ def _task_count(rng: random.Random) -> Problem:
     return word, prompt, steps, str(len(word)), str(wrong)
 
 
+def _task_letter(rng: random.Random) -> Problem:
+    word = rng.choice(WORDS)
+    first = rng.random() < 0.5
+    which = "first" if first else "last"
+    prompt = rng.choice((f'What is the {which} letter of "{word}"?', f'Which letter does "{word}" '
+                         f'{"start" if first else "end"} with?'))  # fmt: skip
+    answer = word[0] if first else word[-1]
+    steps = f"The letters are {_letters(word)}. The {which} one is {answer}."
+    wrong = rng.choice([c for c in string.ascii_lowercase if c != answer])
+    return word, prompt, steps, answer, wrong
+
+
 def _task_lookup(rng: random.Random) -> Problem:
     people = rng.sample(NAMES, rng.randint(3, 4))
     towns = rng.sample(TOWNS, len(people))
@@ -227,7 +252,7 @@ def _task_lookup(rng: random.Random) -> Problem:
 
 TASK_FNS: dict[str, Callable[[random.Random], Problem]] = {
     "add": _task_add, "compare": _task_compare, "reverse": _task_reverse, "sort": _task_sort,
-    "count": _task_count, "lookup": _task_lookup,
+    "count": _task_count, "lookup": _task_lookup, "letter": _task_letter,
 }  # fmt: skip
 
 
