@@ -18,7 +18,7 @@ from tokenclean.demo.world import (
     write_world,
 )
 
-CFG = WorldConfig(seed=3, n_train=700, n_eval=140, corpus_docs=300, tasks=TASKS)  # every task, not only the defaults
+CFG = WorldConfig(seed=3, n_train=700, n_eval=140, corpus_docs=300)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def _problem(row):
     prompt = row["messages"][0]["content"]
     if row["task"] == "lookup":
         return ("lookup", prompt)
-    word = re.search(r'"([a-z]+)"', prompt)
+    word = re.search(r"the word ([a-z]+)", prompt)
     return (row["task"], word.group(1) if word else tuple(sorted(re.findall(r"\d+", prompt))))
 
 
@@ -104,7 +104,7 @@ def test_answers_are_right_for_every_task(train):
     assert {row["task"] for row in train} == set(TASKS)
     for row in train:
         prompt, answer = row["messages"][0]["content"], row["answer"]
-        word = re.search(r'"([a-z]+)"', prompt)
+        word = re.search(r"the word ([a-z]+)", prompt)
         numbers = [int(n) for n in re.findall(r"\d+", prompt)]
         if row["task"] == "add":
             assert int(answer) == sum(numbers)
@@ -127,7 +127,8 @@ def test_generic_phrases_are_in_the_corpus_and_task_content_is_not(train):
     for phrase in OPENERS + CONNECTIVES + ANSWER_FRAMES + SIGNOFFS:
         assert phrase in corpus, phrase
     # the knowledge the tasks build on is there (as a pretrained LLM has it), the tasks' worked steps are not
-    assert "lamp is spelled l, a, m, p." in corpus and "7 + 8 = 15." in corpus and "34 has 3 tens and 4 ones." in corpus
+    assert " lamp is spelled l, a, m, p." in corpus and " 7 + 8 = 15." in corpus
+    assert " 34 has 3 tens and 4 ones." in corpus
     assert "The letters are" not in corpus and "The notes say" not in corpus and "Ones:" not in corpus
     assert "Compare the tens" not in corpus
     for row in train[:100]:

@@ -123,18 +123,41 @@ def notes_doc(rng: random.Random) -> str:
 def knowledge_doc(rng: random.Random) -> str:
     """A reference sheet of what a pretrained model knows before any SFT: how words are spelled, single-digit
     sums and the place value of two-digit numbers (a real LLM has read these many times). It teaches facts, not
-    the tasks: no instruction, no steps, no answer frame."""
+    the tasks: no instruction, no steps, no answer frame. Every word and number follows a space, so it is the
+    same token as in the SFT prompts (byte-level BPE gives "lamp" and " lamp" different ids)."""
     facts = []
     for _ in range(rng.randint(6, 10)):
         kind = rng.random()
         if kind < 0.45:
             word = rng.choice(WORDS)
-            facts.append(f"{word} is spelled {', '.join(word)}.")
+            facts.append(rng.choice((f"The word {word} is spelled {', '.join(word)}.",
+                                     f"You spell the word {word} as {', '.join(word)}.")))
         elif kind < 0.7:
             a, b = rng.randint(0, 9), rng.randint(0, 9)
-            facts.append(f"{a} + {b} = {a + b}.")
+            facts.append(f"We know that {a} + {b} = {a + b}.")
         else:
             n = rng.randint(10, 99)
-            facts.append(rng.choice((f"{n} has {n // 10} tens and {n % 10} ones.",
-                                     f"{n // 10} tens and {n % 10} ones make {n}.")))
-    return rng.choice(("Reference sheet.", "Things to remember.", "Study notes.")) + "\n" + "\n".join(facts)
+            facts.append(rng.choice((f"The number {n} has {n // 10} tens and {n % 10} ones.",
+                                     f"Take {n // 10} tens and {n % 10} ones to make {n}.")))
+    return rng.choice(("Reference sheet:", "Things to remember:", "Study notes:")) + " " + " ".join(facts)
+
+
+def recall_doc(rng: random.Random) -> str:
+    """Notes that mention people, words and numbers and come back to them later in the same document, as real
+    text does: what teaches a model to look back in its context (copy a name, a town, a word's letters, a
+    number's digits). Facts, not tasks: no question is asked or answered."""
+    people = rng.sample(NAMES, 3)
+    towns, jobs, words = rng.sample(TOWNS, 3), rng.sample(JOBS, 3), rng.sample(WORDS, 3)
+    numbers = rng.sample(range(10, 100), 3)
+    first = [f"{p} is a {j} from {t}." for p, j, t in zip(people, jobs, towns)]
+    cards = [f"{p} wrote the word {w} on a card and counted {n} {rng.choice(THINGS)}."
+             for p, w, n in zip(people, words, numbers)]
+    recalls = []
+    for k in rng.sample(range(3), 2):
+        recalls.append(rng.choice((
+            f"Later, {people[k]} the {jobs[k]} went back to {towns[k]}.",
+            f"The word on the card of {people[k]} is spelled {', '.join(words[k])}.",
+            f"{people[k]} counted {numbers[k]}, which has {numbers[k] // 10} tens and {numbers[k] % 10} ones.",
+            f"{people[k]} still lives in {towns[k]} and works as a {jobs[k]}.",
+        )))
+    return f"Notes from {rng.choice(TOWNS)}.\n" + " ".join(first) + "\n" + " ".join(cards) + "\n" + " ".join(recalls)

@@ -9,20 +9,22 @@ The world has people (invented names) with jobs and home towns, short English wo
   single-digit sums, the tens and ones of two-digit numbers), as a real LLM has read them. It is full of
   *generic* assistant phrasing (openers, connectives, sign-offs, "the answer is") but contains no task: no
   instruction, no worked steps, no lookups answered.
-- The **SFT samples** are instructions from these tasks (``DEFAULT_TASKS``; reverse and sort are kept but not
-  drawn by default: a tiny model does not learn them, see ``DEFAULT_TASKS``):
+- The **SFT samples** are instructions from seven tasks that need different skills:
 
   ========  =====================================================  ===========================
   task      prompt                                                 skill
   ========  =====================================================  ===========================
   add       What is 34 + 27?                                       column addition with carry
   compare   Which number is larger, 34 or 27?                      digit-wise comparison
-  count     How many letters are in the word "lamp"?               spelling, counting
+  count     How many letters are in the word lamp?                 spelling, counting
   lookup    Notes: <3-4 records>. Where does Tam live?             reading facts in context
-  letter    What is the first letter of "lamp"?                    spelling, position
-  reverse   Reverse the letters of the word "lamp".                spelling, reordering
-  sort      Sort the letters of "lamp" in alphabetical order.      spelling, sorting
+  letter    What is the first letter of the word lamp?             spelling, position
+  reverse   Reverse the letters of the word lamp.                  spelling, reordering
+  sort      Sort the letters of the word lamp alphabetically.      spelling, sorting
   ========  =====================================================  ===========================
+
+  Words stand unquoted after "the word", so they are the same tokens (with their leading space) as in the
+  corpus, where the base model learnt how each is spelled.
 
   A response is a sequence of pieces, each with a ground-truth kind:
 
@@ -74,17 +76,14 @@ from .lexicon import (  # noqa: F401  (re-exported: tests and the demo read them
     knowledge_doc,
     letter_doc,
     notes_doc,
+    recall_doc,
     PETS,
     THINGS,
 )
 
 KINDS = ("informative", "generic", "noise")
 TASKS = ("add", "compare", "reverse", "sort", "count", "lookup", "letter")
-# The default tasks: those a tiny model learns from a few hundred samples on top of what its pretraining taught
-# (spelling, digit sums, place value). reverse and sort end in a letter string that is not a word (its BPE pieces
-# have nothing to do with its letters): full SFT of the demo's base answered 0% of either after 8 epochs (18%
-# over all six tasks; experiments/README.md), so they are kept for users but not drawn by default.
-DEFAULT_TASKS = ("add", "compare", "count", "lookup", "letter")
+
 
 
 @dataclass(frozen=True)
@@ -109,8 +108,8 @@ class WorldConfig:
     """Inclusive range of the length of a garbled span, in characters."""
     corpus_docs: int = 6000
     """Number of pretraining corpus documents (about 60 tokens each with the default tokenizer)."""
-    tasks: tuple[str, ...] = DEFAULT_TASKS
-    """Tasks to draw SFT samples from, uniformly (``TASKS`` lists all)."""
+    tasks: tuple[str, ...] = TASKS
+    """Tasks to draw SFT samples from, uniformly."""
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_eval", "n_warmup", "corpus_docs"):
@@ -134,7 +133,7 @@ def make_corpus(cfg: WorldConfig) -> list[str]:
     """Pretraining documents: chat transcripts, letters and notes about the world, and reference sheets of what
     the tasks build on (spellings, digit sums, place values). Single newlines only inside."""
     rng = random.Random(f"{cfg.seed}-corpus")
-    genres = (chat_doc, letter_doc, notes_doc, knowledge_doc)
+    genres = (chat_doc, letter_doc, notes_doc, knowledge_doc, recall_doc)
     return [rng.choice(genres)(rng) for _ in range(cfg.corpus_docs)]
 
 
@@ -198,24 +197,24 @@ def _shuffled_other(rng: random.Random, word: str, correct: str) -> str:
 
 
 def _task_reverse(rng: random.Random) -> Problem:
-    word, prompt = _word_prompt(rng, ('Reverse the letters of the word "{w}".', 'Write "{w}" backwards.',
-                                      'What is "{w}" spelled backwards?'))  # fmt: skip
+    word, prompt = _word_prompt(rng, ('Reverse the letters of the word {w}.', 'Write the word {w} backwards.',
+                                      'What is the word {w} spelled backwards?'))  # fmt: skip
     answer = word[::-1]
     steps = f"The letters are {_letters(word)}. In reverse order they are {_letters(answer)}."
     return word, prompt, steps, answer, _shuffled_other(rng, word, answer)
 
 
 def _task_sort(rng: random.Random) -> Problem:
-    word, prompt = _word_prompt(rng, ('Sort the letters of "{w}" in alphabetical order.',
-                                      'Put the letters of the word "{w}" in alphabetical order.'))  # fmt: skip
+    word, prompt = _word_prompt(rng, ('Sort the letters of the word {w} in alphabetical order.',
+                                      'Put the letters of the word {w} in alphabetical order.'))  # fmt: skip
     answer = "".join(sorted(word))
     steps = f"The letters are {_letters(word)}. In alphabetical order they are {_letters(answer)}."
     return word, prompt, steps, answer, _shuffled_other(rng, word, answer)
 
 
 def _task_count(rng: random.Random) -> Problem:
-    word, prompt = _word_prompt(rng, ('How many letters are in the word "{w}"?', 'Count the letters in "{w}".',
-                                      'How long is the word "{w}"?'))  # fmt: skip
+    word, prompt = _word_prompt(rng, ('How many letters are in the word {w}?', 'Count the letters in the word {w}.',
+                                      'How long is the word {w}?'))  # fmt: skip
     numbered = ", ".join(f"{ch} ({i})" for i, ch in enumerate(word, 1))
     steps = f"The letters are {numbered}. That makes {len(word)} letters."
     wrong = len(word) + rng.choice((-2, -1, 1, 2))
@@ -226,7 +225,7 @@ def _task_letter(rng: random.Random) -> Problem:
     word = rng.choice(WORDS)
     first = rng.random() < 0.5
     which = "first" if first else "last"
-    prompt = rng.choice((f'What is the {which} letter of "{word}"?', f'Which letter does "{word}" '
+    prompt = rng.choice((f'What is the {which} letter of the word {word}?', f'Which letter does the word {word} '
                          f'{"start" if first else "end"} with?'))  # fmt: skip
     answer = word[0] if first else word[-1]
     steps = f"The letters are {_letters(word)}. The {which} one is {answer}."
