@@ -339,3 +339,56 @@ def test_compare_command_passes_the_scorers(tmp_path, monkeypatch):
             "--base", "b", "--data", "d", "--out", str(tmp_path / "cmp"), "--quiet"]
     assert main(argv) == 0
     assert seen == {"methods": ["fixed", "rho"], "scorers": ["excess", "small-loss"], "scorer": "curve-positive"}
+
+
+@pytest.mark.slow
+def test_compare_ablation_rows_run_under_their_own_settings(tmp_path, tiny_model_dir, pool, gsm8k_rows, caplog):
+    """An ablation row changes a setting every method of a seed shares (here the warm-up data): it runs in its own
+    directory with its own reference, and its row joins the same table."""
+    import logging
+
+    from tokenclean.runs.compare import Ablation
+
+    warmup = write_jsonl(tmp_path / "warmup.jsonl", gsm8k_rows[200:230])
+    out = tmp_path / "cmp"
+    cfg = config(tiny_model_dir, pool, out, eval_fraction=0.2, warmup_data=str(warmup))
+    noisy = Ablation("fixed[pool-warmup]", "fixed", {"warmup_data": None, "warmup_fraction": 0.3}, "pool warm-up")
+    with caplog.at_level(logging.INFO, logger="tokenclean"):
+        result = compare(cfg, ["fixed"], ablations=[noisy])
+    assert [r["method"] for r in result["rows"]] == ["fixed", "fixed[pool-warmup]"]
+    assert result["ablations"] == [{"name": "fixed[pool-warmup]", "method": "fixed",
+                                    "overrides": {"warmup_data": None, "warmup_fraction": 0.3}, "note": "pool warm-up"}]
+    ablation = out / "ablations" / "fixed[pool-warmup]"
+    plain_ref = json.loads((out / "seed-0" / "reference" / "stage.json").read_text())
+    ablation_ref = json.loads((ablation / "seed-0" / "reference" / "stage.json").read_text())
+    # clean warm-up: the 30 given rows; ablation: 30% of the pool's 72 rows (the held-out 18 are not in the pool)
+    assert plain_ref["result"]["samples"] == 30 and ablation_ref["result"]["samples"] == round(0.3 * 72)
+    assert plain_ref["key"] != ablation_ref["key"]
+    assert str(warmup) in (out / "config.yaml").read_text()
+    assert str(warmup) not in (ablation / "config.yaml").read_text()
+    # both rows are measured on the same held-out split; the base's pool losses come from the score cache
+    assert all(r["mean"]["heldout_loss"] > 0 for r in result["rows"])
+    ran = [r.getMessage() for r in caplog.records if r.getMessage().endswith("] running")]
+    assert sum(m.startswith("[seed-0/reference]") for m in ran) == 2
+    # a second call reuses every stage of both rows
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tokenclean"):
+        again = compare(cfg, ["fixed"], ablations=[noisy])
+    assert not [r for r in caplog.records if r.getMessage().endswith("] running")]
+    assert again["rows"] == result["rows"]
+
+
+@pytest.mark.parametrize("ablation, message", [
+    (("fixed", "fixed", {}), "must be unique among the rows"),
+    (("a/b", "fixed", {}), "a plain directory name"),
+    (("x", "nope", {}), "unknown method 'nope'"),
+    (("x", "fixed", {"warmup_dat": None}), r"unknown setting\(s\) \['warmup_dat'\]"),
+])  # fmt: skip
+def test_compare_refuses_bad_ablations_before_running(tmp_path, tiny_model_dir, pool, ablation, message):
+    from tokenclean.errors import ConfigError
+    from tokenclean.runs.compare import Ablation
+
+    with pytest.raises(ConfigError, match=message):
+        compare(config(tiny_model_dir, pool, tmp_path / "cmp", eval_fraction=0.2), ["fixed"],
+                ablations=[Ablation(*ablation)])
+    assert not (tmp_path / "cmp" / "seed-0").exists()
