@@ -255,6 +255,8 @@ class DemoMetrics:
             keep = self._keep_mask(run, summary["method"])
             if keep is not None:
                 metrics.update(selection_quality(keep, self.codes, self.garbled))
+            if summary["method"] in ("fixed", "rho"):
+                metrics.update(self._mean_scores(run))
         health = summary.get("selection", {}).get("score_health") or summary.get("score_health")
         if health and health.get("verdict") != "no scores":
             metrics["reference_move"] = health["relative_move"]
@@ -265,6 +267,24 @@ class DemoMetrics:
             if "wrong_answer_reproduced" in answers:
                 metrics["wrong_answer_reproduced"] = answers["wrong_answer_reproduced"]
         return metrics
+
+    def _mean_scores(self, run: Run) -> dict[str, float]:
+        """Mean warm-up score (base loss - reference loss, nats) of each kind of pool token: why a kind is kept or
+        dropped. Keys ``score_informative``, ``score_generic``, ``score_garbled``, ``score_wrong_answer``."""
+        from ..runs.layout import BASE_SCORES
+
+        base, ref = (Scores.load(run.path(name)) for name in (BASE_SCORES, run.layout.reference_scores))
+        score = base.token_loss - ref.token_loss
+        noise = self.codes == KIND_CODES["noise"]
+        groups = {"informative": self.codes == KIND_CODES["informative"],
+                  "generic": self.codes == KIND_CODES["generic"],
+                  "garbled": noise & self.garbled, "wrong_answer": noise & ~self.garbled}
+        out = {}
+        for name, members in groups.items():
+            values = score[members & np.isfinite(score)]
+            if values.size:
+                out[f"score_{name}"] = float(values.mean())
+        return out
 
     def _keep_mask(self, run: Run, method: str) -> np.ndarray | None:
         """What the method trained on: its saved selection; every response token for full; None for slm, whose

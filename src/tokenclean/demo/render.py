@@ -71,9 +71,17 @@ def _selection_line(who: str, m: dict[str, float]) -> str:
 def _reasons(result: dict[str, Any], fixed: dict[str, float], world: bool) -> list[str]:
     """What the numbers say about why cleaning did not win (each sentence only when its measurement shows it)."""
     reasons = []
+    full_accuracy = next((r["mean"].get("accuracy") for r in result["rows"] if r["method"] == "full"), None)
+    if full_accuracy is not None and full_accuracy < 0.3:
+        reasons.append(f"Full SFT itself answers only {full_accuracy:.1%} of the held-out prompts: the tasks are not "
+                       "learnt at this model size and fine-tune length, so accuracy cannot separate the methods.")
     if fixed.get("healthy", 1.0) < 1.0:
         reasons.append(f"Its scores were near noise in some seeds (the reference moved {fixed['reference_move']:.1%} "
                        "of the base loss): the warm-up was too weak to rank tokens.")
+    if world and fixed.get("garbled_dropped", 1.0) < 0.5 and "score_garbled" in fixed:
+        reasons.append(f"It kept {1 - fixed['garbled_dropped']:.1%} of the garbled tokens: the warm-up lowered their "
+                       f"loss by {fixed['score_garbled']:.2f} nats on average (informative tokens: "
+                       f"{fixed.get('score_informative', float('nan')):.2f}), so they rank like informative ones.")
     if world and fixed.get("informative_kept", 1.0) < 0.85:
         reasons.append(f"Its selection dropped {1 - fixed['informative_kept']:.1%} of the informative tokens, which "
                        "the model then never trained on.")
@@ -81,7 +89,7 @@ def _reasons(result: dict[str, Any], fixed: dict[str, float], world: bool) -> li
     if share is not None:
         reasons.append(f"Noise is {share:.1%} of the pool's response tokens, so full SFT trains on little of it.")
     spread = [r["std"].get("accuracy") for r in result["rows"] if r["method"] in ("fixed", "full")]
-    if all(s is not None for s in spread) and len(result["seeds"]) > 1:
+    if all(s is not None for s in spread) and len(result["seeds"]) > 1 and (full_accuracy or 0) >= 0.3:
         reasons.append(f"Seed-to-seed spread of accuracy: ±{max(spread):.1%} (fixed, full).")
     return reasons
 

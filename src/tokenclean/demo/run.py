@@ -151,18 +151,9 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
     """
     profile = profile_of(cfg)
     seeds = list(cfg.seeds or profile.seeds)
-    out = Path(cfg.out)
     clock = Clock()
-    with clock("data: world" if cfg.data is None else "data: sample"):
-        inputs = _inputs(cfg, profile, out)
-    with clock("pretrain base model"):
-        base = _base(cfg, profile, inputs, out, progress)
-    run_cfg = RunConfig.from_flat({**profile.run, **(overrides or {}), "base": str(base), "data": str(inputs.train),
-                                   "warmup_data": inputs.warmup and str(inputs.warmup),
-                                   "eval_data": str(inputs.eval), "out": str(out / "run"), "device": cfg.device,
-                                   "overwrite": cfg.overwrite,
-                                   "method": cfg.methods[0],
-                                   "skip_invalid": True})  # sampled rows that do not fit: skipped and counted
+    inputs, run_cfg = demo_setup(cfg, overrides, progress, clock)
+    base = run_cfg.run.base
     root = Run(run_cfg)
     tables = root.tokens_stage()
     with clock("token kinds, prompts"):
@@ -189,6 +180,24 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
     write_json(root.layout.demo, result)
     atomic_write_text(root.layout.demo.with_name("demo.md"), render(result))
     return result
+
+
+def demo_setup(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress: bool = True,
+               clock: Clock | None = None) -> tuple[DemoInputs, RunConfig]:
+    """Everything before the methods run: the data (the world or a sample of ``--data``), the base model (given, or
+    pretrained and cached) and the run's settings (the profile's, then ``overrides``)."""
+    profile, out, clock = profile_of(cfg), Path(cfg.out), clock or Clock()
+    with clock("data: world" if cfg.data is None else "data: sample"):
+        inputs = _inputs(cfg, profile, out)
+    with clock("pretrain base model"):
+        base = _base(cfg, profile, inputs, out, progress)
+    run_cfg = RunConfig.from_flat({**profile.run, **(overrides or {}), "base": str(base), "data": str(inputs.train),
+                                   "warmup_data": inputs.warmup and str(inputs.warmup),
+                                   "eval_data": str(inputs.eval), "out": str(out / "run"), "device": cfg.device,
+                                   "overwrite": cfg.overwrite,
+                                   "method": cfg.methods[0],
+                                   "skip_invalid": True})  # sampled rows that do not fit: skipped and counted
+    return inputs, run_cfg
 
 
 def _base(cfg: DemoConfig, profile: Profile, inputs: DemoInputs, out: Path, progress: bool) -> str | Path:
