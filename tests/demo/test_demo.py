@@ -138,11 +138,12 @@ def test_conclusion_counts_accuracy_wins_health_and_ablations():
 def test_conclusion_names_an_accuracy_floor_and_kept_garbled_tokens():
     result = _result({"full": [1.0, 1.1], "fixed": [1.2, 1.3]},
                      {"informative_kept": 0.9, "garbled_dropped": 0.2, "precision": 0.8, "score_garbled": 3.1,
-                      "score_informative": 2.5}, accuracy={"full": [0.02, 0.0], "fixed": [0.0, 0.0]})
+                      "score_informative": 4.5, "score_generic": 0.5}, accuracy={"full": [0.02, 0.0], "fixed": [0.0, 0.0]})
     text = "\n".join(conclude(result, world=True))
     assert "Full SFT itself answers only 1.0% of the held-out prompts" in text
     assert "It kept 80.0% of the garbled tokens: the warm-up lowered their loss by 3.10 nats" in text
-    assert "(informative tokens: 2.50)" in text and "Seed-to-seed spread" not in text
+    assert "less than informative tokens' 4.50 but more than generic tokens' 0.50" in text
+    assert "Seed-to-seed spread" not in text
 
 
 def test_stage_groups_name_the_method_being_trained():

@@ -79,9 +79,11 @@ def _reasons(result: dict[str, Any], fixed: dict[str, float], world: bool) -> li
         reasons.append(f"Its scores were near noise in some seeds (the reference moved {fixed['reference_move']:.1%} "
                        "of the base loss): the warm-up was too weak to rank tokens.")
     if world and fixed.get("garbled_dropped", 1.0) < 0.5 and "score_garbled" in fixed:
+        nan = float("nan")
         reasons.append(f"It kept {1 - fixed['garbled_dropped']:.1%} of the garbled tokens: the warm-up lowered their "
-                       f"loss by {fixed['score_garbled']:.2f} nats on average (informative tokens: "
-                       f"{fixed.get('score_informative', float('nan')):.2f}), so they rank like informative ones.")
+                       f"loss by {fixed['score_garbled']:.2f} nats on average, less than informative tokens' "
+                       f"{fixed.get('score_informative', nan):.2f} but more than generic tokens' "
+                       f"{fixed.get('score_generic', nan):.2f}, so most of them rank inside the kept share.")
     if world and fixed.get("informative_kept", 1.0) < 0.85:
         reasons.append(f"Its selection dropped {1 - fixed['informative_kept']:.1%} of the informative tokens, which "
                        "the model then never trained on.")
