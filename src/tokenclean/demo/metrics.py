@@ -40,6 +40,7 @@ from ..runs.layout import Layout
 if TYPE_CHECKING:
     from ..runs.compare import Column
     from ..runs.stages import Run
+    from ..runs.summary import MethodSummary
 
 log = logging.getLogger("tokenclean")
 
@@ -246,7 +247,7 @@ class DemoMetrics:
     def informative_loss(self, heldout: Scores) -> float:
         return kind_mean(heldout.token_loss, self.eval_codes, "informative")
 
-    def __call__(self, run: Run, summary: dict[str, Any]) -> dict[str, float]:
+    def __call__(self, run: Run, summary: MethodSummary) -> dict[str, float]:
         model_stage = summary["model_stage"]
         metrics: dict[str, float] = {}
         if self.world:
@@ -294,7 +295,7 @@ class DemoMetrics:
             return Selection.load(selection).keep_mask
         return self.pool.flat_response_mask() if method == "full" else None
 
-    def _answers(self, run: Run, summary: dict[str, Any], stage: str) -> dict[str, Any]:
+    def _answers(self, run: Run, summary: MethodSummary, stage: str) -> dict[str, Any]:
         """Greedy answers to the held-out prompts (graded) and to the pool's wrong-answer prompts (did the model
         repeat the wrong answer?): a stage, so a re-run does not generate again. Writes ``generations.jsonl``
         (one row per held-out prompt: id, generated text, correct)."""

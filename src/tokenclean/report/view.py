@@ -27,6 +27,7 @@ from ..errors import MismatchError, TokencleanError
 from ..io import read_json
 from ..core.tokens import TokenTable, per_sample_sum
 from ..runs.layout import BASE_SCORES, KINDS_FILE, Layout
+from ..runs.summary import MethodSummary
 
 log = logging.getLogger("tokenclean")
 
@@ -54,7 +55,7 @@ class RunView:
     ref_loss: np.ndarray | None         # (total_tokens,) float32
     keep_mask: np.ndarray | None        # (total_tokens,) bool; None: the method records no token selection
     selection: dict[str, Any] = field(default_factory=dict)  # selection.json (counts, threshold, config)
-    summary: dict[str, Any] = field(default_factory=dict)    # the method's summary.json ({} while it runs)
+    summary: MethodSummary = field(default_factory=dict)  # type: ignore[assignment]  # summary.json ({} while it runs)
     rounds: list[dict[str, Any]] = field(default_factory=list)  # self-evolving: round.json of each round
     sample_round: np.ndarray | None = None  # (n_samples,) self-evolving round that trained each sample
     comparison: dict[str, Any] | None = None  # comparison.json of a compare directory

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the table functions below are used by the report, which imp
     from ..selection.select import SelectConfig
     from .config import RunConfig
     from .stages import Run
+    from .summary import MethodSummary
 
 log = logging.getLogger("tokenclean")
 
@@ -73,7 +74,7 @@ class Ablation:
 
 # (the method's run, its summary) -> extra columns. The run gives the stage mechanism, so a costly metric can be
 # a stage keyed by the model's stage key (``summary["model_stage"]``) and is not recomputed on a re-run.
-Metrics = Callable[["Run", dict[str, Any]], dict[str, float]]
+Metrics = Callable[["Run", "MethodSummary"], dict[str, float]]
 
 
 def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS, seeds: list[int] | None = None,
@@ -264,7 +265,7 @@ def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit
 
     names = [b.name for b in parse_tasks(tasks)]  # unknown names fail here, before any training
 
-    def metrics(run: Run, summary: dict[str, Any]) -> dict[str, float]:
+    def metrics(run: Run, summary: MethodSummary) -> dict[str, float]:
         from ..evaluation.harness import evaluate
 
         stage = Layout.next_to(summary["model_stage"], "benchmarks")

@@ -26,6 +26,7 @@ from ..selection.select import SelectConfig, select_tokens
 from ..core.tokens import TokenTable
 from ..io import write_json
 from .layout import BASE_SCORES, TOKENS
+from .summary import MethodSummary
 
 if TYPE_CHECKING:
     from .stages import Run
@@ -35,12 +36,12 @@ log = logging.getLogger("tokenclean")
 
 # name -> the method: a function of a ``Run`` returning its summary (written to ``summary.json``). A new method is
 # one function here, decorated with ``@method("name")``, plus its test; ``run``, ``compare`` and the report find it.
-METHODS: dict[str, Callable[[Run], dict[str, Any]]] = {}
+METHODS: dict[str, Callable[[Run], MethodSummary]] = {}
 
 
-def method(name: str) -> Callable[[Callable[[Run], dict[str, Any]]], Callable[[Run], dict[str, Any]]]:
+def method(name: str) -> Callable[[Callable[[Run], MethodSummary]], Callable[[Run], MethodSummary]]:
     """Register the decorated function as method ``name``."""
-    def register(fn: Callable[[Run], dict[str, Any]]) -> Callable[[Run], dict[str, Any]]:
+    def register(fn: Callable[[Run], MethodSummary]) -> Callable[[Run], MethodSummary]:
         METHODS[name] = fn
         return fn
 
@@ -49,7 +50,7 @@ def method(name: str) -> Callable[[Callable[[Run], dict[str, Any]]], Callable[[R
 
 
 def _finish(run: Run, tables: dict[str, TokenTable], model_stage: str, keep: tuple[str, np.ndarray] | None,
-            selection: dict[str, Any] | None) -> dict[str, Any]:
+            selection: dict[str, Any] | None) -> MethodSummary:
     """Export, held-out loss and the summary shared by every method."""
     export = run.export_stage(run.layout.export, tables["pool"], keep)
     training = run.result(model_stage)
@@ -103,14 +104,14 @@ def score_health_of(base: Scores, ref: Scores, tokens: TokenTable, keep_ratio: f
 
 
 @method("fixed")
-def run_fixed(run: Run) -> dict[str, Any]:
+def run_fixed(run: Run) -> MethodSummary:
     """Fixed-model cleaning: warm-up reference -> score the pool with base and reference -> select (``--level``,
     global by default) -> train the base on the kept tokens -> export."""
     return _fixed_like(run, run.cfg.select)
 
 
 @method("rho")
-def run_rho(run: Run) -> dict[str, Any]:
+def run_rho(run: Run) -> MethodSummary:
     """The paper's RHO baseline: the fixed-model score ranked within each sample (the excess score when the run's
     scorer combines global and per-sample selections, which has no per-sample form of its own)."""
     scorer = run.cfg.select.scorer
@@ -119,7 +120,7 @@ def run_rho(run: Run) -> dict[str, Any]:
 
 
 @method("full")
-def run_full(run: Run) -> dict[str, Any]:
+def run_full(run: Run) -> MethodSummary:
     """Standard SFT on all response tokens."""
     tables = run.tokens_stage()
     run.train_stage(run.layout.model, run.base_fingerprint, run.cfg.run.base, tables["pool"])
@@ -135,7 +136,7 @@ def random_keep_mask(tokens: TokenTable, keep_ratio: float, seed: int) -> tuple[
 
 
 @method("random")
-def run_random(run: Run) -> dict[str, Any]:
+def run_random(run: Run) -> MethodSummary:
     """Random token selection with the same count as fixed-model cleaning keeps."""
     tables = run.tokens_stage()
     ratio, seed = run.cfg.select.keep_ratio, run.cfg.run.seed
@@ -148,7 +149,7 @@ def run_random(run: Run) -> dict[str, Any]:
 
 
 @method("slm")
-def run_slm(run: Run) -> dict[str, Any]:
+def run_slm(run: Run) -> MethodSummary:
     """Rho-1's Selective Language Modeling, online: reference losses precomputed once; at every step the
     micro-batch's top ``keep_ratio`` response tokens by excess loss (current - reference) are trained on."""
     tables = run.tokens_stage()
@@ -177,7 +178,7 @@ def _take(scores: Scores, idx: np.ndarray, tokens: TokenTable) -> Scores:
 
 
 @method("self-evolving")
-def run_self_evolving(run: Run) -> dict[str, Any]:
+def run_self_evolving(run: Run) -> MethodSummary:
     """Self-evolving cleaning: theta_1 = base + SFT on chunk 0 (all tokens); for t = 1..T, score chunk t with the
     base (losses computed once for the whole pool) and theta_t, keep the top ``keep_ratio`` within the chunk, and
     continue training theta_t on the cleaned chunk -> theta_{t+1}. Every round is kept in ``rounds/<t>/``."""

@@ -15,6 +15,7 @@ from typing import Any
 from .config import RunConfig, RunSettings
 from .methods import METHODS
 from .stages import Run, library_versions
+from .summary import MethodSummary
 from .store import key_of
 
 __all__ = ["METHODS", "Run", "RunConfig", "RunSettings", "key_of", "library_versions", "run_method", "run_pipeline"]
@@ -27,6 +28,6 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     return run_method(run)
 
 
-def run_method(run: Run) -> dict[str, Any]:
+def run_method(run: Run) -> MethodSummary:
     """Run one method within ``run``'s layout and write its ``summary.json``."""
     return run.write_summary(METHODS[run.cfg.run.method](run))

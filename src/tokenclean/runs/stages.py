@@ -23,6 +23,7 @@ from ..io import write_json
 from .config import RunConfig
 from .layout import BASE_SCORES, TOKENS, Layout
 from .store import Store, write_config
+from .summary import MethodSummary
 
 if TYPE_CHECKING:
     from ..compute.training import TrainConfig
@@ -333,8 +334,9 @@ class Run(Store):
         is refused without ``--overwrite``)."""
         write_config(self.dir, self.cfg.flat(), RunConfig().flat(), self.cfg.run.overwrite, ignore)
 
-    def write_summary(self, extra: dict[str, Any]) -> dict[str, Any]:
-        summary = {
+    def write_summary(self, extra: MethodSummary) -> MethodSummary:
+        """``extra`` (what the method returned) with the run's bookkeeping fields, written to ``summary.json``."""
+        summary: MethodSummary = {
             "method": self.cfg.run.method,
             "seed": self.cfg.run.seed,
             "run_dir": str(self.dir / self.layout.ns) if self.layout.ns else str(self.dir),
