@@ -165,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
-    from .runs.compare import benchmark_metrics, compare
+    from .runs.compare import benchmark_metrics, compare, parse_ablation
     from .runs.pipeline import RunConfig
 
     values = merge_settings(args, run_settings_names(), tuple(RunConfig.SECTIONS.values()))
@@ -175,7 +175,9 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
         metrics, columns = benchmark_metrics(args.eval_tasks, args.eval_data_dir, args.eval_limit)
     elif args.eval_data_dir or args.eval_limit:
         raise ConfigError("--eval-data-dir and --eval-limit need --eval-tasks")
-    compare(cfg, args.methods, args.seeds, extra_metrics=metrics, extra_columns=columns, scorers=args.scorers)
+    ablations = [parse_ablation(a) for a in args.ablation or []]
+    compare(cfg, args.methods, args.seeds, extra_metrics=metrics, extra_columns=columns, scorers=args.scorers,
+            ablations=ablations)
     if process_rank() == 0:  # under torchrun rank 0 wrote it; the others may not see it yet
         print((Path(cfg.run.out) / "comparison.md").read_text())
     return 0
@@ -200,6 +202,9 @@ def compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scorers", nargs="+", default=None, metavar="SCORER",
                    help="more rows: each of these scorers other than --scorer reruns fixed, rho and self-evolving "
                         "as METHOD[SCORER] (e.g. fixed[small-loss]), sharing the reference and the scores")
+    p.add_argument("--ablation", action="append", metavar="NAME=METHOD[,SETTING=VALUE...]",
+                   help="one more row: METHOD under other run settings, in its own directory OUT/ablations/NAME/ "
+                        "(e.g. fixed[noisy-warmup]=fixed,warmup_data=null); repeat for more")
     g = p.add_argument_group("benchmarks", "evaluate every final model with lm-evaluation-harness (pip install "
                                            "'tokenclean[eval]') and add a column per task and their average")
     g.add_argument("--eval-tasks", help="comma-separated benchmarks, e.g. gsm8k,arc_challenge (see tokenclean eval)")

@@ -392,3 +392,16 @@ def test_compare_refuses_bad_ablations_before_running(tmp_path, tiny_model_dir, 
         compare(config(tiny_model_dir, pool, tmp_path / "cmp", eval_fraction=0.2), ["fixed"],
                 ablations=[Ablation(*ablation)])
     assert not (tmp_path / "cmp" / "seed-0").exists()
+
+
+def test_parse_ablation_reads_the_flag():
+    from tokenclean.errors import ConfigError
+    from tokenclean.runs.compare import parse_ablation
+
+    a = parse_ablation("fixed[short]=fixed,warmup-min-steps=0,warmup_epochs=0.1,warmup_data=null")
+    assert (a.name, a.method) == ("fixed[short]", "fixed")
+    assert a.overrides == {"warmup_min_steps": 0, "warmup_epochs": 0.1, "warmup_data": None}
+    assert parse_ablation("plain=full").overrides == {}
+    for bad in ("fixed", "=fixed", "x=fixed,warmup_data", "x=fixed,=3"):
+        with pytest.raises(ConfigError, match="--ablation"):
+            parse_ablation(bad)

@@ -72,6 +72,29 @@ class Ablation:
     note: str = ""
 
 
+def parse_ablation(text: str) -> Ablation:
+    """``NAME=METHOD[,SETTING=VALUE...]`` (``tokenclean compare --ablation``) as an ``Ablation``; values are read as
+    YAML scalars (``null``, numbers, booleans, strings).
+
+    >>> parse_ablation("fixed[noisy-warmup]=fixed,warmup_data=null,warmup_fraction=0.2")
+    Ablation(name='fixed[noisy-warmup]', method='fixed', overrides={'warmup_data': None, 'warmup_fraction': 0.2}, note='warmup_data=null, warmup_fraction=0.2')
+    """
+    import yaml
+
+    name, eq, rest = text.partition("=")
+    method, *settings = rest.split(",")
+    overrides = {}
+    for item in settings:
+        key, eq2, value = item.partition("=")
+        if not eq2 or not key.strip():
+            raise ConfigError(f"--ablation {text!r}: {item!r} is not SETTING=VALUE")
+        overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    if not eq or not name.strip() or not method.strip():
+        raise ConfigError(f"--ablation {text!r}: expected NAME=METHOD[,SETTING=VALUE...], e.g. "
+                          "fixed[noisy-warmup]=fixed,warmup_data=null")
+    return Ablation(name.strip(), method.strip(), overrides, ", ".join(s.strip() for s in settings))
+
+
 # (the method's run, its summary) -> extra columns. The run gives the stage mechanism, so a costly metric can be
 # a stage keyed by the model's stage key (``summary["model_stage"]``) and is not recomputed on a re-run.
 Metrics = Callable[["Run", "MethodSummary"], dict[str, float]]
