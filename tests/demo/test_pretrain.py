@@ -163,3 +163,10 @@ def test_mean_loss_is_per_token():
     blocks = torch.randint(0, len(tok), (3, 16))
     direct = model(input_ids=blocks, labels=blocks).loss.item()
     assert mean_loss(model, blocks) == pytest.approx(direct, rel=1e-5)
+
+
+def test_one_line_documents_longer_than_a_path_are_texts_not_files():
+    from tokenclean.demo.pretrain import _as_texts
+
+    docs = ["word " * 2000, "short one-line document"]
+    assert list(_as_texts(docs)) == docs

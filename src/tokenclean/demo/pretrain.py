@@ -197,9 +197,17 @@ def train_tokenizer(
 
 def _as_texts(texts_or_files: Iterable[str] | Sequence[str | Path]) -> Iterator[str]:
     items = list(texts_or_files)
-    is_files = items and all(isinstance(x, Path) or (isinstance(x, str) and "\n" not in x and Path(x).is_file())
+    is_files = items and all(isinstance(x, Path) or (isinstance(x, str) and "\n" not in x and _is_file(x))
                              for x in items)  # fmt: skip
     return iter_documents(resolve_text_files(items)) if is_files else iter(items)
+
+
+def _is_file(text: str) -> bool:
+    """Whether ``text`` names an existing file; a one-line document longer than a path can be is not one."""
+    try:
+        return Path(text).is_file()
+    except OSError:  # ENAMETOOLONG
+        return False
 
 
 # --- data ----------------------------------------------------------------------------------------------------
