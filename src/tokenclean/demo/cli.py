@@ -23,6 +23,10 @@ def override_sections() -> tuple[type, ...]:
     return DataConfig, SelectConfig, TrainConfig, ScoreConfig
 
 
+# The run's own settings a demo user may set (declared once, in ``runs.config.RunSettings``).
+RUN_SETTINGS = ("device", "dtype", "overwrite")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``demo`` subcommand."""
     from ..cli import COMMANDS  # the one-line help lives in the command table
@@ -43,7 +47,10 @@ def demo_flags(p: argparse.ArgumentParser) -> None:
                      "and dropped, and the score health. Writes "
                      "OUT/run/demo.md, comparison.md and the report. Offline; cached (a second run reuses "
                      "everything finished).")
+    from ..runs.config import RunSettings
+
     add_config_args(p, DemoConfig, "demo")
+    add_config_args(p, RunSettings, "run settings", only=RUN_SETTINGS)
     for section in override_sections():
         add_config_args(p, section, f"override the demo's {section.__name__} settings")
     p.set_defaults(func=run)
@@ -53,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from .run import DemoConfig, run_demo
 
     values = vars(args)
-    overrides = {k: values[k] for k in field_names(*override_sections()) if values.get(k) is not None}
+    names = field_names(*override_sections()) | set(RUN_SETTINGS)
+    overrides = {k: values[k] for k in names if values.get(k) is not None}
     result = run_demo(build(DemoConfig, values), overrides, progress=not args.quiet)
     from .render import render
 

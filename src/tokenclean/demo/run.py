@@ -68,9 +68,6 @@ class DemoConfig:
                                    "for training)")
     max_train: int = option(600, "real-data mode: clean a seeded random sample of at most this many rows of --data")
     max_eval: int = option(150, "real-data mode: held-out rows for loss and accuracy, at most")
-    device: str | None = option(None, "cpu, cuda, ... (default: CUDA when available)")
-    overwrite: bool = option(False, "rerun into an --out made with other settings (the stages those settings "
-                             "change are recomputed)")
 
     def __post_init__(self) -> None:
         real = {"--corpus": self.corpus, "--tokenizer": self.tokenizer, "--eval-data": self.eval_data}
@@ -147,7 +144,8 @@ class Clock:
 def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the demo into ``cfg.out``; return ``compare``'s result plus ``conclusion``, ``timings`` and ``paths``.
 
-    ``overrides``: flat ``RunConfig`` settings (e.g. ``keep_ratio``, ``epochs``) on top of the demo's profile.
+    ``overrides``: flat ``RunConfig`` settings (e.g. ``keep_ratio``, ``epochs``, ``device``, ``overwrite``) on top of
+    the demo's profile; the demo declares none of the run's settings itself.
     """
     profile = profile_of(cfg)
     seeds = list(cfg.seeds or profile.seeds)
@@ -193,8 +191,7 @@ def demo_setup(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progres
         base = _base(cfg, profile, inputs, out, progress)
     run_cfg = RunConfig.from_flat({**profile.run, **(overrides or {}), "base": str(base), "data": str(inputs.train),
                                    "warmup_data": inputs.warmup and str(inputs.warmup),
-                                   "eval_data": str(inputs.eval), "out": str(out / "run"), "device": cfg.device,
-                                   "overwrite": cfg.overwrite,
+                                   "eval_data": str(inputs.eval), "out": str(out / "run"),
                                    "method": cfg.methods[0],
                                    "skip_invalid": True})  # sampled rows that do not fit: skipped and counted
     return inputs, run_cfg
