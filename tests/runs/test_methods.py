@@ -381,6 +381,7 @@ def test_compare_ablation_rows_run_under_their_own_settings(tmp_path, tiny_model
 @pytest.mark.parametrize("ablation, message", [
     (("fixed", "fixed", {}), "must be unique among the rows"),
     (("a/b", "fixed", {}), "a plain directory name"),
+    (("..", "fixed", {}), "a plain directory name"),
     (("x", "nope", {}), "unknown method 'nope'"),
     (("x", "fixed", {"warmup_dat": None}), r"unknown setting\(s\) \['warmup_dat'\]"),
 ])  # fmt: skip

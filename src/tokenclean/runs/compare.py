@@ -76,8 +76,8 @@ def parse_ablation(text: str) -> Ablation:
     """``NAME=METHOD[,SETTING=VALUE...]`` (``tokenclean compare --ablation``) as an ``Ablation``; values are read as
     YAML scalars (``null``, numbers, booleans, strings).
 
-    >>> parse_ablation("fixed[noisy-warmup]=fixed,warmup_data=null,warmup_fraction=0.2")
-    Ablation(name='fixed[noisy-warmup]', method='fixed', overrides={'warmup_data': None, 'warmup_fraction': 0.2}, note='warmup_data=null, warmup_fraction=0.2')
+    >>> parse_ablation("fixed[noisy-warmup]=fixed,warmup_data=null,warmup_fraction=0.2").overrides
+    {'warmup_data': None, 'warmup_fraction': 0.2}
     """
     import yaml
 
@@ -108,8 +108,8 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
 
     ``scorers``: more rows, ``<method>[<scorer>]`` for each of these scorers other than ``cfg.select.scorer`` and
     each method of ``SCORER_METHODS`` among ``methods`` (see ``plan_rows``). ``ablations``: more rows, each run
-    under its own settings in its own directory (``Ablation``), after the plain rows. ``extra_columns`` gives headers and
-    formats to keys ``extra_metrics`` returns (others show under their key). The result's ``timings`` lists every
+    under its own settings in its own directory (``Ablation``), after the plain rows. ``extra_columns`` gives
+    headers and formats to keys ``extra_metrics`` returns (others show under their key). The result's ``timings`` lists every
     stage with the seconds it took in *this* call (0 when reused).
     """
     from .pipeline import run_method
@@ -166,7 +166,8 @@ def _ablation_roots(root: Run, ablations: Sequence[Ablation], taken: set[str]) -
 
     cfg, roots = root.cfg, {}
     for a in ablations:
-        if a.name in taken or a.name in roots or not re.fullmatch(r"[\w.\-\[\]]+", a.name):
+        plain = re.fullmatch(r"[\w.\-\[\]]+", a.name) and a.name.strip(".")
+        if a.name in taken or a.name in roots or not plain:
             raise ConfigError(f"ablation name {a.name!r}: must be unique among the rows and a plain directory "
                               "name (letters, digits, _ . - [ ])")
         if a.method not in METHODS:
