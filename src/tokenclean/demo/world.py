@@ -72,6 +72,7 @@ from .lexicon import (  # noqa: F401  (re-exported: tests and the demo read them
     ANSWER_FRAMES,
     SIGNOFFS,
     GARBLE_ALPHABET,
+    Piece,
     chat_doc,
     knowledge_doc,
     letter_doc,
