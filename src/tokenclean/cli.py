@@ -18,6 +18,7 @@ from typing import Any
 
 from .config import add_config_args, add_fields, build, field_names, merge_settings
 from .errors import ConfigError, TokencleanError
+from .evaluation.benchmarks import parse_limit
 
 DESCRIPTION = """\
 Token cleaning for supervised fine-tuning (Pang et al., ICML 2025): score every response token by how much a
@@ -210,7 +211,8 @@ def compare_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-tasks", help="comma-separated benchmarks, e.g. gsm8k,arc_challenge (see tokenclean eval)")
     g.add_argument("--eval-data-dir", help="read the benchmarks from local files (the layout of tokenclean eval "
                                            "--data-dir) instead of the hub")
-    g.add_argument("--eval-limit", type=int, help="at most this many questions per task")
+    g.add_argument("--eval-limit", type=parse_limit, help="at most this many questions per task; per benchmark: "
+                                                         "100,mmlu=2 (a bare number is the default)")
     add_run_args(p, skip=("method",))
     p.set_defaults(func=cmd_compare)
 

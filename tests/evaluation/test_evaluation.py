@@ -303,7 +303,10 @@ def test_gsm8k_scores_hand_made_generations_through_the_harness(tiny_model, toke
     generations = ["She sells 9 eggs a day.\n#### 18", "It takes 3 bolts", "#### 70,000", "He runs 540 m.\n#### 545"]
     fake_generations("question", dict(zip(questions, generations, strict=True)))  # golds: 18, 3, 70000, 540
     results = evaluate(tiny_model, ["gsm8k"], tokenizer=tokenizer, data_dir=EVAL_DIR, limit=4)
-    assert results["tasks"]["gsm8k"] == {"metric": "exact_match", "value": 0.75, "n": 4, "num_fewshot": 5}
+    # the harness's closed-form standard error of a mean: sample std (n - 1) / sqrt(n) = 0.5 / 2
+    assert results["tasks"]["gsm8k"] == {"metric": "exact_match", "value": 0.75, "stderr": pytest.approx(0.25), "n": 4,
+                                         "num_fewshot": 5}
+    assert results["average_stderr"] == pytest.approx(0.25)
 
 
 @needs_data
@@ -341,6 +344,58 @@ def test_eval_cli_runs_available_tasks_and_writes_results(model_dir, tmp_path, c
 
 
 @needs_data
+def test_limits_per_benchmark_and_standard_errors_reach_the_table(tiny_model, tokenizer, no_network):
+    pytest.importorskip("lm_eval")
+    from tokenclean.evaluation import evaluate
+
+    results = evaluate(tiny_model, ["boolq", "arc_challenge", "mmlu_anatomy"], tokenizer=tokenizer, data_dir=EVAL_DIR,
+                       limit={"default": 6, "mmlu_anatomy": 2}, batch_size=4)
+    assert {task: r["n"] for task, r in results["tasks"].items()} == {"boolq": 6, "arc_challenge": 6, "mmlu_anatomy": 2}
+    for result in results["tasks"].values():
+        p, n = result["value"], result["n"]
+        assert result["stderr"] == pytest.approx(math.sqrt(p * (1 - p) / (n - 1)))  # a 0/1 mean's sample stderr
+    stderrs = [r["stderr"] for r in results["tasks"].values()]
+    assert results["average_stderr"] == pytest.approx(math.sqrt(sum(se * se for se in stderrs)) / 3)
+    boolq = results["tasks"]["boolq"]
+    assert f"{100 * boolq['value']:.2f} ± {100 * boolq['stderr']:.2f}" in results_table({"m": results})
+
+
+def test_limit_parsing_and_checks():
+    from tokenclean.evaluation.benchmarks import limits_for, parse_limit, parse_tasks
+
+    assert parse_limit("100") == 100
+    assert parse_limit("100, mmlu=2,gsm8k=50") == {"default": 100, "mmlu": 2, "gsm8k": 50}
+    assert parse_limit("mmlu=2") == {"mmlu": 2}
+    for bad, match in [("x", "expected N or BENCHMARK=N"), ("mmlu=2,mmlu=3", "mmlu is given twice"), (",", "empty")]:
+        with pytest.raises(ConfigError, match=match):
+            parse_limit(bad)
+    benchmarks = parse_tasks("mmlu,boolq,gsm8k")
+    assert limits_for(benchmarks, None) == {"mmlu": None, "boolq": None, "gsm8k": None}
+    assert limits_for(benchmarks, 5) == {"mmlu": 5, "boolq": 5, "gsm8k": 5}
+    assert limits_for(benchmarks, {"mmlu": 2}) == {"mmlu": 2, "boolq": None, "gsm8k": None}
+    assert limits_for(benchmarks, {"default": 9, "mmlu": 2}) == {"mmlu": 2, "boolq": 9, "gsm8k": 9}
+    with pytest.raises(ConfigError, match="limit given for arc_challenge, which is not evaluated"):
+        limits_for(benchmarks, {"arc_challenge": 2})
+    with pytest.raises(ConfigError, match="positive number"):
+        limits_for(benchmarks, {"default": 3, "boolq": 0})
+
+
+def test_standard_errors_combine_as_independent_samples():
+    from tokenclean.evaluation.benchmarks import BENCHMARKS, combine_stderr, mean_stderr
+
+    # pooled (MMLU subjects): weights n_i / N
+    assert combine_stderr(BENCHMARKS["mmlu"], [0.1, 0.2], [30, 10]) == pytest.approx(math.hypot(0.75 * 0.1, 0.25 * 0.2))
+    # unweighted (TyDi QA languages): weights 1 / k
+    assert combine_stderr(BENCHMARKS["tydiqa"], [0.1, 0.2], [30, 10]) == pytest.approx(math.hypot(0.05, 0.1))
+    assert combine_stderr(BENCHMARKS["boolq"], [0.04], [100]) == pytest.approx(0.04)
+    assert combine_stderr(BENCHMARKS["mmlu"], [0.1, None], [3, 3]) is None
+    assert mean_stderr([0.03, 0.04]) == pytest.approx(0.025) and mean_stderr([0.03, None]) is None
+    # a table of results without standard errors (written before they were recorded) shows bare values
+    old = {"tasks": {"boolq": {"metric": "acc", "value": 0.5, "n": 4}}, "average": 0.5}
+    assert results_table({"m": old}).splitlines()[-1] == "| m | 50.00 | 50.00 |"
+
+
+@needs_data
 @pytest.mark.slow
 def test_mmlu_runs_all_subjects_and_pools_them_by_size(tiny_model, tokenizer):
     pytest.importorskip("lm_eval")
@@ -367,11 +422,12 @@ def test_hub_results_are_read_with_the_hub_filter_and_combined_per_benchmark():
 
     output = {
         "results": {
-            "gsm8k": {"exact_match,strict-match": 0.1, "exact_match,flexible-extract": 0.3},
-            "tydiqa_goldp_en": {"f1,none": 0.6},
-            "tydiqa_goldp_fi": {"f1,none": 0.2},
-            "mmlu_anatomy": {"acc,none": 0.5},
-            "mmlu_virology": {"acc,none": 0.25},
+            "gsm8k": {"exact_match,strict-match": 0.1, "exact_match,flexible-extract": 0.3,
+                      "exact_match_stderr,strict-match": 0.07, "exact_match_stderr,flexible-extract": 0.1},
+            "tydiqa_goldp_en": {"f1,none": 0.6, "f1_stderr,none": "N/A"},
+            "tydiqa_goldp_fi": {"f1,none": 0.2, "f1_stderr,none": 0.1},
+            "mmlu_anatomy": {"acc,none": 0.5, "acc_stderr,none": 0.08},
+            "mmlu_virology": {"acc,none": 0.25, "acc_stderr,none": 0.12},
         },
         "n-samples": {
             "gsm8k": {"effective": 20},
@@ -386,11 +442,13 @@ def test_hub_results_are_read_with_the_hub_filter_and_combined_per_benchmark():
         return [SimpleNamespace(task_name=name) for name in names]
 
     gsm8k = _benchmark_result(BENCHMARKS["gsm8k"], tasks("gsm8k"), output, data_dir=None)
-    assert gsm8k == {"metric": "exact_match", "value": 0.3, "n": 20, "num_fewshot": 5}
+    assert gsm8k == {"metric": "exact_match", "value": 0.3, "stderr": 0.1, "n": 20, "num_fewshot": 5}
     tydiqa = _benchmark_result(BENCHMARKS["tydiqa"], tasks("tydiqa_goldp_en", "tydiqa_goldp_fi"), output, data_dir=None)
     assert tydiqa["value"] == pytest.approx(0.4) and tydiqa["n"] == 40  # languages weigh the same
+    assert tydiqa["stderr"] is None  # one language without a standard error: none for the benchmark
     mmlu = _benchmark_result(BENCHMARKS["mmlu"], tasks("mmlu_anatomy", "mmlu_virology"), output, data_dir=None)
     assert mmlu["value"] == pytest.approx((0.5 * 30 + 0.25 * 10) / 40)  # subjects weigh by their questions
+    assert mmlu["stderr"] == pytest.approx(math.hypot(0.75 * 0.08, 0.25 * 0.12))
 
 
 # --- user errors, before any model loads ----------------------------------------------------------------------

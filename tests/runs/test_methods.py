@@ -302,7 +302,7 @@ def test_compare_adds_benchmark_columns_and_their_average(tmp_path, tiny_model_d
     out = tmp_path / "bench"
     argv = ["compare", "--methods", "full", "random", "--base", str(tiny_model_dir), "--data", str(pool),
             "--out", str(out), "--eval-fraction", "0.2", "--eval-tasks", "arc_challenge,boolq",
-            "--eval-data-dir", str(SHARED / "eval"), "--eval-limit", "2", "--quiet"]
+            "--eval-data-dir", str(SHARED / "eval"), "--eval-limit", "2,boolq=3", "--quiet"]
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
     assert main(argv) == 0
     md = (out / "comparison.md").read_text()
@@ -314,7 +314,9 @@ def test_compare_adds_benchmark_columns_and_their_average(tmp_path, tiny_model_d
         assert 0.0 <= m["boolq"] <= 1.0 and 0.0 <= m["arc_challenge"] <= 1.0
         assert m["average"] == pytest.approx((m["boolq"] + m["arc_challenge"]) / 2)
         results = json.loads((out / f"seed-0/{run['method']}/benchmarks/results.json").read_text())
-        assert results["limit"] == 2 and set(results["tasks"]) == {"boolq", "arc_challenge"}
+        assert results["limit"] == {"default": 2, "boolq": 3}
+        assert {task: r["n"] for task, r in results["tasks"].items()} == {"arc_challenge": 2, "boolq": 3}
+        assert all(r["stderr"] is not None for r in results["tasks"].values())
     # a second run evaluates nothing again
     with caplog.at_level(logging.INFO, logger="tokenclean"):
         assert main(argv) == 0

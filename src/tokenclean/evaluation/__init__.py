@@ -10,13 +10,14 @@ The harness is an optional extra (``pip install 'tokenclean[eval]'``), imported 
 
 from .benchmarks import BENCHMARKS, DEFAULT_TASKS, Benchmark
 from .harness import evaluate
-from .results import benchmark_columns, read_results, results_table, write_results
+from .results import benchmark_columns, benchmark_stderrs, read_results, results_table, write_results
 
 __all__ = [
     "BENCHMARKS",
     "DEFAULT_TASKS",
     "Benchmark",
     "benchmark_columns",
+    "benchmark_stderrs",
     "evaluate",
     "read_results",
     "results_table",

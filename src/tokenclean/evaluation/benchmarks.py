@@ -7,6 +7,7 @@ the final number). A single MMLU subject can be asked for as ``mmlu_<subject>`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,3 +80,75 @@ def combine(benchmark: Benchmark, values: Sequence[float], sizes: Sequence[int])
     if benchmark.pooled:
         return sum(v * n for v, n in zip(values, sizes, strict=True)) / sum(sizes)
     return sum(values) / len(values)
+
+
+def combine_stderr(benchmark: Benchmark, stderrs: Sequence[float | None], sizes: Sequence[int]) -> float | None:
+    """The standard error of ``combine``'s value from the sub-tasks' standard errors, the sub-tasks being
+    independent samples: sqrt(sum(w_i^2 se_i^2)) with ``combine``'s weights w_i (n_i / N pooled, 1 / k otherwise).
+    ``None`` when any sub-task has none.
+
+        >>> round(combine_stderr(BENCHMARKS["mmlu"], [0.1, 0.1], [1, 3]), 4)  # sqrt(0.25^2 + 0.75^2) * 0.1
+        0.0791
+    """
+    assert len(stderrs) == len(sizes), "one size per sub-task standard error"
+    if not stderrs or any(se is None for se in stderrs):
+        return None
+    total = sum(sizes)
+    weights = [n / total for n in sizes] if benchmark.pooled else [1 / len(stderrs)] * len(stderrs)
+    return math.sqrt(sum((w * se) ** 2 for w, se in zip(weights, stderrs, strict=True)))
+
+
+def mean_stderr(stderrs: Sequence[float | None]) -> float | None:
+    """The standard error of the unweighted mean of independent estimates: sqrt(sum(se_i^2)) / k; ``None`` when
+    any has none.
+
+        >>> mean_stderr([0.03, 0.04])
+        0.025
+    """
+    if not stderrs or any(se is None for se in stderrs):
+        return None
+    return math.sqrt(sum(se * se for se in stderrs)) / len(stderrs)
+
+
+Limit = int | dict[str, int] | None
+"""Questions per harness task: ``None`` (all), one number for every benchmark, or numbers per benchmark name with
+an optional ``"default"`` for the others (absent: all questions), e.g. ``{"default": 100, "mmlu": 2}``."""
+DEFAULT_LIMIT_KEY = "default"
+
+
+def parse_limit(text: str) -> Limit:
+    """A ``--limit`` value: ``"100"``, or per benchmark ``"100,mmlu=2,gsm8k=50"`` (a bare number is the default).
+
+        >>> parse_limit("100,mmlu=2")
+        {'default': 100, 'mmlu': 2}
+    """
+    limits: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, number = part.rpartition("=")
+        name = name.strip() or DEFAULT_LIMIT_KEY
+        if name in limits:
+            raise ConfigError(f"limit {text!r}: {name} is given twice")
+        try:
+            limits[name] = int(number)
+        except ValueError:
+            raise ConfigError(f"limit {text!r}: expected N or BENCHMARK=N, comma-separated, got {part!r}") from None
+    if not limits:
+        raise ConfigError("empty limit; expected N or BENCHMARK=N, comma-separated")
+    return limits[DEFAULT_LIMIT_KEY] if list(limits) == [DEFAULT_LIMIT_KEY] else limits
+
+
+def limits_for(benchmarks: Sequence[Benchmark], limit: Limit) -> dict[str, int | None]:
+    """Each benchmark's question limit. Refuses a non-positive limit and one for a benchmark not evaluated."""
+    if limit is None or isinstance(limit, int):
+        values = dict.fromkeys((b.name for b in benchmarks), limit)
+    else:
+        names = {b.name for b in benchmarks}
+        stray = sorted(set(limit) - names - {DEFAULT_LIMIT_KEY})
+        if stray:
+            raise ConfigError(f"limit given for {', '.join(stray)}, which is not evaluated here "
+                              f"(tasks: {', '.join(sorted(names))})")
+        values = {b.name: limit.get(b.name, limit.get(DEFAULT_LIMIT_KEY)) for b in benchmarks}
+    bad = {name: n for name, n in values.items() if n is not None and n < 1}
+    if bad:
+        raise ConfigError(f"limit must be a positive number of questions per task, got {bad}")
+    return values

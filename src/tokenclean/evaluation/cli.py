@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..evaluation import local_tasks
-from .benchmarks import DEFAULT_TASKS, parse_tasks
+from .benchmarks import DEFAULT_TASKS, parse_limit, parse_tasks
 from .harness import evaluate
 from .results import results_table, write_results
 
@@ -37,7 +37,8 @@ def eval_flags(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated benchmarks, or mmlu_<subject> (default: all of {','.join(DEFAULT_TASKS)}; "
         "with --data-dir, those whose files are there)",
     )
-    parser.add_argument("--limit", type=int, help="at most N questions per task (per MMLU subject, per TyDi QA language)")
+    parser.add_argument("--limit", type=parse_limit, help="at most N questions per task (per MMLU subject, per TyDi "
+                        "QA language); per benchmark: 100,mmlu=2 (a bare number is the default)")
     parser.add_argument("--data-dir", help="read local evaluation files (layout of shared/data/eval); offline")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
     parser.add_argument("--batch-size", default="8", help="batch size or 'auto' (default: 8)")

@@ -20,12 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, TokencleanError
 from ..evaluation import local_tasks
-from .benchmarks import DEFAULT_TASKS, Benchmark, combine, parse_tasks
+from .benchmarks import DEFAULT_TASKS, Benchmark, Limit, combine, combine_stderr, limits_for, mean_stderr, parse_tasks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger("tokenclean")
+BOOTSTRAP_ITERS = 1000
+"""Resamples for the harness's standard errors of metrics without a closed form. Accuracy, MC2 and exact match are
+means, whose standard error the harness computes in closed form (``mean_stderr``) whatever this number is; 0 would
+turn every standard error off."""
 INSTALL_HINT = "evaluation needs lm-evaluation-harness: pip install 'tokenclean[eval]'"
 
 
@@ -33,7 +37,7 @@ def evaluate(
     model: str | os.PathLike | PreTrainedModel,
     tasks: str | Sequence[str] = DEFAULT_TASKS,
     *,
-    limit: int | None = None,
+    limit: Limit = None,
     data_dir: str | os.PathLike | None = None,
     batch_size: int | str = 8,
     device: str | None = None,
@@ -45,7 +49,8 @@ def evaluate(
     Args:
         model: a model directory (or hub id), or a loaded ``PreTrainedModel`` (then ``tokenizer`` is required).
         tasks: benchmark names (``benchmarks.BENCHMARKS``, or ``mmlu_<subject>``), as a list or "a,b,c".
-        limit: at most this many questions per harness task, i.e. per MMLU subject and per TyDi QA language.
+        limit: at most this many questions per harness task, i.e. per MMLU subject and per TyDi QA language; one
+            number for all, or per benchmark (``{"default": 100, "mmlu": 2}``; ``benchmarks.Limit``).
         data_dir: read local files (the layouts of ``shared/data/eval``) through the packaged task definitions,
             with the network off; ``None`` runs the harness's standard hub tasks.
         batch_size: harness batch size, or ``"auto"``.
@@ -55,21 +60,24 @@ def evaluate(
         max_gen_toks: cap on generated tokens for the generation tasks (GSM8K, TyDi QA), for quick runs.
 
     Returns:
-        ``{"model", "tasks": {name: {"metric", "value", "n", "num_fewshot"[, "parts"]}}, "average", ...}`` where
-        ``n`` counts questions, ``parts`` holds per-subject / per-language values and ``average`` is the
-        unweighted mean of the task values.
+        ``{"model", "tasks": {name: {"metric", "value", "stderr", "n", "num_fewshot"[, "parts"]}}, "average",
+        "average_stderr", ...}`` where ``stderr`` is the harness's standard error of ``value`` (``None`` where it
+        has none), ``n`` counts questions, ``parts`` holds per-subject / per-language values and ``average`` is
+        the unweighted mean of the task values.
     """
     benchmarks = parse_tasks(tasks)
-    _check_settings(model, limit, data_dir, max_gen_toks)
+    limits = limits_for(benchmarks, limit)
+    _check_settings(model, data_dir, max_gen_toks)
     lm_eval = _import_harness()
     started = time.time()
-    harness_tasks, output = _run_harness(lm_eval, model, tokenizer, benchmarks, limit=limit, data_dir=data_dir,
+    harness_tasks, output = _run_harness(lm_eval, model, tokenizer, benchmarks, limits=limits, data_dir=data_dir,
                                          batch_size=batch_size, device=device, max_gen_toks=max_gen_toks)
     task_results = {b.name: _benchmark_result(b, harness_tasks[b.name], output, data_dir) for b in benchmarks}
     return {
         "model": _model_name(model),
         "tasks": task_results,
         "average": sum(r["value"] for r in task_results.values()) / len(task_results),
+        "average_stderr": mean_stderr([r["stderr"] for r in task_results.values()]),
         "limit": limit,
         "data_dir": str(data_dir) if data_dir is not None else None,
         "lm_eval_version": lm_eval.__version__,
@@ -77,38 +85,32 @@ def evaluate(
     }
 
 
-def _run_harness(lm_eval: Any, model: Any, tokenizer: Any, benchmarks: list[Benchmark], *, limit: int | None,
-                 data_dir: str | os.PathLike | None, batch_size: int | str, device: str | None,
-                 max_gen_toks: int | None) -> tuple[dict[str, list], dict[str, Any]]:
-    """Load the benchmarks' harness tasks, then the model, and run them: (harness tasks per benchmark, the
-    harness's ``simple_evaluate`` output)."""
+def _run_harness(lm_eval: Any, model: Any, tokenizer: Any, benchmarks: list[Benchmark], *,
+                 limits: dict[str, int | None], data_dir: str | os.PathLike | None, batch_size: int | str,
+                 device: str | None, max_gen_toks: int | None) -> tuple[dict[str, list], dict[str, Any]]:
+    """Load the benchmarks' harness tasks, then the model, and run them, one harness call per distinct limit:
+    (harness tasks per benchmark, the harness's ``simple_evaluate`` outputs' ``results`` and ``n-samples``)."""
     with tempfile.TemporaryDirectory(prefix="tokenclean-eval-") as work_dir:
         # Tasks first: bad data or an unknown task fails before any model loads.
         log.info("loading %s from %s", ", ".join(b.name for b in benchmarks), data_dir or "the Hugging Face hub")
         task_manager, harness_tasks = _load_tasks(benchmarks, data_dir, Path(work_dir), max_gen_toks)
         log.info("loading model %s", _model_name(model))
         lm = _harness_model(model, tokenizer, device, batch_size)
-        n_tasks = sum(len(ts) for ts in harness_tasks.values())
-        log.info("running %d harness tasks, limit=%s questions per task", n_tasks, limit)
-        with _offline(data_dir is not None):
-            output = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=[task for ts in harness_tasks.values() for task in ts],
-                task_manager=task_manager,
-                limit=limit,
-                bootstrap_iters=0,
-                log_samples=False,
-            )
+        output: dict[str, Any] = {"results": {}, "n-samples": {}}
+        for limit in dict.fromkeys(limits.values()):
+            tasks = [task for b in benchmarks if limits[b.name] == limit for task in harness_tasks[b.name]]
+            log.info("running %d harness tasks, limit=%s questions per task", len(tasks), limit)
+            with _offline(data_dir is not None):
+                part = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=limit,
+                                               bootstrap_iters=BOOTSTRAP_ITERS, log_samples=False)
+            for key in output:
+                output[key].update(part[key])
     return harness_tasks, output
 
 
-def _check_settings(
-    model: Any, limit: int | None, data_dir: str | os.PathLike | None, max_gen_toks: int | None
-) -> None:
+def _check_settings(model: Any, data_dir: str | os.PathLike | None, max_gen_toks: int | None) -> None:
     if isinstance(model, (str, os.PathLike)) and _looks_like_path(model) and not Path(model).is_dir():
         raise ConfigError(f"model directory {model} not found")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be a positive number of questions per task, got {limit}")
     if max_gen_toks is not None and max_gen_toks < 1:
         raise ConfigError(f"max_gen_toks must be positive, got {max_gen_toks}")
     if data_dir is not None and not Path(data_dir).is_dir():
@@ -223,16 +225,27 @@ def _benchmark_result(
     key = f"{benchmark.harness_metric},{filter_name}"
     names = [task.task_name for task in tasks]
     values = [float(output["results"][name][key]) for name in names]
+    stderrs = [_stderr(output["results"][name], benchmark.harness_metric, filter_name) for name in names]
     sizes = [int(output["n-samples"][name]["effective"]) for name in names]
     result = {
         "metric": benchmark.metric,
         "value": combine(benchmark, values, sizes),
+        "stderr": combine_stderr(benchmark, stderrs, sizes),
         "n": sum(sizes),
         "num_fewshot": benchmark.num_fewshot,
     }
     if len(names) > 1:
         result["parts"] = dict(zip(names, values, strict=True))
     return result
+
+
+def _stderr(task_output: dict[str, Any], metric: str, filter_name: str) -> float | None:
+    """The harness's standard error of a task's metric; ``None`` where it has none ("N/A", e.g. one question)."""
+    value = task_output.get(f"{metric}_stderr,{filter_name}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _model_name(model: Any) -> str:

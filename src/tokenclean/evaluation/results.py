@@ -56,19 +56,34 @@ def benchmark_columns(results: Mapping[str, Any]) -> dict[str, float]:
     return columns
 
 
+def benchmark_stderrs(results: Mapping[str, Any]) -> dict[str, float]:
+    """``{task: standard error, ..., "average": its standard error}`` from ``evaluate``'s results, for the tasks
+    that have one (results written before standard errors were recorded have none).
+
+        >>> benchmark_stderrs({"tasks": {"boolq": {"value": 0.75, "stderr": 0.02}}, "average_stderr": 0.02})
+        {'boolq': 0.02, 'average': 0.02}
+    """
+    stderrs = {task: float(r["stderr"]) for task, r in results["tasks"].items() if r.get("stderr") is not None}
+    if results.get("average_stderr") is not None:
+        stderrs[AVERAGE] = float(results["average_stderr"])
+    return stderrs
+
+
 def results_table(rows: Mapping[str, Mapping[str, Any]], *, label: str = "method") -> str:
     """A markdown table: one row per method/model, one column per task and the unweighted average, in percent.
 
     ``rows`` maps a row name to ``evaluate``'s results or to task columns (``benchmark_columns`` or a plain
     ``{task: value}``). Tasks follow the paper's column order, other tasks after them; a task a row lacks
-    shows as ``-``; a row without an ``average`` gets the mean of its own tasks.
+    shows as ``-``; a row without an ``average`` gets the mean of its own tasks. A value whose standard error
+    ``evaluate`` recorded shows it: ``56.87 ± 1.20``.
     """
     columns = {name: _columns(row) for name, row in rows.items()}
+    errors = {name: benchmark_stderrs(row) if "tasks" in row else {} for name, row in rows.items()}
     tasks = _ordered_tasks(task for row in columns.values() for task in row if task != AVERAGE)
     header = [label, *(COLUMN_TITLES.get(task, task) for task in tasks), COLUMN_TITLES[AVERAGE]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in columns.items():
-        cells = [_percent(row.get(task)) for task in (*tasks, AVERAGE)]
+        cells = [_percent(row.get(task), errors[name].get(task)) for task in (*tasks, AVERAGE)]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)
 
@@ -88,8 +103,10 @@ def _ordered_tasks(tasks: Any) -> list[str]:
     return known + [task for task in seen if task not in BENCHMARKS]
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+def _percent(value: float | None, stderr: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" + ("" if stderr is None else f" ± {100 * stderr:.2f}")
 
 
 def _mean(values: Any) -> float:
