@@ -67,7 +67,7 @@ def write_eval(out: Path, n: int) -> Path:
 
 
 def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_eval: int, methods: list[str],
-          warmups: list[str], max_new_tokens: int) -> dict:
+          warmups: list[str], max_new_tokens: int, scorers: list[str] = ()) -> dict:
     data = write_study_data(out / "data", n_pool, n_warmup, seed=0, cfg=NoiseConfig())
     eval_path = write_eval(out / "data", n_eval)
     results = {}
@@ -81,7 +81,15 @@ def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_
         tables = root.tokens_stage()
         inputs = DemoInputs(data["pool"], eval_path, [], None, True)
         measure = DemoMetrics(root, tables, inputs, max_new_tokens)
+        variants = []
+        if scorers and warmup == "clean" and "fixed" in run_methods:
+            # fixed-model cleaning under other scorers (issue 14), as rows fixed[<scorer>] sharing the reference;
+            # its own compare call, so that no other method gets scorer rows, run first so that the directory's
+            # comparison.json is the full one written next
+            extra = compare(cfg, ["fixed"], seeds, scorers=scorers, extra_metrics=measure, extra_columns=DEMO_COLUMNS)
+            variants = [row for row in extra["rows"] if row["method"] != "fixed"]
         results[warmup] = compare(cfg, run_methods, seeds, extra_metrics=measure, extra_columns=DEMO_COLUMNS)
+        results[warmup]["rows"] += variants
     return results
 
 
@@ -116,10 +124,11 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--warmups", nargs="+", default=["clean", "noisy"], choices=["clean", "noisy"])
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--scorers", nargs="*", default=[], help="more rows fixed[<scorer>] (clean warm-up; issue 14)")
     args = p.parse_args()
     start = time.time()
     results = study(args.out, args.base, args.seeds, args.pool, args.warmup, args.eval, args.methods, args.warmups,
-                    args.max_new_tokens)
+                    args.max_new_tokens, args.scorers)
     text = table(results)
     (args.out / "study_a.md").write_text(text + f"\n\nwall time {time.time() - start:.0f} s\n", encoding="utf-8")
     print(text)

