@@ -381,7 +381,7 @@ def test_limit_parsing_and_checks():
 
 
 def test_standard_errors_combine_as_independent_samples():
-    from tokenclean.evaluation.benchmarks import BENCHMARKS, combine_stderr, mean_stderr
+    from tokenclean.evaluation.benchmarks import BENCHMARKS, average_stderr, combine_stderr
 
     # pooled (MMLU subjects): weights n_i / N
     assert combine_stderr(BENCHMARKS["mmlu"], [0.1, 0.2], [30, 10]) == pytest.approx(math.hypot(0.75 * 0.1, 0.25 * 0.2))
@@ -389,7 +389,7 @@ def test_standard_errors_combine_as_independent_samples():
     assert combine_stderr(BENCHMARKS["tydiqa"], [0.1, 0.2], [30, 10]) == pytest.approx(math.hypot(0.05, 0.1))
     assert combine_stderr(BENCHMARKS["boolq"], [0.04], [100]) == pytest.approx(0.04)
     assert combine_stderr(BENCHMARKS["mmlu"], [0.1, None], [3, 3]) is None
-    assert mean_stderr([0.03, 0.04]) == pytest.approx(0.025) and mean_stderr([0.03, None]) is None
+    assert average_stderr([0.03, 0.04]) == pytest.approx(0.025) and average_stderr([0.03, None]) is None
     # a table of results without standard errors (written before they were recorded) shows bare values
     old = {"tasks": {"boolq": {"metric": "acc", "value": 0.5, "n": 4}}, "average": 0.5}
     assert results_table({"m": old}).splitlines()[-1] == "| m | 50.00 | 50.00 |"

@@ -98,11 +98,11 @@ def combine_stderr(benchmark: Benchmark, stderrs: Sequence[float | None], sizes:
     return math.sqrt(sum((w * se) ** 2 for w, se in zip(weights, stderrs, strict=True)))
 
 
-def mean_stderr(stderrs: Sequence[float | None]) -> float | None:
+def average_stderr(stderrs: Sequence[float | None]) -> float | None:
     """The standard error of the unweighted mean of independent estimates: sqrt(sum(se_i^2)) / k; ``None`` when
     any has none.
 
-        >>> mean_stderr([0.03, 0.04])
+        >>> average_stderr([0.03, 0.04])
         0.025
     """
     if not stderrs or any(se is None for se in stderrs):

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, TokencleanError
 from ..evaluation import local_tasks
-from .benchmarks import DEFAULT_TASKS, Benchmark, Limit, combine, combine_stderr, limits_for, mean_stderr, parse_tasks
+from .benchmarks import (DEFAULT_TASKS, Benchmark, Limit, average_stderr, combine, combine_stderr, limits_for,
+                         parse_tasks)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tokenclean")
 BOOTSTRAP_ITERS = 1000
 """Resamples for the harness's standard errors of metrics without a closed form. Accuracy, MC2 and exact match are
-means, whose standard error the harness computes in closed form (``mean_stderr``) whatever this number is; 0 would
-turn every standard error off."""
+means, whose standard error the harness computes in closed form (lm_eval's ``mean_stderr``) whatever this number
+is; 0 would turn every standard error off."""
 INSTALL_HINT = "evaluation needs lm-evaluation-harness: pip install 'tokenclean[eval]'"
 
 
@@ -77,7 +78,7 @@ def evaluate(
         "model": _model_name(model),
         "tasks": task_results,
         "average": sum(r["value"] for r in task_results.values()) / len(task_results),
-        "average_stderr": mean_stderr([r["stderr"] for r in task_results.values()]),
+        "average_stderr": average_stderr([r["stderr"] for r in task_results.values()]),
         "limit": limit,
         "data_dir": str(data_dir) if data_dir is not None else None,
         "lm_eval_version": lm_eval.__version__,
