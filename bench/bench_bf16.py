@@ -46,7 +46,17 @@ from tokenclean.compute.modeling import load_model, load_tokenizer
 from tokenclean.compute.scoring import ScoreConfig, score_tokens
 from tokenclean.core.tokens import TokenizeConfig, make_labels, tokenize
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16 trunk + fp32 head": torch.bfloat16}
+FP32_TAILS = (1, 2)
+"""Decoder layers kept in fp32 (with the final norm and the head) in the mixed variants: the mix the issue asks
+for when bf16 trunk + fp32 head misses the agreement target."""
+
+
+def tail_variant(tail: int) -> str:
+    return f"bf16, fp32 last {tail} layer(s) + head"
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16 trunk + fp32 head": torch.bfloat16,
+          **{tail_variant(tail): torch.bfloat16 for tail in FP32_TAILS}}
 
 
 @contextlib.contextmanager
@@ -82,25 +92,29 @@ class Bf16Emulation(torch.overrides.TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def emulated_bf16(fp32_head_matmul: bool):
-    """Within the block, scoring runs under ``Bf16Emulation``; the head's logits are rounded to bf16 (as a bf16
-    matmul writes them) unless ``fp32_head_matmul``, and their log-softmax is fp32 either way."""
+def emulated_bf16(model, fp32_head_matmul: bool, fp32_tail: int = 0):
+    """Within the block, scoring ``model`` runs under ``Bf16Emulation`` from the start of each forward of its body
+    up to the head (or up to its last ``fp32_tail`` decoder layers, which then run in fp32 with the final norm).
+    The head's logits are rounded to bf16 (as a bf16 matmul writes them) unless ``fp32_head_matmul``; their
+    log-softmax, and what scoring does with the losses after the head, are fp32 (as with real bf16 weights)."""
     plain = losses_module.head_losses
     mode = Bf16Emulation()
+    mode.active = False  # from the body's first forward on
+    body = model.get_decoder()
+    hooks = [body.register_forward_pre_hook(lambda *_: setattr(mode, "active", True))]
+    if fp32_tail:
+        hooks.append(body.layers[-fp32_tail].register_forward_pre_hook(lambda *_: setattr(mode, "active", False)))
 
     def head(hidden, weight, targets, bias=None, chunk_tokens=None):
-        mode.active = False
-        try:
-            if fp32_head_matmul:
-                return plain(hidden, weight, targets, bias, chunk_tokens)
-            out = torch.empty(len(targets))
-            for i in range(0, len(targets), 512):  # the same reduction as head_losses, on bf16-rounded logits
-                logits = torch.mm(weight, hidden[i : i + 512].T).bfloat16().float()  # (V, c)
-                cols = torch.arange(logits.shape[1])
-                out[i : i + 512] = torch.logsumexp(logits, 0) - logits[targets[i : i + 512], cols]
-            return out
-        finally:
-            mode.active = True
+        mode.active = False  # until the next forward of the body
+        if fp32_head_matmul:
+            return plain(hidden, weight, targets, bias, chunk_tokens)
+        out = torch.empty(len(targets))
+        for i in range(0, len(targets), 512):  # the same reduction as head_losses, on bf16-rounded logits
+            logits = torch.mm(weight, hidden[i : i + 512].T).bfloat16().float()  # (V, c)
+            cols = torch.arange(logits.shape[1])
+            out[i : i + 512] = torch.logsumexp(logits, 0) - logits[targets[i : i + 512], cols]
+        return out
 
     losses_module.head_losses = head
     try:
@@ -108,20 +122,52 @@ def emulated_bf16(fp32_head_matmul: bool):
             yield
     finally:
         losses_module.head_losses = plain
+        for h in hooks:
+            h.remove()
 
 
-def bf16_valued(model):
-    """A copy of ``model`` in fp32 whose weights hold bf16 values (what ``model.to(torch.bfloat16)`` keeps)."""
-    return copy.deepcopy(model).to(torch.bfloat16).to(torch.float32)
+def bf16_valued(model, fp32_tail: int = 0):
+    """A copy of ``model`` in fp32 whose weights hold bf16 values (what ``model.to(torch.bfloat16)`` keeps), except
+    the last ``fp32_tail`` decoder layers and the final norm, which keep their fp32 weights when ``fp32_tail``."""
+    out = copy.deepcopy(model).to(torch.bfloat16).to(torch.float32)
+    if fp32_tail:
+        body, plain = out.get_decoder(), model.get_decoder()
+        for mine, theirs in [*zip(body.layers[-fp32_tail:], plain.layers[-fp32_tail:]), (body.norm, plain.norm)]:
+            mine.load_state_dict(theirs.state_dict())
+    return out
+
+
+def mixed_bf16(model32, tail: int):
+    """Real arithmetic: a bf16 copy of ``model32`` whose last ``tail`` decoder layers and final norm are fp32; what
+    enters the first fp32 layer (hidden states, rotary tables) is cast to fp32. Score it under ``fp32_head``."""
+    model = copy.deepcopy(model32).to(torch.bfloat16)
+    body = model.get_decoder()
+    for module in [*body.layers[-tail:], body.norm]:
+        module.float()
+
+    def to_fp32(value):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.float()
+        return tuple(to_fp32(v) for v in value) if isinstance(value, tuple) else value
+
+    body.layers[-tail].register_forward_pre_hook(
+        lambda _, args, kwargs: (to_fp32(args), {k: to_fp32(v) for k, v in kwargs.items()}), with_kwargs=True)
+    return model
 
 
 def emulated_variants(base32, ref32, tokens) -> dict:
     """{variant: (base losses, ref losses)} with bf16 emulated (``Bf16Emulation``); fp32 computed plainly."""
+    def losses(model, fp32_head_matmul: bool, tail: int = 0):
+        with emulated_bf16(model, fp32_head_matmul, tail):
+            return score_tokens(model, tokens, ScoreConfig(), progress=False).token_loss
+
     found = {"fp32": tuple(score_tokens(m, tokens, ScoreConfig(), progress=False).token_loss for m in (base32, ref32))}
     pair = tuple(bf16_valued(m) for m in (base32, ref32))
-    for v, fp32_matmul in (("bf16", False), ("bf16 trunk + fp32 head", True)):
-        with emulated_bf16(fp32_matmul):
-            found[v] = tuple(score_tokens(m, tokens, ScoreConfig(), progress=False).token_loss for m in pair)
+    found["bf16"] = tuple(losses(m, False) for m in pair)
+    found["bf16 trunk + fp32 head"] = tuple(losses(m, True) for m in pair)
+    for tail in FP32_TAILS:
+        found[tail_variant(tail)] = tuple(
+            losses(bf16_valued(m, tail), True, tail) for m in (base32, ref32))
     return found
 
 
@@ -153,6 +199,8 @@ def score_variants(models32: tuple, tokens, repeats: int, probe_n: int) -> tuple
     ({variant: tuple of losses per model}, {variant: [seconds per pass]}, [(fp32, bf16) FLOP/s probes])."""
     models = {"fp32": models32, "bf16": tuple(copy.deepcopy(m).to(torch.bfloat16) for m in models32)}
     models["bf16 trunk + fp32 head"] = models["bf16"]
+    for tail in FP32_TAILS:
+        models[tail_variant(tail)] = tuple(mixed_bf16(m, tail) for m in models32)
     found, seconds, probes = {}, {v: [] for v in models}, []
 
     def probe():
@@ -161,7 +209,7 @@ def score_variants(models32: tuple, tokens, repeats: int, probe_n: int) -> tuple
     for _ in range(repeats):
         probe()
         for v, group in models.items():
-            with fp32_head() if v == "bf16 trunk + fp32 head" else contextlib.nullcontext():
+            with fp32_head() if v != "fp32" and v != "bf16" else contextlib.nullcontext():
                 out = []
                 for m in group:
                     s = score_tokens(m, tokens, ScoreConfig(), progress=False)
