@@ -10,7 +10,8 @@ Reads ``RUN_DIR/tokens/pool`` (the token table), ``RUN_DIR/tokens/pool_kinds.par
 list<int8> aligned with the tokens: 0 informative, 1 generic, 2 noise, -1 not a response token),
 ``RUN_DIR/scores/base`` and the reference losses in ``RUN_DIR/scores/reference`` or, in a compare directory, in
 every ``RUN_DIR/seed-*/scores/reference``. The prompt scorers are included when the reference's prompt-free losses
-are next to them (``.../scores/prompt_free``, the ``Scores`` of ``prompt_free.prompt_free_tokens``' table).
+are next to them (``.../scores/prompt_free``: the ``Scores`` of ``prompt_free.prompt_free_tokens``' table, as a run
+stores them, or the output of ``tokenclean score --prompt-free`` with the reference, aligned with the pool).
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ def run_table(run_dir: Path, config: SelectConfig) -> list[dict[str, Any]]:
         prompt_free = None
         if (ref_dir.parent / "prompt_free").is_dir():
             pf = Scores.load(ref_dir.parent / "prompt_free")
-            prompt_free = map_back_scores(pf.offsets, pf.token_loss, tokens)
+            aligned = pf.sample_ids == tokens.sample_ids and np.array_equal(pf.offsets, tokens.offsets)
+            # a run's own stage holds the prompt-free table's losses; `tokenclean score --prompt-free` writes them
+            # already put back at the pool's tokens
+            prompt_free = pf.token_loss if aligned else map_back_scores(pf.offsets, pf.token_loss, tokens)
         rows += [{"seed": seed, **row} for row in scorer_rows(base.token_loss, ref.token_loss, tokens, kinds, config,
                                                                prompt_free)]
     return rows
