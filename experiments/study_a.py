@@ -67,7 +67,7 @@ def write_eval(out: Path, n: int) -> Path:
 
 
 def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_eval: int, methods: list[str],
-          warmups: list[str], max_new_tokens: int, scorers: list[str] = ()) -> dict:
+          warmups: list[str], max_new_tokens: int, scorers: list[str] = (), full_steps: int | None = None) -> dict:
     data = write_study_data(out / "data", n_pool, n_warmup, seed=0, cfg=NoiseConfig())
     eval_path = write_eval(out / "data", n_eval)
     results = {}
@@ -90,6 +90,16 @@ def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_
             variants = [row for row in extra["rows"] if row["method"] != "fixed"]
         results[warmup] = compare(cfg, run_methods, seeds, extra_metrics=measure, extra_columns=DEMO_COLUMNS)
         results[warmup]["rows"] += variants
+        if full_steps and warmup == "clean":
+            # the control for self-evolving, which trains more optimizer steps than the other methods: full SFT
+            # with as many, in a directory of its own (its training stage differs; the tokens and base scores
+            # come from the score cache)
+            control = RunConfig.from_flat({**cfg.flat(), "max_steps": full_steps, "method": "full",
+                                           "out": str(out / f"run-full-{full_steps}-steps")})
+            control_root = Run(control)
+            control_measure = DemoMetrics(control_root, control_root.tokens_stage(), inputs, max_new_tokens)
+            results[f"{full_steps} optimizer steps"] = compare(control, ["full"], seeds, extra_metrics=control_measure,
+                                                               extra_columns=DEMO_COLUMNS)
     return results
 
 
@@ -102,7 +112,7 @@ def table(results: dict) -> str:
     lines = ["| method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     for warmup, result in results.items():
         for row in result["rows"]:
-            name = row["method"] + ("" if warmup == "clean" else f" ({warmup} warm-up)")
+            name = row["method"] + {"clean": "", "noisy": " (noisy warm-up)"}.get(warmup, f" ({warmup})")
             cells = []
             for k in keys:
                 mean, std = row["mean"].get(k), row["std"].get(k)
@@ -125,10 +135,12 @@ def main() -> None:
     p.add_argument("--warmups", nargs="+", default=["clean", "noisy"], choices=["clean", "noisy"])
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--scorers", nargs="*", default=[], help="more rows fixed[<scorer>] (clean warm-up; issue 14)")
+    p.add_argument("--full-steps", type=int, help="one more row: full SFT with this many optimizer steps (the "
+                                                  "control for self-evolving's extra steps)")
     args = p.parse_args()
     start = time.time()
     results = study(args.out, args.base, args.seeds, args.pool, args.warmup, args.eval, args.methods, args.warmups,
-                    args.max_new_tokens, args.scorers)
+                    args.max_new_tokens, args.scorers, args.full_steps)
     text = table(results)
     (args.out / "study_a.md").write_text(text + f"\n\nwall time {time.time() - start:.0f} s\n", encoding="utf-8")
     print(text)
