@@ -65,7 +65,7 @@ PAPER = {
 def write_study_data(out: Path, n_pool: int, n_warmup: int, n_eval: int, seed: int = 0) -> dict[str, Path]:
     """Disjoint pool, warm-up and held-out rows of T0_MIX (one seeded shuffle): the pool as it is, the warm-up and
     held-out rows without the trailing literal end-of-text. Rewritten only when their text changes."""
-    # split on "\n" only: U+0085 (NEL) occurs 8 times inside strings, and str.splitlines() would also split on
+    # split on "\n" only: U+0085 (NEL) occurs 8 times inside strings, and str.splitlines() splits on it too
     rows = [json.loads(line) for line in T0_MIX.read_text(encoding="utf-8").split("\n") if line.strip()]
     for i, row in enumerate(rows):
         row["id"] = f"t0-{i:05d}"
