@@ -91,11 +91,8 @@ def combine_stderr(benchmark: Benchmark, stderrs: Sequence[float | None], sizes:
         0.0791
     """
     assert len(stderrs) == len(sizes), "one size per sub-task standard error"
-    if not stderrs or any(se is None for se in stderrs):
-        return None
-    total = sum(sizes)
-    weights = [n / total for n in sizes] if benchmark.pooled else [1 / len(stderrs)] * len(stderrs)
-    return math.sqrt(sum((w * se) ** 2 for w, se in zip(weights, stderrs, strict=True)))
+    weights = [n / sum(sizes) for n in sizes] if benchmark.pooled else None
+    return _weighted_stderr(stderrs, weights)
 
 
 def average_stderr(stderrs: Sequence[float | None]) -> float | None:
@@ -105,9 +102,16 @@ def average_stderr(stderrs: Sequence[float | None]) -> float | None:
         >>> average_stderr([0.03, 0.04])
         0.025
     """
+    return _weighted_stderr(stderrs, None)
+
+
+def _weighted_stderr(stderrs: Sequence[float | None], weights: Sequence[float] | None) -> float | None:
+    """sqrt(sum(w_i^2 se_i^2)) for independent estimates (``weights`` None: 1 / k each); ``None`` when any
+    estimate has no standard error."""
     if not stderrs or any(se is None for se in stderrs):
         return None
-    return math.sqrt(sum(se * se for se in stderrs)) / len(stderrs)
+    weights = weights or [1 / len(stderrs)] * len(stderrs)
+    return math.sqrt(sum((w * se) ** 2 for w, se in zip(weights, stderrs, strict=True)))
 
 
 Limit = int | dict[str, int] | None
