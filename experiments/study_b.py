@@ -28,9 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
-from tokenclean.compute import gguf
+from tokenclean.compute.modeling import resolve_model_source
 from tokenclean.core.artifacts import Selection
 from tokenclean.evaluation.benchmarks import parse_limit
 from tokenclean.evaluation.results import read_results, results_table, write_results
@@ -108,7 +107,7 @@ class EotDropped:
 
 def base_results(root: Run, tasks: list[str], limit) -> dict:
     """The base model's benchmark results: a stage of the compare directory (``base/benchmarks``)."""
-    model = gguf.converted_dir(root.cfg.run.base) if gguf.is_gguf_source(root.cfg.run.base) else root.cfg.run.base
+    model = resolve_model_source(root.cfg.run.base)  # a GGUF source's converted directory
     inputs = {"model": root.base_fingerprint, "tasks": tasks, "limit": limit, "data": str(EVAL_DIR)}
 
     def build(tmp: Path) -> dict:
