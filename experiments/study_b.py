@@ -63,21 +63,26 @@ PAPER = {
 
 def write_study_data(out: Path, n_pool: int, n_warmup: int, n_eval: int, seed: int = 0) -> dict[str, Path]:
     """Disjoint pool, warm-up and held-out rows of T0_MIX (one seeded shuffle): the pool as it is, the warm-up and
-    held-out rows without the trailing literal end-of-text. Rewritten only when their text changes."""
+    held-out rows without the trailing literal end-of-text and never with an empty answer. Rewritten only when their
+    text changes."""
     # split on "\n" only: U+0085 (NEL) occurs 8 times inside strings, and str.splitlines() splits on it too
     rows = [json.loads(line) for line in T0_MIX.read_text(encoding="utf-8").split("\n") if line.strip()]
     for i, row in enumerate(rows):
         row["id"] = f"t0-{i:05d}"
     random.Random(seed).shuffle(rows)
-    if n_pool + n_warmup + n_eval > len(rows):
-        raise SystemExit(f"{T0_MIX} has {len(rows)} rows; asked for {n_pool + n_warmup + n_eval}")
-    parts = {"pool": rows[:n_pool], "warmup": rows[n_pool:n_pool + n_warmup],
-             "eval": rows[n_pool + n_warmup:n_pool + n_warmup + n_eval]}
+    if n_pool > len(rows):
+        raise SystemExit(f"{T0_MIX} has {len(rows)} rows; asked for a pool of {n_pool}")
+    # The pool is the shuffle's head as it is. The curated rows (warm-up, held-out) lose the literal end-of-text,
+    # and the rows whose answer is then empty (175 of the file's rows, all TREC templates) are not curated rows.
+    curated = [{**row, "completion": row["completion"].removesuffix(LITERAL_EOT).rstrip()} for row in rows[n_pool:]]
+    curated = [row for row in curated if row["completion"].strip()]
+    if n_warmup + n_eval > len(curated):
+        raise SystemExit(f"{T0_MIX} has {len(curated)} rows with an answer after the pool; asked for "
+                         f"{n_warmup + n_eval}")
+    parts = {"pool": rows[:n_pool], "warmup": curated[:n_warmup], "eval": curated[n_warmup:n_warmup + n_eval]}
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, part in parts.items():
-        if name != "pool":
-            part = [{**row, "completion": row["completion"].removesuffix(LITERAL_EOT).rstrip()} for row in part]
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in part)
         paths[name] = out / f"{name}.jsonl"
         if not paths[name].is_file() or paths[name].read_text(encoding="utf-8") != text:
