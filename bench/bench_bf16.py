@@ -7,7 +7,11 @@ Scores need a base and a reference: the reference is the base after ``--ref-step
 first 8 chats, which gives scores of a realistic spread. Variants, each scoring base and reference:
 - fp32: fp32 weights (what ``--dtype auto`` picks on a CPU without native bf16);
 - bf16: bf16 weights, the output projection in bf16, its log-softmax in fp32 (``--dtype bfloat16``);
-- bf16 trunk + fp32 head: the same with the head's matmul in fp32 (cast per chunk; measured, not the default).
+- bf16 trunk + fp32 head: the same with the head's matmul in fp32 (cast per chunk; measured, not the default);
+- bf16, fp32 last 1 or 2 layer(s) + head: the trunk's first layers in bf16, the rest in fp32;
+- bf16 autocast: fp32 weights and residual stream, every matmul (the head's too) in bf16 under ``torch.autocast``.
+Without native bf16 the agreement over all chats is emulated (``Bf16Emulation``: fp32 speed, bf16 values), and the
+emulation is checked against real bf16 arithmetic on the ``--real-chats`` shortest chats.
 Agreement: max/mean |loss difference| against fp32 and the share of fp32's global top-60% (by score) that the
 variant also selects. % of peak: FLOPs needed (2 x non-embedding parameters per token + 2 x hidden x vocab per
 response token) / seconds / best n^3 matmul rate *of the variant's dtype*, probed between the runs.
@@ -55,8 +59,18 @@ def tail_variant(tail: int) -> str:
     return f"bf16, fp32 last {tail} layer(s) + head"
 
 
+AUTOCAST = "bf16 autocast (fp32 weights and residual stream)"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16 trunk + fp32 head": torch.bfloat16,
-          **{tail_variant(tail): torch.bfloat16 for tail in FP32_TAILS}}
+          **{tail_variant(tail): torch.bfloat16 for tail in FP32_TAILS}, AUTOCAST: torch.bfloat16}
+
+
+def variant_context(variant: str):
+    """What scoring runs under for ``variant``: the fp32 head for the mixed variants, autocast for AUTOCAST (its
+    matmuls, the head's included, in bf16; norms, softmaxes and the residual adds in fp32, as torch's CPU autocast
+    lists them)."""
+    if variant == AUTOCAST:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return fp32_head() if variant not in ("fp32", "bf16") else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -104,6 +118,7 @@ def emulated_bf16(model, fp32_head_matmul: bool, fp32_tail: int = 0):
     hooks = [body.register_forward_pre_hook(lambda *_: setattr(mode, "active", True))]
     if fp32_tail:
         hooks.append(body.layers[-fp32_tail].register_forward_pre_hook(lambda *_: setattr(mode, "active", False)))
+    hooks += fp32_inside(model, mode)
 
     def head(hidden, weight, targets, bias=None, chunk_tokens=None):
         mode.active = False  # until the next forward of the body
@@ -124,6 +139,33 @@ def emulated_bf16(model, fp32_head_matmul: bool, fp32_tail: int = 0):
         losses_module.head_losses = plain
         for h in hooks:
             h.remove()
+
+
+FP32_INSIDE = ("RotaryEmbedding", "RMSNorm")
+"""Modules (by class-name suffix) that a bf16 model computes in fp32 inside and casts to bf16 on the way out:
+transformers' rotary embeddings (angles from fp32 positions: in bf16, positions above 256 are not exact, so rounding
+them turns every high-frequency angle to noise) and RMS norms (the variance in fp32)."""
+
+
+def fp32_inside(model, mode: Bf16Emulation) -> list:
+    """Hooks that pause ``mode`` inside each ``FP32_INSIDE`` module of ``model`` and round its outputs to bf16 on
+    the way out when ``mode`` was active on the way in, as the real bf16 model's casts do."""
+    outer = []
+
+    def enter(*_):
+        outer.append(mode.active)
+        mode.active = False
+
+    def leave(_module, _args, output):
+        mode.active = outer.pop()
+        if mode.active:
+            for t in output if isinstance(output, tuple) else (output,):
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                    t.copy_(t.to(torch.bfloat16))
+        return output
+
+    found = [m for m in model.modules() if type(m).__name__.endswith(FP32_INSIDE)]
+    return [h for m in found for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
 
 
 def bf16_valued(model, fp32_tail: int = 0):
@@ -193,14 +235,19 @@ def reference(base, tokens, steps: int, rows: int = 8):
     return ref.eval()
 
 
-def score_variants(models32: tuple, tokens, repeats: int, probe_n: int) -> tuple[dict, dict, list]:
-    """Scores ``tokens`` with every variant of each of ``models32`` (fp32 models; bf16 copies are made), in real
-    arithmetic, ``repeats`` times round-robin with matmul probes (``probe_n``^3) between. Returns
+def score_variants(models32: tuple, tokens, repeats: int, probe_n: int, variants=tuple(DTYPES)
+                   ) -> tuple[dict, dict, list]:
+    """Scores ``tokens`` with each of ``variants`` of each of ``models32`` (fp32 models; bf16 copies are made), in
+    real arithmetic, ``repeats`` times round-robin with matmul probes (``probe_n``^3) between. Returns
     ({variant: tuple of losses per model}, {variant: [seconds per pass]}, [(fp32, bf16) FLOP/s probes])."""
-    models = {"fp32": models32, "bf16": tuple(copy.deepcopy(m).to(torch.bfloat16) for m in models32)}
-    models["bf16 trunk + fp32 head"] = models["bf16"]
+    models = {"fp32": models32, AUTOCAST: models32}
+    if "bf16" in variants or "bf16 trunk + fp32 head" in variants:
+        models["bf16"] = models["bf16 trunk + fp32 head"] = tuple(copy.deepcopy(m).to(torch.bfloat16)
+                                                                  for m in models32)
     for tail in FP32_TAILS:
-        models[tail_variant(tail)] = tuple(mixed_bf16(m, tail) for m in models32)
+        if tail_variant(tail) in variants:
+            models[tail_variant(tail)] = tuple(mixed_bf16(m, tail) for m in models32)
+    models = {v: models[v] for v in variants}
     found, seconds, probes = {}, {v: [] for v in models}, []
 
     def probe():
@@ -209,7 +256,7 @@ def score_variants(models32: tuple, tokens, repeats: int, probe_n: int) -> tuple
     for _ in range(repeats):
         probe()
         for v, group in models.items():
-            with fp32_head() if v != "fp32" and v != "bf16" else contextlib.nullcontext():
+            with variant_context(v):
                 out = []
                 for m in group:
                     s = score_tokens(m, tokens, ScoreConfig(), progress=False)
@@ -220,7 +267,8 @@ def score_variants(models32: tuple, tokens, repeats: int, probe_n: int) -> tuple
     return found, seconds, probes
 
 
-def bench_scoring(name: str, samples: int, speed_samples: int | None, repeats: int, ref_steps: int) -> None:
+def bench_scoring(name: str, samples: int, speed_samples: int | None, repeats: int, ref_steps: int,
+                  real_chats: int, real_autocast: bool) -> None:
     """Speed (real arithmetic) and agreement (real bf16 where the CPU has it, emulated elsewhere) of each variant."""
     from tokenclean.compute.hardware import cpu_has_native_bf16
 
@@ -254,10 +302,20 @@ def bench_scoring(name: str, samples: int, speed_samples: int | None, repeats: i
         print(f"  {v}: {sec:.2f} s ({n_tokens / sec:.0f} tok/s; passes {', '.join(f'{x:.1f}' for x in seconds[v])}), "
               f"{best32 / sec:.2f}x fp32's speed, {need / sec / peak[DTYPES[v]]:.0%} of the {DTYPES[v]} matmul peak "
               f"({peak[DTYPES[v]] / 1e9:.2f} GFLOP/s)")
+    if not native and real_chats:
+        # The emulation checked against real arithmetic on the shortest chats (the real bf16 kernels here are slow)
+        short = tokens.select(np.argsort(tokens.lengths, kind="stable")[:real_chats])
+        real = score_variants((base32, ref32), short, 1, 512, ("fp32", "bf16", "bf16 trunk + fp32 head", AUTOCAST))[0]
+        report_agreement(real, short, "real bf16 arithmetic")
+        report_agreement(emulated_variants(base32, ref32, short), short, "the same chats, bf16 emulated")
     if not (native and speed_samples == samples):
         found = emulated_variants(base32, ref32, tokens) if not native else \
             score_variants((base32, ref32), tokens, 1, 2048)[0]
     report_agreement(found, tokens, "real bf16" if native else "bf16 emulated at fp32 speed (Bf16Emulation)")
+    if not native and real_autocast:
+        # autocast has no emulation (which ops it rounds is torch's list), and its real kernels are the fast ones
+        report_agreement(score_variants((base32, ref32), tokens, 1, 512, ("fp32", AUTOCAST))[0], tokens,
+                         "real bf16 autocast arithmetic")
 
 
 def report_agreement(found: dict, tokens, how: str) -> None:
@@ -359,6 +417,10 @@ def main() -> None:
     ap.add_argument("--speed-samples", type=int, help="chats timed per variant (default: all where the CPU has "
                     "native bf16, the 2 shortest elsewhere)")
     ap.add_argument("--ref-steps", type=int, default=3)
+    ap.add_argument("--real-chats", type=int, default=16, help="without native bf16: the shortest chats on which "
+                    "the emulation is checked against real bf16 arithmetic (0: not checked)")
+    ap.add_argument("--real-autocast", action="store_true", help="without native bf16: the autocast variant's "
+                    "agreement over all chats in real arithmetic too (~0.15x fp32's speed here)")
     ap.add_argument("--paper-script", help="path to the paper's calculate_token_loss.py (outside this repository)")
     ap.add_argument("--paper-driver", default="/tmp/paper/driver.py")
     ap.add_argument("--paper-batch", type=int, default=6,
@@ -369,7 +431,8 @@ def main() -> None:
     print(run_facts())
     for name in args.models.split(","):
         if not args.skip_scoring:
-            bench_scoring(name, args.samples, args.speed_samples, args.repeats, args.ref_steps)
+            bench_scoring(name, args.samples, args.speed_samples, args.repeats, args.ref_steps, args.real_chats,
+                          args.real_autocast)
         if args.paper_script:
             side_by_side(name, args.samples, args.paper_script, args.paper_driver, args.paper_batch, args.paper_repeats)
     print("at the end: " + run_facts().splitlines()[-1].split("; ")[-1])
