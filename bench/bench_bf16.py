@@ -328,8 +328,14 @@ def report_agreement(found: dict, tokens, how: str) -> None:
         if v == "fp32":
             continue
         diff = np.abs(b[scored] - fp32_base[scored])
-        print(f"  {v}: |loss difference| max {diff.max():.4f}, mean {diff.mean():.5f}; global top-60% agreement "
-              f"{selection_agreement(fp32_score, b - r):.2%} (by loss alone {selection_agreement(fp32_base, b):.2%})")
+        score_diff = np.abs((b - r)[scored] - fp32_score[scored])
+        # how many tokens so small a difference can move across the selection's threshold at all
+        threshold = np.quantile(fp32_score[scored], 0.4)
+        near = np.mean(np.abs(fp32_score[scored] - threshold) < score_diff.mean())
+        print(f"  {v}: |loss difference| max {diff.max():.4f}, mean {diff.mean():.5f}; |score difference| mean "
+              f"{score_diff.mean():.5f}; global top-60% agreement {selection_agreement(fp32_score, b - r):.2%} (by "
+              f"loss alone {selection_agreement(fp32_base, b):.2%}); {near:.2%} of the tokens score within that mean "
+              f"of the threshold")
 
 
 def ours_end_to_end(model_dir: str, jsonl: str, out_dir: str) -> None:
