@@ -197,13 +197,15 @@ def mixed_bf16(model32, tail: int):
     return model
 
 
-def emulated_variants(base32, ref32, tokens) -> dict:
-    """{variant: (base losses, ref losses)} with bf16 emulated (``Bf16Emulation``); fp32 computed plainly."""
+def emulated_variants(base32, ref32, tokens, fp32: tuple | None = None) -> dict:
+    """{variant: (base losses, ref losses)} with bf16 emulated (``Bf16Emulation``); fp32 computed plainly, unless
+    ``fp32`` already holds those two arrays for ``tokens``."""
     def losses(model, fp32_head_matmul: bool, tail: int = 0):
         with emulated_bf16(model, fp32_head_matmul, tail):
             return score_tokens(model, tokens, ScoreConfig(), progress=False).token_loss
 
-    found = {"fp32": tuple(score_tokens(m, tokens, ScoreConfig(), progress=False).token_loss for m in (base32, ref32))}
+    found = {"fp32": fp32 or tuple(score_tokens(m, tokens, ScoreConfig(), progress=False).token_loss
+                                   for m in (base32, ref32))}
     pair = tuple(bf16_valued(m) for m in (base32, ref32))
     found["bf16"] = tuple(losses(m, False) for m in pair)
     found["bf16 trunk + fp32 head"] = tuple(losses(m, True) for m in pair)
@@ -307,15 +309,15 @@ def bench_scoring(name: str, samples: int, speed_samples: int | None, repeats: i
         short = tokens.select(np.argsort(tokens.lengths, kind="stable")[:real_chats])
         real = score_variants((base32, ref32), short, 1, 512, ("fp32", "bf16", "bf16 trunk + fp32 head", AUTOCAST))[0]
         report_agreement(real, short, "real bf16 arithmetic")
-        report_agreement(emulated_variants(base32, ref32, short), short, "the same chats, bf16 emulated")
+        report_agreement(emulated_variants(base32, ref32, short, real["fp32"]), short, "the same chats, bf16 emulated")
     if not (native and speed_samples == samples):
         found = emulated_variants(base32, ref32, tokens) if not native else \
             score_variants((base32, ref32), tokens, 1, 2048)[0]
     report_agreement(found, tokens, "real bf16" if native else "bf16 emulated at fp32 speed (Bf16Emulation)")
     if not native and real_autocast:
         # autocast has no emulation (which ops it rounds is torch's list), and its real kernels are the fast ones
-        report_agreement(score_variants((base32, ref32), tokens, 1, 512, ("fp32", AUTOCAST))[0], tokens,
-                         "real bf16 autocast arithmetic")
+        autocast = score_variants((base32, ref32), tokens, 1, 512, (AUTOCAST,))[0]
+        report_agreement({"fp32": found["fp32"], **autocast}, tokens, "real bf16 autocast arithmetic")
 
 
 def report_agreement(found: dict, tokens, how: str) -> None:
