@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 
-from tokenclean.compute.modeling import resolve_model_source
+from tokenclean.compute.modeling import resolve_device, resolve_dtype, resolve_model_source
 from tokenclean.core.artifacts import Selection
 from tokenclean.evaluation.benchmarks import parse_limit
 from tokenclean.evaluation.results import read_results, results_table, write_results
@@ -113,13 +113,15 @@ class EotDropped:
 def base_results(root: Run, tasks: list[str], limit) -> dict:
     """The base model's benchmark results: a stage of the compare directory (``base/benchmarks``)."""
     model = resolve_model_source(root.cfg.run.base)  # a GGUF source's converted directory
-    inputs = {"model": root.base_fingerprint, "tasks": tasks, "limit": limit, "data": str(EVAL_DIR)}
+    dtype = resolve_dtype(root.cfg.run.dtype, resolve_device(root.cfg.run.device))  # as the methods' rows
+    inputs = {"model": root.base_fingerprint, "tasks": tasks, "limit": limit, "data": str(EVAL_DIR),
+              "dtype": str(dtype)}
 
     def build(tmp: Path) -> dict:
         from tokenclean.evaluation.harness import evaluate
 
-        write_results(evaluate(model, tasks, limit=limit, data_dir=EVAL_DIR, device=root.cfg.run.device),
-                      tmp / "results.json")
+        write_results(evaluate(model, tasks, limit=limit, data_dir=EVAL_DIR, device=root.cfg.run.device,
+                               dtype=root.cfg.run.dtype), tmp / "results.json")
         return {}
 
     root.stage("base/benchmarks", inputs, build)

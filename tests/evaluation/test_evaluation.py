@@ -475,3 +475,20 @@ def test_missing_harness_gives_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(TokencleanError, match=r"pip install 'tokenclean\[eval\]'"):
         evaluate("no-such-org/no-such-model", ["boolq"])
+
+
+@needs_data
+def test_dtype_sets_the_weights_and_is_recorded(model_dir, tmp_path, no_network):
+    pytest.importorskip("lm_eval")
+    from tokenclean.evaluation import evaluate
+
+    data_dir = tmp_path / "eval"
+    data_dir.mkdir()
+    rows = [{"query": f"Passage: p{i}\nQuestion: q{i}?", "choices": ["no", "yes"], "gold": i % 2} for i in range(8)]
+    (data_dir / "boolq.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    fp32 = evaluate(model_dir, ["boolq"], data_dir=data_dir, device="cpu", dtype="float32")
+    bf16 = evaluate(model_dir, ["boolq"], data_dir=data_dir, device="cpu", dtype="bfloat16")
+    assert (fp32["dtype"], bf16["dtype"]) == ("float32", "bfloat16")
+    assert bf16["tasks"]["boolq"]["n"] == fp32["tasks"]["boolq"]["n"] == 8
+    with pytest.raises(ConfigError, match="unknown dtype 'int8'"):
+        evaluate(model_dir, ["boolq"], data_dir=data_dir, device="cpu", dtype="int8")

@@ -43,6 +43,9 @@ def eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
     parser.add_argument("--batch-size", default="8", help="batch size or 'auto' (default: 8)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: CUDA when available)")
+    parser.add_argument("--dtype", default="auto", help="weights dtype: auto (bf16 where the device computes it "
+                        "natively: CUDA, CPUs with AVX512-BF16 or AMX; fp32 elsewhere), float32, bfloat16; "
+                        "log-probabilities are fp32 either way")
     parser.add_argument("--max-gen-toks", type=int, help="cap on generated tokens for GSM8K and TyDi QA")
     parser.set_defaults(func=run)
 
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         tokenizer=args.tokenizer,
         max_gen_toks=args.max_gen_toks,
+        dtype=args.dtype,
     )
     write_results(results, args.out)
     print(results_table({results["model"]: results}, label="model"))

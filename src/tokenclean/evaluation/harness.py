@@ -44,6 +44,7 @@ def evaluate(
     device: str | None = None,
     tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None,
     max_gen_toks: int | None = None,
+    dtype: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a causal LM on benchmarks and return one value in [0, 1] per benchmark plus their mean.
 
@@ -59,10 +60,13 @@ def evaluate(
         tokenizer: a tokenizer or its directory; default: the model directory. A tokenizer without a pad token is
             used through a copy whose pad token is its end-of-text token.
         max_gen_toks: cap on generated tokens for the generation tasks (GSM8K, TyDi QA), for quick runs.
+        dtype: weights dtype of a model loaded from a directory (``compute.modeling.resolve_dtype``): ``auto`` is
+            bf16 where the device computes it natively, fp32 elsewhere, as for scoring. Log-probabilities are
+            always computed in fp32 (the harness's ``softmax_dtype``). A loaded model keeps its own dtype.
 
     Returns:
         ``{"model", "tasks": {name: {"metric", "value", "stderr", "n", "num_fewshot"[, "parts"]}}, "average",
-        "average_stderr", ...}`` where ``stderr`` is the harness's standard error of ``value`` (``None`` where it
+        "average_stderr", "dtype", ...}`` where ``stderr`` is the harness's standard error of ``value`` (``None`` where it
         has none), ``n`` counts questions, ``parts`` holds per-subject / per-language values and ``average`` is
         the unweighted mean of the task values.
     """
@@ -71,8 +75,9 @@ def evaluate(
     _check_settings(model, data_dir, max_gen_toks)
     lm_eval = _import_harness()
     started = time.time()
-    harness_tasks, output = _run_harness(lm_eval, model, tokenizer, benchmarks, limits=limits, data_dir=data_dir,
-                                         batch_size=batch_size, device=device, max_gen_toks=max_gen_toks)
+    harness_tasks, output, weights_dtype = _run_harness(
+        lm_eval, model, tokenizer, benchmarks, limits=limits, data_dir=data_dir, batch_size=batch_size,
+        device=device, max_gen_toks=max_gen_toks, dtype=dtype)
     task_results = {b.name: _benchmark_result(b, harness_tasks[b.name], output, data_dir) for b in benchmarks}
     return {
         "model": _model_name(model),
@@ -81,6 +86,7 @@ def evaluate(
         "average_stderr": average_stderr([r["stderr"] for r in task_results.values()]),
         "limit": limit,
         "data_dir": str(data_dir) if data_dir is not None else None,
+        "dtype": weights_dtype,
         "lm_eval_version": lm_eval.__version__,
         "seconds": round(time.time() - started, 1),
     }
@@ -88,15 +94,17 @@ def evaluate(
 
 def _run_harness(lm_eval: Any, model: Any, tokenizer: Any, benchmarks: list[Benchmark], *,
                  limits: dict[str, int | None], data_dir: str | os.PathLike | None, batch_size: int | str,
-                 device: str | None, max_gen_toks: int | None) -> tuple[dict[str, list], dict[str, Any]]:
+                 device: str | None, max_gen_toks: int | None,
+                 dtype: str) -> tuple[dict[str, list], dict[str, Any], str]:
     """Load the benchmarks' harness tasks, then the model, and run them, one harness call per distinct limit:
-    (harness tasks per benchmark, the harness's ``simple_evaluate`` outputs' ``results`` and ``n-samples``)."""
+    (harness tasks per benchmark, the harness's ``simple_evaluate`` outputs' ``results`` and ``n-samples``, the
+    model's weights dtype, e.g. ``"bfloat16"``)."""
     with tempfile.TemporaryDirectory(prefix="tokenclean-eval-") as work_dir:
         # Tasks first: bad data or an unknown task fails before any model loads.
         log.info("loading %s from %s", ", ".join(b.name for b in benchmarks), data_dir or "the Hugging Face hub")
         task_manager, harness_tasks = _load_tasks(benchmarks, data_dir, Path(work_dir), max_gen_toks)
         log.info("loading model %s", _model_name(model))
-        lm = _harness_model(model, tokenizer, device, batch_size)
+        lm = _harness_model(model, tokenizer, device, batch_size, dtype)
         output: dict[str, Any] = {"results": {}, "n-samples": {}}
         for limit in dict.fromkeys(limits.values()):
             tasks = [task for b in benchmarks if limits[b.name] == limit for task in harness_tasks[b.name]]
@@ -106,7 +114,7 @@ def _run_harness(lm_eval: Any, model: Any, tokenizer: Any, benchmarks: list[Benc
                                                bootstrap_iters=BOOTSTRAP_ITERS, log_samples=False)
             for key in output:
                 output[key].update(part[key])
-    return harness_tasks, output
+    return harness_tasks, output, str(lm.model.dtype).removeprefix("torch.")
 
 
 def _check_settings(model: Any, data_dir: str | os.PathLike | None, max_gen_toks: int | None) -> None:
@@ -175,13 +183,15 @@ def _harness_model(
     tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None,
     device: str | None,
     batch_size: int | str,
+    dtype: str = "auto",
 ) -> Any:
-    """lm_eval's ``HFLM`` around the model, on ``device``, with a tokenizer that has a pad token."""
+    """lm_eval's ``HFLM`` around the model, on ``device`` (a directory's weights in ``dtype``), with a tokenizer
+    that has a pad token, taking log-probabilities in fp32 whatever the weights' dtype."""
     import torch
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..compute.modeling import resolve_model_source
+    from ..compute.modeling import resolve_dtype, resolve_model_source
 
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = resolve_model_source(tokenizer)  # a GGUF source: its converted directory
@@ -190,7 +200,7 @@ def _harness_model(
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = tokenizer if tokenizer is not None else model
         try:
-            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32 if device == "cpu" else "auto",
+            model = AutoModelForCausalLM.from_pretrained(model, dtype=resolve_dtype(dtype, torch.device(device)),
                                                          use_safetensors=True)  # never unpickle .bin weights
         except (OSError, ValueError) as e:
             raise TokencleanError(f"cannot load a causal language model from {model}: {e}") from None
@@ -204,7 +214,8 @@ def _harness_model(
     if device is not None:
         model.to(device)
     model.eval()
-    return HFLM(pretrained=model, tokenizer=_with_pad_token(tokenizer), batch_size=batch_size)
+    return HFLM(pretrained=model, tokenizer=_with_pad_token(tokenizer), batch_size=batch_size,
+                softmax_dtype=torch.float32)
 
 
 def _with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

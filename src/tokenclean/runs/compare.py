@@ -285,19 +285,20 @@ def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit
     (``.../benchmarks/results.json``), so a re-run does not evaluate it again."""
     from ..evaluation.benchmarks import parse_tasks
     from ..evaluation.results import AVERAGE, COLUMN_TITLES, benchmark_columns, write_results
-    from ..compute.modeling import path_fingerprint
+    from ..compute.modeling import path_fingerprint, resolve_device, resolve_dtype
 
     names = [b.name for b in parse_tasks(tasks)]  # unknown names fail here, before any training
-
     def metrics(run: Run, summary: MethodSummary) -> dict[str, float]:
         from ..evaluation.harness import evaluate
 
         stage = Layout.next_to(summary["model_stage"], "benchmarks")
         inputs = {"model": run.key(summary["model_stage"]), "tasks": names, "limit": limit,
-                  "data": data_dir and path_fingerprint(data_dir)}
+                  "data": data_dir and path_fingerprint(data_dir), # the weights' dtype as resolved on this machine: an `auto` run moved to other hardware evaluates again
+                  "dtype": str(resolve_dtype(run.cfg.run.dtype, resolve_device(run.cfg.run.device)))}
 
         def build(tmp: Path) -> dict[str, float]:
-            results = evaluate(summary["model_dir"], names, limit=limit, data_dir=data_dir, device=run.cfg.run.device)
+            results = evaluate(summary["model_dir"], names, limit=limit, data_dir=data_dir, device=run.cfg.run.device,
+                               dtype=run.cfg.run.dtype)
             write_results(results, tmp / "results.json")
             return benchmark_columns(results)
 
