@@ -8,12 +8,17 @@ tasks (results in experiments/README.md, "The demo world").
 - induction: 16 rows of 40 random token ids (ids >= 300, seed 0) repeated once; mean loss on the first copy and on
   the second. A model that copies from its context has a much lower loss on the second.
 
-``train --hidden H --layers L --seq T --lr LR --steps N``: a fresh Llama (4 heads, batch 16) trained from scratch
-on such repeated random sequences of length T (period T/2) only; prints both copies' losses every 50 steps, i.e.
-how many optimizer steps the induction mechanism takes to form at that size and context length.
+``train --hidden H --layers L --seq T --lr LR --steps N [--offsets random]``: a fresh Llama (4 heads, batch 16)
+trained from scratch on rows of T random ids in which one span repeats, and nothing else; prints both copies' losses
+every 50 steps. ``--offsets fixed`` (the first probe): the row is a span of T/2 ids and its copy, so the second copy
+is always exactly T/2 positions back, which a purely positional "look T/2 back" head solves without reading what
+came before. ``--offsets random``: a span of T/4 ids at a random place, its copy at a random later place, random ids
+around them: only a head that finds the current token's earlier occurrence and copies its successor (an induction
+head) lowers the second copy's loss. The two differ (experiments/README.md, "The demo world").
 
     python experiments/induction_probe.py check tokenclean-demo/base
     python experiments/induction_probe.py train --hidden 128 --layers 2 --seq 64 --lr 3e-3 --steps 400
+    python experiments/induction_probe.py train --hidden 128 --layers 2 --seq 64 --lr 3e-3 --steps 400 --offsets random
 """
 
 from __future__ import annotations
@@ -68,7 +73,28 @@ def check(paths: list[str]) -> None:
               f"33.3%); repeated random ids: loss {first:.2f} on the first copy, {second:.2f} on the second")
 
 
-def train(hidden: int, layers: int, seq: int, lr: float, steps: int, vocab: int = 2048, batch: int = 16) -> None:
+def repeated_rows(rows: int, seq: int, vocab: int, offsets: str, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """(ids (rows, seq), first (rows, seq - 1), second (rows, seq - 1)): random ids in which one span repeats, and
+    masks of the next-token targets inside the first copy and inside the second (each copy's first token, which
+    nothing predicts, excluded). ``fixed``: span seq/2, copy right after it; ``random``: span seq/4 at random
+    places."""
+    ids = torch.randint(300, vocab, (rows, seq), generator=g)
+    first, second = torch.zeros(rows, seq - 1, dtype=torch.bool), torch.zeros(rows, seq - 1, dtype=torch.bool)
+    span = seq // 2 if offsets == "fixed" else seq // 4
+    for r in range(rows):
+        if offsets == "fixed":
+            a, b = 0, span
+        else:
+            a = int(torch.randint(0, seq - 2 * span + 1, (1,), generator=g))
+            b = int(torch.randint(a + span, seq - span + 1, (1,), generator=g))
+        ids[r, b : b + span] = ids[r, a : a + span]
+        first[r, a : a + span - 1] = True  # target t + 1 sits at index t
+        second[r, b : b + span - 1] = True
+    return ids, first, second
+
+
+def train(hidden: int, layers: int, seq: int, lr: float, steps: int, vocab: int = 2048, batch: int = 16,
+          offsets: str = "fixed") -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -76,15 +102,18 @@ def train(hidden: int, layers: int, seq: int, lr: float, steps: int, vocab: int 
         vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
         intermediate_size=3 * hidden, max_position_embeddings=seq))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    half, start = seq // 2, time.time()
+    g, start = torch.Generator().manual_seed(0), time.time()
     for step in range(1, steps + 1):
-        x = torch.randint(300, vocab, (batch, half))
-        ids = torch.cat([x, x], 1)
+        ids, _, _ = repeated_rows(batch, seq, vocab, offsets, g)
         model(ids, labels=ids).loss.backward()
         opt.step()
         opt.zero_grad()
         if step % 50 == 0:
-            first, second = copy_losses(model.eval(), batch, half, seed=step)
+            ids, first_mask, second_mask = repeated_rows(64, seq, vocab, offsets, torch.Generator().manual_seed(10**6 + step))
+            with torch.no_grad():
+                logp = torch.log_softmax(model.eval()(ids).logits.float(), -1)
+            nll = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # (64, seq - 1): loss of token t + 1
+            first, second = float(nll[first_mask].mean()), float(nll[second_mask].mean())
             model.train()
             print(f"step {step} ({time.time() - start:.0f} s): loss first copy {first:.2f}, second copy {second:.2f}",
                   flush=True)
@@ -101,11 +130,12 @@ def main() -> None:
     t.add_argument("--seq", type=int, default=64)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--steps", type=int, default=400)
+    t.add_argument("--offsets", choices=["fixed", "random"], default="fixed")
     args = p.parse_args()
     if args.cmd == "check":
         check(args.paths)
     else:
-        train(args.hidden, args.layers, args.seq, args.lr, args.steps)
+        train(args.hidden, args.layers, args.seq, args.lr, args.steps, offsets=args.offsets)
 
 
 if __name__ == "__main__":
