@@ -17,6 +17,12 @@ subject), and each cell shows the harness's standard error. Everything goes thro
 to resume.
 
     python experiments/study_b.py --out /work/studies/b --seeds 0
+
+Each finished row (a method and seed, or the base) is also written to ``experiments/results/study_b/`` with the
+commit, machine and dtype it came from (``--records``): commit those files, since the machines these studies run on
+are replaced between sessions and the run directory with them. ``--table-only`` prints the table of the recorded
+rows. To use both cores, run the methods as two invocations, the second started once the first has finished its
+``heldout-base`` stage, e.g. ``--methods fixed full --no-base-row`` and ``--methods random self-evolving``.
 """
 
 from __future__ import annotations
@@ -24,16 +30,21 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-from tokenclean.compute.modeling import resolve_device, resolve_dtype, resolve_model_source
+from tokenclean.compute.hardware import compute_facts
+from tokenclean.compute.modeling import (
+    resolve_device,
+    resolve_dtype,
+    resolve_model_source,
+)
 from tokenclean.core.artifacts import Selection
 from tokenclean.evaluation.benchmarks import parse_limit
 from tokenclean.evaluation.results import read_results, results_table, write_results
-from tokenclean.runs.compare import benchmark_metrics, compare
+from tokenclean.runs.compare import HELDOUT_BASE, benchmark_metrics, compare
 from tokenclean.runs.config import RunConfig
 from tokenclean.runs.layout import Layout
 from tokenclean.runs.stages import Run
@@ -41,6 +52,7 @@ from tokenclean.runs.stages import Run
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 T0_MIX = SHARED / "sft" / "t0_mix.jsonl"
 EVAL_DIR = SHARED / "eval"
+RECORDS = Path(__file__).resolve().parent / "results" / "study_b"
 TASKS = ["truthfulqa_mc2", "logiqa", "mmlu", "hellaswag", "arc_challenge", "boolq", "gsm8k"]
 METHODS = ("full", "random", "fixed", "self-evolving")
 LITERAL_EOT = "<|endoftext|>"
@@ -129,42 +141,66 @@ def base_results(root: Run, tasks: list[str], limit) -> dict:
 
 
 def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_eval: int, methods: list[str],
-          limit) -> tuple[dict, dict[str, dict]]:
+          limit, records: Path, base_row: bool = True) -> None:
+    """Run ``methods`` x ``seeds`` through ``compare``, then (``base_row``) evaluate the base; write each finished
+    row to ``records``. Two invocations may run different methods at once, but only once the stages they share
+    exist (the tokens, ``heldout-base``, the base's scores): stages are not locked, and one that starts building a
+    stage removes another's half-built copy of it."""
     data = write_study_data(out / "data", n_pool, n_warmup, n_eval)
     cfg = RunConfig.from_flat({
         **SETTINGS, "base": base, "data": str(data["pool"]), "warmup_data": str(data["warmup"]),
-        "eval_data": str(data["eval"]), "out": str(out / "run"), "method": methods[0],
+        "eval_data": str(data["eval"]), "out": str(out / "run"), "method": (methods or ["full"])[0],
         "prompt_field": "prompt", "response_field": "completion"})
     root = Run(cfg)
     benchmarks, columns = benchmark_metrics(TASKS, str(EVAL_DIR), limit)
     eot = EotDropped(root, root.tokens_stage()["pool"])
-
-    results_files: dict[str, Path] = {}
+    dtype = str(resolve_dtype(cfg.run.dtype, resolve_device(cfg.run.device))).removeprefix("torch.")
 
     def metrics(run: Run, summary) -> dict[str, float]:
         values = {**eot(run, summary), **benchmarks(run, summary)}
         stage = Layout.next_to(summary["model_stage"], "benchmarks")
-        results_files[f"{summary['method']} (seed {run.cfg.run.seed})"] = run.path(stage) / "results.json"
+        write_record(records, f"{summary['method']}-seed{run.cfg.run.seed}", dtype, {
+            "method": summary["method"], "seed": run.cfg.run.seed, "heldout_loss": summary["heldout_loss"],
+            "kept_tokens": summary["selection"]["kept_tokens"], "eot_dropped": values.get("eot_dropped"),
+            "seconds": summary["seconds"], "benchmarks": read_results(run.path(stage) / "results.json")})
         return values
 
-    result = compare(cfg, methods, seeds, extra_metrics=metrics,
-                     extra_columns=[*columns, ("eot_dropped", "eot dropped", "{:.1%}")])
-    rows = {"base": base_results(root, TASKS, limit)}
-    rows.update({name: read_results(path) for name, path in results_files.items()})
-    return result, rows
+    if methods:
+        compare(cfg, methods, seeds, extra_metrics=metrics,
+                extra_columns=[*columns, ("eot_dropped", "eot dropped", "{:.1%}")])
+    if base_row:
+        heldout = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, root.tokens_stage()["eval"])
+        write_record(records, "base", dtype, {"method": "base", "heldout_loss": heldout.meta["mean_token_loss"],
+                                              "benchmarks": base_results(root, TASKS, limit)})
 
 
-def table(result: dict, rows: dict[str, dict]) -> str:
-    """Markdown: the benchmark table (every cell ± the harness's standard error), the selection measures, and the
-    paper's Table 1 rows for the same tasks."""
-    lines = [results_table(rows), "", "| method | seed | held-out response loss | kept tokens | eot dropped |",
-             "|---|---:|---:|---:|---:|"]
-    for run in result["runs"]:
-        m = run["metrics"]
-        eot = f"{m['eot_dropped']:.1%}" if "eot_dropped" in m else "-"
-        lines.append(f"| {run['method']} | {run['seed']} | {m['heldout_loss']:.4f} | {m['kept_tokens']} | {eot} |")
-    lines += ["", f"base model held-out response loss {result['base_heldout_loss']:.4f}", "",
-              "The paper's Table 1 (LLaMA-3.2-3B, 50k rows; same tasks, percent):", "",
+def write_record(records: Path, name: str, dtype: str, row: dict) -> None:
+    """One finished row as ``records/NAME.json``, with the commit, machine and dtype it came from: the machines
+    these studies run on are replaced between sessions, so a row must outlive its run directory (commit them)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, check=False,
+                            capture_output=True, text=True).stdout.strip()
+    records.mkdir(parents=True, exist_ok=True)
+    row = {**row, "dtype": dtype, "machine": compute_facts("cpu"), "commit": commit,
+           "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (records / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n", encoding="utf-8")
+
+
+def table(records: Path) -> str:
+    """Markdown from the recorded rows: the benchmark table (every cell ± the harness's standard error), the
+    held-out loss and selection measures, where each row came from, and the paper's Table 1 for the same tasks."""
+    rows = {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in sorted(records.glob("*.json"))}
+    order = ["base", *(f"{m}-seed{s}" for s in sorted({r.get("seed", 0) for r in rows.values()}) for m in METHODS)]
+    names = [n for n in order if n in rows] + [n for n in rows if n not in order]
+    label = {n: n if n == "base" else f"{rows[n]['method']} (seed {rows[n]['seed']})" for n in names}
+    lines = [results_table({label[n]: rows[n]["benchmarks"] for n in names}), "",
+             "| row | held-out response loss | kept tokens | eot dropped | dtype | commit | recorded |",
+             "|---|---:|---:|---:|---|---|---|"]
+    for n in names:
+        r = rows[n]
+        eot = "-" if r.get("eot_dropped") is None else f"{r['eot_dropped']:.1%}"
+        lines.append(f"| {label[n]} | {r['heldout_loss']:.4f} | {r.get('kept_tokens', '-')} | {eot} | {r['dtype']} "
+                     f"| {r['commit']} | {r['recorded']} |")
+    lines += ["", "The paper's Table 1 (LLaMA-3.2-3B, 50k rows; same tasks, percent):", "",
               results_table({name: {t: v / 100 for t, v in row.items()} for name, row in PAPER.items()})]
     return "\n".join(lines)
 
@@ -177,15 +213,22 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=160)
     p.add_argument("--warmup", type=int, default=160)
     p.add_argument("--eval", type=int, default=100, help="held-out rows for the response loss")
-    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--methods", nargs="*", default=list(METHODS), help="none: the base row only")
+    p.add_argument("--base-row", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate the base model as a row (after the methods)")
     p.add_argument("--limit", type=parse_limit, default=parse_limit("100,mmlu=2,gsm8k=50"),
                    help="questions per benchmark (per MMLU subject): N or N,mmlu=M,...")
+    p.add_argument("--records", type=Path, default=RECORDS, help=f"finished rows go here (default: {RECORDS})")
+    p.add_argument("--table-only", action="store_true", help="print the table of the recorded rows; run nothing")
     args = p.parse_args()
     start = time.time()
-    result, rows = study(args.out, args.base, args.seeds, args.pool, args.warmup, args.eval, args.methods,
-                         args.limit)
-    text = table(result, rows)
-    (args.out / "study_b.md").write_text(text + f"\n\nwall time {time.time() - start:.0f} s\n", encoding="utf-8")
+    if not args.table_only:
+        study(args.out, args.base, args.seeds, args.pool, args.warmup, args.eval, args.methods, args.limit,
+              args.records, args.base_row)
+    text = table(args.records)
+    if not args.table_only:
+        (args.out / "study_b.md").write_text(text + f"\n\nwall time {time.time() - start:.0f} s\n",
+                                             encoding="utf-8")
     print(text)
 
 
