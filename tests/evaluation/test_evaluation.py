@@ -114,6 +114,14 @@ def write_tydiqa_fixture(directory: Path) -> dict[str, str]:
     return {qid: prediction for qid, (_, _, prediction) in dev.items()}
 
 
+def write_boolq(directory: Path, n: int) -> Path:
+    """A local-data directory holding ``n`` made-up BoolQ questions (gold alternating no/yes)."""
+    directory.mkdir(parents=True)
+    rows = [{"query": f"Passage: p{i}\nQuestion: q{i}?", "choices": ["no", "yes"], "gold": i % 2} for i in range(n)]
+    (directory / "boolq.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return directory
+
+
 # --- converters: the documented structure ---------------------------------------------------------------------
 
 
@@ -325,10 +333,7 @@ def test_tydiqa_averages_f1_per_language_then_across_languages(tiny_model, token
 @needs_data
 def test_eval_cli_runs_available_tasks_and_writes_results(model_dir, tmp_path, capsys):
     pytest.importorskip("lm_eval")
-    data_dir = tmp_path / "eval"
-    data_dir.mkdir()
-    rows = [{"query": f"Passage: p{i}\nQuestion: q{i}?", "choices": ["no", "yes"], "gold": i % 2} for i in range(4)]
-    (data_dir / "boolq.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data_dir = write_boolq(tmp_path / "eval", 4)
     parser = argparse.ArgumentParser(prog="tokenclean")
     eval_cli.add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "results.json"
@@ -482,10 +487,7 @@ def test_dtype_sets_the_weights_and_is_recorded(model_dir, tmp_path, no_network)
     pytest.importorskip("lm_eval")
     from tokenclean.evaluation import evaluate
 
-    data_dir = tmp_path / "eval"
-    data_dir.mkdir()
-    rows = [{"query": f"Passage: p{i}\nQuestion: q{i}?", "choices": ["no", "yes"], "gold": i % 2} for i in range(8)]
-    (data_dir / "boolq.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data_dir = write_boolq(tmp_path / "eval", 8)
     fp32 = evaluate(model_dir, ["boolq"], data_dir=data_dir, device="cpu", dtype="float32")
     bf16 = evaluate(model_dir, ["boolq"], data_dir=data_dir, device="cpu", dtype="bfloat16")
     assert (fp32["dtype"], bf16["dtype"]) == ("float32", "bfloat16")
