@@ -47,6 +47,8 @@ FINAL = re.compile(r"#### *(-?[\d,]*\.?\d+)\s*$")
 SETTINGS = {
     "max_seq_len": 512, "batch_size": 4, "gradient_accumulation_steps": 2, "epochs": 2.0, "rounds": 2,
     "logging_steps": 10, "save_steps": 50,
+    # the run's own held-out losses in the scoring dtype, as the study's first runs; Fp32Heldout adds fp32 ones
+    "eval_dtype": "auto",
 }
 
 

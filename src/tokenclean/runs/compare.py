@@ -129,8 +129,8 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     ablation_roots = _ablation_roots(root, ablations, {name for name, _, _ in plan})
     runs: list[dict[str, Any]] = []
     tables = root.tokens_stage()
-    base_loss = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, tables["eval"]).meta[
-        "mean_token_loss"]
+    base_loss = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, tables["eval"],
+                                 dtype=cfg.run.eval_dtype).meta["mean_token_loss"]
     for seed in seeds:
         rows = [(name, _variant(root, name, method, seed, select_config)) for name, method, select_config in plan]
         rows += [(a.name, ablation_roots[a.name].variant(a.method, seed)) for a in ablations]
@@ -285,20 +285,20 @@ def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit
     (``.../benchmarks/results.json``), so a re-run does not evaluate it again."""
     from ..evaluation.benchmarks import parse_tasks
     from ..evaluation.results import AVERAGE, COLUMN_TITLES, benchmark_columns, write_results
-    from ..compute.modeling import path_fingerprint, resolve_device, resolve_dtype
+    from ..compute.modeling import path_fingerprint
 
     names = [b.name for b in parse_tasks(tasks)]  # unknown names fail here, before any training
     def metrics(run: Run, summary: MethodSummary) -> dict[str, float]:
         from ..evaluation.harness import evaluate
 
         stage = Layout.next_to(summary["model_stage"], "benchmarks")
+        # the weights' dtype as resolved on this machine: an `auto` run moved to other hardware evaluates again
         inputs = {"model": run.key(summary["model_stage"]), "tasks": names, "limit": limit,
-                  "data": data_dir and path_fingerprint(data_dir), # the weights' dtype as resolved on this machine: an `auto` run moved to other hardware evaluates again
-                  "dtype": str(resolve_dtype(run.cfg.run.dtype, resolve_device(run.cfg.run.device)))}
+                  "data": data_dir and path_fingerprint(data_dir), "dtype": run.resolved_dtype(run.cfg.run.eval_dtype)}
 
         def build(tmp: Path) -> dict[str, float]:
             results = evaluate(summary["model_dir"], names, limit=limit, data_dir=data_dir, device=run.cfg.run.device,
-                               dtype=run.cfg.run.dtype)
+                               dtype=run.cfg.run.eval_dtype)
             write_results(results, tmp / "results.json")
             return benchmark_columns(results)
 

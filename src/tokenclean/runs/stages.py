@@ -38,7 +38,7 @@ class Run(Store):
         super().__init__(cfg.run.out, shared)
         self.cfg = cfg
         self.layout = layout or Layout(self.dir)
-        self._cache: dict[str, Any] = shared._cache if shared else {}  # loaded once per process: the tokenizer
+        self._cache: dict[Any, Any] = shared._cache if shared else {}  # loaded once per process: the tokenizer
 
     def variant(self, method: str, seed: int) -> Run:
         """The same run directory for another method and seed (``seed-<s>/<method>/``), sharing loaded state."""
@@ -159,19 +159,24 @@ class Run(Store):
         """The score cache setting for ``api.score``: False (``--no-cache``), a directory, or True (the default)."""
         return self.cfg.run.cache and (self.cfg.run.cache_dir or True)
 
-    def _score_inputs(self, model_key: str, tokens: TokenTable) -> dict[str, Any]:
+    def _score_inputs(self, model_key: str, tokens: TokenTable, dtype: str | None = None) -> dict[str, Any]:
         # the dtype auto resolves to on this machine: "auto" means bf16 on one CPU and fp32 on another
-        return {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"], "dtype": self.scoring_dtype}
+        return {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"], "dtype": self.resolved_dtype(dtype)}
 
     @property
     def scoring_dtype(self) -> str:
         """``--dtype`` as resolved on this machine (``compute.hardware``): "float32" or "bfloat16"."""
-        if "dtype" not in self._cache:
+        return self.resolved_dtype(self.cfg.run.dtype)
+
+    def resolved_dtype(self, dtype: str | None) -> str:
+        """A dtype setting (``None``: ``--dtype``) as resolved on this machine: "float32" or "bfloat16"."""
+        dtype = self.cfg.run.dtype if dtype is None else dtype
+        if ("dtype", dtype) not in self._cache:
             from ..compute.modeling import resolve_device, resolve_dtype
 
-            dtype = resolve_dtype(self.cfg.run.dtype, resolve_device(self.cfg.run.device))
-            self._cache["dtype"] = str(dtype).removeprefix("torch.")
-        return self._cache["dtype"]
+            resolved = resolve_dtype(dtype, resolve_device(self.cfg.run.device))
+            self._cache["dtype", dtype] = str(resolved).removeprefix("torch.")
+        return self._cache["dtype", dtype]
 
     def base_model_record(self) -> dict[str, Any]:
         """The base model as given, its fingerprint, and for a GGUF source the file it was converted from
@@ -196,16 +201,18 @@ class Run(Store):
                 "train_bf16": resolve_bf16(self.cfg.train.bf16, device)}
 
     def score_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable,
-                    cache: bool = False, compute: Callable[[], Scores] | None = None) -> Scores:
+                    cache: bool = False, compute: Callable[[], Scores] | None = None,
+                    dtype: str | None = None) -> Scores:
         """Token losses of ``tokens`` under ``model_path``, through the score cache when ``cache`` (and the run's
-        ``--cache``). ``compute`` replaces scoring ``model_path`` alone (e.g. scores from an adapter pair)."""
+        ``--cache``). ``compute`` replaces scoring ``model_path`` alone (e.g. scores from an adapter pair);
+        ``dtype`` replaces ``--dtype`` (``--eval-dtype`` for measurements)."""
         from ..api import score
         from .cache import save_scores
 
         c = self.cfg
-        inputs = self._score_inputs(model_key, tokens)
+        inputs = self._score_inputs(model_key, tokens, dtype)
         compute = compute or (lambda: score(
-            str(model_path), tokens, score_config=c.score, device=c.run.device, dtype=c.run.dtype,
+            str(model_path), tokens, score_config=c.score, device=c.run.device, dtype=dtype or c.run.dtype,
             trust_remote_code=c.run.trust_remote_code, cache=cache and self.cache,
             work_dir=self.work_dir(name, inputs)))
 
@@ -320,13 +327,13 @@ class Run(Store):
         return scores
 
     def heldout_stage(self, model_stage: str, tables: dict[str, TokenTable]) -> float | None:
-        """Mean loss of the held-out response tokens under the model of stage ``model_stage`` (None without
-        held-out data). The mean divides by the number of held-out response tokens."""
+        """Mean loss of the held-out response tokens under the model of stage ``model_stage``, with its weights in
+        ``--eval-dtype`` (None without held-out data). The mean divides by the number of held-out response tokens."""
         if "eval" not in tables:
             return None
         name = Layout.next_to(model_stage, "heldout")
-        return self.score_stage(name, self.key(model_stage), self.path(model_stage), tables["eval"]).meta[
-            "mean_token_loss"]
+        return self.score_stage(name, self.key(model_stage), self.path(model_stage), tables["eval"],
+                                dtype=self.cfg.run.eval_dtype).meta["mean_token_loss"]
 
     # -- bookkeeping -----------------------------------------------------------------------------------------------
     def write_config(self, ignore: tuple[str, ...] = ()) -> None:
