@@ -57,7 +57,7 @@ TRAIN_WORKER = CPU_FSDP + textwrap.dedent("""
     model, data, out, per_device, accumulation, lora = sys.argv[1:7]
     cfg = TrainConfig(lora=lora == "lora", lora_r=4, lora_alpha=8, lora_dropout=0.0, batch_size=int(per_device),
                       gradient_accumulation_steps=int(accumulation), max_steps=2, optimizer="sgd", learning_rate=0.5,
-                      lr_scheduler="constant", warmup_ratio=0.0, logging_steps=1)
+                      lr_scheduler="constant", warmup_ratio=0.0, logging_steps=1, bf16="false")
     api.train(model, data, out, data_config=DataConfig(prompt_field="question", response_field="answer"),
               train_config=cfg, drop_empty=False, seed=0)
 """)
@@ -94,7 +94,10 @@ def test_fsdp_run_matches_one_process(tmp_path, tiny_model_dir, gsm8k_rows):
     cmd = _torchrun(script, "run", "--base", tiny_model_dir, "--data", data, "--prompt-field", "question",
                     "--response-field", "answer", "--out", out, "--no-cache", "--max-seq-len", "256", "--batch-size",
                     "2", "--gradient-accumulation-steps", "1", "--lora-r", "4", "--max-steps", "2", "--batch-tokens",
-                    "700", "--learning-rate", "1e-2", "--warmup-min-steps", "2")
+                    "700", "--learning-rate", "1e-2", "--warmup-min-steps", "2",
+                    # equality is checked in fp32: on a native-bf16 CPU `auto` is bf16, whose rounding differs
+                    # between a sharded and a whole computation
+                    "--dtype", "float32", "--bf16", "false")
     done = subprocess.run(cmd, env=_fsdp_env(scratch), check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count('"method": "fixed"') == 1  # one process reports
@@ -106,7 +109,7 @@ def test_fsdp_run_matches_one_process(tmp_path, tiny_model_dir, gsm8k_rows):
     base, ref = Scores.load(out / "scores" / "base"), Scores.load(out / "scores" / "reference")
     assert not base.meta.get("adapter_pair")  # sharded weights take no merge: two models, each sharded
     for scores, model in ((base, tiny_model_dir), (ref, out / "reference")):
-        alone = api.score(model, pool, progress=False)
+        alone = api.score(model, pool, progress=False, dtype="float32")
         np.testing.assert_allclose(scores.token_loss, alone.token_loss, rtol=1e-5, atol=1e-5)
         assert np.array_equal(np.isnan(scores.token_loss), np.isnan(alone.token_loss))
     np.testing.assert_array_equal(api.select(base, ref).keep_mask, Selection.load(out / "selection").keep_mask)
