@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ import torch
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GSM8K = SHARED / "sft" / "gsm8k_train.jsonl"
 GPT2_DIR = SHARED / "tokenizers" / "gpt2"
+
+# `auto` dtypes at fp32 on every machine (torchrun workers inherit it), so that tests comparing computations to
+# tolerances of 1e-5 do not turn bf16 on a CPU with native bf16; the tests of the detection itself unset it.
+os.environ.setdefault("TOKENCLEAN_NATIVE_BF16", "0")
 
 
 def tiny_llama(vocab_size: int = 50257, seed: int = 0, hidden: int = 32, layers: int = 2):

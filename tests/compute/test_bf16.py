@@ -22,6 +22,7 @@ from tokenclean.compute.training import TrainConfig
 @pytest.fixture
 def cpu_without_probes(monkeypatch):
     """torch's own CPU probes report nothing, so ``/proc/cpuinfo``'s flags (patched per test) decide."""
+    monkeypatch.delenv(hardware.NATIVE_BF16_ENV, raising=False)  # the suite's fp32 pin (conftest)
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
 
@@ -29,6 +30,18 @@ def cpu_without_probes(monkeypatch):
         monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
 
     return set_flags
+
+
+def test_the_environment_overrides_the_detection(monkeypatch, cpu_without_probes):
+    cpu_without_probes("avx2")
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
+    assert hardware.auto_dtype("cpu") == torch.bfloat16
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "0")
+    cpu_without_probes("avx512_bf16")
+    assert hardware.auto_dtype("cpu") == torch.float32
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "yes")
+    with pytest.raises(ConfigError, match="TOKENCLEAN_NATIVE_BF16 must be 0 or 1"):
+        hardware.auto_dtype("cpu")
 
 
 def test_auto_picks_bf16_only_on_cpus_with_native_bf16(cpu_without_probes):

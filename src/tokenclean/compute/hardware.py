@@ -13,6 +13,7 @@ whether bf16 is native and the dtype chosen), so a throughput figure can be read
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 # Flags worth recording next to a CPU benchmark figure.
 RECORDED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "bf16", "sve")
 _BF16_CHOICES = ("auto", "true", "false")
+NATIVE_BF16_ENV = "TOKENCLEAN_NATIVE_BF16"
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,7 +61,16 @@ def cpu_capability() -> str:
 
 def cpu_has_native_bf16() -> bool:
     """True when the CPU multiplies bf16 natively: torch's own probe (AVX512-BF16 or AMX tiles, through the
-    cpuinfo library) where this torch has it, or the flags of ``/proc/cpuinfo``."""
+    cpuinfo library) where this torch has it, or the flags of ``/proc/cpuinfo``. ``$TOKENCLEAN_NATIVE_BF16`` (``0``
+    or ``1``) overrides the detection, e.g. to keep ``auto`` at fp32 on a bf16 CPU (the test suite does, so that
+    its numerical checks do not depend on the machine)."""
+    override = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if override in ("0", "1"):
+        return override == "1"
+    if override:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"${NATIVE_BF16_ENV} must be 0 or 1, got {override!r}")
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if any(probe is not None and probe() for probe in probes):
         return True
