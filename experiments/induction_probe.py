@@ -109,7 +109,8 @@ def train(hidden: int, layers: int, seq: int, lr: float, steps: int, vocab: int 
         opt.step()
         opt.zero_grad()
         if step % 50 == 0:
-            ids, first_mask, second_mask = repeated_rows(64, seq, vocab, offsets, torch.Generator().manual_seed(10**6 + step))
+            probe = torch.Generator().manual_seed(10**6 + step)  # fresh rows, never trained on
+            ids, first_mask, second_mask = repeated_rows(64, seq, vocab, offsets, probe)
             with torch.no_grad():
                 logp = torch.log_softmax(model.eval()(ids).logits.float(), -1)
             nll = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # (64, seq - 1): loss of token t + 1

@@ -81,10 +81,7 @@ class Fp32Heldout:
         self.root, self.measure, self.eval = root, measure, root.tokens_stage()["eval"]
 
     def losses(self, run: Run, stage: str, key: str, model: str) -> dict[str, float]:
-        from tokenclean.api import score
-
-        scores = run.score_stage(stage, key, model, self.eval, compute=lambda: score(
-            str(model), self.eval, score_config=run.cfg.score, device=run.cfg.run.device, dtype="float32"))
+        scores = run.score_stage(stage, key, model, self.eval, dtype="float32")
         return {"heldout_loss_fp32": scores.meta["mean_token_loss"],
                 "informative_loss_fp32": self.measure.informative_loss(scores)}
 

@@ -36,11 +36,7 @@ import time
 from pathlib import Path
 
 from tokenclean.compute.hardware import compute_facts
-from tokenclean.compute.modeling import (
-    resolve_device,
-    resolve_dtype,
-    resolve_model_source,
-)
+from tokenclean.compute.modeling import resolve_model_source
 from tokenclean.core.artifacts import Selection
 from tokenclean.evaluation.benchmarks import parse_limit
 from tokenclean.evaluation.results import read_results, results_table, write_results
@@ -129,9 +125,8 @@ class EotDropped:
 def base_results(root: Run, tasks: list[str], limit) -> dict:
     """The base model's benchmark results: a stage of the compare directory (``base/benchmarks``)."""
     model = resolve_model_source(root.cfg.run.base)  # a GGUF source's converted directory
-    dtype = resolve_dtype(root.cfg.run.eval_dtype, resolve_device(root.cfg.run.device))  # as the methods' rows
     inputs = {"model": root.base_fingerprint, "tasks": tasks, "limit": limit, "data": str(EVAL_DIR),
-              "dtype": str(dtype)}
+              "dtype": root.resolved_dtype(root.cfg.run.eval_dtype)}  # as the methods' rows
 
     def build(tmp: Path) -> dict:
         from tokenclean.evaluation.harness import evaluate
@@ -158,7 +153,7 @@ def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_
     root = Run(cfg)
     benchmarks, columns = benchmark_metrics(TASKS, str(EVAL_DIR), limit)
     eot = EotDropped(root, root.tokens_stage()["pool"])
-    dtype = str(resolve_dtype(cfg.run.eval_dtype, resolve_device(cfg.run.device))).removeprefix("torch.")
+    dtype = root.resolved_dtype(cfg.run.eval_dtype)
 
     def metrics(run: Run, summary) -> dict[str, float]:
         values = {**eot(run, summary), **benchmarks(run, summary)}
@@ -173,7 +168,8 @@ def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_
         compare(cfg, methods, seeds, extra_metrics=metrics,
                 extra_columns=[*columns, ("eot_dropped", "eot dropped", "{:.1%}")])
     if base_row:
-        heldout = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, root.tokens_stage()["eval"])
+        heldout = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, root.tokens_stage()["eval"],
+                                   dtype=cfg.run.eval_dtype)  # the stage compare makes
         write_record(records, "base", dtype, {"method": "base", "heldout_loss": heldout.meta["mean_token_loss"],
                                               "benchmarks": base_results(root, TASKS, limit)})
 

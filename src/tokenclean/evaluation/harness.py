@@ -66,8 +66,8 @@ def evaluate(
 
     Returns:
         ``{"model", "tasks": {name: {"metric", "value", "stderr", "n", "num_fewshot"[, "parts"]}}, "average",
-        "average_stderr", "dtype", ...}`` where ``stderr`` is the harness's standard error of ``value`` (``None`` where it
-        has none), ``n`` counts questions, ``parts`` holds per-subject / per-language values and ``average`` is
+        "average_stderr", "dtype", ...}`` where ``stderr`` is the harness's standard error of ``value`` (``None``
+        where it has none), ``n`` counts questions, ``parts`` holds per-subject / per-language values and ``average`` is
         the unweighted mean of the task values.
     """
     benchmarks = parse_tasks(tasks)

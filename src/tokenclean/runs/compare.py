@@ -288,13 +288,15 @@ def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit
     from ..compute.modeling import path_fingerprint
 
     names = [b.name for b in parse_tasks(tasks)]  # unknown names fail here, before any training
+
     def metrics(run: Run, summary: MethodSummary) -> dict[str, float]:
         from ..evaluation.harness import evaluate
 
         stage = Layout.next_to(summary["model_stage"], "benchmarks")
         # the weights' dtype as resolved on this machine: an `auto` run moved to other hardware evaluates again
         inputs = {"model": run.key(summary["model_stage"]), "tasks": names, "limit": limit,
-                  "data": data_dir and path_fingerprint(data_dir), "dtype": run.resolved_dtype(run.cfg.run.eval_dtype)}
+                  "data": data_dir and path_fingerprint(data_dir),
+                  "dtype": run.resolved_dtype(run.cfg.run.eval_dtype)}
 
         def build(tmp: Path) -> dict[str, float]:
             results = evaluate(summary["model_dir"], names, limit=limit, data_dir=data_dir, device=run.cfg.run.device,
