@@ -189,6 +189,8 @@ def table(records: Path) -> str:
     """Markdown from the recorded rows: the benchmark table (every cell ± the harness's standard error), the
     held-out loss and selection measures, where each row came from, and the paper's Table 1 for the same tasks."""
     rows = {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in sorted(records.glob("*.json"))}
+    if not rows:
+        raise SystemExit(f"no recorded rows in {records} (expected <row>.json files written by a run of this script)")
     order = ["base", *(f"{m}-seed{s}" for s in sorted({r.get("seed", 0) for r in rows.values()}) for m in METHODS)]
     names = [n for n in order if n in rows] + [n for n in rows if n not in order]
     label = {n: n if n == "base" else f"{rows[n]['method']} (seed {rows[n]['seed']})" for n in names}
