@@ -140,11 +140,12 @@ def base_results(root: Run, tasks: list[str], limit) -> dict:
 
 
 def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_eval: int, methods: list[str],
-          limit, records: Path, base_row: bool = True) -> None:
+          limit, records: Path, base_row: bool = True, with_benchmarks: bool = True) -> None:
     """Run ``methods`` x ``seeds`` through ``compare``, then (``base_row``) evaluate the base; write each finished
-    row to ``records``. Two invocations may run different methods at once, but only once the stages they share
-    exist (the tokens, ``heldout-base``, the base's scores): stages are not locked, and one that starts building a
-    stage removes another's half-built copy of it."""
+    row to ``records``. Without ``with_benchmarks``, only train the models and measure their held-out loss (for
+    ``heldout_split``; nothing is recorded). Two invocations may run different methods at once, but only once the
+    stages they share exist (the tokens, ``heldout-base``, the base's scores): stages are not locked, and one that
+    starts building a stage removes another's half-built copy of it."""
     data = write_study_data(out / "data", n_pool, n_warmup, n_eval)
     cfg = RunConfig.from_flat({
         **SETTINGS, "base": base, "data": str(data["pool"]), "warmup_data": str(data["warmup"]),
@@ -164,6 +165,9 @@ def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_
             "seconds": summary["seconds"], "benchmarks": read_results(run.path(stage) / "results.json")})
         return values
 
+    if methods and not with_benchmarks:
+        compare(cfg, methods, seeds, extra_metrics=eot, extra_columns=[("eot_dropped", "eot dropped", "{:.1%}")])
+        return
     if methods:
         compare(cfg, methods, seeds, extra_metrics=metrics,
                 extra_columns=[*columns, ("eot_dropped", "eot dropped", "{:.1%}")])
@@ -172,6 +176,41 @@ def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_
                                    dtype=cfg.run.eval_dtype)  # the stage compare makes
         write_record(records, "base", dtype, {"method": "base", "heldout_loss": heldout.meta["mean_token_loss"],
                                               "benchmarks": base_results(root, TASKS, limit)})
+
+
+def heldout_split(out: Path, methods: list[str], seeds: list[int]) -> str:
+    """Markdown: the held-out response loss of the base and of each trained model (``out``'s run directory), split
+    into the end-of-turn token that closes each held-out answer and the answers' own tokens. Each column is a mean
+    per token (it divides by that column's token count): where a gap between two methods comes from."""
+    import numpy as np
+
+    from tokenclean.core.artifacts import Scores
+    from tokenclean.core.tokens import TokenTable
+    from tokenclean.runs.layout import TOKENS
+
+    run = out / "run"
+    tokens = TokenTable.load(run / TOKENS / "eval")
+    response, bounds = tokens.flat_response_mask(), tokens.offsets
+    last = np.zeros_like(response)
+    for start, end in zip(bounds[:-1], bounds[1:]):  # the last response token of each row: its end of turn
+        where = np.flatnonzero(response[start:end])
+        if where.size:
+            last[start + where[-1]] = True
+    stages = {"base": (run / HELDOUT_BASE, None)}
+    for seed in seeds:
+        for method in methods:
+            summary = run / f"seed-{seed}" / method / "summary.json"
+            if summary.is_file():
+                s = json.loads(summary.read_text(encoding="utf-8"))
+                stages[f"{method} (seed {seed})"] = (run / Layout.next_to(s["model_stage"], "heldout"),
+                                                     s["training"].get("optimizer_steps"))
+    lines = [f"| model | all response tokens | end-of-turn token ({int(last.sum())}) | answer tokens "
+             f"({int((response & ~last).sum())}) | optimizer steps |", "|---|---:|---:|---:|---:|"]
+    for name, (path, steps) in stages.items():
+        loss = Scores.load(path).token_loss
+        means = [float(loss[m].mean()) for m in (response, last, response & ~last)]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in means) + f" | {steps or '-'} |")
+    return "\n".join(lines)
 
 
 def write_record(records: Path, name: str, dtype: str, row: dict) -> None:
@@ -222,10 +261,24 @@ def main() -> None:
                    help="questions per benchmark (per MMLU subject): N or N,mmlu=M,...")
     p.add_argument("--records", type=Path, default=RECORDS, help=f"finished rows go here (default: {RECORDS})")
     p.add_argument("--table-only", action="store_true", help="print the table of the recorded rows; run nothing")
+    p.add_argument("--benchmarks", action=argparse.BooleanOptionalAction, default=True,
+                   help="--no-benchmarks: train the methods' models and measure held-out loss only; record nothing")
+    p.add_argument("--split", action="store_true",
+                   help="print the held-out loss of the base and each model in --out, split into the end-of-turn "
+                        "token and the answers' tokens; run nothing")
     args = p.parse_args()
     if args.out is None and not args.table_only:
         p.error("--out is required (unless --table-only)")
+    if args.split:
+        if args.out is None:
+            p.error("--split reads the models of --out")
+        print(heldout_split(args.out, args.methods, args.seeds))
+        return
     start = time.time()
+    if not args.benchmarks:
+        study(args.out, args.base, args.seeds, args.pool, args.warmup, args.eval, args.methods, args.limit,
+              args.records, base_row=False, with_benchmarks=False)
+        return
     if not args.table_only:
         study(args.out, args.base, args.seeds, args.pool, args.warmup, args.eval, args.methods, args.limit,
               args.records, args.base_row)
