@@ -31,6 +31,16 @@ def tiny_llama(vocab_size: int = 50257, seed: int = 0, hidden: int = 32, layers:
     return LlamaForCausalLM(cfg)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """torch's thread count is process-wide: a test that sets it must not change the tests after it. The
+    bitwise-reproducibility tests compare this process's results with a subprocess's, which runs on the default
+    count; on a 2-core CPU with AMX, 1 thread against 2 changed the last bits of the scores (found in CI order)."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def score_cache_dir(tmp_path_factory):
     """Runs use the score cache by default: keep it in the session's temporary directory, never in ~/.cache."""
