@@ -189,6 +189,9 @@ def heldout_split(out: Path, methods: list[str], seeds: list[int]) -> str:
     from tokenclean.runs.layout import TOKENS
 
     run = out / "run"
+    if not (run / HELDOUT_BASE / "stage.json").is_file():
+        raise SystemExit(f"{run}: no held-out losses to split (expected {HELDOUT_BASE}/ from a run of this script "
+                         f"with --out {out})")
     tokens = TokenTable.load(run / TOKENS / "eval")
     response, bounds = tokens.flat_response_mask(), tokens.offsets
     last = np.zeros_like(response)
@@ -275,13 +278,11 @@ def main() -> None:
         print(heldout_split(args.out, args.methods, args.seeds))
         return
     start = time.time()
-    if not args.benchmarks:
-        study(args.out, args.base, args.seeds, args.pool, args.warmup, args.eval, args.methods, args.limit,
-              args.records, base_row=False, with_benchmarks=False)
-        return
     if not args.table_only:
         study(args.out, args.base, args.seeds, args.pool, args.warmup, args.eval, args.methods, args.limit,
-              args.records, args.base_row)
+              args.records, args.base_row and args.benchmarks, args.benchmarks)
+        if not args.benchmarks:  # models only: nothing recorded, no table
+            return
     text = table(args.records)
     if not args.table_only:
         (args.out / "study_b.md").write_text(text + f"\n\nwall time {time.time() - start:.0f} s\n",
