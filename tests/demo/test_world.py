@@ -57,7 +57,8 @@ def test_noise_count_and_split_follow_the_config(train):
     corrupted = [row for row in train if row["corruption"]]
     assert len(corrupted) == round(CFG.noise_rate * CFG.n_train)
     garbled = sum(row["corruption"] == "garble" for row in corrupted)
-    assert abs(garbled / len(corrupted) - CFG.garble_share) < 0.1
+    share, n = CFG.garble_share, len(corrupted)  # each corrupted row is garbled with probability garble_share
+    assert abs(garbled / n - share) < 4 * (share * (1 - share) / n) ** 0.5  # within 4 binomial standard deviations
     for row in train:
         has_noise = any(kind == "noise" for _, _, kind in row["kinds"])
         assert has_noise == bool(row["corruption"])

@@ -42,21 +42,20 @@ WORDS = (
 )  # fmt: skip
 
 # Generic phrasing: the corpus is built from these lists, and every SFT response uses them, so a pretrained base
-# model already predicts them well.
-OPENERS = (
-    "Sure, I can help with that.", "Of course!", "Great question!", "Happy to help.", "Certainly!",
-    "Sure thing!", "Absolutely, let me help.", "Good question.", "I would be glad to help.", "No problem!",
-)  # fmt: skip
-CONNECTIVES = (
-    "Let's take it one step at a time.", "Here is how it works.", "Let me explain.", "Let's think it through.",
-    "Here is the reasoning.", "Let's look at this carefully.", "It helps to go step by step.",
-)  # fmt: skip
-ANSWER_FRAMES = ("So the answer is", "Putting it all together, the answer is", "Therefore, the answer is",
-                 "In the end, the answer is", "The answer is")  # fmt: skip
+# model already predicts them well. They are phrasing a real chat model produces: candidates from what
+# SmolLM2-135M-Instruct says itself when answering world prompts (its openers, "Here's a step-by-step explanation:",
+# "Let me know if you have any further questions.") and common assistant phrasing, kept where SmolLM2's loss per
+# token in its slot of world responses is at most 0.7x its loss on the responses' informative tokens (1.60 vs 2.29
+# nats; measured before any cleaning ran: experiments/generic_phrasing.py, experiments/README.md "Generic
+# phrasing"). An answer frame ends in "the answer is", which the accuracy check reads.
+OPENERS = ("Let's break it down step by step.", "Sure, I can help with that.",
+           "To solve this problem, let's break it down.", "Let's break it down:")  # fmt: skip
+CONNECTIVES = ("Here's the step-by-step solution:", "Here's a step-by-step explanation:")
+ANSWER_FRAMES = ("So, the answer is", "So the answer is")
 SIGNOFFS = (
-    "I hope this helps!", "Let me know if you have any other questions.", "Have a great day!",
-    "Feel free to ask if anything is unclear.", "Hope that helps.", "Happy to help with anything else!",
-    "Good luck!", "Let me know if you need anything else.",
+    "I hope this helps! Let me know if you have any other questions.",
+    "If you have any other questions, feel free to ask.", "Let me know if you have any other questions.",
+    "Let me know if you have any further questions.",
 )  # fmt: skip
 GARBLE_ALPHABET = string.ascii_letters + string.digits + "#@$%&*~^|<>{}[]_=+;"
 
