@@ -146,6 +146,23 @@ def test_conclusion_names_an_accuracy_floor_and_kept_garbled_tokens():
     assert "Seed-to-seed spread" not in text
 
 
+def test_conclusion_splits_fixed_against_full_by_what_the_base_knew():
+    result = _result({"full": [0.4], "fixed": [0.55]}, {"informative_kept": 0.65, "precision": 0.6,
+                                                       "informative_loss_known": 0.52, "informative_loss_new": 0.58})
+    full = next(r for r in result["rows"] if r["method"] == "full")["mean"]
+    full.update(informative_loss_known=0.06, informative_loss_new=0.61)
+    result["base_known_split"] = {"known_share": 0.371, "informative_loss_known": 0.135, "informative_loss_new": 3.4}
+    text = "\n".join(conclude(result, world=True))
+    assert ("Split by what the base already predicted (37.1% of the held-out informative tokens have base loss < 0.5 "
+            "nats): on the informative tokens new to the base, fixed's loss is lower than full's (0.580 vs 0.610); on "
+            "those the base already predicted it is higher (0.520 vs 0.060; the base: 0.135): the tokens a selection "
+            "leaves out of training got worse than before any fine-tuning.") in text
+    result["base_known_split"]["informative_loss_known"] = 0.6  # not worse than the base: that clause goes
+    assert "got worse than before" not in "\n".join(conclude(result, world=True))
+    del result["base_known_split"]  # not measured: no sentence
+    assert "Split by what the base" not in "\n".join(conclude(result, world=True))
+
+
 def test_stage_groups_name_the_method_being_trained():
     assert stage_group("seed-1/rho/model") == "train: rho"
     assert stage_group("seed-0/self-evolving/rounds/2/model") == "train: self-evolving"
@@ -174,9 +191,16 @@ def test_quick_demo_end_to_end_and_cached(tmp_path, capsys):
     result = json.loads((out / "run" / "demo.json").read_text())
     methods = ["full", "random", "rho", "slm", "fixed", "self-evolving", "fixed[noisy-warmup]"]
     assert [r["method"] for r in result["rows"]] == methods
+    split = result["base_known_split"]
+    assert 0 <= split["known_share"] <= 1  # the quick base predicts next to nothing: often 0
     for row in result["rows"]:
         assert row["mean"]["informative_loss"] > 0 and 0 <= row["mean"]["accuracy"] <= 1
         assert 0 <= row["mean"]["wrong_answer_reproduced"] <= 1
+        m = row["mean"]  # the split averages back to the whole; an empty group is left out
+        share = split["known_share"]
+        assert ("informative_loss_known" in m) == (share > 0)
+        whole = share * m.get("informative_loss_known", 0.0) + (1 - share) * m["informative_loss_new"]
+        assert whole == pytest.approx(m["informative_loss"], rel=1e-4)
     by_method = {r["method"]: r["mean"] for r in result["rows"]}
     # the reference of the plain rows trains on the world's clean warm-up set; the ablation's on the noisy pool
     world = out / "world"

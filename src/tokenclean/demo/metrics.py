@@ -11,6 +11,9 @@
   the world's checker, or with GSM8K's final-number match on real GSM8K-style data.
 - **Learned noise.** The same greedy answers to the prompts of the pool's wrong-answer rows: how often the final
   model repeats the wrong answer it was shown (``wrong_answer_reproduced``).
+- **Known and new tokens.** The held-out informative-token loss split by whether the base model already predicted
+  the token (base loss below ``KNOWN_LOSS``): cleaning leaves the tokens the base knows out of training, so this
+  shows what that costs on them and what it buys on the rest.
 - **Score health.** The ``selection.health`` verdict of each run's scores (1 = healthy) and how far the reference
   moved (mean |score| / mean base loss), so the demo shows when a selection is close to noise.
 
@@ -46,6 +49,7 @@ log = logging.getLogger("tokenclean")
 
 KIND_CODES = {"informative": 0, "generic": 1, "noise": 2}
 NOT_RESPONSE = -1
+KNOWN_LOSS = 0.5  # nats: a held-out token the base model already predicts (p > 0.61) when its base loss is below
 
 
 def kind_codes(tokens: TokenTable, source: str | Path, tokenizer, data_config: DataConfig | None = None,
@@ -243,9 +247,26 @@ class DemoMetrics:
                     self.noisy.append({**row, "answer": wrong})
                     self.noisy_prompts.append(prompt)
         self.max_new_tokens = max_new_tokens
+        self.root = root
+        self._base_known: np.ndarray | None = None
 
     def informative_loss(self, heldout: Scores) -> float:
         return kind_mean(heldout.token_loss, self.eval_codes, "informative")
+
+    def known_split(self, heldout: Scores) -> dict[str, float]:
+        """Held-out loss on the informative tokens the base model already predicted (``informative_loss_known``:
+        base loss < ``KNOWN_LOSS``) and on the rest (``informative_loss_new``), each a mean over its tokens; and
+        ``known_share``, the share of informative tokens that are known. A group with no token is left out."""
+        from ..runs.layout import HELDOUT_BASE
+
+        if self._base_known is None:
+            self._base_known = Scores.load(self.root.path(HELDOUT_BASE)).token_loss < KNOWN_LOSS
+        informative = self.eval_codes == KIND_CODES["informative"]
+        out = {"known_share": float(self._base_known[informative].mean())}
+        for name, members in (("known", informative & self._base_known), ("new", informative & ~self._base_known)):
+            if members.any():
+                out[f"informative_loss_{name}"] = float(heldout.token_loss[members].mean())
+        return out
 
     def __call__(self, run: Run, summary: MethodSummary) -> dict[str, float]:
         model_stage = summary["model_stage"]
@@ -253,6 +274,7 @@ class DemoMetrics:
         if self.world:
             heldout = Scores.load(run.path(Layout.next_to(model_stage, "heldout")))
             metrics["informative_loss"] = self.informative_loss(heldout)
+            metrics.update({k: v for k, v in self.known_split(heldout).items() if k != "known_share"})
             keep = self._keep_mask(run, summary["method"])
             if keep is not None:
                 metrics.update(selection_quality(keep, self.codes, self.garbled))

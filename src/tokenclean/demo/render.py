@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..runs.compare import render_markdown
-from .metrics import DEMO_COLUMNS
+from .metrics import DEMO_COLUMNS, KNOWN_LOSS
 
 # issue 13's targets for fixed-model selection with the clean warm-up: (metric, at least, what)
 SELECTION_TARGETS = (("garbled_dropped", 0.90, "of garbled tokens dropped"),
@@ -87,6 +87,9 @@ def _reasons(result: dict[str, Any], fixed: dict[str, float], world: bool) -> li
     if world and fixed.get("informative_kept", 1.0) < 0.85:
         reasons.append(f"Its selection dropped {1 - fixed['informative_kept']:.1%} of the informative tokens, which "
                        "the model then never trained on.")
+    known = _known_reason(result, fixed)
+    if known:
+        reasons.append(known)
     share = (result.get("pool_kinds") or {}).get("noise")
     if share is not None:
         reasons.append(f"Noise is {share:.1%} of the pool's response tokens, so full SFT trains on little of it.")
@@ -94,6 +97,24 @@ def _reasons(result: dict[str, Any], fixed: dict[str, float], world: bool) -> li
     if all(s is not None for s in spread) and len(result["seeds"]) > 1 and (full_accuracy or 0) >= 0.3:
         reasons.append(f"Seed-to-seed spread of accuracy: ±{max(spread):.1%} (fixed, full).")
     return reasons
+
+
+def _known_reason(result: dict[str, Any], fixed: dict[str, float]) -> str | None:
+    """Fixed against full on the held-out informative tokens the base already predicted and on the rest, when both
+    were measured: what leaving the known tokens out of training cost and what it bought."""
+    base = result.get("base_known_split") or {}
+    full = next((r["mean"] for r in result["rows"] if r["method"] == "full"), {})
+    keys = ("informative_loss_known", "informative_loss_new")
+    if not all(k in d for d in (base, full, fixed) for k in keys):
+        return None
+    new, known = (("lower" if fixed[k] < full[k] else "higher", fixed[k], full[k]) for k in reversed(keys))
+    text = (f"Split by what the base already predicted ({base['known_share']:.1%} of the held-out informative tokens "
+            f"have base loss < {KNOWN_LOSS} nats): on the informative tokens new to the base, fixed's loss is "
+            f"{new[0]} than full's ({new[1]:.3f} vs {new[2]:.3f}); on those the base already predicted it is "
+            f"{known[0]} ({known[1]:.3f} vs {known[2]:.3f}; the base: {base['informative_loss_known']:.3f})")
+    if fixed["informative_loss_known"] > base["informative_loss_known"]:
+        text += ": the tokens a selection leaves out of training got worse than before any fine-tuning"
+    return text + "."
 
 
 def _health_lines(result: dict[str, Any], means: dict[str, dict[str, float]]) -> list[str]:

@@ -162,7 +162,9 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
     result = compare(run_cfg, cfg.methods, seeds, extra_metrics=measure, extra_columns=DEMO_COLUMNS,
                      ablations=ablations)
     if inputs.world:
-        result["base_informative_loss"] = measure.informative_loss(Scores.load(root.path(HELDOUT_BASE)))
+        base_heldout = Scores.load(root.path(HELDOUT_BASE))
+        result["base_informative_loss"] = measure.informative_loss(base_heldout)
+        result["base_known_split"] = measure.known_split(base_heldout)
         response = measure.codes[measure.codes >= 0]
         result["pool_kinds"] = {k: float(np.mean(response == code)) for k, code in KIND_CODES.items()}
     loads = root.result(TOKENS)
