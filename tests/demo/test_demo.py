@@ -155,7 +155,7 @@ def test_conclusion_splits_fixed_against_full_by_what_the_base_knew():
     text = "\n".join(conclude(result, world=True))
     assert ("Split by what the base already predicted (37.1% of the held-out informative tokens have base loss < 0.5 "
             "nats): on the informative tokens new to the base, fixed's loss is lower than full's (0.580 vs 0.610); on "
-            "those the base already predicted it is higher (0.520 vs 0.060; the base: 0.135): the tokens a selection "
+            "those the base already predicted it is higher than full's (0.520 vs 0.060; the base: 0.135): the tokens a selection "
             "leaves out of training got worse than before any fine-tuning.") in text
     result["base_known_split"]["informative_loss_known"] = 0.6  # not worse than the base: that clause goes
     assert "got worse than before" not in "\n".join(conclude(result, world=True))

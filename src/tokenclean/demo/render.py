@@ -104,15 +104,18 @@ def _known_reason(result: dict[str, Any], fixed: dict[str, float]) -> str | None
     were measured: what leaving the known tokens out of training cost and what it bought."""
     base = result.get("base_known_split") or {}
     full = next((r["mean"] for r in result["rows"] if r["method"] == "full"), {})
-    keys = ("informative_loss_known", "informative_loss_new")
-    if not all(k in d for d in (base, full, fixed) for k in keys):
+    known, new = "informative_loss_known", "informative_loss_new"
+    if not all(k in d for d in (base, full, fixed) for k in (known, new)):
         return None
-    new, known = (("lower" if fixed[k] < full[k] else "higher", fixed[k], full[k]) for k in reversed(keys))
+
+    def versus(key: str) -> str:
+        return f"{'lower' if fixed[key] < full[key] else 'higher'} than full's ({fixed[key]:.3f} vs {full[key]:.3f}"
+
     text = (f"Split by what the base already predicted ({base['known_share']:.1%} of the held-out informative tokens "
             f"have base loss < {KNOWN_LOSS} nats): on the informative tokens new to the base, fixed's loss is "
-            f"{new[0]} than full's ({new[1]:.3f} vs {new[2]:.3f}); on those the base already predicted it is "
-            f"{known[0]} ({known[1]:.3f} vs {known[2]:.3f}; the base: {base['informative_loss_known']:.3f})")
-    if fixed["informative_loss_known"] > base["informative_loss_known"]:
+            f"{versus(new)}); on those the base already predicted it is {versus(known)}; the base: "
+            f"{base[known]:.3f})")
+    if fixed[known] > base[known]:
         text += ": the tokens a selection leaves out of training got worse than before any fine-tuning"
     return text + "."
 
