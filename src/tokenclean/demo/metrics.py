@@ -38,7 +38,7 @@ from ..core.data import DataConfig, load_conversations, read_rows
 from ..core.tokens import TokenTable, list_column, render_segments, write_parquet
 from ..errors import DataError
 from ..io import atomic_write_text
-from ..runs.layout import Layout
+from ..runs.layout import HELDOUT_BASE, Layout
 
 if TYPE_CHECKING:
     from ..runs.compare import Column
@@ -257,8 +257,6 @@ class DemoMetrics:
         """Held-out loss on the informative tokens the base model already predicted (``informative_loss_known``:
         base loss < ``KNOWN_LOSS``) and on the rest (``informative_loss_new``), each a mean over its tokens; and
         ``known_share``, the share of informative tokens that are known. A group with no token is left out."""
-        from ..runs.layout import HELDOUT_BASE
-
         if self._base_known is None:
             self._base_known = Scores.load(self.root.path(HELDOUT_BASE)).token_loss < KNOWN_LOSS
         informative = self.eval_codes == KIND_CODES["informative"]
