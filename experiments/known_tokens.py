@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from tokenclean.core.artifacts import Scores, Selection
 from tokenclean.demo.metrics import KIND_CODES, KNOWN_LOSS
+from tokenclean.runs.layout import BASE_SCORES
 
 
 def flat(table, column: str, dtype) -> np.ndarray:
@@ -25,7 +26,7 @@ def main() -> None:
     p.add_argument("run", help="the demo's run directory (<out>/run)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    base = Scores.load(f"{args.run}/scores/base").token_loss
+    base = Scores.load(f"{args.run}/{BASE_SCORES}").token_loss
     ref = Scores.load(f"{args.run}/seed-{args.seed}/scores/reference").token_loss
     codes = flat(pq.read_table(f"{args.run}/tokens/pool_kinds.parquet"), "kind", np.int8)
     keep = Selection.load(f"{args.run}/seed-{args.seed}/fixed/selection").keep_mask
