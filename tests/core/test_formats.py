@@ -233,6 +233,10 @@ def test_unused_fields_are_named_once_and_reported(tmp_path, caplog):
     assert report.to_dict()["unused_fields"] == {"category": 3, "messages_meta": 1}
     notices = [r.getMessage() for r in caplog.records if "notice" in r.getMessage()]
     assert len(notices) == 1 and "category (3 rows)" in notices[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tokenclean"):  # a later stage reloads the file: counted, not retold
+        _, again = load_conversations(tmp_path / "dolly.jsonl")
+    assert again.unused_fields == report.unused_fields and not [r for r in caplog.records if "notice" in r.getMessage()]
     _, report = load_conversations(write_jsonl(tmp_path / "tools.jsonl", [ROWS["messages_tool_calls"][0]]))
     assert report.unused_fields == {"messages[].tool_call_id": 1}  # nothing else in that row is dropped
 

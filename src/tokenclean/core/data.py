@@ -30,6 +30,9 @@ from .formats import FIELD_PAIRS, ROLES, RowError, SkipRow, Spec, field_pair, ki
 from .readers import _read_source, read_rows, where  # noqa: F401 (re-exported)
 
 log = logging.getLogger("tokenclean")
+# (file, unused fields) already named in a notice: a run's stages reload the same files, and the demo's world
+# carries its ground truth in fields no reader uses; one notice per file and process says it
+_NOTICED: set[tuple[str, str]] = set()
 FORMATS = ("auto", *formats.FORMATS)
 
 
@@ -154,7 +157,8 @@ def load_conversations(
     Invalid rows raise ``DataError`` naming the file, row (and line) and expectation, unless ``cfg.skip_invalid``,
     in which case they are skipped and recorded (with the reason) in the returned ``LoadReport``. Rows with nothing
     to train on as text (``formats.SkipRow``: images) are always skipped and counted. Fields the format's reader
-    does not use are named once in a logged notice and counted in ``report.unused_fields``.
+    does not use are named in a logged notice (once per file and process) and counted in
+    ``report.unused_fields``.
     """
     cfg = cfg or DataConfig()
     fmt, spec = cfg.format, _spec(cfg)
@@ -197,9 +201,11 @@ def load_conversations(
         conversations.append(Conversation(sample_id=sample_id, messages=messages, row=i, line=line))
     report.used = len(conversations)
     report.unused_fields = dict(sorted(unused.items()))
-    if unused:
+    notice = ", ".join(f"{k} ({n} rows)" for k, n in sorted(unused.items()))
+    if unused and (str(source), notice) not in _NOTICED:
+        _NOTICED.add((str(source), notice))
         log.warning("%s: notice: the %s reader does not use these fields, which reach no token: %s", source, fmt,
-                    ", ".join(f"{k} ({n} rows)" for k, n in sorted(unused.items())))
+                    notice)
     if not conversations:
         raise DataError(f"{source}: all {len(rows)} rows are invalid or skipped {report.skip_counts()}; first "
                         f"reason: {report.skipped[0]['detail']}")
