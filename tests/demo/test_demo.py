@@ -7,7 +7,7 @@ import pytest
 
 from conftest import GSM8K, SHARED
 from tokenclean.cli import main
-from tokenclean.demo.render import conclude, stage_group
+from tokenclean.demo.render import conclude, stage_group, time_per_stage
 from tokenclean.demo.run import DemoConfig
 from tokenclean.demo.metrics import KIND_CODES, NOT_RESPONSE, kind_codes, selection_quality
 from tokenclean.errors import ConfigError
@@ -172,6 +172,23 @@ def test_stage_groups_name_the_method_being_trained():
     assert stage_group("seed-0/fixed/heldout") == "held-out loss"
 
 
+def test_time_per_stage_keeps_what_reused_stages_took_when_they_ran():
+    def reused(stage, seconds, run="run"):
+        return {"stage": stage, "seconds": 0.0, "reused": True, "computed_seconds": seconds, "dir": run}
+
+    stages = [
+        reused("seed-0/full/model", 7.5), reused("seed-1/full/model", 7.0),
+        reused("seed-0/full/model", 7.5),  # entered again: counted once
+        reused("seed-0/full/model", 2.0, run="run/ablations/x"),  # another run directory's stage of that name
+        reused("seed-0/rho/model", 6.0),
+        {"stage": "seed-1/rho/model", "seconds": 6.5, "reused": False, "computed_seconds": 6.5, "dir": "run"},
+    ]
+    rows = {t["stage"]: t for t in time_per_stage(stages, [("data: world", 0.1), ("pretrain base model", 2.0)])}
+    assert list(rows)[:2] == ["data: world", "pretrain base model"]
+    assert rows["train: full"] == {"stage": "train: full", "seconds": 0.0, "computed_seconds": 16.5}
+    assert rows["train: rho"] == {"stage": "train: rho", "seconds": 6.5}  # partly run in this call: its own time
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"corpus": ["c.txt"]}, "--corpus only apply with --data"),
     ({"data": "d.jsonl"}, "--data needs --corpus"),
@@ -227,6 +244,10 @@ def test_quick_demo_end_to_end_and_cached(tmp_path, capsys):
     assert (out / "base" / "model.safetensors").stat().st_mtime_ns == stamp
     pipeline_seconds = {t["stage"]: t["seconds"] for t in again["timings"]}
     assert all(pipeline_seconds[s] == 0 for s in pipeline_seconds if s.startswith(("train", "score")))
+    first = {t["stage"]: t["seconds"] for t in result["timings"]}
+    computed = {t["stage"]: t.get("computed_seconds") for t in again["timings"]}
+    assert all(computed[s] == pytest.approx(first[s], abs=0.15) for s in computed if s.startswith("train"))
+    assert "(reused; " in (out / "run" / "demo.md").read_text()
     assert again["rows"] == result["rows"]
 
 

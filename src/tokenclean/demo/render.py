@@ -156,14 +156,24 @@ def stage_group(name: str) -> str:
 
 def time_per_stage(stages: list[dict[str, Any]], steps: list[tuple[str, float]]) -> list[dict[str, Any]]:
     """Seconds spent in this call per group of work (pipeline stages grouped by ``stage_group``, then the demo's
-    own steps), in order of first appearance."""
+    own steps), in order of first appearance. A group whose every stage was reused from an earlier call also gets
+    ``computed_seconds``: what its stages took when they ran."""
     seconds: dict[str, float] = {name: 0.0 for name, _ in steps[:2]}  # data and pretraining come first
+    computed: dict[str, float | None] = {}  # None once a stage of the group ran in this call
+    counted: set[tuple] = set()  # a stage entered again (methods share the tokens, the reference...) counts once
     for record in stages:
         group = stage_group(record["stage"])
         seconds[group] = seconds.get(group, 0.0) + record["seconds"]
+        if not (record.get("reused") and "computed_seconds" in record):
+            computed[group] = None
+        elif computed.get(group, 0.0) is not None and (record.get("dir"), record["stage"]) not in counted:
+            computed[group] = computed.get(group, 0.0) + record["computed_seconds"]
+        counted.add((record.get("dir"), record["stage"]))
     for name, s in steps:
         seconds[name] = seconds.get(name, 0.0) + s
-    return [{"stage": name, "seconds": round(s, 1)} for name, s in seconds.items()]
+    return [{"stage": name, "seconds": round(s, 1)}
+            | ({"computed_seconds": round(computed[name], 1)} if computed.get(name) is not None else {})
+            for name, s in seconds.items()]
 
 
 def render(result: dict[str, Any]) -> str:
@@ -190,7 +200,9 @@ def render(result: dict[str, Any]) -> str:
               "selects online: no fixed mask); reference moved: mean |score| / mean base loss (score health).", ""]
     lines += ["## Conclusion", "", *[f"- {s}" for s in result["conclusion"]], "", "## Time per stage", "",
               "| stage | seconds |", "|---|---:|"]
-    lines += [f"| {t['stage']} | {t['seconds']:.1f} |" for t in result["timings"]]
+    lines += [f"| {t['stage']} | {t['seconds']:.1f}"
+              + (f" (reused; {t['computed_seconds']:.1f} when computed)" if "computed_seconds" in t else "") + " |"
+              for t in result["timings"]]
     total = sum(t["seconds"] for t in result["timings"])
     lines += [f"| **total** | **{total:.1f}** |", ""]
     lines += [f"{name}: {path}" for name, path in result["paths"].items() if path]

@@ -110,7 +110,7 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     each method of ``SCORER_METHODS`` among ``methods`` (see ``plan_rows``). ``ablations``: more rows, each run
     under its own settings in its own directory (``Ablation``), after the plain rows. ``extra_columns`` gives
     headers and formats to keys ``extra_metrics`` returns (others show under their key). The result's ``timings`` lists every
-    stage with the seconds it took in *this* call (0 when reused).
+    stage with the seconds it took in *this* call (0 when reused) and in the call that ran it (``Store.timings``).
     """
     from .pipeline import run_method
     from .stages import Run

@@ -35,7 +35,8 @@ class Store:
     """The stages of one run directory ``root``: run, reuse or resume them.
 
     ``stages`` maps the name of every stage run or reused through this store to its ``stage.json``; ``timings``
-    lists each stage entered, in order, as {stage, seconds (this call), reused}. A store made with ``shared``
+    lists each stage entered, in order, as {stage, seconds (this call), reused, computed_seconds (the call that
+    ran it), dir (this store's)}. A store made with ``shared``
     shares that store's timings (a compare directory's variants add to one list).
     """
 
@@ -107,7 +108,8 @@ class Store:
 
     def _done(self, name: str, record: dict[str, Any], reused: bool) -> dict[str, Any]:
         self.stages[name] = record
-        self.timings.append({"stage": name, "seconds": 0.0 if reused else record["seconds"], "reused": reused})
+        self.timings.append({"stage": name, "seconds": 0.0 if reused else record["seconds"], "reused": reused,
+                             "computed_seconds": record["seconds"], "dir": str(self.dir)})
         return record["result"]
 
     def _record(self, name: str) -> dict[str, Any] | None:
