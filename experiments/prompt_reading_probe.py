@@ -15,7 +15,7 @@ Conditions (where the key stands relative to the answer):
 
 - ``fixed``: the prompt is always "Q <task> F K ? A" and there is no opener: the key is a fixed number of tokens
   before the answer (a positional head suffices);
-- ``anchor``: 1-5 filler tokens before the key, the key always right before "?", and an opener of 0, 3, 4, 6 or 8
+- ``anchor``: 1-5 filler tokens before the key, the key always right before "?", and an opener of 0, 4, 5, 6 or 8
   tokens (a head at "?" can read the key one back, and a head anywhere can find "?");
 - ``free``: the key among 0-4 fillers on each side, and an opener (the demo's situation).
 
@@ -48,7 +48,9 @@ class World:
         self.keys = list(range(6, 6 + N_KEYS))
         self.values = list(range(6 + N_KEYS, 6 + 2 * N_KEYS))
         self.fillers = list(range(6 + 2 * N_KEYS, 6 + 2 * N_KEYS + N_FILLERS))
-        words = list(range(self.fillers[-1] + 1, self.fillers[-1] + 21))  # opener words and two task words
+        # opener words; the last two also name the tasks (the 5-id opener holds both: a wart of the runs recorded in
+        # experiments/README.md, kept so that they reproduce; the fixed layout has no opener)
+        words = list(range(self.fillers[-1] + 1, self.fillers[-1] + 21))
         self.vocab = words[-1] + 1
         self.task_words = words[18:20]
         self.openers = [[], words[0:6], words[6:10], words[10:18], words[18:20] + words[0:3]]
