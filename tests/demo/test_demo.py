@@ -183,8 +183,11 @@ def test_time_per_stage_keeps_what_reused_stages_took_when_they_ran():
         reused("seed-0/rho/model", 6.0),
         {"stage": "seed-1/rho/model", "seconds": 6.5, "reused": False, "computed_seconds": 6.5, "dir": "run"},
     ]
-    rows = {t["stage"]: t for t in time_per_stage(stages, [("data: world", 0.1), ("pretrain base model", 2.0)])}
+    steps = [("data: world", 0.1), ("pretrain base model", 0.0)]
+    rows = {t["stage"]: t for t in time_per_stage(stages, steps, {"pretrain base model": 26.3})}
     assert list(rows)[:2] == ["data: world", "pretrain base model"]
+    assert rows["pretrain base model"] == {"stage": "pretrain base model", "seconds": 0.0, "computed_seconds": 26.3}
+    assert "computed_seconds" not in rows["data: world"]
     assert rows["train: full"] == {"stage": "train: full", "seconds": 0.0, "computed_seconds": 16.5}
     assert rows["train: rho"] == {"stage": "train: rho", "seconds": 6.5}  # partly run in this call: its own time
 
@@ -247,6 +250,9 @@ def test_quick_demo_end_to_end_and_cached(tmp_path, capsys):
     first = {t["stage"]: t["seconds"] for t in result["timings"]}
     computed = {t["stage"]: t.get("computed_seconds") for t in again["timings"]}
     assert all(computed[s] == pytest.approx(first[s], abs=0.15) for s in computed if s.startswith("train"))
+    pretrained = json.loads((out / "base" / "pretrain.json").read_text())["train_seconds"]
+    assert computed["pretrain base model"] == round(pretrained, 1)
+    assert not any("computed_seconds" in t for t in result["timings"] if t["stage"] == "pretrain base model")
     assert "(reused; " in (out / "run" / "demo.md").read_text()
     assert again["rows"] == result["rows"]
 

@@ -154,10 +154,12 @@ def stage_group(name: str) -> str:
     return next((group for end, group in _STAGE_GROUPS if name.endswith(end)), name)
 
 
-def time_per_stage(stages: list[dict[str, Any]], steps: list[tuple[str, float]]) -> list[dict[str, Any]]:
+def time_per_stage(stages: list[dict[str, Any]], steps: list[tuple[str, float]],
+                   reused_steps: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Seconds spent in this call per group of work (pipeline stages grouped by ``stage_group``, then the demo's
     own steps), in order of first appearance. A group whose every stage was reused from an earlier call also gets
-    ``computed_seconds``: what its stages took when they ran."""
+    ``computed_seconds``: what its stages took when they ran; so does a demo step in ``reused_steps`` (name ->
+    seconds then)."""
     seconds: dict[str, float] = {name: 0.0 for name, _ in steps[:2]}  # data and pretraining come first
     computed: dict[str, float | None] = {}  # None once a stage of the group ran in this call
     counted: set[tuple] = set()  # a stage entered again (methods share the tokens, the reference...) counts once
@@ -171,6 +173,7 @@ def time_per_stage(stages: list[dict[str, Any]], steps: list[tuple[str, float]])
         counted.add((record.get("dir"), record["stage"]))
     for name, s in steps:
         seconds[name] = seconds.get(name, 0.0) + s
+    computed.update(reused_steps or {})
     return [{"stage": name, "seconds": round(s, 1)}
             | ({"computed_seconds": round(computed[name], 1)} if computed.get(name) is not None else {})
             for name, s in seconds.items()]

@@ -35,7 +35,7 @@ from ..config import option
 from ..core.artifacts import Scores
 from ..core.data import read_rows
 from ..errors import ConfigError
-from ..io import atomic_write_text, write_json
+from ..io import atomic_write_text, read_json, write_json
 from ..runs.compare import DEFAULT_METHODS, Ablation, compare
 from ..runs.config import RunConfig
 from ..runs.layout import HELDOUT_BASE, TOKENS
@@ -133,10 +133,12 @@ def profile_of(cfg: DemoConfig) -> Profile:
 
 
 class Clock:
-    """Wall time of the demo's own steps: ``with clock("step"): ...``."""
+    """Wall time of the demo's own steps: ``with clock("step"): ...``. ``reused`` maps a step that found its work
+    done by an earlier call to the seconds that work took then."""
 
     def __init__(self) -> None:
         self.steps: list[tuple[str, float]] = []
+        self.reused: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -175,14 +177,14 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
     result["data"] = {"train": loads["load"], "warmup": loads.get("warmup_load"), "eval": loads.get("eval_load")}
     result["conclusion"] = conclude(result, inputs.world)
     stage_timings = result["timings"]
-    result["timings"] = time_per_stage(root.timings + stage_timings, clock.steps)
+    result["timings"] = time_per_stage(root.timings + stage_timings, clock.steps, clock.reused)
     result["paths"] = {"world" if inputs.world else "data": str(inputs.train.parent), "base": str(base),
                        "run": run_cfg.run.out, "report": str(root.layout.report / "index.html")}
     result["settings"] = {"demo": asdict(cfg), "profile": asdict(profile)}
     write_json(root.layout.demo, result)  # before the report, which shows the conclusion
     with clock("report"):
         _report(run_cfg.run.out)
-    result["timings"] = time_per_stage(root.timings + stage_timings, clock.steps)
+    result["timings"] = time_per_stage(root.timings + stage_timings, clock.steps, clock.reused)
     write_json(root.layout.demo, result)
     atomic_write_text(root.layout.demo.with_name("demo.md"), render(result))
     return result
@@ -196,7 +198,7 @@ def demo_setup(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progres
     with clock("data: world" if cfg.data is None else "data: sample"):
         inputs = _inputs(cfg, profile, out)
     with clock("pretrain base model"):
-        base = _base(cfg, profile, inputs, out, progress)
+        base = _base(cfg, profile, inputs, out, progress, clock)
     run_cfg = RunConfig.from_flat({**profile.run, **(overrides or {}), "base": str(base), "data": str(inputs.train),
                                    "warmup_data": inputs.warmup and str(inputs.warmup),
                                    "eval_data": str(inputs.eval), "out": str(out / "run"),
@@ -205,14 +207,21 @@ def demo_setup(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progres
     return inputs, run_cfg
 
 
-def _base(cfg: DemoConfig, profile: Profile, inputs: DemoInputs, out: Path, progress: bool) -> str | Path:
-    """The base model: the given pretrained one (``--base``), else a tiny Llama pretrained on the corpus."""
+def _base(cfg: DemoConfig, profile: Profile, inputs: DemoInputs, out: Path, progress: bool,
+          clock: Clock) -> str | Path:
+    """The base model: the given pretrained one (``--base``), else a tiny Llama pretrained on the corpus (a model
+    pretrained by an earlier call from the same inputs is reused, and ``clock`` told what it took then)."""
     if cfg.base is not None:
         return cfg.base
-    from .pretrain import PretrainConfig, pretrain
+    from .pretrain import MARKER, PretrainConfig, pretrain
 
-    return pretrain(inputs.corpus, out / "base", PretrainConfig.preset(profile.pretrain), inputs.tokenizer,
+    marker = out / "base" / MARKER
+    before = marker.stat().st_mtime_ns if marker.is_file() else None
+    base = pretrain(inputs.corpus, out / "base", PretrainConfig.preset(profile.pretrain), inputs.tokenizer,
                     progress=progress)
+    if before is not None and marker.stat().st_mtime_ns == before:  # the same marker: nothing trained now
+        clock.reused["pretrain base model"] = float(read_json(marker).get("train_seconds", 0.0))
+    return base
 
 
 # --- inputs --------------------------------------------------------------------------------------------------
