@@ -161,21 +161,23 @@ def time_per_stage(stages: list[dict[str, Any]], steps: list[tuple[str, float]],
     ``computed_seconds``: what its stages took when they ran; so does a demo step in ``reused_steps`` (name ->
     seconds then)."""
     seconds: dict[str, float] = {name: 0.0 for name, _ in steps[:2]}  # data and pretraining come first
-    computed: dict[str, float | None] = {}  # None once a stage of the group ran in this call
-    counted: set[tuple] = set()  # a stage entered again (methods share the tokens, the reference...) counts once
+    ran: set[str] = set()  # groups with a stage that ran in this call
+    # group -> {(run dir, stage): seconds when computed}: a stage entered again (methods share the tokens, the
+    # reference...) counts once, an ablation directory's stage of the same name counts on its own
+    earlier: dict[str, dict[tuple[str, str], float]] = {}
     for record in stages:
         group = stage_group(record["stage"])
         seconds[group] = seconds.get(group, 0.0) + record["seconds"]
-        if not (record.get("reused") and "computed_seconds" in record):
-            computed[group] = None
-        elif computed.get(group, 0.0) is not None and (record.get("dir"), record["stage"]) not in counted:
-            computed[group] = computed.get(group, 0.0) + record["computed_seconds"]
-        counted.add((record.get("dir"), record["stage"]))
+        if record.get("reused"):
+            earlier.setdefault(group, {})[(record.get("dir"), record["stage"])] = record["computed_seconds"]
+        else:
+            ran.add(group)
     for name, s in steps:
         seconds[name] = seconds.get(name, 0.0) + s
-    computed.update(reused_steps or {})
+    computed = {group: sum(by_stage.values()) for group, by_stage in earlier.items() if group not in ran}
+    computed |= reused_steps or {}
     return [{"stage": name, "seconds": round(s, 1)}
-            | ({"computed_seconds": round(computed[name], 1)} if computed.get(name) is not None else {})
+            | ({"computed_seconds": round(computed[name], 1)} if name in computed else {})
             for name, s in seconds.items()]
 
 
