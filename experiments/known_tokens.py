@@ -14,11 +14,7 @@ import pyarrow.parquet as pq
 
 from tokenclean.core.artifacts import Scores, Selection
 from tokenclean.demo.metrics import KIND_CODES, KNOWN_LOSS
-from tokenclean.runs.layout import BASE_SCORES
-
-
-def flat(table, column: str, dtype) -> np.ndarray:
-    return np.concatenate([np.asarray(x, dtype=dtype) for x in table.column(column).to_pylist()])
+from tokenclean.runs.layout import BASE_SCORES, Layout
 
 
 def main() -> None:
@@ -26,10 +22,11 @@ def main() -> None:
     p.add_argument("run", help="the demo's run directory (<out>/run)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    base = Scores.load(f"{args.run}/{BASE_SCORES}").token_loss
-    ref = Scores.load(f"{args.run}/seed-{args.seed}/scores/reference").token_loss
-    codes = flat(pq.read_table(f"{args.run}/tokens/pool_kinds.parquet"), "kind", np.int8)
-    keep = Selection.load(f"{args.run}/seed-{args.seed}/fixed/selection").keep_mask
+    fixed = Layout.variant_of(args.run, args.seed, "fixed")
+    base = Scores.load(fixed.path(BASE_SCORES)).token_loss
+    ref = Scores.load(fixed.path(fixed.reference_scores)).token_loss
+    codes = pq.read_table(fixed.kinds, columns=["kind"]).column("kind").combine_chunks().flatten().to_numpy()
+    keep = Selection.load(fixed.path(fixed.selection)).keep_mask
     score, known = base - ref, base < KNOWN_LOSS
     first = np.concatenate([[True], codes[1:] != codes[:-1]])  # the first token of a run of one kind
     print(f"| pool tokens | count | base loss | reference loss | mean score | kept by fixed |\n|---|---:|---:|---:|---:|---:|")
@@ -46,7 +43,7 @@ def main() -> None:
         print(f"| {name} | {m.sum()} | {base[m].mean():.3f} | {ref[m].mean():.3f} | {score[m].mean():.3f} | "
               f"{keep[m].mean():.1%} |")
     resp = codes >= 0
-    print(f"\nknown to the base: {known[codes == 0].mean():.1%} of informative, {known[gen].mean():.1%} of generic; "
+    print(f"\nknown to the base: {known[codes == KIND_CODES['informative']].mean():.1%} of informative, {known[gen].mean():.1%} of generic; "
           f"fixed kept {keep[resp & known].mean():.1%} of the known response tokens, "
           f"{keep[resp & ~known].mean():.1%} of the rest")
 
