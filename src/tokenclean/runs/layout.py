@@ -28,6 +28,7 @@ from ..core.tokens import TokenTable
 TOKENS = "tokens"
 BASE_SCORES = "scores/base"
 HELDOUT_BASE = "heldout-base"  # the base model's held-out loss (compare)
+ACCURACY_BASE = "accuracy-base"  # the base model's greedy answers to the held-out prompts (the demo)
 CONFIG = "config.yaml"
 SUMMARY = "summary.json"
 COMPARISON = "comparison.json"
