@@ -5,9 +5,11 @@ Rows are read by ``core.readers``: ``.json`` (an array of objects, one object, o
 ``.parquet``, a directory saved with ``datasets.Dataset.save_to_disk``, or a hub dataset id (``name`` or
 ``name:split``).
 
-Row formats (``DataConfig.format``, detected from the first row when ``auto``) are read by ``formats.py``:
-``messages``, ``sharegpt``, ``prompt_completion``, ``alpaca``, ``dolly``, ``gpteacher``, ``fields``. A field a
-reader does not use is named once in a notice and counted in ``LoadReport.unused_fields``.
+Row formats (``DataConfig.format``, detected from the first row when ``auto``) are read by ``formats.py``. Nothing
+a row holds is lost silently: a field that reaches no token stops the load with one line naming it and the flags
+that map it (``--columns``) or drop it on purpose (``--ignore-fields``, then counted in
+``LoadReport.unused_fields``); only the published bookkeeping fields of a format (``Format.metadata``) are read
+without a word. Conversation trees give one conversation per thread (``LoadReport.threads``).
 
 Rows are named ``FILE:LINE`` (the 1-based line where the row starts) in text files (JSON Lines, a JSON array with
 one row per line or more, CSV) and ``FILE: row N`` (0-based, as ``dataset[N]``) elsewhere, and in a JSON array
@@ -217,9 +219,9 @@ def load_conversations(
         raise DataError(f"{source}: all {len(rows)} rows are invalid or skipped {report.skip_counts()}; first "
                         f"reason: {report.skipped[0]['detail']}")
     if report.threads is not None:
-        log.info("%s: %d threads (training conversations) from %d conversation %s%s", source, report.threads,
-                 report.used, "trees" if unit == "tree" else "messages",
-                 ", top-ranked branch only" if cfg.top_ranked_branch else "")
+        trees = len({sample_id.rsplit("/", 1)[0] for _, sample_id, _ in found})
+        log.info("%s: threads (training conversations): %d from %d conversation trees%s", source, report.threads,
+                 trees, ", top-ranked branch only" if cfg.top_ranked_branch else "")
     conversations = [Conversation(sample_id=sid, messages=m, row=i, line=lines[i] if lines else None)
                      for i, sid, m in found]
     return conversations, report

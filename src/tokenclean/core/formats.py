@@ -1,9 +1,10 @@
 """Row formats: one small reader per format, a registry by name, and detection from a row.
 
 A reader turns one raw row (a dict) into chat messages ``[{"role", "content"}, ...]`` (roles ``system``, ``user``,
-``assistant``, ``tool``) plus the names of the row's fields it did not use. Assistant turns are the response;
-one marked not to train (OpenAI ``weight: 0``, Axolotl ``train: false``, LLaMA-Factory ``loss_weight: 0``)
-carries ``"train": False`` and is meant to stay in the prompt as context (see ``data.apply_turn_flags``).
+``assistant``, ``tool``) plus the names of the row's fields it did not use; ``read_row`` adds the row's ``system``
+and ``tools`` fields as a first system turn, for every format. Assistant turns are the response; one marked not to
+train (OpenAI ``weight: 0``, Axolotl ``train: false``, LLaMA-Factory ``loss_weight: 0``) carries ``"train": False``
+and is meant to stay in the prompt as context (see ``data.apply_turn_flags``).
 
 Formats (``FORMATS``; detected from the first row by ``detect``, or named with ``--format``):
 
@@ -11,14 +12,21 @@ Formats (``FORMATS``; detected from the first row by ``detect``, or named with `
   (``{"type": "text", "text": ...}``); ``tool_calls`` (with empty content) and ``tool`` results are read;
 - ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system"|"function_call"|"observation", "value"}],
   "system", "tools"}`` as LLaMA-Factory and Axolotl use it;
+- ``gemini``: ``{"contents": [{"role": "user"|"model", "parts": [{"text"}]}], "systemInstruction": {"parts"}}``;
+- ``pairs``: ``{"conversation": [{"human": ..., "assistant": ...}, ...]}``, one exchange per object;
+- ``oasst_tree`` / ``oasst_table``: OpenAssistant conversation trees, one training conversation per thread
+  (``core.threads``);
 - ``prompt_completion``: ``{"prompt", "completion"}``, strings or (TRL conversational) lists of messages;
 - ``alpaca``: ``{"instruction", "input", "output", "system", "history": [[q, a], ...]}``;
 - ``dolly`` / ``gpteacher``: ``{"instruction", "context"|"input", "response"}``;
-- ``fields``: two fields named by ``Spec.prompt_field`` / ``Spec.response_field`` (GSM8K's ``question``/``answer``).
+- ``fields``: two fields named by ``Spec.prompt_field`` / ``Spec.response_field``, or one of ``FIELD_PAIRS``
+  (GSM8K's ``question``/``answer``; ``query``/``response`` with ``system`` and ``history``; ``prompt``/``response``).
 
-Other key names and role values come from a ``Spec`` (``load_spec`` reads LLaMA-Factory's ``dataset_info.json``
-entry, ``columns`` and ``tags``, or Axolotl's ``field_messages`` / ``message_property_mappings`` / ``roles``).
-Rows whose content cannot be trained on as text (images, audio) raise ``SkipRow``: always skipped and counted.
+Role values are matched case-insensitively, without a trailing colon, against ``spec.ROLE_NAMES`` (``User``,
+``Chatbot``, ``model``, ``USER:``). Other key names and role values come from a ``Spec`` (``load_spec`` reads the
+short form ``bot=assistant,messages=dialog``, LLaMA-Factory's ``dataset_info.json`` entry, ``columns`` and
+``tags``, or Axolotl's ``field_messages`` / ``message_property_mappings`` / ``roles``). Rows whose content cannot be
+trained on as text (images, audio) raise ``SkipRow``: always skipped and counted.
 """
 
 from __future__ import annotations

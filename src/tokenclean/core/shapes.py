@@ -51,16 +51,15 @@ def closest(row: dict[str, Any]) -> list[str]:
             found.append(_chat(key, value))
     texts = [k for k, v in row.items() if isinstance(v, str)]
     if len(texts) >= 2:
-        prompt = max(texts, key=lambda k: _similarity(k, PROMPT_NAMES))
-        response = max((k for k in texts if k != prompt), key=lambda k: _similarity(k, RESPONSE_NAMES))
-        score = (_similarity(prompt, PROMPT_NAMES) + _similarity(response, RESPONSE_NAMES)) / 2
-        found.append((score, f"a prompt and a response, two text fields: --prompt-field {prompt} "
+        score, prompt, response = max(((_similarity(p, PROMPT_NAMES) + _similarity(r, RESPONSE_NAMES)) / 2, p, r)
+                                      for p in texts for r in texts if p != r)
+        found.append((score, f"prompt and response, two text fields: --prompt-field {prompt} "
                              f"--response-field {response}"))
     elif len(texts) == 1 and not found:
         found.append((0.0, f"a prompt and a response need two text fields; '{texts[0]}' alone is plain text, not "
                            "SFT data"))
-    generic = [(-1.0, "messages, a list of {role, content} objects: --columns messages=KEY"),
-               (-1.0, "a prompt and a response, two text fields: --prompt-field KEY --response-field KEY")]
+    generic = [(-1.0, "messages [{role, content}]: --columns messages=KEY"),
+               (-1.0, "prompt and response, two text fields: --prompt-field KEY --response-field KEY")]
     lines = [line for _, line in sorted(found, key=lambda f: -f[0])]
     lines += [line for _, line in generic if not any(line.split(":")[0] == have.split(":")[0] for have in lines)]
     return [f"- {line}" for line in lines[:MAX_SHOWN]]
@@ -70,10 +69,10 @@ def _chat(key: str, messages: list[dict]) -> tuple[float, str]:
     """How to read the list of objects ``messages`` (field ``key``) as chat turns, and how sure that is."""
     keys = _keys(messages)
     if all(Spec().role_of(k) for k in keys):  # {"human": ..., "assistant": ...} objects: one exchange each
-        return 0.9, f"pairs, a list of {{human, assistant}} objects: --format pairs --columns messages={key}"
+        return 0.9, f"pairs [{{human, assistant}}]: --format pairs --columns messages={key}"
     if not any(k in ROLE_KEYS or k in CONTENT_KEYS for k in keys) and len(keys) == 2:  # {"q": ..., "a": ...}
         aliases = ",".join(f"{k}={role}" for k, role in zip(keys, ("user", "assistant")) if not Spec().role_of(k))
-        return 0.5, f"pairs, a list of {{human, assistant}} objects: --format pairs --columns messages={key},{aliases}"
+        return 0.5, f"pairs [{{human, assistant}}]: --format pairs --columns messages={key},{aliases}"
     role = max(keys, key=lambda k: (_known_roles(messages, k), _similarity(k, ROLE_KEYS)))
     content = max((k for k in keys if k != role), key=lambda k: (_texts(messages, k), _similarity(k, CONTENT_KEYS)),
                   default="content")
@@ -83,9 +82,9 @@ def _chat(key: str, messages: list[dict]) -> tuple[float, str]:
     values = list(dict.fromkeys(m[role] for m in messages if isinstance(m.get(role), str)))
     unknown = [v for v in values if not Spec().role_of(v)]
     flags += [f"{v}={r}" for v, r in zip(unknown, ("user", "assistant"))]  # first speaker: the user, as is usual
-    note = " (check which speaker is the assistant)" if unknown else ""
+    note = " (check the roles)" if unknown else ""
     return 0.8 + 0.1 * _similarity(key, ("messages", "conversations", "contents")), \
-        f"messages, a list of {{role, content}} objects: --columns {','.join(flags)}{note}"
+        f"messages [{{role, content}}]: --columns {','.join(flags)}{note}"
 
 
 def _known_roles(messages: list[dict], key: str) -> int:

@@ -173,19 +173,19 @@ def table_threads(rows: list[dict | RowError], spec: Spec, top_ranked: bool) -> 
                             top_ranked)
         threads += found
         visited |= seen
-    on_thread = {n for t in threads for n in t}
+    on_thread, invalid = {n for t in threads for n in t}, set(skipped)
     for i in nodes:
         if i not in on_thread and i not in skipped:
-            skipped[i] = _why_not_used(i, visited, rows, by_id, skipped)
+            skipped[i] = _why_not_used(i, visited, rows, by_id, invalid)
     unused = {i: {k for k in rows[i] if k not in NODE_KEYS and k not in OASST_METADATA} for i in on_thread}
     return Table(threads, [[{"role": nodes[n].role, "content": nodes[n].text} for n in t] for t in threads],
                  dict(sorted(skipped.items())), unused)
 
 
-def _why_not_used(i: int, visited: set[int], rows: list, by_id: dict, skipped: dict) -> SkipRow:
-    """Why valid message row ``i`` is on no thread."""
+def _why_not_used(i: int, visited: set[int], rows: list, by_id: dict, invalid: set[int]) -> SkipRow:
+    """Why valid message row ``i`` is on no thread (``invalid``: the rows refused)."""
     parent = rows[i]["parent_id"]
-    while parent is not None and parent in by_id and by_id[parent] not in skipped:
+    while parent is not None and parent in by_id and by_id[parent] not in invalid:
         parent = rows[by_id[parent]]["parent_id"]
     if parent is not None:
         return SkipRow("reply to a skipped message", "it replies (directly or not) to a message that is skipped")
