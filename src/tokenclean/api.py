@@ -28,7 +28,7 @@ from .compute.export import export_dataset
 from .io import atomic_dir, write_json
 from .compute.modeling import check_vocab, load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint
 from .compute.scoring import ScoreConfig, check_model_losses, score_tokens
-from .selection.scorers import select_for
+from .selection.scorers import nothing_kept, score_for, select_scored
 from .selection.select import SelectConfig
 from .core.prepare import prepare_tokens  # noqa: F401  (public: tokenclean.prepare_tokens)
 from .core.tokens import TokenizeConfig, TokenLayout, TokenTable
@@ -268,8 +268,12 @@ def select(
                         "file scored, expected a finite loss at every response token; score again")
     check_losses(base, base_name)
     check_losses(ref, ref_name)
-    mask, counts = select_for(config, base.token_loss, ref.token_loss, base.offsets,
-                              prompt_free_loss=None if free is None else free.token_loss)
+    score = score_for(config, base.token_loss, ref.token_loss, base.offsets,
+                      prompt_free_loss=None if free is None else free.token_loss)
+    mask, counts = select_scored(score, base.offsets, config)
+    empty = nothing_kept(config, counts, score, base.token_loss, ref.token_loss)
+    if empty:  # stop here, not later in training with "all labels are masked"
+        raise ConfigError(f"selection ({base_name}, {ref_name}): {empty}")
     meta = {
         **TokenLayout.of(base.meta).meta(),
         "base_model_fingerprint": base.meta.get("model_fingerprint"),
