@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -102,22 +103,23 @@ def score(
     elif cache:
         loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
         slot = score_cache.cache_slot(cache, model, loaded, tokens, device, dtype)
-    if slot is not None:
-        scores = score_cache.load_cached(*slot, tokens.meta)
-        if scores is not None:
-            log.info("scores of %s taken from the cache (%s)", scores.meta.get("model_fingerprint"),
-                     scores.meta["cache_entry"])
-    if scores is None:
-        if loaded is None:
-            loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
-        check_vocab(loaded, tokens, model)
-        loaded = _sharded_if_requested(loaded)
-        with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
-            scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress,
-                                  work_dir=work_dir)
-        check_model_losses(scores, tokens, model, loaded)
+    with score_cache.entry_lock(*slot) if slot else contextlib.nullcontext():  # one process computes an entry
         if slot is not None:
-            score_cache.store(*slot, scores)
+            scores = score_cache.load_cached(*slot, tokens.meta)
+            if scores is not None:
+                log.info("scores of %s taken from the cache (%s)", scores.meta.get("model_fingerprint"),
+                         scores.meta["cache_entry"])
+        if scores is None:
+            if loaded is None:
+                loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
+            check_vocab(loaded, tokens, model)
+            loaded = _sharded_if_requested(loaded)
+            with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
+                scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress,
+                                      work_dir=work_dir)
+            check_model_losses(scores, tokens, model, loaded)
+            if slot is not None:
+                score_cache.store(*slot, scores)
     if out is not None:
         score_cache.save_scores(scores, out)
         if work_dir is not None:
@@ -208,20 +210,21 @@ def score_pair(
     loaded, base_fp = _model_for(model, device, dtype, trust_remote_code)
     loaded, ref_fp = _with_adapter(loaded, adapter, base_fp)
     slot = score_cache.cache_slot(cache, model, loaded, tokens, device, dtype, skip_adapters=True) if cache else None
-    base = score_cache.load_cached(*slot, tokens.meta) if slot else None
-    check_vocab(loaded, tokens, model)
-    with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
-        computed, ref = score_adapter_pair(loaded, tokens, score_config, base_fp, ref_fp, progress,
-                                           base=base is None, work_dir=work_dir)
-    for scores in (computed, ref):
-        if scores is not None:
-            check_model_losses(scores, tokens, model, loaded)
-    ref.meta["adapter_pair"] = True
-    if computed is not None:
-        base = computed
-        base.meta["adapter_pair"] = True
-        if slot is not None:
-            score_cache.store(*slot, base)
+    with score_cache.entry_lock(*slot) if slot else contextlib.nullcontext():  # one process computes an entry
+        base = score_cache.load_cached(*slot, tokens.meta) if slot else None
+        check_vocab(loaded, tokens, model)
+        with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
+            computed, ref = score_adapter_pair(loaded, tokens, score_config, base_fp, ref_fp, progress,
+                                               base=base is None, work_dir=work_dir)
+        for scores in (computed, ref):
+            if scores is not None:
+                check_model_losses(scores, tokens, model, loaded)
+        ref.meta["adapter_pair"] = True
+        if computed is not None:
+            base = computed
+            base.meta["adapter_pair"] = True
+            if slot is not None:
+                score_cache.store(*slot, base)
     for scores, out in ((base, base_out), (ref, ref_out)):
         if out is not None:
             score_cache.save_scores(scores, out)
