@@ -247,7 +247,7 @@ def test_a_field_that_reaches_no_token_stops_the_load_unless_ignored(tmp_path):
     with pytest.raises(DataError) as e:
         load_conversations(path)
     assert str(e.value) == (f"{path}:2: fields 'notes' (2 of 3 rows), 'source' (1 of 3 rows) reach no token in the "
-                            "dolly format; map it with --columns FIELD=KEY (e.g. system=notes puts it in the system "
+                            "dolly format; map them with --columns FIELD=KEY (e.g. system=notes puts it in the system "
                             "prompt) or drop them on purpose with --ignore-fields notes source")
     convs, report = load_conversations(path, DataConfig(ignore_fields=["notes", "source"]))
     assert len(convs) == 3 and report.unused_fields == {"notes": 2, "source": 1}

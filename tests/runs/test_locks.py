@@ -101,8 +101,8 @@ def test_a_cache_entry_being_computed_elsewhere_is_waited_for_not_computed_again
     root, finished = tmp_path / "cache", tmp_path / "finished"
     expected = api.score(str(tiny_model_dir), tokens, finished, progress=False)  # what the other process makes
     _, key = score_cache.cache_slot(root, str(tiny_model_dir), None, tokens, None, "auto")
-    (root / "scores").mkdir(parents=True)
-    proc = holder(root / "scores" / f".{key}.lock", 1.5, finished, root / "scores" / key)
+    (root / "locks").mkdir(parents=True)
+    proc = holder(root / "locks" / f"{key}.lock", 1.5, finished, root / "scores" / key)
     with caplog.at_level(logging.INFO, logger="tokenclean"):
         scores = api.score(str(tiny_model_dir), tokens, cache=root, progress=False)
     assert proc.wait() == 0

@@ -306,8 +306,9 @@ def _unused_fields(source: Any, fmt: str, unused: Unused, ignore: list[str] | No
         shown = ", ".join(f"'{f}' ({unused[f][0]} of {n_rows} rows)" for f in left[:6])
         more = f" and {len(left) - 6} more" if len(left) > 6 else ""
         top = next((f for f in left if "[" not in f and "." not in f), None)
-        mapping = f"map it with --columns FIELD=KEY (e.g. system={top} puts it in the system prompt) or " if top else ""
         one = len(left) == 1
+        mapping = (f"map {'it' if one else 'them'} with --columns FIELD=KEY (e.g. system={top} puts it in the "
+                   "system prompt) or " if top else "")
         raise DataError(f"{at(min(unused[f][1] for f in left))}: field{'' if one else 's'} {shown}{more} "
                         f"reach{'es' if one else ''} no token in the {fmt} format; {mapping}drop "
                         f"{'it' if one else 'them'} on purpose with --ignore-fields {' '.join(left)}")

@@ -1,6 +1,6 @@
 """A cache of token losses, so no run computes the same losses twice.
 
-An entry is a ``Scores`` directory at ``<root>/scores/<key>``: ``key`` hashes what decides the losses (the model's
+An entry is a ``Scores`` directory at ``<root>/scores/<key>`` (its lock: ``<root>/locks/<key>.lock``): ``key`` hashes what decides the losses (the model's
 content, its dtype and device type, the tokenizer, the data and its tokenization). ``root`` is ``$TOKENCLEAN_CACHE``
 or ``~/.cache/tokenclean``. Entries are written atomically (built under a temporary name, then renamed), so a
 crashed run never leaves a half-written entry behind. While a process looks an entry up and, on a miss, computes
@@ -86,8 +86,8 @@ def entry_lock(root: Path, key: str) -> Iterator[None]:
         yield
         return
     with disk_full_as_error(root):
-        (root / "scores").mkdir(parents=True, exist_ok=True)
-    lock = Lock(root / "scores" / f".{key}.lock")
+        (root / "locks").mkdir(parents=True, exist_ok=True)
+    lock = Lock(root / "locks" / f"{key}.lock")
     lock.acquire(wait=True, on_wait=f"which is computing the same token losses for the score cache "
                                     f"({root / 'scores' / key})")
     try:
