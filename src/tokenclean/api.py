@@ -27,7 +27,8 @@ from .errors import ConfigError, DataError, MismatchError
 from .runs import cache as score_cache
 from .compute.export import export_dataset
 from .io import atomic_dir, write_json
-from .compute.modeling import check_vocab, load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint
+from .compute.modeling import (check_vocab, load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint,
+                               release_memory)
 from .compute.scoring import ScoreConfig, check_model_losses, score_tokens
 from .selection.scorers import nothing_kept, score_for, select_scored
 from .selection.select import SelectConfig
@@ -120,6 +121,9 @@ def score(
             check_model_losses(scores, tokens, model, loaded)
             if slot is not None:
                 score_cache.store(*slot, scores)
+    if loaded is not None:
+        del loaded
+        release_memory()
     if out is not None:
         score_cache.save_scores(scores, out)
         if work_dir is not None:
@@ -327,6 +331,8 @@ def train(
                              checkpoint_dir or Path(out).with_name(Path(out).name + ".checkpoints"), slm,
                              save_adapter)
         write_json(tmp / "training.json", result)
+    del loaded
+    release_memory()  # the model and its optimizer, before the next stage loads another
     log.info("trained on %d tokens of %d samples in %d steps (%.1fs); model saved to %s", result["trained_tokens"],
              result["samples"], result["optimizer_steps"], result["seconds"], out)
     return result

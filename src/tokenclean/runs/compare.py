@@ -300,7 +300,7 @@ def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit
     names = [b.name for b in parse_tasks(tasks)]  # unknown names fail here, before any training
 
     def metrics(run: Run, summary: MethodSummary) -> dict[str, float]:
-        from ..evaluation.harness import evaluate
+        from ..evaluation.harness import evaluate_in_child
 
         stage = Layout.next_to(summary["model_stage"], "benchmarks")
         # the weights' dtype as resolved on this machine: an `auto` run moved to other hardware evaluates again
@@ -309,8 +309,8 @@ def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit
                   "dtype": run.resolved_dtype(run.cfg.run.eval_dtype)}
 
         def build(tmp: Path) -> dict[str, float]:
-            results = evaluate(summary["model_dir"], names, limit=limit, data_dir=data_dir, device=run.cfg.run.device,
-                               dtype=run.cfg.run.eval_dtype)
+            results = evaluate_in_child(summary["model_dir"], names, limit=limit, data_dir=data_dir,
+                                        device=run.cfg.run.device, dtype=run.cfg.run.eval_dtype)
             write_results(results, tmp / "results.json")
             return benchmark_columns(results)
 
