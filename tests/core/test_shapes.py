@@ -23,11 +23,12 @@ def _message(mid, role, text, rank=None, replies=()):
 
 
 # P0 has three ranked answers; A1's thread goes on, and a prompter leaf under A1 (P7) or A5 (P6) trains nothing.
-TREE = {"message_tree_id": "t1", "tree_state": "ready_for_export", "prompt": _message("P0", "prompter", "2 + 2?", replies=[
-    _message("A1", "assistant", "4", 0, [_message("P2", "prompter", "Why?", 0, [
-        _message("A3", "assistant", "Two and two make four.", 0)]), _message("P7", "prompter", "Thanks", 1)]),
-    _message("A4", "assistant", "Four.", 1),
-    _message("A5", "assistant", "5", 2, [_message("P6", "prompter", "Wrong.", 0)])])}
+TREE = {"message_tree_id": "t1", "tree_state": "ready_for_export", "prompt": _message(
+    "P0", "prompter", "2 + 2?", replies=[
+        _message("A1", "assistant", "4", 0, [_message("P2", "prompter", "Why?", 0, [
+            _message("A3", "assistant", "Two and two make four.", 0)]), _message("P7", "prompter", "Thanks", 1)]),
+        _message("A4", "assistant", "Four.", 1),
+        _message("A5", "assistant", "5", 2, [_message("P6", "prompter", "Wrong.", 0)])])}
 THREADS = {  # leaf -> (trained assistant turns, prompt texts)
     "A3": (["4", "Two and two make four."], ["2 + 2?", "Why?"]),
     "A4": (["Four."], ["2 + 2?"]),

@@ -29,7 +29,8 @@ TRAIN_KEYS = ("weight", "train", "training", "loss_weight", "loss")  # OpenAI, A
 TRAIN_DETAIL_KEYS = ("train_detail", "training_detail")  # Axolotl's character spans
 MEDIA_PARTS = ("image", "image_url", "input_image", "audio", "input_audio", "video", "file")
 MEDIA_COLUMNS = ("images", "videos", "audios")  # LLaMA-Factory's multimodal columns
-FIELD_PAIRS = (("question", "answer"), ("query", "response"), ("prompt", "response"))  # (prompt, response) fields ``fields`` detects
+# (prompt, response) fields ``fields`` detects
+FIELD_PAIRS = (("question", "answer"), ("query", "response"), ("prompt", "response"))
 
 
 class RowError(ValueError):
@@ -140,8 +141,9 @@ def parse_short(text: str) -> dict:
     ``VALUE=ROLE`` (a role value to one of ``ROLES``), ``role=KEY`` / ``content=KEY`` (the message keys) or
     ``FIELD=KEY`` (a row field of ``COLUMN_NAMES`` under another key).
 
-    >>> parse_short("Bot=assistant,messages=dialog,role=speaker")
-    {'roles': {'assistant': ['Bot']}, 'columns': {'messages': 'dialog'}, 'message_property_mappings': {'role': 'speaker'}}
+    >>> parse_short("Bot=assistant,messages=dialog,role=speaker") == {"roles": {"assistant": ["Bot"]},
+    ...     "columns": {"messages": "dialog"}, "message_property_mappings": {"role": "speaker"}}
+    True
     """
     raw: dict = {}
     for item in (i.strip() for i in text.split(",") if i.strip()):

@@ -1,8 +1,8 @@
 """A cache of token losses, so no run computes the same losses twice.
 
-An entry is a ``Scores`` directory at ``<root>/scores/<key>`` (its lock: ``<root>/locks/<key>.lock``): ``key`` hashes what decides the losses (the model's
-content, its dtype and device type, the tokenizer, the data and its tokenization). ``root`` is ``$TOKENCLEAN_CACHE``
-or ``~/.cache/tokenclean``. Entries are written atomically (built under a temporary name, then renamed), so a
+An entry is a ``Scores`` directory at ``<root>/scores/<key>`` (its lock: ``<root>/locks/<key>.lock``): ``key``
+hashes what decides the losses (the model's content, its dtype and device type, the tokenizer, the data and its
+tokenization). ``root`` is ``$TOKENCLEAN_CACHE`` or ``~/.cache/tokenclean``. Entries are written atomically (built under a temporary name, then renamed), so a
 crashed run never leaves a half-written entry behind. While a process looks an entry up and, on a miss, computes
 and stores it, it holds the entry's lock (``entry_lock``): a second process wanting the same losses waits for it,
 saying for whom, and then finds them stored instead of computing them again.
