@@ -108,8 +108,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=48, help="GSM8K rows in the pool")
     p.add_argument("--steps", type=int, default=4, help="optimizer steps of each fine-tune and of the warm-up")
     p.add_argument("--max-seq-len", type=int, default=512)
-    p.add_argument("--tasks", default="arc_challenge,boolq,mmlu,gsm8k")
-    p.add_argument("--limit", default="20,mmlu=1,gsm8k=5")
+    p.add_argument("--tasks", default="arc_challenge,boolq,mmlu")
+    p.add_argument("--limit", default="10,mmlu=1")
     p.add_argument("--kill-above-gb", type=float, default=12.0, help="stop the run when all its processes together "
                    "hold more than this (the peak is then reported as above it)")
     args = p.parse_args()

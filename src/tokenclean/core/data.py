@@ -126,7 +126,7 @@ def detect_format(row: dict[str, Any], spec: Spec | None = None, at: str = "row 
     fmt = formats.detect(row, spec or Spec())
     if fmt is None:
         raise DataError(f"{at}: unknown row shape; the row has {describe(row)}", hints=[
-            "closest known shapes, with the flags that read the row as them (all shapes: README, Data shapes):",
+            "closest known shapes, with the flags that read the row as them (all shapes: README, Data formats):",
             *closest(row)])
     return fmt
 
@@ -134,7 +134,7 @@ def detect_format(row: dict[str, Any], spec: Spec | None = None, at: str = "row 
 def to_messages(row: dict[str, Any], fmt: str, spec: Spec, mask_history: bool = False) -> tuple[list[dict], set]:
     """Convert one raw row of a one-conversation-per-row format to a validated message list and the fields it did
     not use; raises ``RowError``."""
-    (( _, messages),), unused = formats.read_row(fmt, row, spec)
+    ((_, messages),), unused = formats.read_row(fmt, row, spec)
     return apply_turn_flags(messages, mask_history), unused
 
 

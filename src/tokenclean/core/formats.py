@@ -419,9 +419,3 @@ def detect(row: dict, spec: Spec) -> str | None:
 def field_pair(row: dict) -> tuple[str, str] | None:
     """The first of ``FIELD_PAIRS`` that ``row`` has, else None."""
     return next((pair for pair in FIELD_PAIRS if pair[0] in row and pair[1] in row), None)
-
-
-def expected_shapes() -> str:
-    """The row shapes auto-detection recognises, for error messages."""
-    shapes = [f"{n} {f.shape}" for n, f in FORMATS.items() if n != "fields"]
-    return ", ".join(shapes + [f"'{a}'+'{b}'" for a, b in FIELD_PAIRS])

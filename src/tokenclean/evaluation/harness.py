@@ -103,13 +103,21 @@ def evaluate_in_child(model: str | os.PathLike, tasks: str | Sequence[str] = DEF
     from concurrent.futures import ProcessPoolExecutor
 
     spawn = multiprocessing.get_context("spawn")  # not fork: a forked child would share the parent's pages
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_log_like_parent,
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_child_setup,
                              initargs=(log.getEffectiveLevel(),)) as child:
         return child.submit(evaluate, str(model), tasks, **settings).result()
 
 
-def _log_like_parent(level: int) -> None:
+def _child_setup(level: int) -> None:
+    """In the evaluating child: log as the parent does, and on Linux end when the parent ends (killed too), so a
+    stopped ``compare`` leaves no harness running."""
     logging.basicConfig(level=level, format="%(message)s")
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the child ends after its evaluation instead
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _run_harness(lm_eval: Any, model: Any, tokenizer: Any, benchmarks: list[Benchmark], *,
