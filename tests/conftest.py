@@ -77,6 +77,19 @@ def chat_table(tokenizer, pairs: list[tuple[str, str]]):
     return tokenize(convs, tokenizer)
 
 
+def trained_text(tokens, i: int, tokenizer) -> str:
+    """The decoded response tokens (the ones trained) of sample ``i`` of ``tokens``."""
+    a, b = tokens.offsets[i], tokens.offsets[i + 1]
+    ids, mask = tokens.flat_input_ids()[a:b], tokens.flat_response_mask()[a:b]
+    return tokenizer.decode(ids[mask])
+
+
+def full_text(tokens, i: int, tokenizer) -> str:
+    """The decoded tokens of sample ``i`` of ``tokens``, prompt and response."""
+    a, b = tokens.offsets[i], tokens.offsets[i + 1]
+    return tokenizer.decode(tokens.flat_input_ids()[a:b])
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -2,7 +2,7 @@
 
 Every case of the corpus goes through the public API (``tokenclean.prepare_tokens`` / ``score`` / ``select`` /
 ``train`` / ``export`` / ``run``) and must raise exactly one error class with a one-line message that names the
-file, the row or line, and what was expected. A second test runs one case of each error class through the CLI
+file, the row or line, and what was expected (an unknown row shape adds a few lines of hints). A second test runs one case of each error class through the CLI
 (exit status 2, one line, no traceback). Under ``--skip-invalid`` bad rows are skipped and counted by reason, and
 a pipeline's ``summary.json`` accounts for every row of the file.
 """
@@ -195,7 +195,8 @@ def corrupt_parquet(tmp, env):
 @case
 def unknown_row_format(tmp, env):
     path = lines(tmp / "text.jsonl", '{"text": "a document"}')
-    return Case(prepare(path), DataError, [f"{path}:1:", "the row has fields ['text']", "expected one of the formats messages"])
+    return Case(prepare(path), DataError, [f"{path}:1:", "unknown row shape; the row has keys ['text']",
+                                           "closest known shapes", "--columns messages=KEY"])
 
 
 # -- rows --------------------------------------------------------------------------------------------------------
@@ -239,7 +240,7 @@ def chat_without_assistant_turn(tmp, env):
 @case
 def unknown_role(tmp, env):
     return row_case(tmp, env, '{"messages": [{"role": "bot", "content": "hi"}]}',
-                    ["unknown role 'bot'", "expected one of ['assistant', 'developer',", "name others with --columns"],
+                    ["unknown role 'bot'", "expected one of ['assistant', 'chatbot',", "map it with --columns 'bot=assistant'"],
                     first=CHAT_GOOD)
 
 
@@ -584,7 +585,8 @@ def test_broken_input_gets_one_clear_error(name, tmp_path, env):
         c.act()
     assert type(info.value) is c.error, f"{type(info.value).__name__}: {info.value}"
     message = str(info.value)
-    assert "\n" not in message
+    assert "\n" not in info.value.message  # one line, then (the unknown-shape error) a few hint lines
+    assert len(message.splitlines()) == 1 + len(info.value.hints) <= 5
     for part in c.expect:
         assert part in message, f"{part!r} not in {message!r}"
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -26,9 +27,10 @@ from .errors import ConfigError, DataError, MismatchError
 from .runs import cache as score_cache
 from .compute.export import export_dataset
 from .io import atomic_dir, write_json
-from .compute.modeling import check_vocab, load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint
+from .compute.modeling import (check_vocab, load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint,
+                               release_memory)
 from .compute.scoring import ScoreConfig, check_model_losses, score_tokens
-from .selection.scorers import select_for
+from .selection.scorers import nothing_kept, score_for, select_scored
 from .selection.select import SelectConfig
 from .core.prepare import prepare_tokens  # noqa: F401  (public: tokenclean.prepare_tokens)
 from .core.tokens import TokenizeConfig, TokenLayout, TokenTable
@@ -102,22 +104,26 @@ def score(
     elif cache:
         loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
         slot = score_cache.cache_slot(cache, model, loaded, tokens, device, dtype)
-    if slot is not None:
-        scores = score_cache.load_cached(*slot, tokens.meta)
-        if scores is not None:
-            log.info("scores of %s taken from the cache (%s)", scores.meta.get("model_fingerprint"),
-                     scores.meta["cache_entry"])
-    if scores is None:
-        if loaded is None:
-            loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
-        check_vocab(loaded, tokens, model)
-        loaded = _sharded_if_requested(loaded)
-        with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
-            scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress,
-                                  work_dir=work_dir)
-        check_model_losses(scores, tokens, model, loaded)
+    with score_cache.entry_lock(*slot) if slot else contextlib.nullcontext():  # one process computes an entry
         if slot is not None:
-            score_cache.store(*slot, scores)
+            scores = score_cache.load_cached(*slot, tokens.meta)
+            if scores is not None:
+                log.info("scores of %s taken from the cache (%s)", scores.meta.get("model_fingerprint"),
+                         scores.meta["cache_entry"])
+        if scores is None:
+            if loaded is None:
+                loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
+            check_vocab(loaded, tokens, model)
+            loaded = _sharded_if_requested(loaded)
+            with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
+                scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress,
+                                      work_dir=work_dir)
+            check_model_losses(scores, tokens, model, loaded)
+            if slot is not None:
+                score_cache.store(*slot, scores)
+    if loaded is not None:
+        del loaded
+        release_memory()
     if out is not None:
         score_cache.save_scores(scores, out)
         if work_dir is not None:
@@ -208,20 +214,21 @@ def score_pair(
     loaded, base_fp = _model_for(model, device, dtype, trust_remote_code)
     loaded, ref_fp = _with_adapter(loaded, adapter, base_fp)
     slot = score_cache.cache_slot(cache, model, loaded, tokens, device, dtype, skip_adapters=True) if cache else None
-    base = score_cache.load_cached(*slot, tokens.meta) if slot else None
-    check_vocab(loaded, tokens, model)
-    with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
-        computed, ref = score_adapter_pair(loaded, tokens, score_config, base_fp, ref_fp, progress,
-                                           base=base is None, work_dir=work_dir)
-    for scores in (computed, ref):
-        if scores is not None:
-            check_model_losses(scores, tokens, model, loaded)
-    ref.meta["adapter_pair"] = True
-    if computed is not None:
-        base = computed
-        base.meta["adapter_pair"] = True
-        if slot is not None:
-            score_cache.store(*slot, base)
+    with score_cache.entry_lock(*slot) if slot else contextlib.nullcontext():  # one process computes an entry
+        base = score_cache.load_cached(*slot, tokens.meta) if slot else None
+        check_vocab(loaded, tokens, model)
+        with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
+            computed, ref = score_adapter_pair(loaded, tokens, score_config, base_fp, ref_fp, progress,
+                                               base=base is None, work_dir=work_dir)
+        for scores in (computed, ref):
+            if scores is not None:
+                check_model_losses(scores, tokens, model, loaded)
+        ref.meta["adapter_pair"] = True
+        if computed is not None:
+            base = computed
+            base.meta["adapter_pair"] = True
+            if slot is not None:
+                score_cache.store(*slot, base)
     for scores, out in ((base, base_out), (ref, ref_out)):
         if out is not None:
             score_cache.save_scores(scores, out)
@@ -268,8 +275,12 @@ def select(
                         "file scored, expected a finite loss at every response token; score again")
     check_losses(base, base_name)
     check_losses(ref, ref_name)
-    mask, counts = select_for(config, base.token_loss, ref.token_loss, base.offsets,
-                              prompt_free_loss=None if free is None else free.token_loss)
+    score = score_for(config, base.token_loss, ref.token_loss, base.offsets,
+                      prompt_free_loss=None if free is None else free.token_loss)
+    mask, counts = select_scored(score, base.offsets, config)
+    empty = nothing_kept(config, counts, score, base.token_loss, ref.token_loss)
+    if empty:  # stop here, not later in training with "all labels are masked"
+        raise ConfigError(f"selection ({base_name}, {ref_name}): {empty}")
     meta = {
         **TokenLayout.of(base.meta).meta(),
         "base_model_fingerprint": base.meta.get("model_fingerprint"),
@@ -320,6 +331,8 @@ def train(
                              checkpoint_dir or Path(out).with_name(Path(out).name + ".checkpoints"), slm,
                              save_adapter)
         write_json(tmp / "training.json", result)
+    del loaded
+    release_memory()  # the model and its optimizer, before the next stage loads another
     log.info("trained on %d tokens of %d samples in %d steps (%.1fs); model saved to %s", result["trained_tokens"],
              result["samples"], result["optimizer_steps"], result["seconds"], out)
     return result

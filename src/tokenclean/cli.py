@@ -342,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except TokencleanError as e:
-        print(f"tokenclean {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
+        message = getattr(e, "message", str(e))
+        print(f"tokenclean {args.command}: error: {' '.join(message.split())}", file=sys.stderr)  # one line,
+        for hint in getattr(e, "hints", ()):  # then the error's hints, if any, one per line
+            print(f"  {' '.join(hint.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tokenclean {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

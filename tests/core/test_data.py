@@ -107,12 +107,12 @@ def test_duplicate_ids_and_odd_sources(tmp_path):
     (tmp_path / "bytes.jsonl").write_bytes(b'{"prompt": "\xff", "completion": "x"}\n')
     with pytest.raises(DataError, match="invalid UTF-8"):
         load_conversations(tmp_path / "bytes.jsonl")
-    with pytest.raises(DataError, match=r"unknown.jsonl:1: the row has fields \['text'\]; expected one of the formats messages"):
+    with pytest.raises(DataError, match=r"unknown.jsonl:1: unknown row shape; the row has keys \['text'\]"):
         load_conversations(write_jsonl(tmp_path / "unknown.jsonl", [{"text": "hi"}]))
 
 
 def test_question_answer_rows_are_detected_without_field_flags(tmp_path):
     convs, _ = load_conversations(write_jsonl(tmp_path / "g.jsonl", [{"question": "1+1?", "answer": "2"}]))
     assert convs[0].messages == [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]
-    with pytest.raises(DataError, match=r"'question'\+'answer', 'query'\+'response', or name two fields"):
+    with pytest.raises(DataError, match=r"--prompt-field q --response-field a"):
         load_conversations(write_jsonl(tmp_path / "h.jsonl", [{"q": "1+1?", "a": "2"}]))

@@ -12,7 +12,7 @@ import logging
 
 import pytest
 
-from conftest import write_jsonl
+from conftest import full_text, trained_text, write_jsonl
 from tokenclean import prepare_tokens
 from tokenclean.core import tokens as tokens_module
 from tokenclean.core.data import DataConfig, load_conversations
@@ -58,6 +58,32 @@ ROWS = {
               ["Who wrote it?", "Hamlet is a play by Shakespeare."]),
     "gpteacher": ({"instruction": "Translate to German.", "input": "Good morning", "response": "Guten Morgen"},
                   ["Guten Morgen"], ["Translate to German.", "Good morning"]),
+    # ModelScope's trainers: the system prompt and the earlier turns must reach the tokens too
+    "system_query_response_history": ({"system": "You do sums.", "query": "And 3 + 3?", "response": "6",
+                                       "history": [["1 + 1?", "2"], ["2 + 2?", "4"]]},
+                                      ["2", "4", "6"], ["You do sums.", "1 + 1?", "2 + 2?", "And 3 + 3?"]),
+    "prompt_response": ({"prompt": "Name a prime.", "response": "Seven."}, ["Seven."], ["Name a prime."]),
+    "prompt_completion_system": ({"system": "Be exact.", "prompt": "2 * 3?", "completion": "6"}, ["6"],
+                                 ["Be exact.", "2 * 3?"]),
+    "sharegpt_system_and_plain_roles": ({"system": "Speak plainly.", "conversations": [
+        {"from": "system", "value": "Use short words."}, {"from": "user", "value": "What is rain?"},
+        {"from": "assistant", "value": "Water that falls."}]},
+        ["Water that falls."], ["Speak plainly.", "Use short words.", "What is rain?"]),
+    "conversation_pairs": ({"conversation_id": 7, "category": "qa", "conversation": [
+        {"human": "Hi", "assistant": "Hello!"}, {"human": "Bye", "assistant": "Goodbye!"}]},
+        ["Hello!", "Goodbye!"], ["Hi", "Bye"]),
+    "chatbot_roles_any_case": ({"messages": [
+        {"role": "System", "content": "You are Coral."}, {"role": "User", "content": "Who are you?"},
+        {"role": "Chatbot", "content": "I am Coral."}]}, ["I am Coral."], ["You are Coral.", "Who are you?"]),
+    "speaker_names": ({"conversations": [{"from": "USER:", "value": "2 + 2?"}, {"from": "ASSISTANT:", "value": "4"},
+                                         {"from": "Human", "value": "And 3 + 3?"}, {"from": "GPT", "value": "6"}]},
+                      ["4", "6"], ["2 + 2?", "And 3 + 3?"]),
+    "gemini_contents": ({"systemInstruction": {"role": "system", "parts": [{"text": "Answer in one word."}]},
+                         "contents": [{"role": "user", "parts": [{"text": "Capital of "}, {"text": "France?"}]},
+                                      {"role": "model", "parts": [{"text": "Paris"}]},
+                                      {"role": "user", "parts": [{"text": "Of Italy?"}]},
+                                      {"role": "model", "parts": [{"text": "Rome"}]}]},
+                        ["Paris", "Rome"], ["Answer in one word.", "Capital of France?", "Of Italy?"]),
 }
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -69,17 +95,6 @@ def chat_tokenizer(gpt2_tokenizer):
     tok = gpt2_tokenizer.__class__.from_pretrained(gpt2_tokenizer.name_or_path)
     tok.chat_template = CHATML
     return tok
-
-
-def trained_text(tokens, i: int, tokenizer) -> str:
-    a, b = tokens.offsets[i], tokens.offsets[i + 1]
-    ids, mask = tokens.flat_input_ids()[a:b], tokens.flat_response_mask()[a:b]
-    return tokenizer.decode(ids[mask])
-
-
-def full_text(tokens, i: int, tokenizer) -> str:
-    a, b = tokens.offsets[i], tokens.offsets[i + 1]
-    return tokenizer.decode(tokens.flat_input_ids()[a:b])
 
 
 @pytest.mark.parametrize("name", sorted(ROWS))
@@ -224,21 +239,27 @@ def test_mask_history(tmp_path, gpt2_tokenizer):
                                DataConfig(mask_history=True))
 
 
-def test_unused_fields_are_named_once_and_reported(tmp_path, caplog):
-    rows = [dict(ROWS["dolly"][0], id=str(i)) for i in range(3)]
-    rows[0]["messages_meta"] = {"x": 1}
-    with caplog.at_level(logging.WARNING, logger="tokenclean"):
-        convs, report = load_conversations(write_jsonl(tmp_path / "dolly.jsonl", rows))
-    assert report.format == "dolly" and report.unused_fields == {"category": 3, "messages_meta": 1}
-    assert report.to_dict()["unused_fields"] == {"category": 3, "messages_meta": 1}
-    notices = [r.getMessage() for r in caplog.records if "notice" in r.getMessage()]
-    assert len(notices) == 1 and "category (3 rows)" in notices[0]
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="tokenclean"):  # a later stage reloads the file: counted, not retold
-        _, again = load_conversations(tmp_path / "dolly.jsonl")
-    assert again.unused_fields == report.unused_fields and not [r for r in caplog.records if "notice" in r.getMessage()]
+def test_a_field_that_reaches_no_token_stops_the_load_unless_ignored(tmp_path):
+    rows = [dict(ROWS["dolly"][0], id=str(i)) for i in range(3)]  # Dolly's own 'category' is bookkeeping, not text
+    rows[1]["notes"] = "checked by Ann"
+    rows[2]["notes"], rows[2]["source"] = "", "wiki"
+    path = write_jsonl(tmp_path / "dolly.jsonl", rows)
+    with pytest.raises(DataError) as e:
+        load_conversations(path)
+    assert str(e.value) == (f"{path}:2: fields 'notes' (2 of 3 rows), 'source' (1 of 3 rows) reach no token in the "
+                            "dolly format; map them with --columns FIELD=KEY (e.g. system=notes puts it in the system "
+                            "prompt) or drop them on purpose with --ignore-fields notes source")
+    convs, report = load_conversations(path, DataConfig(ignore_fields=["notes", "source"]))
+    assert len(convs) == 3 and report.unused_fields == {"notes": 2, "source": 1}
+    assert report.to_dict()["unused_fields"] == {"notes": 2, "source": 1}
     _, report = load_conversations(write_jsonl(tmp_path / "tools.jsonl", [ROWS["messages_tool_calls"][0]]))
-    assert report.unused_fields == {"messages[].tool_call_id": 1}  # nothing else in that row is dropped
+    assert report.unused_fields == {}  # tool_call_id links a result to its call: read, no text to lose
+    named = dict(ROWS["messages_tool_calls"][0])
+    named["messages"] = [dict(m, name="Ann") if m["role"] == "user" else m for m in named["messages"]]
+    with pytest.raises(DataError, match=r"tools2.jsonl:1: field 'messages\[\].name' \(1 of 1 rows\) reaches no "
+                                        r"token in the messages format; drop it on purpose with --ignore-fields "
+                                        r"messages\[\].name$"):
+        load_conversations(write_jsonl(tmp_path / "tools2.jsonl", [named]))
 
 
 def test_json_one_object_wrapper_and_row_numbers(tmp_path):
@@ -273,10 +294,16 @@ def test_column_and_role_mapping(tmp_path, gpt2_tokenizer):
     axolotl = tmp_path / "axolotl.yaml"
     axolotl.write_text("field_messages: dialog\nmessage_property_mappings:\n  role: speaker\n  content: text\n"
                        "roles:\n  user: [me]\n  assistant: [bot]\n")
-    for columns in (json.dumps(llama_factory), str(axolotl)):
+    short = "messages=dialog,role=speaker,content=text,me=user,bot=assistant,system=sys"
+    for columns in (json.dumps(llama_factory), short):
         tokens, report = prepare_tokens(path, gpt2_tokenizer, DataConfig(columns=columns))
         assert trained_text(tokens, 0, gpt2_tokenizer) == "Hello!" + gpt2_tokenizer.eos_token
-    assert report.unused_fields == {"sys": 1}  # Axolotl's keys name no system column
+        assert "Be brief." in full_text(tokens, 0, gpt2_tokenizer)
+    with pytest.raises(DataError, match="field 'sys' .* reaches no token"):  # Axolotl's keys name no system column
+        load_conversations(path, DataConfig(columns=str(axolotl)))
+    tokens, report = prepare_tokens(path, gpt2_tokenizer, DataConfig(columns=str(axolotl), ignore_fields=["sys"]))
+    assert trained_text(tokens, 0, gpt2_tokenizer) == "Hello!" + gpt2_tokenizer.eos_token
+    assert report.unused_fields == {"sys": 1}
     assert load_spec(llama_factory).roles == {"me": "user", "bot": "assistant"}
     with pytest.raises(DataError, match="--columns: .*unknown role"):
         load_conversations(path, DataConfig(columns='{"roles": {"narrator": ["bot"]}}'))

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import GSM8K, SHARED
 from tokenclean.cli import main
+from tokenclean.core.data import DataConfig
 from tokenclean.demo.render import conclude, demo_table, kind_loss_line, sample_lines, stage_group, time_per_stage
 from tokenclean.demo.run import DemoConfig, profile_of, split_rows
 from tokenclean.demo.metrics import KIND_CODES, NOT_RESPONSE, kind_codes, selection_quality
@@ -28,6 +29,10 @@ def test_selection_quality_counts_each_kind():
     assert "garbled_dropped" not in selection_quality(keep, codes, np.zeros_like(garbled))
 
 
+# the world's ground truth: fields of its rows that reach no token, dropped on purpose
+WORLD_DATA = DataConfig(ignore_fields=["task", "answer", "kinds", "corruption"])
+
+
 @pytest.fixture(scope="module")
 def world_tokens(tmp_path_factory):
     """A small world, a tokenizer trained on its corpus (with the demo's chat template) and its tokens."""
@@ -38,13 +43,13 @@ def world_tokens(tmp_path_factory):
     cfg = WorldConfig(n_train=60, n_eval=10, corpus_docs=300, noise_rate=0.5)
     paths = write_world(cfg, tmp_path_factory.mktemp("world"))
     tokenizer = train_tokenizer(make_corpus(cfg), 600)
-    tokens, _ = prepare_tokens(paths["train"], tokenizer)
+    tokens, _ = prepare_tokens(paths["train"], tokenizer, WORLD_DATA)
     return paths, tokenizer, tokens
 
 
 def test_kind_codes_follow_the_ground_truth_spans(world_tokens):
     paths, tokenizer, tokens = world_tokens
-    codes, garbled = kind_codes(tokens, paths["train"], tokenizer)
+    codes, garbled = kind_codes(tokens, paths["train"], tokenizer, WORLD_DATA)
     mask = tokens.flat_response_mask()
     assert (codes[~mask] == NOT_RESPONSE).all() and (codes[mask] != NOT_RESPONSE).all()
     rows = {json.loads(line)["id"]: json.loads(line) for line in paths["train"].read_text().splitlines()}
@@ -74,7 +79,7 @@ def test_kind_codes_refuse_data_without_kinds(world_tokens, tmp_path):
     from tokenclean.errors import DataError
 
     with pytest.raises(DataError, match=r"train\.jsonl: row 0 has no 'kinds'"):
-        kind_codes(tokens, stripped, tokenizer)
+        kind_codes(tokens, stripped, tokenizer, WORLD_DATA)
 
 
 def _result(losses: dict[str, list[float]], fixed_quality: dict[str, float],

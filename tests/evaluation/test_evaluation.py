@@ -494,3 +494,11 @@ def test_dtype_sets_the_weights_and_is_recorded(model_dir, tmp_path, no_network)
     assert bf16["tasks"]["boolq"]["n"] == fp32["tasks"]["boolq"]["n"] == 8
     with pytest.raises(ConfigError, match="unknown dtype 'int8'"):
         evaluate(model_dir, ["boolq"], data_dir=data_dir, device="cpu", dtype="int8")
+
+
+def test_evaluate_in_child_raises_the_childs_error_here(tiny_model_dir):
+    from tokenclean.errors import ConfigError
+    from tokenclean.evaluation.harness import evaluate_in_child
+
+    with pytest.raises(ConfigError, match="unknown evaluation task 'no_such_task'"):
+        evaluate_in_child(tiny_model_dir, "no_such_task")

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 
@@ -71,6 +72,20 @@ def test_rerun_skips_finished_stages_and_a_change_recomputes_only_its_dependants
     assert ran == {"selection", "model", "export"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["selection"]["kept_tokens"] == int(np.floor(0.5 * summary["selection"]["response_tokens"] + 0.5))
+
+
+@pytest.mark.slow
+def test_a_selection_that_keeps_nothing_stops_at_the_selection_stage(fixed_run, pool, tmp_path, capsys):
+    out, config = fixed_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)  # its finished stages are reused; only the selection runs again
+    shutil.rmtree(copy / "model")
+    args = ["run", "--config", str(config), "--data", str(pool), "--out", str(copy), *FAST, "--overwrite"]
+    assert main(args + ["--scorer", "curve-positive"]) == 2  # a random tiny model: every loss is above 5 nats
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("tokenclean run: error: selection (") and "the selection keeps 0 of " in err
+    assert "--scorer curve-positive ruled out every one" in err and "use --scorer excess" in err
+    assert not (copy / "model").exists()  # stopped before training, not in it with "all labels are masked"
 
 
 @pytest.mark.slow

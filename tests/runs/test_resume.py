@@ -120,6 +120,7 @@ def test_a_run_killed_at_every_stage_resumes_to_identical_outputs(tmp_path, tiny
     proc = tokenclean(args, "stage:selection")
     assert killed(proc), proc.stderr
     assert "[tokens] up to date" in proc.stderr and "scoring resumed: 2 of" in proc.stderr
+    assert "run/.tokenclean.lock: took over the lock left by pid " in proc.stderr  # the killed process's
     assert json.loads((out / "scores" / "base" / "stage.json").read_text())["result"]["resumed_shards"] == 2
     assert not (out / "selection").exists() and (out / "scores" / "reference" / "stage.json").exists()
 

@@ -193,3 +193,35 @@ def test_counts_of_a_gated_selection():
     assert counts == mask_counts(score, offsets, mask)
     assert counts["response_tokens"] == 5 and counts["kept_tokens"] == 2 and counts["gated_tokens"] == 3
     assert counts["samples_zero_kept"] == 1 and counts["score_threshold"] == 1.0
+
+
+@pytest.mark.parametrize("config, why", [
+    (SelectConfig(scorer="curve-positive"),
+     "--scorer curve-positive ruled out every one (its fixed rule keeps a token only when loss_base > 2·loss_ref + "
+     "0.07 and loss_ref < 5 nats: 6 tokens have a reference loss of 5 nats or more, 1 too little excess); use "
+     "--scorer excess, or small-loss"),
+    (SelectConfig(level="threshold", threshold=9.0), "no token scores above --threshold 9 (the highest score is 3); "
+                                                     "lower --threshold"),
+    (SelectConfig(keep_ratio=0.05), "--keep-ratio 0.05 of them rounds to 0 tokens; raise --keep-ratio"),
+])
+def test_a_selection_that_keeps_nothing_stops_with_why_and_what_to_change(tmp_path, config, why):
+    from tokenclean.api import select
+    from tokenclean.core.artifacts import Scores
+
+    ids, offsets = ["a", "b"], np.array([0, 4, 8])
+    ref = np.array([nan, 6, 6, 6, nan, 7, 7, 7], np.float32)  # above the curve rule's 5 nats everywhere
+    base = ref + np.array([nan, 1, 2, 3, nan, 3, 2, 1], np.float32) * 7  # 2·ref + 0.07 < base: excess is large
+    base_dir, ref_dir = tmp_path / "base", tmp_path / "ref"
+    Scores(ids, base, offsets, {}).save(base_dir)
+    Scores(ids, ref, offsets, {}).save(ref_dir)
+    if config.scorer == "curve-positive":  # the same scores under excess keep tokens
+        assert select(base_dir, ref_dir, config=SelectConfig()).meta["kept_tokens"] == 4
+    else:  # ... and under the other settings' defaults too
+        assert select(base_dir, ref_dir, config=SelectConfig(scorer=config.scorer)).meta["kept_tokens"] == 4
+        base = ref + np.array([nan, 1, 2, 3, nan, 3, 2, 1], np.float32)  # highest score 3
+        Scores(ids, base, offsets, {}).save(base_dir)
+    with pytest.raises(ConfigError) as e:
+        select(base_dir, ref_dir, tmp_path / "sel", config)
+    assert str(e.value).startswith(f"selection ({base_dir}, {ref_dir}): the selection keeps 0 of 6 response tokens, "
+                                   "so there is nothing to train on: ")
+    assert why in str(e.value) and not (tmp_path / "sel").exists()

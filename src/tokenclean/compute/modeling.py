@@ -65,6 +65,20 @@ def out_of_memory_as_error(what: str, advice: str) -> Iterator[None]:
         raise ResourceError(f"{what}: out of memory ({_first_line(e)}); {advice}") from None
 
 
+def release_memory() -> None:
+    """Give the memory of models and optimizers no longer referenced back: collect reference cycles (the Trainer
+    and its callbacks hold some), empty the CUDA cache, and on glibc ask malloc to return its free pages to the
+    system, without which a process's RSS stays at its high-water mark after the tensors are freed."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto`` is bf16 where ``device`` computes it natively (a GPU that supports it, a CPU with AVX512-BF16, AMX
     or Arm BF16) and fp32 elsewhere: see ``hardware.auto_dtype``."""

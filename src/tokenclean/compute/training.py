@@ -272,7 +272,7 @@ def train_model(
     seconds = time.perf_counter() - start
     _save_trained(trainer, tokenizer, cfg, out_dir, ckpt_dir, save_adapter)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {
+    counts = {
         "samples": len(dataset),
         "samples_left_out": left_out,
         "trained_tokens": int(round_half_up(slm[1] * trained_tokens)) if slm else trained_tokens,
@@ -283,6 +283,9 @@ def train_model(
         "resumed_from": last,
         "seconds": round(seconds, 3),
     }
+    trainer.accelerator.free_memory()  # the accelerator keeps the model and optimizer it prepared
+    del trainer
+    return counts
 
 
 def _masked_trainer(model, tokenizer, dataset, cfg: TrainConfig, ckpt_dir: Path, seed: int,

@@ -1,9 +1,10 @@
 """Row formats: one small reader per format, a registry by name, and detection from a row.
 
 A reader turns one raw row (a dict) into chat messages ``[{"role", "content"}, ...]`` (roles ``system``, ``user``,
-``assistant``, ``tool``) plus the names of the row's fields it did not use. Assistant turns are the response;
-one marked not to train (OpenAI ``weight: 0``, Axolotl ``train: false``, LLaMA-Factory ``loss_weight: 0``)
-carries ``"train": False`` and is meant to stay in the prompt as context (see ``data.apply_turn_flags``).
+``assistant``, ``tool``) plus the names of the row's fields it did not use; ``read_row`` adds the row's ``system``
+and ``tools`` fields as a first system turn, for every format. Assistant turns are the response; one marked not to
+train (OpenAI ``weight: 0``, Axolotl ``train: false``, LLaMA-Factory ``loss_weight: 0``) carries ``"train": False``
+and is meant to stay in the prompt as context (see ``data.apply_turn_flags``).
 
 Formats (``FORMATS``; detected from the first row by ``detect``, or named with ``--format``):
 
@@ -11,14 +12,21 @@ Formats (``FORMATS``; detected from the first row by ``detect``, or named with `
   (``{"type": "text", "text": ...}``); ``tool_calls`` (with empty content) and ``tool`` results are read;
 - ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system"|"function_call"|"observation", "value"}],
   "system", "tools"}`` as LLaMA-Factory and Axolotl use it;
+- ``gemini``: ``{"contents": [{"role": "user"|"model", "parts": [{"text"}]}], "systemInstruction": {"parts"}}``;
+- ``pairs``: ``{"conversation": [{"human": ..., "assistant": ...}, ...]}``, one exchange per object;
+- ``oasst_tree`` / ``oasst_table``: OpenAssistant conversation trees, one training conversation per thread
+  (``core.threads``);
 - ``prompt_completion``: ``{"prompt", "completion"}``, strings or (TRL conversational) lists of messages;
 - ``alpaca``: ``{"instruction", "input", "output", "system", "history": [[q, a], ...]}``;
 - ``dolly`` / ``gpteacher``: ``{"instruction", "context"|"input", "response"}``;
-- ``fields``: two fields named by ``Spec.prompt_field`` / ``Spec.response_field`` (GSM8K's ``question``/``answer``).
+- ``fields``: two fields named by ``Spec.prompt_field`` / ``Spec.response_field``, or one of ``FIELD_PAIRS``
+  (GSM8K's ``question``/``answer``; ``query``/``response`` with ``system`` and ``history``; ``prompt``/``response``).
 
-Other key names and role values come from a ``Spec`` (``load_spec`` reads LLaMA-Factory's ``dataset_info.json``
-entry, ``columns`` and ``tags``, or Axolotl's ``field_messages`` / ``message_property_mappings`` / ``roles``).
-Rows whose content cannot be trained on as text (images, audio) raise ``SkipRow``: always skipped and counted.
+Role values are matched case-insensitively, without a trailing colon, against ``spec.ROLE_NAMES`` (``User``,
+``Chatbot``, ``model``, ``USER:``). Other key names and role values come from a ``Spec`` (``load_spec`` reads the
+short form ``bot=assistant,messages=dialog``, LLaMA-Factory's ``dataset_info.json`` entry, ``columns`` and
+``tags``, or Axolotl's ``field_messages`` / ``message_property_mappings`` / ``roles``). Rows whose content cannot be
+trained on as text (images, audio) raise ``SkipRow``: always skipped and counted.
 """
 
 from __future__ import annotations
@@ -29,8 +37,14 @@ from dataclasses import dataclass
 from typing import Any
 
 # Spec, roles, flag keys and row errors live in core.spec; re-exported here, where the readers use them.
+from . import threads
 from .spec import (FIELD_PAIRS, MEDIA_COLUMNS, MEDIA_PARTS, ROLE_NAMES, ROLES,  # noqa: F401
-                   TRAIN_DETAIL_KEYS, TRAIN_KEYS, RowError, SkipRow, Spec, load_spec)
+                   TRAIN_DETAIL_KEYS, TRAIN_KEYS, RowError, SkipRow, Spec, check_text, kind, load_spec, unknown_role)
+
+CONTENT_KEYS = ("content", "value", "parts", "text")  # a message's text: OpenAI, ShareGPT, Gemini, others
+MESSAGE_METADATA = ("tool_call_id",)  # message keys that link turns and carry no text (OpenAI's tool results)
+MEDIA_PART_KEYS = ("inlineData", "inline_data", "fileData", "file_data")  # Gemini's media parts
+GEMINI_SYSTEM = ("systemInstruction", "system_instruction")
 
 
 # ---------------------------------------------------------------------------------------------------- readers
@@ -39,16 +53,51 @@ Reader = Callable[[dict, Spec], tuple[list[dict], set[str]]]
 
 def read_messages(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
     key = spec.col("messages", "messages")
-    _check_media(row)
     messages, unused = chat(_get(row, key), key, spec)
-    return _with_system(row, spec, messages), unused | _rest(row, spec, key)
+    return messages, unused | _rest(row, spec, key)
 
 
 def read_sharegpt(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
     key = spec.col("messages", "conversations")
-    _check_media(row)
     messages, unused = chat(_get(row, key), key, spec)
-    return _with_system(row, spec, messages), unused | _rest(row, spec, key)
+    return messages, unused | _rest(row, spec, key)
+
+
+def read_gemini(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
+    """Gemini / Vertex AI tuning rows: ``contents`` turns of ``parts``, and ``systemInstruction`` (also spelled
+    ``system_instruction``) as the system turn."""
+    key = spec.col("messages", "contents")
+    messages, unused = chat(_get(row, key), key, spec)
+    names = [k for k in GEMINI_SYSTEM if k in row]
+    if names:
+        value, at = row[names[0]], names[0]
+        if not isinstance(value, dict):
+            raise RowError("wrong type", f"'{at}' must be an object with 'parts', got {kind(value)}")
+        system, more = chat([{"role": "system", **value}], at, spec)
+        messages, unused = system + messages, unused | {k.replace("[]", "") for k in more}
+    return messages, unused | _rest(row, spec, key, *names)
+
+
+def read_pairs(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
+    """``{"conversation": [{"human": ..., "assistant": ...}, ...]}``: each object is one exchange, its keys role
+    values (``human``, ``assistant``, ... as ``Spec.role_of`` reads them), in order."""
+    key = spec.col("messages", "conversation")
+    pairs = _get(row, key)
+    if not isinstance(pairs, list):
+        raise RowError("wrong type", f"'{key}' must be a list of {{\"human\": ..., \"assistant\": ...}} objects, "
+                       f"got {kind(pairs)}")
+    messages = []
+    for k, pair in enumerate(pairs):
+        if not isinstance(pair, dict):
+            raise RowError("wrong type", f"'{key}'[{k}] must be a {{\"human\": ..., \"assistant\": ...}} object, "
+                           f"got {kind(pair)}")
+        for name, text in pair.items():
+            role = spec.role_of(name)
+            if role is None:
+                raise unknown_role(f"'{key}'[{k}] has key", name, spec)
+            check_text(text, f"'{key}'[{k}].{name}")
+            messages.append({"role": role, "content": text})
+    return messages, _rest(row, spec, key)
 
 
 def read_prompt_completion(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
@@ -60,7 +109,7 @@ def read_prompt_completion(row: dict, spec: Spec) -> tuple[list[dict], set[str]]
         if any(m["role"] != "assistant" for m in after):
             raise RowError("wrong role", f"'{c}' must hold assistant messages only, got roles "
                            f"{[m['role'] for m in after]}")
-        return _with_system(row, spec, before + after), u1 | u2 | _rest(row, spec, p, c)
+        return before + after, u1 | u2 | _rest(row, spec, p, c)
     return [_turn("user", row, p), _turn("assistant", row, c)], _rest(row, spec, p, c)
 
 
@@ -74,14 +123,16 @@ def read_dolly(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
 
 
 def read_fields(row: dict, spec: Spec) -> tuple[list[dict], set[str]]:
+    """Two text fields (``Spec.prompt_field`` / ``response_field``), after the earlier turns of ``history`` (as in
+    the ``system``/``query``/``response``/``history`` rows of ModelScope's trainers)."""
     p, r = spec.prompt_field, spec.response_field
-    return [_turn("user", row, p), _turn("assistant", row, r)], _rest(row, spec, p, r)
+    history, key = _history(row, spec)
+    return history + [_turn("user", row, p), _turn("assistant", row, r)], _rest(row, spec, p, r, key)
 
 
 def _instruction(row: dict, spec: Spec, extra: str, response: str) -> tuple[list[dict], set[str]]:
     """Alpaca-shaped rows: the instruction and its extra input form the last user turn; ``history`` pairs come
     before it (their answers are assistant turns, trained as in LLaMA-Factory unless ``mask_history``)."""
-    _check_media(row)
     instruction = spec.col("prompt", "instruction")
     prompt = _text(row, instruction)
     value = row.get(extra)
@@ -89,16 +140,22 @@ def _instruction(row: dict, spec: Spec, extra: str, response: str) -> tuple[list
         raise RowError("wrong type", f"field '{extra}' must be a string, got {kind(value)}")
     if value and value.strip():
         prompt = f"{prompt}\n\n{value}"
-    history_key = spec.col("history", "history")
+    history, key = _history(row, spec)
+    messages = history + [{"role": "user", "content": prompt}, _turn("assistant", row, response)]
+    return messages, _rest(row, spec, instruction, extra, response, key)
+
+
+def _history(row: dict, spec: Spec) -> tuple[list[dict], str]:
+    """The earlier turns of ``row``'s ``history`` field (a list of [question, answer] pairs) and the field's key."""
+    key = spec.col("history", "history")
     turns: list[dict] = []
-    for k, pair in enumerate(row.get(history_key) or []):
+    for k, pair in enumerate(row.get(key) or []):
         if not (isinstance(pair, list) and len(pair) == 2):
-            raise RowError("wrong type", f"'{history_key}'[{k}] must be a [question, answer] pair, got {pair!r:.60}")
+            raise RowError("wrong type", f"'{key}'[{k}] must be a [question, answer] pair, got {pair!r:.60}")
         for role, text, what in (("user", pair[0], 0), ("assistant", pair[1], 1)):
-            check_text(text, f"'{history_key}'[{k}][{what}]")
+            check_text(text, f"'{key}'[{k}][{what}]")
             turns.append({"role": role, "content": text})
-    messages = turns + [{"role": "user", "content": prompt}, _turn("assistant", row, response)]
-    return _with_system(row, spec, messages), _rest(row, spec, instruction, extra, response, history_key)
+    return turns, key
 
 
 # ---------------------------------------------------------------------------------------------------- messages
@@ -113,24 +170,28 @@ def chat(turns: Any, where: str, spec: Spec) -> tuple[list[dict], set[str]]:
         if not isinstance(t, dict):
             raise RowError("wrong type", f"{at} must be an object with 'role' and 'content', got {kind(t)}")
         role_key = spec.role_key or ("from" if "role" not in t and "from" in t else "role")
-        content_key = spec.content_key or ("value" if "content" not in t and ("value" in t or role_key == "from")
-                                           else "content")
+        content_key = spec.content_key or _content_key(t, role_key)
         if role_key not in t:
             raise RowError("missing field", f"{at} has no '{role_key}' (it has {sorted(t)})")
-        role = spec.roles.get(t[role_key]) or ROLE_NAMES.get(t[role_key])
+        role = spec.role_of(t[role_key])
         if role is None:
-            known = sorted(set(ROLE_NAMES) | set(spec.roles))
-            raise RowError("unknown role", f"{at} has unknown role {t[role_key]!r}, expected one of {known} "
-                           "(name others with --columns)")
+            raise unknown_role(f"{at} has unknown role", t[role_key], spec)
         content = _content(t, content_key, role, at)
         message = {"role": role, "content": content}
         if _turn_trained(t, role, at, spec, content_key) is False and role == "assistant":
             message["train"] = False
         out.append(message)
         used = {role_key, content_key, "tool_calls", spec.train_key, spec.train_detail_key, *TRAIN_KEYS,
-                *TRAIN_DETAIL_KEYS}
+                *TRAIN_DETAIL_KEYS, *MESSAGE_METADATA}
         unused |= {f"{where}[].{key}" for key in t if key not in used}
     return out, unused
+
+
+def _content_key(t: dict, role_key: str) -> str:
+    """The key holding a message's text: ``content`` (OpenAI), ``value`` (ShareGPT), ``parts`` (Gemini) or
+    ``text``, whichever the message has; when it has none, the one its role key implies (for the error)."""
+    found = next((k for k in CONTENT_KEYS if k in t), None)
+    return found or ("value" if role_key == "from" else "content")
 
 
 def _content(t: dict, key: str, role: str, at: str) -> str:
@@ -158,8 +219,10 @@ def _part_text(part: Any, at: str) -> str:
         return part
     if not isinstance(part, dict):
         raise RowError("wrong type", f"{at} must be a content part object, got {kind(part)}")
-    if part.get("type") in MEDIA_PARTS:
-        raise SkipRow(f"{part['type']} content", f"{at} is {part['type']!r} content, which is not text to train on")
+    media = part.get("type") if part.get("type") in MEDIA_PARTS else next((k for k in MEDIA_PART_KEYS if k in part),
+                                                                            None)
+    if media:
+        raise SkipRow(f"{media} content", f"{at} is {media!r} content, which is not text to train on")
     text = part.get("text", part.get("value"))
     if part.get("type") == "tool_call":  # LLaMA-Factory v1: the call as a JSON string
         try:
@@ -265,6 +328,7 @@ def _check_media(row: dict) -> None:
 
 
 def _rest(row: dict, spec: Spec, *used: str | None) -> set[str]:
+    """The fields of ``row`` the reader did not use (``read_row`` reads ``id``, ``system``, ``tools``, media)."""
     known = {*used, "id", *(spec.col(n, n) for n in ("system", "tools", *MEDIA_COLUMNS))}
     return {k for k in row if k not in known}
 
@@ -285,42 +349,60 @@ def _text(row: dict, name: str | None) -> str:
     return value
 
 
-def check_text(value: Any, what: str) -> None:
-    if value is None:
-        raise RowError("null", f"{what} is null, expected a string")
-    if not isinstance(value, str):
-        raise RowError("wrong type", f"{what} must be a string, got {kind(value)}")
-    if not value.strip():
-        raise RowError("empty text", f"{what} is empty or whitespace only, expected text")
-
-
-def kind(v: Any) -> str:
-    return "null" if v is None else type(v).__name__
-
-
 # ---------------------------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Format:
-    """A row format: its reader, and whether a row looks like it (``detect``)."""
+    """A row format: its reader, whether a row looks like it (``detect``), the fields that identify it (``shape``,
+    for messages), the fields of the published format that are bookkeeping, not text (``metadata``), and what a
+    row is (``unit``): one conversation (``row``), a conversation tree (``tree``), or one message of a tree
+    (``table``: the file is read as a whole by ``threads.table_threads``)."""
 
-    read: Reader
+    read: Reader | None
     detect: Callable[[dict, Spec], bool]
-    shape: str  # the fields that identify it, for error messages
+    shape: str
+    metadata: tuple[str, ...] = ()
+    unit: str = "row"
 
 
 FORMATS: dict[str, Format] = {
-    "messages": Format(read_messages, lambda r, s: s.col("messages", "messages") in r, "'messages'"),
-    "sharegpt": Format(read_sharegpt, lambda r, s: s.col("messages", "conversations") in r, "'conversations'"),
+    "messages": Format(read_messages, lambda r, s: s.col("messages", "messages") in r,
+                       "{'messages': [{'role', 'content'}]}"),
+    "sharegpt": Format(read_sharegpt, lambda r, s: s.col("messages", "conversations") in r,
+                       "{'conversations': [{'from', 'value'}], 'system'}"),
+    "gemini": Format(read_gemini, lambda r, s: s.col("messages", "contents") in r,
+                     "{'contents': [{'role', 'parts': [{'text'}]}], 'systemInstruction'}"),
+    "pairs": Format(read_pairs, lambda r, s: s.col("messages", "conversation") in r,
+                    "{'conversation': [{'human', 'assistant'}]}", metadata=("conversation_id", "category", "dataset")),
+    "oasst_tree": Format(None, lambda r, s: threads.is_tree_row(r),
+                         "{'prompt': {'role', 'text', 'replies': [...]}} (OpenAssistant trees)", unit="tree"),
+    "oasst_table": Format(None, lambda r, s: threads.is_table_row(r),
+                          "{'message_id', 'parent_id', 'role', 'text'} (OpenAssistant message table)", unit="table"),
     "prompt_completion": Format(read_prompt_completion, lambda r, s: "prompt" in r and "completion" in r,
-                                "'prompt'+'completion'"),
+                                "{'prompt', 'completion'}"),
     "alpaca": Format(read_alpaca, lambda r, s: "instruction" in r and s.col("response", "output") in r,
-                     "'instruction'+'output'"),
+                     "{'instruction', 'input', 'output', 'system', 'history'}"),
     "dolly": Format(read_dolly, lambda r, s: "instruction" in r and "response" in r and "context" in r,
-                    "'instruction'+'context'+'response'"),
+                    "{'instruction', 'context', 'response'}", metadata=("category",)),
     "gpteacher": Format(read_dolly, lambda r, s: "instruction" in r and "response" in r,
-                        "'instruction'+'input'+'response'"),
-    "fields": Format(read_fields, lambda r, s: s.prompt_field is not None, "--prompt-field/--response-field"),
+                        "{'instruction', 'input', 'response'}"),
+    "fields": Format(read_fields, lambda r, s: s.prompt_field is not None,
+                     "two text fields (--prompt-field, --response-field), 'system', 'history'"),
 }
+
+
+def read_row(name: str, row: dict, spec: Spec, top_ranked: bool = False
+             ) -> tuple[list[tuple[str, list[dict]]], set[str]]:
+    """Read ``row`` in format ``name`` (not a ``table`` format): its conversations as (thread id, messages), one
+    with thread id "" unless the row is a tree, each with the row's ``system`` and ``tools`` as a first system
+    turn; and the fields no conversation uses, the format's ``metadata`` left out. Raises ``RowError``."""
+    fmt = FORMATS[name]
+    _check_media(row)
+    if fmt.unit == "tree":
+        found, unused = threads.tree_threads(row, spec, top_ranked)
+    else:
+        messages, unused = fmt.read(row, spec)
+        found = [("", messages)]
+    return [(t, _with_system(row, spec, m)) for t, m in found], unused - set(fmt.metadata)
 
 
 def detect(row: dict, spec: Spec) -> str | None:
@@ -337,9 +419,3 @@ def detect(row: dict, spec: Spec) -> str | None:
 def field_pair(row: dict) -> tuple[str, str] | None:
     """The first of ``FIELD_PAIRS`` that ``row`` has, else None."""
     return next((pair for pair in FIELD_PAIRS if pair[0] in row and pair[1] in row), None)
-
-
-def expected_shapes() -> str:
-    """The row shapes auto-detection recognises, for error messages."""
-    shapes = [f"{n} ({f.shape})" for n, f in FORMATS.items() if n != "fields"]
-    return ", ".join(shapes + [f"'{a}'+'{b}'" for a, b in FIELD_PAIRS])

@@ -58,10 +58,7 @@ def _without_cut_off_responses(data: PathLike, tokens: TokenTable, conversations
     e = RowError("response cut off by truncation",
                  f"no response token is left after truncation to max_seq_len {max_seq_len} (the prompt fills it), "
                  "expected a response to train on; raise --max-seq-len or shorten the prompt")
-    for i in empty:
-        report.skip(conversations[i].row, conversations[i].line, e)
-    report.skipped.sort(key=lambda s: s["row"])
-    report.used -= len(empty)
+    report.drop(conversations, empty.tolist(), e)
     first = conversations[empty[0]]
     log.warning("%s: %d row%s skipped: no response token is left after truncation to max_seq_len %d (first: %s); "
                 "raise --max-seq-len to train on them", data, len(empty), "s" if len(empty) > 1 else "",

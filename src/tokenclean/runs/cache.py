@@ -1,9 +1,11 @@
 """A cache of token losses, so no run computes the same losses twice.
 
-An entry is a ``Scores`` directory at ``<root>/scores/<key>``: ``key`` hashes what decides the losses (the model's
-content, its dtype and device type, the tokenizer, the data and its tokenization). ``root`` is ``$TOKENCLEAN_CACHE``
-or ``~/.cache/tokenclean``. Entries are written atomically (built under a temporary name, then renamed), so a
-crashed or concurrent run never leaves a half-written entry behind; the last writer of identical content wins.
+An entry is a ``Scores`` directory at ``<root>/scores/<key>`` (its lock: ``<root>/locks/<key>.lock``): ``key``
+hashes what decides the losses (the model's content, its dtype and device type, the tokenizer, the data and its
+tokenization). ``root`` is ``$TOKENCLEAN_CACHE`` or ``~/.cache/tokenclean``. Entries are written atomically (built under a temporary name, then renamed), so a
+crashed run never leaves a half-written entry behind. While a process looks an entry up and, on a miss, computes
+and stores it, it holds the entry's lock (``entry_lock``): a second process wanting the same losses waits for it,
+saying for whom, and then finds them stored instead of computing them again.
 
 Under ``torch.distributed`` only rank 0 writes (cache entries and ``out`` directories); the others wait for it.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,8 +24,8 @@ from typing import Any
 from ..core.artifacts import Scores
 from ..core.tokens import TokenLayout
 from ..compute.distributed import all_ranks, barrier, distributed_world
-from ..io import atomic_dir
-
+from ..io import atomic_dir, disk_full_as_error
+from ..lock import Lock
 
 
 def cache_root(cache: bool | str | os.PathLike) -> Path:
@@ -72,6 +76,24 @@ def load_cached(root: Path, key: str, tokens_meta: dict[str, Any]) -> Scores | N
         return None
     scores.meta.update(cache_hit=True, cache_entry=str(path))
     return scores
+
+
+@contextmanager
+def entry_lock(root: Path, key: str) -> Iterator[None]:
+    """Hold the lock of entry ``key`` for the block (look it up, and on a miss compute and ``store`` it); when
+    another process holds it, wait, after one line naming that process. Rank 0 only: it alone writes entries."""
+    if distributed_world()[0] != 0:
+        yield
+        return
+    with disk_full_as_error(root):
+        (root / "locks").mkdir(parents=True, exist_ok=True)
+    lock = Lock(root / "locks" / f"{key}.lock")
+    lock.acquire(wait=True, on_wait=f"which is computing the same token losses for the score cache "
+                                    f"({root / 'scores' / key})")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def store(root: Path, key: str, scores: Scores) -> None:

@@ -112,7 +112,6 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     headers and formats to keys ``extra_metrics`` returns (others show under their key). The result's ``timings`` lists every
     stage with the seconds it took in *this* call (0 when reused) and in the call that ran it (``Store.timings``).
     """
-    from .pipeline import run_method
     from .stages import Run
 
     unknown = [m for m in methods if m not in METHODS]
@@ -125,37 +124,48 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     if not cfg.run.eval_data and not cfg.run.eval_fraction:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, eval_fraction=DEFAULT_EVAL_FRACTION))
     root = Run(cfg)
-    root.write_config(ignore=("method",))  # the methods are an argument of compare, not one setting
-    ablation_roots = _ablation_roots(root, ablations, {name for name, _, _ in plan})
-    runs: list[dict[str, Any]] = []
-    tables = root.tokens_stage()
-    base_loss = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, tables["eval"],
-                                 dtype=cfg.run.eval_dtype).meta["mean_token_loss"]
-    for seed in seeds:
-        rows = [(name, _variant(root, name, method, seed, select_config)) for name, method, select_config in plan]
-        rows += [(a.name, ablation_roots[a.name].variant(a.method, seed)) for a in ablations]
-        for name, run in rows:
-            log.info("=== %s, seed %d ===", name, seed)
-            summary = run_method(run)
-            metrics = {
-                "kept_tokens": summary["selection"]["kept_tokens"],
-                "training_tokens": summary["training"]["trained_tokens"],
-                "seconds": summary["seconds"],
-                "heldout_loss": summary["heldout_loss"],
-            }
-            if extra_metrics:
-                metrics.update(extra_metrics(run, summary))
-            runs.append({"method": name, "seed": seed, "scorer": run.cfg.select.scorer, "metrics": metrics,
-                         "model_dir": summary["model_dir"]})
-    names = [name for name, _, _ in plan] + [a.name for a in ablations]
-    rows = aggregate(runs, names)
-    result = {"methods": names, "scorers": list(scorers or []), "seeds": seeds, "base_heldout_loss": base_loss,
-              "ablations": [dataclasses.asdict(a) for a in ablations],
-              "columns": _columns(rows, [*COLUMNS, *extra_columns]), "rows": rows, "runs": runs,
-              "timings": root.timings}
-    write_json(root.layout.comparison, result)
-    atomic_write_text(root.layout.comparison_md, render_markdown(result))
+    with root.locked():  # one process at a time in a compare directory (store.Store.locked)
+        root.write_config(ignore=("method",))  # the methods are an argument of compare, not one setting
+        ablation_roots = _ablation_roots(root, ablations, {name for name, _, _ in plan})
+        tables = root.tokens_stage()
+        base_loss = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, tables["eval"],
+                                     dtype=cfg.run.eval_dtype).meta["mean_token_loss"]
+        runs = [record for seed in seeds
+                for record in _run_seed(root, plan, ablations, ablation_roots, seed, extra_metrics)]
+        names = [name for name, _, _ in plan] + [a.name for a in ablations]
+        rows = aggregate(runs, names)
+        result = {"methods": names, "scorers": list(scorers or []), "seeds": seeds, "base_heldout_loss": base_loss,
+                  "ablations": [dataclasses.asdict(a) for a in ablations],
+                  "columns": _columns(rows, [*COLUMNS, *extra_columns]), "rows": rows, "runs": runs,
+                  "timings": root.timings}
+        write_json(root.layout.comparison, result)
+        atomic_write_text(root.layout.comparison_md, render_markdown(result))
     return result
+
+
+def _run_seed(root: Run, plan: list[tuple[str, str, SelectConfig | None]], ablations: Sequence[Ablation],
+              ablation_roots: dict[str, Run], seed: int, extra_metrics: Metrics | None) -> list[dict[str, Any]]:
+    """Run every row of ``plan`` and every ablation for ``seed``: one record per row (its name, seed, scorer,
+    metrics and model directory)."""
+    from .pipeline import run_method
+
+    rows = [(name, _variant(root, name, method, seed, select_config)) for name, method, select_config in plan]
+    rows += [(a.name, ablation_roots[a.name].variant(a.method, seed)) for a in ablations]
+    records = []
+    for name, run in rows:
+        log.info("=== %s, seed %d ===", name, seed)
+        summary = run_method(run)
+        metrics = {
+            "kept_tokens": summary["selection"]["kept_tokens"],
+            "training_tokens": summary["training"]["trained_tokens"],
+            "seconds": summary["seconds"],
+            "heldout_loss": summary["heldout_loss"],
+        }
+        if extra_metrics:
+            metrics.update(extra_metrics(run, summary))
+        records.append({"method": name, "seed": seed, "scorer": run.cfg.select.scorer, "metrics": metrics,
+                        "model_dir": summary["model_dir"]})
+    return records
 
 
 def _ablation_roots(root: Run, ablations: Sequence[Ablation], taken: set[str]) -> dict[str, Run]:
@@ -290,7 +300,7 @@ def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit
     names = [b.name for b in parse_tasks(tasks)]  # unknown names fail here, before any training
 
     def metrics(run: Run, summary: MethodSummary) -> dict[str, float]:
-        from ..evaluation.harness import evaluate
+        from ..evaluation.harness import evaluate_in_child
 
         stage = Layout.next_to(summary["model_stage"], "benchmarks")
         # the weights' dtype as resolved on this machine: an `auto` run moved to other hardware evaluates again
@@ -299,8 +309,8 @@ def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit
                   "dtype": run.resolved_dtype(run.cfg.run.eval_dtype)}
 
         def build(tmp: Path) -> dict[str, float]:
-            results = evaluate(summary["model_dir"], names, limit=limit, data_dir=data_dir, device=run.cfg.run.device,
-                               dtype=run.cfg.run.eval_dtype)
+            results = evaluate_in_child(summary["model_dir"], names, limit=limit, data_dir=data_dir,
+                                        device=run.cfg.run.device, dtype=run.cfg.run.eval_dtype)
             write_results(results, tmp / "results.json")
             return benchmark_columns(results)
 

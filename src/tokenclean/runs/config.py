@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,14 @@ class RunConfig:
     def from_flat(cls, values: dict[str, Any]) -> RunConfig:
         """Build from a flat mapping of field names (YAML keys / flags); each name belongs to one section."""
         return cls(**{name: build(section, values) for name, section in cls.SECTIONS.items()})
+
+    def pool_data(self) -> DataConfig:
+        """The data settings the pool is read with: ``--warmup-rated-by``'s field picks the warm-up rows, so it
+        reaches no token on purpose (it is not lost: ``runs.warmup`` reads it)."""
+        rated = self.warmup.warmup_rated_by
+        if not rated or rated in (self.data.ignore_fields or []):
+            return self.data
+        return dataclasses.replace(self.data, ignore_fields=[*(self.data.ignore_fields or []), rated])
 
     def flat(self) -> dict[str, Any]:
         return {k: v for name in self.SECTIONS for k, v in as_dict(getattr(self, name)).items()}

@@ -24,8 +24,9 @@ __all__ = ["METHODS", "Run", "RunConfig", "RunSettings", "key_of", "library_vers
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg.run.method`` in ``cfg.run.out`` and return the summary (also written to ``summary.json``)."""
     run = Run(cfg)
-    run.write_config()
-    return run_method(run)
+    with run.locked():
+        run.write_config()
+        return run_method(run)
 
 
 def run_method(run: Run) -> MethodSummary:

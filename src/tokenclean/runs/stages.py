@@ -79,7 +79,7 @@ class Run(Store):
                   "data_config": asdict(c.data), "tokenize_config": asdict(c.tokenize)}
 
         def build(tmp: Path) -> dict[str, Any]:
-            pool, report = prepare_tokens(c.run.data, self.tokenizer, c.data, c.tokenize)
+            pool, report = prepare_tokens(c.run.data, self.tokenizer, c.pool_data(), c.tokenize)
             result: dict[str, Any] = {"load": report.to_dict()}
             tables = {"pool": pool}
             for name, source in (("warmup", c.run.warmup_data), ("eval", c.run.eval_data)):

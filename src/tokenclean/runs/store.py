@@ -6,6 +6,10 @@ it reads. Running the same command again skips every stage whose key is unchange
 the stages that depend on it and nothing else. A stage that is killed resumes from its last finished unit
 (scoring shards, training checkpoints), kept in ``checkpoints/<stage>/`` while it runs. The store knows nothing of
 tokens or models: the stages (``runs.stages``) give it a name, the inputs and a function that fills a directory.
+
+One process at a time works in a run directory (``Store.locked``, through ``tokenclean.lock``): a second
+``tokenclean`` process on the same directory stops with one line naming the holder, so two processes never mix
+their files; a lock left by a killed process is taken over.
 """
 
 from __future__ import annotations
@@ -15,15 +19,18 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..compute.distributed import barrier, from_rank0, process_rank
 from ..errors import ConfigError
 from ..io import atomic_dir, atomic_write_text, crash_point, disk_full_as_error, read_json, write_json
+from ..lock import Lock
 
 log = logging.getLogger("tokenclean")
+LOCK_FILE = ".tokenclean.lock"  # in the run directory; hidden, so the directory still counts as a run's
 
 
 def key_of(*parts: Any) -> str:
@@ -61,6 +68,22 @@ class Store:
 
     def key(self, stage: str) -> str:
         return self.stages[stage]["key"]
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory's lock for the block (a command's whole run: its settings, stages and summary).
+        When another process holds it, raise a ``ConfigError`` naming the holder (pid, host, since when). Under
+        ``torchrun`` rank 0 holds it for every rank, and every rank raises."""
+        lock = Lock(self.dir / LOCK_FILE) if process_rank() == 0 else None
+        holder = from_rank0(lock.acquire(wait=False) if lock else None)
+        if holder:
+            raise ConfigError(f"{self.dir}: in use by another tokenclean process ({holder}); wait for it to finish "
+                              "(or stop it), or choose another --out")
+        try:
+            yield
+        finally:
+            if lock:
+                lock.release()
 
     def result(self, stage: str) -> dict[str, Any]:
         """What stage ``stage`` returned (from its ``stage.json``)."""

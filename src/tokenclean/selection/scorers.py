@@ -121,22 +121,45 @@ def prompt_excess(base_loss: np.ndarray, ref_loss: np.ndarray, prompt_free_loss:
     return (percentile_ranks(score) + gain) / 2.0
 
 
+def curve_gate(base_loss: np.ndarray, ref_loss: np.ndarray, config: SelectConfig) -> str:
+    """What ``curve-positive``'s rule ruled out, counted over the candidates (for the error when it is all)."""
+    both = ~np.isnan(base_loss) & ~np.isnan(ref_loss)
+    base, ref = base_loss[both].astype(np.float64), ref_loss[both].astype(np.float64)
+    high, flat = int((ref >= CURVE_MAX_REF).sum()), int((base <= CURVE_SLOPE * ref + CURVE_MARGIN).sum())
+    return (f"its fixed rule keeps a token only when loss_base > {CURVE_SLOPE:g}·loss_ref + {CURVE_MARGIN:g} and "
+            f"loss_ref < {CURVE_MAX_REF:g} nats: {high:,} tokens have a reference loss of {CURVE_MAX_REF:g} nats or "
+            f"more, {flat:,} too little excess")
+
+
 @dataclass(frozen=True)
 class Scorer:
-    """A registered scorer: its score function and how its keep-mask is made."""
+    """A registered scorer: its score function and how its keep-mask is made; for a scorer that gates tokens,
+    what its gate rules out (``gate``: (base, ref, config) -> text) and what to change when it rules out all
+    (``gate_advice``)."""
 
     score: Callable[[np.ndarray, np.ndarray, np.ndarray | None, SelectConfig], np.ndarray]  # (base, ref, pf, cfg)
     needs_prompt_free: bool = False
     combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # (global mask, sample mask) -> mask
+    gate: Callable[[np.ndarray, np.ndarray, SelectConfig], str] | None = None
+    gate_advice: str = ""
 
 
+_WARM_UP_MORE = "warm the reference up further (--warmup-epochs, --warmup-min-steps, more --warmup-data)"
 SCORERS: dict[str, Scorer] = {
     "excess": Scorer(lambda b, r, p, c: excess(b, r)),
-    "small-loss": Scorer(lambda b, r, p, c: small_loss_excess(b, r, c.gate_quantile)),
-    "curve-positive": Scorer(lambda b, r, p, c: curve_positive(b, r)),
+    "small-loss": Scorer(lambda b, r, p, c: small_loss_excess(b, r, c.gate_quantile),
+                         gate=lambda b, r, c: f"it never keeps a token whose reference loss is above the "
+                                              f"{c.gate_quantile:g} quantile of all response tokens' reference losses",
+                         gate_advice="raise --gate-quantile, or use --scorer excess"),
+    "curve-positive": Scorer(lambda b, r, p, c: curve_positive(b, r), gate=curve_gate,
+                             gate_advice=f"use --scorer excess, or small-loss (whose gate adapts to the losses), or "
+                                         f"{_WARM_UP_MORE} so the losses pass the rule"),
     "union": Scorer(lambda b, r, p, c: excess(b, r), combine=np.logical_or),
     "intersection": Scorer(lambda b, r, p, c: excess(b, r), combine=np.logical_and),
-    "prompt": Scorer(lambda b, r, p, c: prompt_gain(r, p), needs_prompt_free=True),
+    "prompt": Scorer(lambda b, r, p, c: prompt_gain(r, p), needs_prompt_free=True,
+                     gate=lambda b, r, c: "it rules out every response token without a prompt-free loss",
+                     gate_advice="score the prompt-free losses again (tokenclean score --prompt-free), or use "
+                                 "--scorer excess"),
     "prompt-excess": Scorer(lambda b, r, p, c: prompt_excess(b, r, p), needs_prompt_free=True),
 }
 assert tuple(SCORERS) == SCORER_NAMES, "selection.SCORERS must list the scorers registered here"
@@ -206,3 +229,24 @@ def mask_counts(score: np.ndarray, offsets: np.ndarray, mask: np.ndarray) -> dic
     threshold = float(score[mask].min()) if mask.any() else None
     counts = selection_counts(per_sample_sum(~np.isnan(score), offsets), per_sample_sum(mask, offsets), threshold)
     return {**counts, "gated_tokens": int(np.isneginf(score).sum())}
+
+
+def nothing_kept(config: SelectConfig, counts: dict[str, Any], score: np.ndarray, base_loss: np.ndarray,
+                 ref_loss: np.ndarray) -> str | None:
+    """Why a selection with ``counts`` (``mask_counts``) of ``score`` keeps no response token, and what to change;
+    None when it keeps some, or there is none to keep. ``base_loss``, ``ref_loss``: (total_tokens,) as scored."""
+    n = counts["response_tokens"]
+    if counts["kept_tokens"] or not n:
+        return None
+    scorer = SCORERS[config.scorer]
+    if scorer.gate is not None and counts.get("gated_tokens") == n:
+        why = f"--scorer {config.scorer} ruled out every one ({scorer.gate(base_loss, ref_loss, config)})"
+        advice = scorer.gate_advice
+    elif config.level == "threshold":
+        finite = score[np.isfinite(score)]
+        best = f"the highest score is {finite.max():.4g}" if len(finite) else "no token has a finite score"
+        why, advice = f"no token scores above --threshold {config.threshold:g} ({best})", \
+            "lower --threshold, or use --level global with a --keep-ratio"
+    else:
+        why, advice = f"--keep-ratio {config.keep_ratio:g} of them rounds to 0 tokens", "raise --keep-ratio"
+    return (f"the selection keeps 0 of {n:,} response tokens, so there is nothing to train on: {why}; {advice}")
