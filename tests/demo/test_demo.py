@@ -11,6 +11,7 @@ from tokenclean.core.data import DataConfig
 from tokenclean.demo.render import conclude, demo_table, kind_loss_line, sample_lines, stage_group, time_per_stage
 from tokenclean.demo.run import DemoConfig, profile_of, split_rows
 from tokenclean.demo.metrics import KIND_CODES, NOT_RESPONSE, kind_codes, selection_quality
+from tokenclean.demo.world import GROUND_TRUTH_FIELDS
 from tokenclean.errors import ConfigError
 
 
@@ -30,7 +31,7 @@ def test_selection_quality_counts_each_kind():
 
 
 # the world's ground truth: fields of its rows that reach no token, dropped on purpose
-WORLD_DATA = DataConfig(ignore_fields=["task", "answer", "kinds", "corruption"])
+WORLD_DATA = DataConfig(ignore_fields=list(GROUND_TRUTH_FIELDS))
 
 
 @pytest.fixture(scope="module")

@@ -284,16 +284,17 @@ class DemoMetrics:
         accuracy of its own greedy answers (a stage of the run's root)."""
         base = Scores.load(self.root.path(HELDOUT_BASE))
         row: dict[str, float] = {"heldout_loss": float(base.meta["mean_token_loss"])}
+        per_prompt = self.per_prompt.setdefault(("base", None), {})
         if self.world:
             row["informative_loss"] = self.informative_loss(base)
-            self.per_prompt["base", None] = {"informative_loss": self._per_prompt_loss(base)}
+            per_prompt["informative_loss"] = self._per_prompt_loss(base)
         if self.checker is not None:
             answers = self._answers(self.root, self.root.base_fingerprint, self.root.cfg.run.base, ACCURACY_BASE)
             row["accuracy"] = answers["accuracy"]
             if "wrong_answer_reproduced" in answers:
                 row["wrong_answer_reproduced"] = answers["wrong_answer_reproduced"]
             correct = self._correct(self.root.path(ACCURACY_BASE))
-            self.per_prompt["base", None]["accuracy"] = (correct, np.ones_like(correct))
+            per_prompt["accuracy"] = (correct, np.ones_like(correct))
         return row
 
     def kind_losses(self, base: Scores) -> dict[str, float]:

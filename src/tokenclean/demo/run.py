@@ -44,6 +44,7 @@ from ..runs.layout import HELDOUT_BASE, TOKENS
 from ..runs.stages import Run
 from .metrics import DEMO_COLUMNS, KIND_CODES, DemoInputs, DemoMetrics
 from .render import conclude, render, time_per_stage
+from .world import GROUND_TRUTH_FIELDS
 
 log = logging.getLogger("tokenclean")
 
@@ -273,7 +274,9 @@ def demo_setup(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progres
         with clock("pretrain base model"):
             base = _pretrained_base(profile, inputs, out, progress, clock)
     methods, _ = split_rows(cfg.methods or profile.methods)
-    run_cfg = RunConfig.from_flat({**profile.run, **(overrides or {}), "base": str(base), "data": str(inputs.train),
+    world_fields = {"ignore_fields": list(GROUND_TRUTH_FIELDS)} if inputs.world else {}
+    run_cfg = RunConfig.from_flat({**profile.run, **world_fields, **(overrides or {}), "base": str(base),
+                                   "data": str(inputs.train),
                                    "warmup_data": inputs.warmup and str(inputs.warmup),
                                    "eval_data": str(inputs.eval), "out": str(out / "run"),
                                    "method": methods[0] if methods else "full",

@@ -83,6 +83,9 @@ from .lexicon import (  # noqa: F401  (re-exported: tests and the demo read them
 )
 
 KINDS = ("informative", "generic", "noise")
+# The ground truth each SFT row carries beside its messages: read by the demo's measurements, never tokenized, so
+# a run over world files drops them on purpose (``DataConfig.ignore_fields``).
+GROUND_TRUTH_FIELDS = ("task", "answer", "kinds", "corruption")
 TASKS = ("add", "compare", "reverse", "sort", "count", "lookup", "letter")
 
 
