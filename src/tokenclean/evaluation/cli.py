@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..evaluation import local_tasks
 from .benchmarks import DEFAULT_TASKS, parse_limit, parse_tasks
-from .harness import evaluate
+from .harness import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, evaluate
 from .results import results_table, write_results
 
 DEFAULT_OUT = "eval_results.json"
@@ -41,7 +41,8 @@ def eval_flags(parser: argparse.ArgumentParser) -> None:
                         "QA language); per benchmark: 100,mmlu=2 (a bare number is the default)")
     parser.add_argument("--data-dir", help="read local evaluation files (layout of shared/data/eval); offline")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
-    parser.add_argument("--batch-size", default="8", help="batch size or 'auto' (default: 8)")
+    parser.add_argument("--batch-size", help=f"batch size or 'auto' (default: {CPU_BATCH_SIZE} on a CPU, where wider "
+                        f"batches only cost memory; {CUDA_BATCH_SIZE} on a GPU)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: CUDA when available)")
     parser.add_argument("--dtype", default="auto", help="weights dtype: auto (bf16 where the device computes it "
                         "natively: CUDA, CPUs with AVX512-BF16 or AMX; fp32 elsewhere), float32, bfloat16; "
@@ -88,8 +89,8 @@ def _tasks(spec: str | None, data_dir: str | None) -> list[str]:
     return [b.name for b in benchmarks if b not in missing]
 
 
-def _batch_size(text: str) -> int | str:
-    if text.startswith("auto"):
+def _batch_size(text: str | None) -> int | str | None:
+    if text is None or text.startswith("auto"):
         return text
     try:
         size = int(text)
