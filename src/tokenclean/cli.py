@@ -1,7 +1,7 @@
 """The ``tokenclean`` command: a thin layer over ``tokenclean.api`` and ``tokenclean.runs``.
 
-``COMMANDS`` is the table of subcommands: a name, a one-line help and the function that adds the command's flags
-(generated from the stage config dataclasses) and sets the function it runs. Only the chosen command's flags are
+``commands.COMMANDS`` is the table of subcommands: a name, a one-line help and the function that adds the command's
+flags (generated from the stage config dataclasses) and sets the function it runs. Only the chosen command's flags are
 built, so ``tokenclean --help`` imports no torch. Errors the user can fix are printed as one line, without a
 traceback.
 """
@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .commands import COMMANDS
 from .config import add_config_args, add_fields, build, field_names, merge_settings
 from .errors import ConfigError, TokencleanError
 from .evaluation.benchmarks import parse_limit
+from .io import process_rank
 
 DESCRIPTION = """\
 Token cleaning for supervised fine-tuning (Pang et al., ICML 2025): score every response token by how much a
@@ -29,13 +31,6 @@ first:      tokenclean demo     (offline: a generated world, a tiny base, every 
 main job:   tokenclean run --method fixed --base MODEL --data pool.jsonl --out runs/fixed
 stages:     tokenclean score | select | train | export   (the same steps, one at a time)
 """
-
-
-def process_rank() -> int:
-    """This process's rank under ``torchrun`` (``RANK``; 0 without it). Read here so the CLI needs no torch."""
-    import os
-
-    return int(os.environ.get("RANK", "0"))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -281,27 +276,6 @@ def export_flags(p: argparse.ArgumentParser) -> None:
                    help="also write the rows of a messages or ShareGPT file to PATH (JSON Lines) in their own "
                         "format, each assistant message with Axolotl train_detail spans of the kept tokens")
     p.set_defaults(func=cmd_export)
-
-
-# name -> (one-line help, "module:function" adding the command's flags and its func). Adding a command is one row.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("run a whole cleaning pipeline into a run directory (resumable)", "tokenclean.cli:run_flags"),
-    "compare": ("run several methods side by side and compare held-out loss", "tokenclean.cli:compare_flags"),
-    "score": ("per-token loss of every response token under one model", "tokenclean.cli:score_flags"),
-    "select": ("choose the tokens to keep from base and reference scores", "tokenclean.cli:select_flags"),
-    "train": ("token-masked fine-tuning on the kept tokens", "tokenclean.cli:train_flags"),
-    "export": ("write the cleaned dataset for other trainers (TRL, Axolotl, LLaMA-Factory)",
-               "tokenclean.cli:export_flags"),
-    "eval": ("benchmark a model with lm-evaluation-harness (the paper's suite plus GSM8K)",
-             "tokenclean.evaluation.cli:eval_flags"),
-    "pretrain": ("pretrain a tiny Llama (and its tokenizer) from scratch on text files",
-                 "tokenclean.demo.pretrain_cli:pretrain_flags"),
-    "demo": ("the whole story on generated data: pretrain a tiny base, run every method, measure, report",
-             "tokenclean.demo.cli:demo_flags"),
-    "report": ("an HTML page of a run: tokens coloured by score, kept/dropped, plots, comparison",
-               "tokenclean.report.cli:report_flags"),
-    "show": ("print one sample with its kept and dropped tokens in colour", "tokenclean.report.cli:show_flags"),
-}
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -111,8 +111,8 @@ def converted_dir(source: str | os.PathLike, cache: bool | str | os.PathLike = T
     """The plain model directory of GGUF ``source``, converting it on first use (seconds to minutes; see the
     module docstring). Under ``torch.distributed`` every rank must call it (it is collective): rank 0 converts and
     every rank waits for it."""
-    from .distributed import all_ranks, barrier, process_rank
-    from ..io import atomic_dir
+    from .distributed import all_ranks, barrier
+    from ..io import atomic_dir, process_rank
     from ..runs.cache import cache_root
 
     path = gguf_file(source, cache)

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..compute.distributed import barrier, from_rank0, process_rank
+from ..compute.distributed import barrier, from_rank0
 from ..errors import ConfigError
-from ..io import atomic_dir, atomic_write_text, crash_point, disk_full_as_error, read_json, write_json
+from ..io import atomic_dir, atomic_write_text, crash_point, disk_full_as_error, process_rank, read_json, write_json
 
 log = logging.getLogger("tokenclean")
 
