@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 
 from ..config import option
 from .labels import IGNORE_INDEX, clear_position_0, make_labels  # noqa: F401 (re-exported)
-from .render import (GENERATION_CHECK_ROWS, GENERATION_TAG, HONOURS_TRAIN_FLAG,  # noqa: F401 (re-exported)
-                     check_generation_mask, render_segments)
+from .render import (GENERATION_CHECK_ROWS, GENERATION_TAG, check_generation_mask,  # noqa: F401 (re-exported)
+                     render_segments)
 from .data import Conversation
+from .fingerprints import tokenizer_fingerprint
 from ..errors import DataError
 from ..io import atomic_write_bytes, read_json, write_json
 
@@ -188,8 +189,6 @@ def tokenize(
     data_fingerprint: str = "",
 ) -> TokenTable:
     """Tokenize conversations segment by segment (see the module docstring) and truncate to ``max_seq_len``."""
-    from ..compute.modeling import tokenizer_fingerprint
-
     cfg = cfg or TokenizeConfig()
     rendered = [_render_row(c, tokenizer, cfg.template) for c in conversations]
     texts = [text for segs in rendered for text, _ in segs]
