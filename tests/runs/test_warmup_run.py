@@ -57,11 +57,11 @@ def test_fixed_run_trains_the_reference_for_the_minimum_steps_and_reports_score_
     assert health["verdict"] in ("healthy", "near noise") and 0 <= health["relative_move"]
     assert health == summary["score_health"] and health["response_tokens"] == summary["pool"]["response_tokens"]
     from tokenclean.compute.hardware import auto_dtype
-    from tokenclean.compute.modeling import path_fingerprint
+    from tokenclean.compute.modeling import source_fingerprint
 
     assert summary["compute"]["dtype"] == str(auto_dtype("cpu")).removeprefix("torch.")  # what auto chose here
     assert summary["compute"]["native_bf16"] == (summary["compute"]["dtype"] == "bfloat16")
-    assert summary["base_model"]["fingerprint"] == path_fingerprint(tiny_model_dir)
+    assert summary["base_model"]["fingerprint"] == source_fingerprint(tiny_model_dir)
 
 
 @pytest.mark.slow

@@ -285,7 +285,7 @@ def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit
     (``.../benchmarks/results.json``), so a re-run does not evaluate it again."""
     from ..evaluation.benchmarks import parse_tasks
     from ..evaluation.results import AVERAGE, COLUMN_TITLES, benchmark_columns, write_results
-    from ..compute.modeling import path_fingerprint
+    from ..core.fingerprints import path_fingerprint
 
     names = [b.name for b in parse_tasks(tasks)]  # unknown names fail here, before any training
 

@@ -57,10 +57,10 @@ class Run(Store):
 
     @property
     def base_fingerprint(self) -> str:
-        from ..compute.modeling import path_fingerprint
+        from ..compute.modeling import source_fingerprint
 
         if "base" not in self._cache:
-            self._cache["base"] = path_fingerprint(self.cfg.run.base)
+            self._cache["base"] = source_fingerprint(self.cfg.run.base)
         return self._cache["base"]
 
     # -- stages ----------------------------------------------------------------------------------------------------
@@ -68,8 +68,8 @@ class Run(Store):
         """Tokenize the pool, the warm-up data and the held-out data. Stage ``tokens`` with one directory each:
         ``pool`` (what methods train on), ``warmup`` (if given), ``eval`` (``--eval-data``, or a fixed
         ``--eval-fraction`` of the pool, which is then removed from ``pool``)."""
-        from ..api import prepare_tokens
-        from ..compute.modeling import path_fingerprint
+        from ..core.fingerprints import path_fingerprint
+        from ..core.prepare import prepare_tokens
 
         c = self.cfg
         inputs = {"data": path_fingerprint(c.run.data), "tokenizer": self._tokenizer_key(),
@@ -102,7 +102,7 @@ class Run(Store):
         return {d.name: TokenTable.load(d) for d in sorted(self.path(TOKENS).iterdir()) if d.is_dir()}
 
     def _tokenizer_key(self) -> str:
-        from ..compute.modeling import tokenizer_fingerprint
+        from ..core.fingerprints import tokenizer_fingerprint
 
         if "tokenizer_key" not in self._cache:  # serialising a large vocabulary is not free; once per process
             self._cache["tokenizer_key"] = tokenizer_fingerprint(self.tokenizer)
@@ -137,7 +137,7 @@ class Run(Store):
         """Train ``model_path`` on ``tokens``: the kept tokens of ``keep`` = (key, mask), Rho-1 online selection
         with ``slm`` = (key, reference losses), else all response tokens. ``save_adapter``: keep the unmerged
         LoRA adapter in ``adapter/`` too. ``train_config``: other settings than the run's (the warm-up's)."""
-        from ..api import train
+        from ..compute.finetune import finetune
 
         c = self.cfg
         train_config = train_config or c.train
@@ -146,17 +146,16 @@ class Run(Store):
                   "slm": slm and [slm[0], c.select.keep_ratio], "train_config": asdict(train_config),
                   "drop_empty": c.select.drop_empty, "seed": c.run.seed}
         mask = keep[1] if keep else None
-        self.stage(name, inputs, lambda tmp: train(
-            str(model_path), tokens, tmp, tokenizer=self.tokenizer, train_config=train_config,
+        self.stage(name, inputs, lambda tmp: finetune(
+            str(model_path), self.tokenizer, tokens, tmp, train_config=train_config, keep_mask=mask,
             drop_empty=c.select.drop_empty, seed=c.run.seed, device=c.run.device,
             trust_remote_code=c.run.trust_remote_code, checkpoint_dir=self.work_dir(name, inputs),
-            slm=(slm[1], c.select.keep_ratio) if slm else None, selection=_as_selection(mask, tokens),
-            save_adapter=save_adapter))
+            slm=(slm[1], c.select.keep_ratio) if slm else None, save_adapter=save_adapter))
         return self.path(name)
 
     @property
     def cache(self) -> bool | str:
-        """The score cache setting for ``api.score``: False (``--no-cache``), a directory, or True (the default)."""
+        """The score cache setting for ``compute.score_model``: False (``--no-cache``), a directory, or True (the default)."""
         return self.cfg.run.cache and (self.cfg.run.cache_dir or True)
 
     def _score_inputs(self, model_key: str, tokens: TokenTable, dtype: str | None = None) -> dict[str, Any]:
@@ -206,12 +205,12 @@ class Run(Store):
         """Token losses of ``tokens`` under ``model_path``, through the score cache when ``cache`` (and the run's
         ``--cache``). ``compute`` replaces scoring ``model_path`` alone (e.g. scores from an adapter pair);
         ``dtype`` replaces ``--dtype`` (``--eval-dtype`` for measurements)."""
-        from ..api import score
-        from .cache import save_scores
+        from ..compute.score_cache import save_scores
+        from ..compute.score_model import score_model
 
         c = self.cfg
         inputs = self._score_inputs(model_key, tokens, dtype)
-        compute = compute or (lambda: score(
+        compute = compute or (lambda: score_model(
             str(model_path), tokens, score_config=c.score, device=c.run.device, dtype=dtype or c.run.dtype,
             trust_remote_code=c.run.trust_remote_code, cache=cache and self.cache,
             work_dir=self.work_dir(name, inputs)))
@@ -228,25 +227,31 @@ class Run(Store):
                      config: SelectConfig | None = None, prompt_free: Scores | None = None) -> Selection:
         """Select from two ``Scores`` (``inputs`` identifies them: their stage keys; a prompt scorer's
         ``prompt_free`` scores too)."""
-        from ..api import select
+        from ..selection.from_scores import select_scores
 
         config = config or self.cfg.select
-        self.stage(name, {**inputs, "select_config": asdict(config)},
-                   lambda tmp: select(base, ref, tmp, config, prompt_free=prompt_free).meta)
+
+        def build(tmp: Path) -> dict[str, Any]:
+            selection = select_scores(base, ref, config, prompt_free)
+            selection.save(tmp)
+            return selection.meta
+
+        self.stage(name, {**inputs, "select_config": asdict(config)}, build)
         return Selection.load(self.path(name))
 
     def prompt_free_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable) -> Scores:
         """The losses of ``tokens``' response tokens under ``model_path`` with their prompts removed
         (``compute.prompt_free``), mapped back onto ``tokens`` (NaN at prompt tokens and a span's first token when
         the tokenizer has no BOS): what the prompt scorers compare with the reference's ordinary losses."""
-        from ..api import score_prompt_free
         from ..compute.prompt_free import start_token_id
+        from ..compute.score_model import score_model_prompt_free
 
         c = self.cfg
 
         def compute() -> Scores:
-            return score_prompt_free(str(model_path), tokens, tokenizer=self.tokenizer, score_config=c.score,
-                                     device=c.run.device, dtype=c.run.dtype, trust_remote_code=c.run.trust_remote_code)
+            return score_model_prompt_free(str(model_path), tokens, self.tokenizer, score_config=c.score,
+                                           device=c.run.device, dtype=c.run.dtype,
+                                           trust_remote_code=c.run.trust_remote_code)
 
         key = f"{model_key}:prompt-free:{start_token_id(self.tokenizer)}"
         return self.score_stage(name, key, model_path, tokens, compute=compute)
@@ -298,7 +303,7 @@ class Run(Store):
 
         When the reference is a LoRA adapter on the base (``--lora``, the default) and neither stage is done, one
         model is loaded instead of two: the base is scored with the adapter off, then the reference with it
-        merged (``api.score_pair``; cached base losses are reused); the losses equal the two-model path's up to
+        merged (``compute.score_model.score_model_pair``; cached base losses are reused); the losses equal the two-model path's up to
         float rounding. Otherwise (and under FSDP, whose sharded weights cannot take a merge) each is scored with its
         own model (the base through the score cache)."""
         c, pool = self.cfg, tables["pool"]
@@ -309,16 +314,17 @@ class Run(Store):
         if (not adapter.is_dir() or fsdp_requested()
                 or any(self.up_to_date(n, self._score_inputs(m, pool)) for n, m in zip(names, models))):
             return self.base_scores(pool), self.score_stage(names[1], models[1], ref, pool)
-        from ..api import score_pair
+        from ..compute.score_model import score_model_pair
 
         pair: list[Scores] = []
         work = {n: self._score_inputs(m, pool) for n, m in zip(names, models)}
 
         def compute(i: int) -> Scores:  # both scored on first use, with one model load
             if not pair:
-                pair.extend(score_pair(c.run.base, adapter, pool, score_config=c.score, device=c.run.device,
-                                       dtype=c.run.dtype, trust_remote_code=c.run.trust_remote_code,
-                                       cache=self.cache, work_dir=self.work_dir(self.layout.pair_scores, work)))
+                pair.extend(score_model_pair(c.run.base, adapter, pool, score_config=c.score,
+                                             device=c.run.device, dtype=c.run.dtype,
+                                             trust_remote_code=c.run.trust_remote_code, cache=self.cache,
+                                             work_dir=self.work_dir(self.layout.pair_scores, work)))
             return pair[i]
 
         scores = (self.score_stage(names[0], models[0], c.run.base, pool, compute=lambda: compute(0)),
