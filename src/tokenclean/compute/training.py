@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from .checkpoints import crash_after_save, last_complete_checkpoint
 from .hardware import resolve_bf16
 from .losses import kept_token_loss_sum, slm_loss_sum
-from ..selection.select import round_half_up
+from ..core.threshold import round_half_up
 from ..core.labels import IGNORE_INDEX, make_labels, trained_token_count
 from ..core.tokens import TokenTable
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .select import round_half_up, top_k_mask
+from ..core.threshold import round_half_up, top_k_mask
 
 # Scores smaller than this are within what scoring precision alone changes a loss by: bf16 scoring (the default
 # on a GPU) moves a token's loss by a median of 0.013 nats against fp32 (SmolLM2-135M on GSM8K, 811 tokens;

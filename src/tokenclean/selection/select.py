@@ -6,7 +6,7 @@ tokens that are not candidates (prompt tokens, position 0).
 
 Levels:
 - ``global``: the top ``round(keep_ratio * N)`` of all N candidates (exact, O(N), no sort: the streamed
-  threshold of ``selection.threshold``, also used out of core by ``selection.stream``);
+  threshold of ``core.threshold``, also used out of core by ``selection.stream``);
 - ``sample``: the top ``round(keep_ratio * n_i)`` of each sample's n_i candidates;
 - ``threshold``: every candidate with score > ``threshold``.
 ``round`` is round-half-up. Ties are broken deterministically: the earlier token (in sample order, then position)
@@ -23,7 +23,7 @@ import numpy as np
 from ..config import option
 from ..core.tokens import per_sample_sum
 from ..errors import ConfigError
-from .threshold import refuse_infinite, round_half_up, select_top, top_k_mask  # noqa: F401 (re-exported)
+from ..core.threshold import refuse_infinite, round_half_up, select_top, top_k_mask  # noqa: F401 (re-exported)
 
 LEVELS = ("global", "sample", "threshold")
 # Token scorers (``tokenclean.scorers.SCORERS`` holds what each computes); union/intersection combine two levels.

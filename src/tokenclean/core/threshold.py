@@ -1,5 +1,6 @@
 """Global top-k of a stream of scores: the one algorithm behind every global selection (in memory, memory-mapped,
-two Parquet files, a batch of online losses).
+two Parquet files, a batch of online losses). It sits in ``core`` because both ``selection`` and ``compute`` (Rho-1's
+online selection while training) use it.
 
 The scores are read in chunks, with memory bounded by the chunk size; an in-memory array is the same stream.
 
