@@ -20,14 +20,8 @@ from tokenclean.core.artifacts import Scores, Selection
 from tokenclean.cli import main
 from tokenclean.runs.compare import COLUMNS, _columns, aggregate
 from tokenclean.errors import TokencleanError
-from tokenclean.report.view import (
-    find_sample,
-    load_run,
-    per_sample_sum,
-    sample_stats,
-    token_texts,
-    write_report,
-)
+from tokenclean.report.page import write_report
+from tokenclean.report.view import find_sample, load_run, per_sample_sum, sample_stats, token_texts
 from tokenclean.report.html import BINS, score_bins
 from tokenclean.report.show import show, use_color
 

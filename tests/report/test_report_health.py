@@ -12,7 +12,8 @@ from test_report import _pool_with_base_scores, save_scores
 from tokenclean import SelectConfig, select
 from tokenclean.report import plots
 from tokenclean.report.scorers import no_threshold_line, threshold_line
-from tokenclean.report.view import load_run, write_report
+from tokenclean.report.page import write_report
+from tokenclean.report.view import load_run
 from tokenclean.selection.health import score_health
 
 # The 300-row GSM8K case with a 2-step warm-up, as summary.json records it (selection.health.ScoreHealth).

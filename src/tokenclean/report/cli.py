@@ -46,7 +46,7 @@ def show_flags(show: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from .view import write_report
+    from .page import write_report
 
     page = write_report(args.run_dir, args.out, method=args.method, seed=args.seed, samples=args.samples,
                         tokenizer=args.tokenizer, plots=not args.no_plots)

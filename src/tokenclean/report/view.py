@@ -2,13 +2,11 @@
 
 ``load_run`` reads a ``tokenclean run`` directory or one method and seed of a ``tokenclean compare`` directory
 into a ``RunView``: flat per-token arrays aligned with the pool's tokens, plus the run's JSON records. Nothing is
-recomputed (score = base loss - reference loss is the only arithmetic). ``write_report`` turns a view into
-``<run>/report/index.html`` with its plots (``report.html``, ``report.plots``); ``show`` (``report.show``)
+recomputed (score = base loss - reference loss is the only arithmetic). ``report.page.write_report`` turns a view
+into ``<run>/report/index.html`` with its plots (``report.html``, ``report.plots``); ``show`` (``report.show``)
 prints one sample in the terminal.
 
 >>> view = load_run("runs/cmp", method="fixed", seed=1)     # doctest: +SKIP
->>> write_report("runs/cmp", samples=100)                    # doctest: +SKIP
-PosixPath('runs/cmp/report/index.html')
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from ..core.artifacts import Scores, Selection, check_same_tokens, keep_mask_for
 from ..errors import MismatchError, TokencleanError
 from ..io import read_json
 from ..core.tokens import TokenTable, per_sample_sum
-from ..runs.layout import BASE_SCORES, KINDS_FILE, Layout
+from ..runs.layout import BASE_SCORES, Layout
 from ..runs.summary import MethodSummary
 
 log = logging.getLogger("tokenclean")
@@ -361,36 +359,3 @@ def load_view_tokenizer(view: RunView, tokenizer: str | os.PathLike | None = Non
         raise TokencleanError(f"{view.layout.config}: no 'base' setting to take the tokenizer from; pass "
                               "--tokenizer")
     return load_tokenizer(source)
-
-
-# -- the report -----------------------------------------------------------------------------------------------------
-def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, method: str | None = None,
-                 seed: int | None = None, samples: int = DEFAULT_SAMPLES, tokenizer: str | os.PathLike | None = None,
-                 plots: bool = True) -> Path:
-    """Write ``out`` (default ``<run_dir>/report``)``/index.html``, one self-contained page, and the plots as PNG
-    beside it. Shows the first ``samples`` samples of the pool. Returns the path of the page."""
-    from ..io import atomic_write_text
-    from .html import render_page
-
-    if samples < 0:
-        raise TokencleanError(f"--samples must be >= 0, got {samples}")
-    view = load_run(run_dir, method, seed)
-    tok = load_view_tokenizer(view, tokenizer)
-    out = Path(out) if out is not None else view.layout.report
-    stats = sample_stats(view)
-    figures = []
-    if plots:
-        from .plots import write_plots
-
-        figures = write_plots(view, stats, out)
-    else:
-        from .plots import remove_plots
-
-        remove_plots(out)
-        view.note("plots not drawn (--no-plots)")
-    shown = np.arange(min(samples, len(view.tokens)))
-    ids, offsets = view.input_ids, view.offsets
-    texts = {int(i): token_texts(tok, ids[offsets[i]:offsets[i + 1]]) for i in shown}
-    page = out / "index.html"
-    atomic_write_text(page, render_page(view, stats, texts, figures))
-    return page
