@@ -272,7 +272,7 @@ def _report(run_dir: str) -> None:
     """Write the HTML report and plots for the run (``tokenclean report``); without matplotlib (the ``report``
     extra), say so and go on: the numbers are already written."""
     from ..errors import TokencleanError
-    from ..report.view import write_report
+    from ..report.page import write_report
 
     try:
         write_report(run_dir)
