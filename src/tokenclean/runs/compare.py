@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_text, write_json
 from ..selection.scorers import SCORERS
 from .layout import HELDOUT_BASE, Layout, variant_name
-from .methods import METHODS
+from .methods import METHODS, check_method
 
 if TYPE_CHECKING:  # the table functions below are used by the report, which imports no torch
     from ..selection.select import SelectConfig
@@ -120,6 +120,8 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
         raise ConfigError(f"unknown method(s) {unknown}, expected some of {sorted(METHODS)}")
     if not methods:
         raise ConfigError("no method to compare")
+    for method in methods:
+        check_method(method, cfg.select)
     plan = plan_rows(methods, cfg.select, scorers or ())  # a bad scorer fails here, before anything runs
     seeds = list(seeds or [cfg.run.seed])
     if not cfg.run.eval_data and not cfg.run.eval_fraction:
@@ -170,13 +172,15 @@ def _ablation_roots(root: Run, ablations: Sequence[Ablation], taken: set[str]) -
         if a.name in taken or a.name in roots or not plain:
             raise ConfigError(f"ablation name {a.name!r}: must be unique among the rows and a plain directory "
                               "name (letters, digits, _ . - [ ])")
-        if a.method not in METHODS:
-            raise ConfigError(f"ablation {a.name}: unknown method {a.method!r}, expected one of {sorted(METHODS)}")
         unknown = sorted(set(a.overrides) - set(cfg.flat()))
         if unknown:
             raise ConfigError(f"ablation {a.name}: unknown setting(s) {unknown}")
         sub = RunConfig.from_flat({**cfg.flat(), **a.overrides, "out": str(root.layout.ablation(a.name)),
                                    "method": a.method})
+        try:
+            check_method(a.method, sub.select)
+        except ConfigError as e:
+            raise ConfigError(f"ablation {a.name}: {e}") from None
         roots[a.name] = Run(sub, shared=root if sub.run.base == cfg.run.base else None)
         roots[a.name].write_config(ignore=("method",))
     return roots

@@ -24,6 +24,7 @@ from ..selection.health import score_health
 from ..selection.scorers import SCORERS
 from ..selection.select import SelectConfig, select_tokens
 from ..core.tokens import TokenTable
+from ..errors import ConfigError
 from ..io import write_json
 from .layout import BASE_SCORES, TOKENS
 from .summary import MethodSummary
@@ -47,6 +48,15 @@ def method(name: str) -> Callable[[Callable[[Run], MethodSummary]], Callable[[Ru
 
     return register
 
+
+
+def check_method(name: str, select: SelectConfig) -> None:
+    """Refuse an unknown method, or a scorer the method cannot use, before anything runs."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}, expected one of {sorted(METHODS)}")
+    if name == "self-evolving" and SCORERS[select.scorer].needs_prompt_free:
+        raise ConfigError(f"scorer {select.scorer!r} needs the responses scored without their prompts, which "
+                          "self-evolving rounds do not compute; use it with --method fixed (or another scorer)")
 
 
 def _finish(run: Run, tables: dict[str, TokenTable], model_stage: str, keep: tuple[str, np.ndarray] | None,

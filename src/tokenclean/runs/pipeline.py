@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import RunConfig, RunSettings
-from .methods import METHODS
+from .methods import METHODS, check_method
 from .stages import Run, library_versions
 from .summary import MethodSummary
 from .store import key_of
@@ -23,6 +23,7 @@ __all__ = ["METHODS", "Run", "RunConfig", "RunSettings", "key_of", "library_vers
 
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg.run.method`` in ``cfg.run.out`` and return the summary (also written to ``summary.json``)."""
+    check_method(cfg.run.method, cfg.select)
     run = Run(cfg)
     run.write_config()
     return run_method(run)
