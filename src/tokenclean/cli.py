@@ -97,7 +97,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_select(args: argparse.Namespace) -> dict[str, Any]:
     from .api import select
-    from .selection.scorers import SCORERS
+    from .selection.scorers import SCORERS, prompt_free_scorers
     from .selection.select import SelectConfig
 
     config = build(SelectConfig, vars(args))
@@ -106,8 +106,8 @@ def cmd_select(args: argparse.Namespace) -> dict[str, Any]:
                           "responses without their prompts, from `tokenclean score --prompt-free --model REF` on the "
                           "data --ref was scored on")
     if args.prompt_free and not SCORERS[config.scorer].needs_prompt_free:
-        logging.getLogger("tokenclean").warning("--prompt-free is not used by --scorer %s (only by prompt and "
-                                                "prompt-excess)", config.scorer)
+        logging.getLogger("tokenclean").warning("--prompt-free is not used by --scorer %s (only by %s)",
+                                                config.scorer, " and ".join(prompt_free_scorers()))
     return select(args.base, args.ref, args.out, config, prompt_free=args.prompt_free).meta
 
 
@@ -228,6 +228,7 @@ def score_flags(p: argparse.ArgumentParser) -> None:
 
 
 def select_flags(p: argparse.ArgumentParser) -> None:
+    from .selection.scorers import prompt_free_scorers
     from .selection.select import SelectConfig
 
     p.description = ("score = base loss - reference loss (or --scorer's); keep the top --keep-ratio (global or per "
@@ -236,8 +237,8 @@ def select_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref", required=True, help="score directory of the reference model")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--prompt-free", metavar="DIR",
-                   help="--scorer prompt / prompt-excess: the reference's prompt-free losses (tokenclean score "
-                        "--prompt-free --model REF, the same data)")
+                   help=f"--scorer {' / '.join(prompt_free_scorers())}: the reference's prompt-free losses "
+                        "(tokenclean score --prompt-free --model REF, the same data)")
     add_config_args(p, SelectConfig, "selection")
     p.set_defaults(func=cmd_select)
 

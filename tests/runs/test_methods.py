@@ -173,7 +173,7 @@ def test_compare_adds_a_row_per_scorer_sharing_the_reference(tmp_path, tiny_mode
     from tokenclean.report.view import load_run
     from tokenclean.runs.layout import Layout
     from tokenclean.runs.methods import METHODS
-    from tokenclean.selection.scorers import select_for
+    from tokenclean.selection.from_scores import select_for
 
     out = tmp_path / "cmp"
     cfg = config(tiny_model_dir, pool, out, eval_fraction=0.2)

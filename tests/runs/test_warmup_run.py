@@ -80,6 +80,6 @@ def test_prompt_scorer_scores_the_responses_without_their_prompts(tmp_path, tiny
 
 
 def test_self_evolving_with_a_prompt_scorer_is_refused_before_anything_runs(tmp_path, tiny_model_dir, rated_pool):
-    with pytest.raises(ConfigError, match="self-evolving rounds do not compute"):
+    with pytest.raises(ConfigError, match="which self-evolving does not compute"):
         run_pipeline(config(tiny_model_dir, rated_pool[0], tmp_path / "se", method="self-evolving", scorer="prompt"))
     assert not (tmp_path / "se").exists()

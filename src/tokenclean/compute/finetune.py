@@ -15,7 +15,7 @@ from ..core.tokens import TokenTable
 from ..io import atomic_dir, write_json
 from .modeling import check_vocab, out_of_memory_as_error
 from .score_model import model_and_fingerprint
-from .training import TrainConfig, train_model
+from .training import OnlineSelection, TrainConfig, train_model
 
 log = logging.getLogger("tokenclean")
 
@@ -26,11 +26,11 @@ TRAINING_MEMORY_ADVICE = ("lower --batch-size (raise --gradient-accumulation-ste
 def finetune(model: Any, tokenizer: Any, tokens: TokenTable, out: str | os.PathLike, *,
              train_config: TrainConfig | None = None, keep_mask: np.ndarray | None = None, drop_empty: bool = True,
              seed: int = 0, device: str | None = None, trust_remote_code: bool = False,
-             checkpoint_dir: str | os.PathLike | None = None, slm: tuple[np.ndarray, float] | None = None,
+             checkpoint_dir: str | os.PathLike | None = None, slm: OnlineSelection | None = None,
              save_adapter: bool = False) -> dict[str, Any]:
     """Token-masked SFT of ``model`` (a source or a loaded model) on ``tokens``: the tokens of ``keep_mask``
-    ((total_tokens,) bool), else all response tokens; ``slm``: (reference losses, keep ratio) for Rho-1's online
-    selection. Writes ``out`` (a merged model directory, ``training.json``; ``adapter/`` with ``save_adapter``).
+    ((total_tokens,) bool), else all response tokens; ``slm``: Rho-1's online selection instead
+    (``training.OnlineSelection``). Writes ``out`` (a merged model directory, ``training.json``; ``adapter/`` with ``save_adapter``).
     Checkpoints go to ``checkpoint_dir`` (default ``<out>.checkpoints``). Returns counts and timings."""
     # Weights stay fp32 for training; on a GPU the Trainer runs bf16 mixed precision.
     loaded, _ = model_and_fingerprint(model, device, "float32", trust_remote_code)

@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from .checkpoints import crash_after_save, last_complete_checkpoint
 from .hardware import resolve_bf16
 from .losses import kept_token_loss_sum, slm_loss_sum
-from ..core.threshold import round_half_up
+from ..core.threshold import kept_count
 from ..core.labels import IGNORE_INDEX, make_labels, trained_token_count
 from ..core.tokens import TokenTable
 
@@ -75,6 +75,15 @@ class TrainConfig:
         self.bf16 = str(self.bf16).lower()  # YAML may give a boolean
         if self.bf16 not in ("auto", "true", "false"):
             raise ConfigError(f"bf16 must be auto, true or false, got {self.bf16!r}")
+
+
+class OnlineSelection(NamedTuple):
+    """Rho-1's selective language modeling: each micro-batch trains on its top ``keep_ratio`` response tokens by
+    current loss - ``ref_loss`` ((total_tokens,) float32: the reference's losses aligned with the tokens, NaN where
+    not scored)."""
+
+    ref_loss: np.ndarray
+    keep_ratio: float
 
 
 def training_examples(tokens: TokenTable, keep_mask: np.ndarray | None = None, drop_empty: bool = True,
@@ -143,27 +152,27 @@ def _trainer_class():
     class MaskedLossTrainer(Trainer):
         """Trainer whose loss is the mean over kept tokens of the whole optimiser step (see module docstring).
 
-        With ``slm_keep_ratio`` set (and a ``ref_loss`` column), tokens are selected online instead: Rho-1's
-        SLM keeps the micro-batch's top ``slm_keep_ratio`` response tokens by excess loss, and the step's loss is
-        divided by ``round(slm_keep_ratio x response tokens in the step)``.
+        With ``keep_ratio`` set (and a ``ref_loss`` column), tokens are selected online instead: Rho-1's SLM keeps
+        the micro-batch's top ``keep_ratio`` response tokens by excess loss, and the step's loss is divided by
+        ``kept_count(keep_ratio, response tokens in the step)``.
         """
 
         loss_is_scaled_for_ga = True  # our loss is already divided by the step's kept-token count
 
-        def __init__(self, *args, slm_keep_ratio: float | None = None, **kwargs):
+        def __init__(self, *args, keep_ratio: float | None = None, **kwargs):
             super().__init__(*args, **kwargs)
-            self.slm_keep_ratio = slm_keep_ratio
+            self.keep_ratio = keep_ratio
             # Makes the Trainer count labels != IGNORE_INDEX over all micro-batches of the step (and processes)
             # and pass that count to compute_loss as num_items_in_batch.
             self.model_accepts_loss_kwargs = True
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
-            if self.slm_keep_ratio is not None:
+            if self.keep_ratio is not None:
                 loss_sum, n = slm_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], labels,
-                                           inputs["ref_loss"], self.slm_keep_ratio)
+                                           inputs["ref_loss"], self.keep_ratio)
                 if num_items_in_batch is not None:
-                    num_items_in_batch = round_half_up(self.slm_keep_ratio * float(num_items_in_batch))
+                    num_items_in_batch = kept_count(self.keep_ratio, float(num_items_in_batch))
             else:
                 loss_sum, n = kept_token_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], labels)
             denom = num_items_in_batch if num_items_in_batch is not None else n
@@ -244,7 +253,7 @@ def train_model(
     drop_empty: bool = True,
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
-    slm: tuple[np.ndarray, float] | None = None,
+    slm: OnlineSelection | None = None,
     save_adapter: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on the kept response tokens of ``tokens`` and save a standard model directory.
@@ -254,18 +263,19 @@ def train_model(
     tokenizer; with ``save_adapter`` the unmerged adapter is also saved to ``out_dir/adapter`` (PEFT format), so
     the base and this model can be scored with one model in memory (``scoring.score_adapter_pair``).
     Checkpoints go to ``checkpoint_dir`` (default ``<out_dir>.checkpoints``); a call that finds one there resumes
-    from it, and the directory is removed once the model is saved. ``slm``: (reference losses aligned with
-    ``tokens``, keep ratio) to select tokens online with Rho-1's SLM instead of a fixed mask. Under DDP
+    from it, and the directory is removed once the model is saved. ``slm``: select tokens online with Rho-1's SLM
+    (``OnlineSelection``; a ``(ref_loss, keep_ratio)`` tuple too) instead of a fixed mask. Under DDP
     (``torchrun``) every process trains and process 0 saves. Returns counts and timings.
     """
     cfg = cfg or TrainConfig()
+    slm = OnlineSelection(*slm) if slm is not None else None
     out_dir = Path(out_dir)
-    dataset, left_out = training_examples(tokens, keep_mask, drop_empty, slm[0] if slm else None)
+    dataset, left_out = training_examples(tokens, keep_mask, drop_empty, slm.ref_loss if slm else None)
     if len(dataset) == 0:
         raise ConfigError("no sample has a token to train on (all labels are masked)")
     trained_tokens = sum(trained_token_count(lab) for lab in dataset["labels"])
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
-    trainer = _masked_trainer(model, tokenizer, dataset, cfg, ckpt_dir, seed, slm[1] if slm else None)
+    trainer = _masked_trainer(model, tokenizer, dataset, cfg, ckpt_dir, seed, slm.keep_ratio if slm else None)
     start = time.perf_counter()
     last = last_complete_checkpoint(ckpt_dir)
     result = trainer.train(resume_from_checkpoint=last)
@@ -275,7 +285,7 @@ def train_model(
     return {
         "samples": len(dataset),
         "samples_left_out": left_out,
-        "trained_tokens": int(round_half_up(slm[1] * trained_tokens)) if slm else trained_tokens,
+        "trained_tokens": int(kept_count(slm.keep_ratio, trained_tokens)) if slm else trained_tokens,
         "optimizer_steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "first_logged_loss": losses[0] if losses else None,
@@ -286,7 +296,7 @@ def train_model(
 
 
 def _masked_trainer(model, tokenizer, dataset, cfg: TrainConfig, ckpt_dir: Path, seed: int,
-                    slm_keep_ratio: float | None):
+                    keep_ratio: float | None):
     """The ``MaskedLossTrainer`` of one fine-tune: seeded, with the LoRA adapter (if any) attached, its logs routed
     to the ``tokenclean`` logger, checkpointing to ``ckpt_dir``."""
     # Under FSDP the model comes in on the CPU and the Trainer moves each rank's shard to its GPU.
@@ -305,7 +315,7 @@ def _masked_trainer(model, tokenizer, dataset, cfg: TrainConfig, ckpt_dir: Path,
         args=training_arguments(cfg, ckpt_dir, use_bf16, seed, use_cpu=device_type == "cpu"),
         train_dataset=dataset,
         data_collator=PadCollator(pad_id),
-        slm_keep_ratio=slm_keep_ratio,
+        keep_ratio=keep_ratio,
     )
     route_trainer_logs(trainer)
     if trainer.is_fsdp_enabled:

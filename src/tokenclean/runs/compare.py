@@ -44,10 +44,6 @@ log = logging.getLogger("tokenclean")
 
 DEFAULT_METHODS = ("full", "random", "rho", "slm", "fixed", "self-evolving")
 DEFAULT_EVAL_FRACTION = 0.1
-# The methods whose keep-mask comes from the scorer (``SelectConfig.scorer``): fixed and rho through
-# ``select_stage``; self-evolving in every round, with the round's model as the reference. full, random and slm
-# (Rho-1's own online excess score) do not read it.
-SCORER_METHODS = ("fixed", "rho", "self-evolving")
 
 Column = tuple[str, str, str]  # (key in a row's metrics, column header, format of one value)
 
@@ -190,35 +186,30 @@ def plan_rows(methods: list[str] | tuple[str, ...], select: SelectConfig, scorer
               ) -> list[tuple[str, str, SelectConfig | None]]:
     """The rows of a comparison, in order: (name, method, selection settings; None = the run's own). Each method's
     row is followed by its scorer variants: one per scorer of ``scorers`` other than the run's own, for the
-    methods of ``SCORER_METHODS``. Left out, with a log line: a variant that would select exactly as the plain row
-    (rho under ``union``/``intersection`` falls back to excess, as ``methods.run_rho`` does), and self-evolving
-    with a prompt scorer (its rounds have no prompt-free scores)."""
+    methods that use the scorer (``Method.uses_scorer``). Left out, with a log line: a variant that would select
+    exactly as the plain row (``Method.ranks_by``: rho ranks by excess under union and intersection), and one whose
+    method cannot use the scorer (``Method.check``: self-evolving with a prompt scorer)."""
     unknown = [s for s in scorers if s not in SCORERS]
     if unknown:
         raise ConfigError(f"unknown scorer(s) {unknown}, expected some of {list(SCORERS)}")
     plan: list[tuple[str, str, SelectConfig | None]] = []
     for method in methods:
         plan.append((method, method, None))
-        if method not in SCORER_METHODS:
-            continue
-        for scorer in dict.fromkeys(scorers):
+        rules = METHODS[method]
+        for scorer in dict.fromkeys(scorers) if rules.uses_scorer else ():
             name = variant_name(method, scorer)
-            if _scorer_used(method, scorer) == _scorer_used(method, select.scorer):
+            if rules.ranks_by(scorer) == rules.ranks_by(select.scorer):
                 if scorer != select.scorer:
-                    log.info("compare: %s left out: it would select exactly as the %s row (rho ranks by excess "
-                             "under union and intersection)", name, method)
+                    log.info("compare: %s left out: it would select exactly as the %s row (it ranks by %s)", name,
+                             method, rules.ranks_by(scorer))
                 continue
-            if method == "self-evolving" and SCORERS[scorer].needs_prompt_free:
-                log.warning("compare: %s left out: self-evolving's rounds have no prompt-free scores", name)
+            try:
+                rules.check(method, scorer)
+            except ConfigError as e:
+                log.warning("compare: %s left out: %s", name, e)
                 continue
             plan.append((name, method, dataclasses.replace(select, scorer=scorer)))  # checks level and scorer
     return plan
-
-
-def _scorer_used(method: str, scorer: str) -> str:
-    """The scorer ``method`` selects with under ``--scorer scorer`` (rho has no per-sample form of a combining
-    scorer and uses excess: ``methods.run_rho``)."""
-    return "excess" if method == "rho" and SCORERS[scorer].combine else scorer
 
 
 def _variant(root: Run, name: str, method: str, seed: int, select: SelectConfig | None) -> Run:

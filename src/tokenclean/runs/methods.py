@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,28 +36,58 @@ if TYPE_CHECKING:
 log = logging.getLogger("tokenclean")
 
 
-# name -> the method: a function of a ``Run`` returning its summary (written to ``summary.json``). A new method is
-# one function here, decorated with ``@method("name")``, plus its test; ``run``, ``compare`` and the report find it.
-METHODS: dict[str, Callable[[Run], MethodSummary]] = {}
+MethodFn = Callable[["Run"], MethodSummary]
 
 
-def method(name: str) -> Callable[[Callable[[Run], MethodSummary]], Callable[[Run], MethodSummary]]:
-    """Register the decorated function as method ``name``."""
-    def register(fn: Callable[[Run], MethodSummary]) -> Callable[[Run], MethodSummary]:
-        METHODS[name] = fn
+@dataclass(frozen=True)
+class Method:
+    """A registered method: the function that runs it (returning its summary, written to ``summary.json``) and every
+    rule about what it reads of the run's selection settings; ``run``, ``compare`` and the report read these."""
+
+    run: MethodFn
+    uses_scorer: bool = False  # its keep-mask comes from --scorer (compare adds a METHOD[SCORER] row per --scorers)
+    prompt_free: bool = True  # it scores the pool without the prompts when a scorer needs it (self-evolving's
+    # rounds do not)
+    level: str | None = None  # the selection level it always ranks at (rho: sample); None: --level
+
+    def ranks_by(self, scorer: str) -> str:
+        """The scorer it ranks by under ``--scorer scorer``: at level sample a combining scorer (union,
+        intersection) has no form of its own, and its registered ``fallback`` ranks instead."""
+        s = SCORERS[scorer]
+        return s.fallback if s.combine is not None and self.level == "sample" else scorer
+
+    def selects_with(self, config: SelectConfig) -> SelectConfig:
+        """The selection settings it ranks with under the run's ``config``."""
+        if self.level is None:
+            return config
+        return dataclasses.replace(config, level=self.level, scorer=self.ranks_by(config.scorer))
+
+    def check(self, name: str, scorer: str) -> None:
+        """Refuse a scorer this method cannot use."""
+        if SCORERS[scorer].needs_prompt_free and not self.prompt_free:
+            raise ConfigError(f"scorer {scorer!r} needs the responses scored without their prompts, which {name} "
+                              "does not compute; use it with --method fixed (or another scorer)")
+
+
+# name -> the method. A new method is one function here, decorated with ``@method("name", ...)``, plus its test;
+# ``run``, ``compare`` and the report find it.
+METHODS: dict[str, Method] = {}
+
+
+def method(name: str, **rules: Any) -> Callable[[MethodFn], MethodFn]:
+    """Register the decorated function as method ``name``, with ``rules`` (the fields of ``Method``)."""
+    def register(fn: MethodFn) -> MethodFn:
+        METHODS[name] = Method(fn, **rules)
         return fn
 
     return register
-
 
 
 def check_method(name: str, select: SelectConfig) -> None:
     """Refuse an unknown method, or a scorer the method cannot use, before anything runs."""
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}, expected one of {sorted(METHODS)}")
-    if name == "self-evolving" and SCORERS[select.scorer].needs_prompt_free:
-        raise ConfigError(f"scorer {select.scorer!r} needs the responses scored without their prompts, which "
-                          "self-evolving rounds do not compute; use it with --method fixed (or another scorer)")
+    METHODS[name].check(name, select.scorer)
 
 
 def _finish(run: Run, tables: dict[str, TokenTable], model_stage: str, keep: tuple[str, np.ndarray] | None,
@@ -113,20 +144,17 @@ def score_health_of(base: Scores, ref: Scores, tokens: TokenTable, keep_ratio: f
     return h.to_dict()
 
 
-@method("fixed")
+@method("fixed", uses_scorer=True)
 def run_fixed(run: Run) -> MethodSummary:
     """Fixed-model cleaning: warm-up reference -> score the pool with base and reference -> select (``--level``,
     global by default) -> train the base on the kept tokens -> export."""
     return _fixed_like(run, run.cfg.select)
 
 
-@method("rho")
+@method("rho", uses_scorer=True, level="sample")
 def run_rho(run: Run) -> MethodSummary:
-    """The paper's RHO baseline: the fixed-model score ranked within each sample (the excess score when the run's
-    scorer combines global and per-sample selections, which has no per-sample form of its own)."""
-    scorer = run.cfg.select.scorer
-    return _fixed_like(run, dataclasses.replace(run.cfg.select, level="sample",
-                                                scorer="excess" if SCORERS[scorer].combine else scorer))
+    """The paper's RHO baseline: the fixed-model score ranked within each sample (``Method.selects_with``)."""
+    return _fixed_like(run, METHODS["rho"].selects_with(run.cfg.select))
 
 
 @method("full")
@@ -149,10 +177,10 @@ def random_keep_mask(tokens: TokenTable, keep_ratio: float, seed: int) -> tuple[
 def run_random(run: Run) -> MethodSummary:
     """Random token selection with the same count as fixed-model cleaning keeps."""
     tables = run.tokens_stage()
-    ratio, seed = run.cfg.select.keep_ratio, run.cfg.run.seed
+    keep_ratio, seed = run.cfg.select.keep_ratio, run.cfg.run.seed
     at = run.layout
-    selection = run.mask_stage(at.selection, tables["pool"], {"random": [ratio, seed]},
-                               lambda: random_keep_mask(tables["pool"], ratio, seed))
+    selection = run.mask_stage(at.selection, tables["pool"], {"random": [keep_ratio, seed]},
+                               lambda: random_keep_mask(tables["pool"], keep_ratio, seed))
     keep = (run.key(at.selection), selection.keep_mask)
     run.train_stage(at.model, run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
     return _finish(run, tables, at.model, keep, _selection_counts(selection.meta))
@@ -187,7 +215,7 @@ def _take(scores: Scores, idx: np.ndarray, tokens: TokenTable) -> Scores:
     return Scores([scores.sample_ids[i] for i in idx], values, tokens.offsets, meta)
 
 
-@method("self-evolving")
+@method("self-evolving", uses_scorer=True, prompt_free=False)
 def run_self_evolving(run: Run) -> MethodSummary:
     """Self-evolving cleaning: theta_1 = base + SFT on chunk 0 (all tokens); for t = 1..T, score chunk t with the
     base (losses computed once for the whole pool) and theta_t, keep the top ``keep_ratio`` within the chunk, and

@@ -31,4 +31,4 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
 def run_method(run: Run) -> MethodSummary:
     """Run one method within ``run``'s layout and write its ``summary.json``."""
-    return run.write_summary(METHODS[run.cfg.run.method](run))
+    return run.write_summary(METHODS[run.cfg.run.method].run(run))

@@ -138,6 +138,7 @@ class Run(Store):
         with ``slm`` = (key, reference losses), else all response tokens. ``save_adapter``: keep the unmerged
         LoRA adapter in ``adapter/`` too. ``train_config``: other settings than the run's (the warm-up's)."""
         from ..compute.finetune import finetune
+        from ..compute.training import OnlineSelection
 
         c = self.cfg
         train_config = train_config or c.train
@@ -150,7 +151,7 @@ class Run(Store):
             str(model_path), self.tokenizer, tokens, tmp, train_config=train_config, keep_mask=mask,
             drop_empty=c.select.drop_empty, seed=c.run.seed, device=c.run.device,
             trust_remote_code=c.run.trust_remote_code, checkpoint_dir=self.work_dir(name, inputs),
-            slm=(slm[1], c.select.keep_ratio) if slm else None, save_adapter=save_adapter))
+            slm=OnlineSelection(slm[1], c.select.keep_ratio) if slm else None, save_adapter=save_adapter))
         return self.path(name)
 
     @property

@@ -1,19 +1,22 @@
-"""A ``Selection`` from two ``Scores`` artifacts: check they cover the same tokens, run the scorer and the selection
-(``scorers.select_for``) and record what made the mask. No I/O: ``api.select`` reads and writes, the run stages
-(``runs.stages``) save through the stage engine."""
+"""From per-token losses to a keep-mask: a scorer's score (``score_for``), its selection at the configured level,
+keep ratio and minimum per sample (``select_scored``), both (``select_for``), and a ``Selection`` artifact from two
+``Scores`` artifacts (``select_scores``), checked to cover the same tokens. No I/O: ``api.select`` reads and writes,
+the run stages (``runs.stages``) save through the stage engine."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 
 from ..core.artifacts import Scores, Selection, check_losses, check_same_tokens, token_position
-from ..core.tokens import TokenLayout
-from ..errors import DataError, MismatchError
-from .scorers import select_for
-from .select import SelectConfig
+from ..core.tokens import TokenLayout, per_sample_sum
+from ..errors import ConfigError, DataError, MismatchError
+from .scorers import SCORERS
+from .select import SelectConfig, select_tokens, selection_counts
 
 log = logging.getLogger("tokenclean")
 
@@ -51,3 +54,69 @@ def select_scores(base: Scores, ref: Scores, config: SelectConfig | None = None,
              config.scorer, config.level, config.keep_ratio, counts["kept_tokens"], counts["response_tokens"],
              counts["kept_share"], counts["samples_zero_kept"])
     return Selection(base.sample_ids, mask, base.offsets, meta)
+
+
+def score_for(config: SelectConfig, base_loss: np.ndarray, ref_loss: np.ndarray, offsets: np.ndarray,
+              response_mask: np.ndarray | None = None, prompt_free_loss: np.ndarray | None = None) -> np.ndarray:
+    """The score of ``config.scorer``: (total_tokens,) float, NaN at non-candidates, -inf at gated tokens.
+
+    ``base_loss``, ``ref_loss``: (total_tokens,) float, NaN where not scored. Candidates are the tokens where both
+    are finite (and ``response_mask``, (total_tokens,) bool, when given). ``prompt_free_loss``: the reference's
+    losses without the prompt, mapped onto these tokens (``prompt_free.map_back``); needed by the prompt scorers.
+    """
+    n = int(offsets[-1]) if len(offsets) else 0
+    arrays = {"base_loss": base_loss, "ref_loss": ref_loss, "response_mask": response_mask,
+              "prompt_free_loss": prompt_free_loss}
+    for name, values in arrays.items():
+        if values is not None and len(values) != n:
+            raise MismatchError(f"{name} has {len(values)} entries but the offsets cover {n} tokens")
+    scorer = SCORERS[config.scorer]
+    if scorer.needs_prompt_free and prompt_free_loss is None:
+        raise ConfigError(f"scorer {config.scorer!r} needs the reference's prompt-free losses (see "
+                          "tokenclean.compute.prompt_free); score the responses without their prompts first")
+    candidate = ~np.isnan(base_loss) & ~np.isnan(ref_loss)
+    if response_mask is not None:
+        candidate &= response_mask.astype(bool)
+    base, ref = np.where(candidate, base_loss, np.nan), np.where(candidate, ref_loss, np.nan)
+    pf = None if prompt_free_loss is None else np.where(candidate, prompt_free_loss, np.nan)
+    return scorer.score(base, ref, pf, config.gate_quantile)
+
+
+def select_scored(score: np.ndarray, offsets: np.ndarray, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Keep-mask ((total_tokens,) bool) of a scorer's ``score`` at ``config``'s level, keep ratio and min-kept
+    rules, never keeping a gated (-inf) token; and its counts (``mask_counts``).
+
+    Gated tokens go to ``select_tokens`` as the lowest finite value, so they count as candidates but rank last,
+    and are removed from its mask afterwards. A combining scorer (union, intersection) selects at level ``global``
+    and at level ``sample`` and combines the two masks.
+    """
+    gated = np.isneginf(score)
+    work = np.where(gated, np.finfo(score.dtype).min, score) if gated.any() else score
+    combine = SCORERS[config.scorer].combine
+    if combine is None:
+        mask = select_tokens(work, offsets, config)[0]
+    else:
+        by_level = [select_tokens(work, offsets, dataclasses.replace(config, scorer="excess", level=level))[0]
+                    for level in ("global", "sample")]
+        mask = combine(*by_level)
+    mask &= ~gated
+    return mask, mask_counts(score, offsets, mask)
+
+
+def select_for(config: SelectConfig, base_loss: np.ndarray, ref_loss: np.ndarray, offsets: np.ndarray,
+               response_mask: np.ndarray | None = None, prompt_free_loss: np.ndarray | None = None,
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """``select_scored(score_for(...))``: the keep-mask and counts of ``config`` (scorer and selection) from losses."""
+    score = score_for(config, base_loss, ref_loss, offsets, response_mask, prompt_free_loss)
+    return select_scored(score, offsets, config)
+
+
+def mask_counts(score: np.ndarray, offsets: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """The counts ``select_tokens`` reports, for any keep-mask of ``score``, plus ``gated_tokens``.
+
+    ``response_tokens``: non-NaN scores (gated ones included); ``kept_share`` = kept / response tokens;
+    ``samples_zero_kept``: samples with candidates but none kept; ``score_threshold``: the lowest kept score.
+    """
+    threshold = float(score[mask].min()) if mask.any() else None
+    counts = selection_counts(per_sample_sum(~np.isnan(score), offsets), per_sample_sum(mask, offsets), threshold)
+    return {**counts, "gated_tokens": int(np.isneginf(score).sum())}

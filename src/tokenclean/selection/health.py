@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.threshold import round_half_up, top_k_mask
+from ..core.threshold import kept_count, top_k_mask
 
 # Scores smaller than this are within what scoring precision alone changes a loss by: bf16 scoring (the default
 # on a GPU) moves a token's loss by a median of 0.013 nats against fp32 (SmolLM2-135M on GSM8K, 811 tokens;
@@ -89,7 +89,7 @@ def score_health(
     score = base_loss[used] - ref_loss[used]  # (n,)
     mean_base, mean_abs = float(base_loss[used].mean()), float(np.abs(score).mean())
     relative_move = mean_abs / mean_base if mean_base > 0 else float("inf")
-    k = max(1, int(round_half_up(keep_ratio * n)))
+    k = max(1, int(kept_count(keep_ratio, n)))
     threshold = float(score[top_k_mask(score, k)].min())
     near = np.abs(score - threshold) < noise_floor  # (n,) keep/drop would flip under rounding
     undecided = float(near.mean())

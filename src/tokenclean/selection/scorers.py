@@ -1,7 +1,8 @@
-"""Token scorers: what ranks the response tokens, as pure functions of per-token loss arrays (no I/O, no torch).
+"""Token scorers: what ranks the response tokens, as pure functions of per-token loss arrays (no I/O, no torch),
+and the registry ``SCORERS`` that holds every rule about each of them.
 
 A scorer turns per-token losses into a score; selection keeps the top of it at the configured level (``global``,
-``sample``, ``threshold``), keep ratio and ``min_kept_per_sample`` (``select_scored``, which calls
+``sample``, ``threshold``), keep ratio and ``min_kept_per_sample`` (``from_scores.select_scored``, which calls
 ``selection.select_tokens``). Every array is flat over the tokens of all samples, (total_tokens,), aligned with the
 token table (entry j = loss of token j); ``offsets`` (n_samples + 1,) delimit the samples. In a score:
 
@@ -34,18 +35,10 @@ score is a rank in [0, 1].
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-
-from ..core.tokens import per_sample_sum
-from ..errors import ConfigError, MismatchError
-from .select import SCORERS as SCORER_NAMES
-from .select import SelectConfig, select_tokens
-from .select import selection_counts
 
 # The paper code's `global-curve-positive` rule: keep when loss_base > CURVE_SLOPE * loss_ref + CURVE_MARGIN and
 # loss_ref < CURVE_MAX_REF.
@@ -121,88 +114,39 @@ def prompt_excess(base_loss: np.ndarray, ref_loss: np.ndarray, prompt_free_loss:
     return (percentile_ranks(score) + gain) / 2.0
 
 
+EXCESS_UNITS = "nats of base - reference loss"
+
+
 @dataclass(frozen=True)
 class Scorer:
-    """A registered scorer: its score function and how its keep-mask is made."""
+    """A registered scorer and every rule about it. ``SelectConfig``, the methods (``runs.methods``), ``compare`` and
+    the report read these attributes; none keeps a list of scorers of its own."""
 
-    score: Callable[[np.ndarray, np.ndarray, np.ndarray | None, SelectConfig], np.ndarray]  # (base, ref, pf, cfg)
-    needs_prompt_free: bool = False
+    score: Callable[[np.ndarray, np.ndarray, np.ndarray | None, float], np.ndarray]  # (base, ref, prompt-free, gate q)
+    help: str  # what it ranks by, one line (``--scorer``'s help)
+    units: str = EXCESS_UNITS  # of its score, and so of a selection threshold on it
+    gates: bool = False  # may rule tokens out (-inf): never kept, still counted by the keep ratio
+    needs_prompt_free: bool = False  # needs the reference's losses of the responses without their prompts
     combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # (global mask, sample mask) -> mask
+    fallback: str | None = None  # what ranks in its place at level sample, where a combining scorer has no form
 
 
 SCORERS: dict[str, Scorer] = {
-    "excess": Scorer(lambda b, r, p, c: excess(b, r)),
-    "small-loss": Scorer(lambda b, r, p, c: small_loss_excess(b, r, c.gate_quantile)),
-    "curve-positive": Scorer(lambda b, r, p, c: curve_positive(b, r)),
-    "union": Scorer(lambda b, r, p, c: excess(b, r), combine=np.logical_or),
-    "intersection": Scorer(lambda b, r, p, c: excess(b, r), combine=np.logical_and),
-    "prompt": Scorer(lambda b, r, p, c: prompt_gain(r, p), needs_prompt_free=True),
-    "prompt-excess": Scorer(lambda b, r, p, c: prompt_excess(b, r, p), needs_prompt_free=True),
+    "excess": Scorer(lambda b, r, p, q: excess(b, r), "excess = base - reference loss"),
+    "small-loss": Scorer(lambda b, r, p, q: small_loss_excess(b, r, q),
+                         "excess, never keeping tokens the reference still finds hard", gates=True),
+    "curve-positive": Scorer(lambda b, r, p, q: curve_positive(b, r), "the paper code's fixed rule", gates=True),
+    "union": Scorer(lambda b, r, p, q: excess(b, r), "excess, the union of the global and sample selections",
+                    combine=np.logical_or, fallback="excess"),
+    "intersection": Scorer(lambda b, r, p, q: excess(b, r), "excess, the intersection of the global and sample "
+                           "selections", combine=np.logical_and, fallback="excess"),
+    "prompt": Scorer(lambda b, r, p, q: prompt_gain(r, p), "how much the prompt helps the reference",
+                     units="nats of prompt gain", gates=True, needs_prompt_free=True),
+    "prompt-excess": Scorer(lambda b, r, p, q: prompt_excess(b, r, p), "the mean percentile rank of excess and prompt",
+                            units="mean percentile rank, in [0, 1]", needs_prompt_free=True),
 }
-assert tuple(SCORERS) == SCORER_NAMES, "selection.SCORERS must list the scorers registered here"
 
 
-def score_for(config: SelectConfig, base_loss: np.ndarray, ref_loss: np.ndarray, offsets: np.ndarray,
-              response_mask: np.ndarray | None = None, prompt_free_loss: np.ndarray | None = None) -> np.ndarray:
-    """The score of ``config.scorer``: (total_tokens,) float, NaN at non-candidates, -inf at gated tokens.
-
-    ``base_loss``, ``ref_loss``: (total_tokens,) float, NaN where not scored. Candidates are the tokens where both
-    are finite (and ``response_mask``, (total_tokens,) bool, when given). ``prompt_free_loss``: the reference's
-    losses without the prompt, mapped onto these tokens (``prompt_free.map_back``); needed by the prompt scorers.
-    """
-    n = int(offsets[-1]) if len(offsets) else 0
-    arrays = {"base_loss": base_loss, "ref_loss": ref_loss, "response_mask": response_mask,
-              "prompt_free_loss": prompt_free_loss}
-    for name, values in arrays.items():
-        if values is not None and len(values) != n:
-            raise MismatchError(f"{name} has {len(values)} entries but the offsets cover {n} tokens")
-    scorer = SCORERS[config.scorer]
-    if scorer.needs_prompt_free and prompt_free_loss is None:
-        raise ConfigError(f"scorer {config.scorer!r} needs the reference's prompt-free losses (see "
-                          "tokenclean.compute.prompt_free); score the responses without their prompts first")
-    candidate = ~np.isnan(base_loss) & ~np.isnan(ref_loss)
-    if response_mask is not None:
-        candidate &= response_mask.astype(bool)
-    base, ref = np.where(candidate, base_loss, np.nan), np.where(candidate, ref_loss, np.nan)
-    pf = None if prompt_free_loss is None else np.where(candidate, prompt_free_loss, np.nan)
-    return scorer.score(base, ref, pf, config)
-
-
-def select_scored(score: np.ndarray, offsets: np.ndarray, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    """Keep-mask ((total_tokens,) bool) of a scorer's ``score`` at ``config``'s level, keep ratio and min-kept
-    rules, never keeping a gated (-inf) token; and its counts (``mask_counts``).
-
-    Gated tokens go to ``select_tokens`` as the lowest finite value, so they count as candidates but rank last,
-    and are removed from its mask afterwards. A combining scorer (union, intersection) selects at level ``global``
-    and at level ``sample`` and combines the two masks.
-    """
-    gated = np.isneginf(score)
-    work = np.where(gated, np.finfo(score.dtype).min, score) if gated.any() else score
-    combine = SCORERS[config.scorer].combine
-    if combine is None:
-        mask = select_tokens(work, offsets, config)[0]
-    else:
-        by_level = [select_tokens(work, offsets, dataclasses.replace(config, scorer="excess", level=level))[0]
-                    for level in ("global", "sample")]
-        mask = combine(*by_level)
-    mask &= ~gated
-    return mask, mask_counts(score, offsets, mask)
-
-
-def select_for(config: SelectConfig, base_loss: np.ndarray, ref_loss: np.ndarray, offsets: np.ndarray,
-               response_mask: np.ndarray | None = None, prompt_free_loss: np.ndarray | None = None,
-               ) -> tuple[np.ndarray, dict[str, Any]]:
-    """``select_scored(score_for(...))``: the keep-mask and counts of ``config`` (scorer and selection) from losses."""
-    score = score_for(config, base_loss, ref_loss, offsets, response_mask, prompt_free_loss)
-    return select_scored(score, offsets, config)
-
-
-def mask_counts(score: np.ndarray, offsets: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """The counts ``select_tokens`` reports, for any keep-mask of ``score``, plus ``gated_tokens``.
-
-    ``response_tokens``: non-NaN scores (gated ones included); ``kept_share`` = kept / response tokens;
-    ``samples_zero_kept``: samples with candidates but none kept; ``score_threshold``: the lowest kept score.
-    """
-    threshold = float(score[mask].min()) if mask.any() else None
-    counts = selection_counts(per_sample_sum(~np.isnan(score), offsets), per_sample_sum(mask, offsets), threshold)
-    return {**counts, "gated_tokens": int(np.isneginf(score).sum())}
+def prompt_free_scorers() -> list[str]:
+    """The scorers that need the responses scored without their prompts."""
+    return [name for name, scorer in SCORERS.items() if scorer.needs_prompt_free]
