@@ -101,13 +101,14 @@ def test_random_mask_is_seeded_and_exact(gpt2_tokenizer):
     convs = [Conversation(str(i), [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a b c " * i}], i)
              for i in range(1, 9)]
     tokens = tokenize(convs, gpt2_tokenizer)
-    a, counts = random_keep_mask(tokens, 0.3, seed=1)
-    b, _ = random_keep_mask(tokens, 0.3, seed=1)
-    c, _ = random_keep_mask(tokens, 0.3, seed=2)
+    a, score, counts = random_keep_mask(tokens, 0.3, seed=1)
+    b, _, _ = random_keep_mask(tokens, 0.3, seed=1)
+    c, _, _ = random_keep_mask(tokens, 0.3, seed=2)
     n = tokens.meta["response_tokens"]
     assert a.sum() == counts["kept_tokens"] == int(np.floor(0.3 * n + 0.5))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert not (a & ~tokens.flat_response_mask()).any()
+    assert np.isnan(score[~tokens.flat_response_mask()]).all() and score[a].min() >= score[~a & (score >= 0)].max()
 
 
 def test_slm_selects_the_top_excess_loss_tokens_and_trains_only_them():

@@ -2,7 +2,7 @@
 
 ``load_run`` reads a ``tokenclean run`` directory or one method and seed of a ``tokenclean compare`` directory
 into a ``RunView``: flat per-token arrays aligned with the pool's tokens, plus the run's JSON records. Nothing is
-recomputed (score = base loss - reference loss is the only arithmetic). ``report.page.write_report`` turns a view
+recomputed: the score is the one the selection ranked by, saved beside its keep-mask (``Selection.score``). ``report.page.write_report`` turns a view
 into ``<run>/report/index.html`` with its plots (``report.html``, ``report.plots``); ``show`` (``report.show``)
 prints one sample in the terminal.
 
@@ -52,6 +52,8 @@ class RunView:
     base_loss: np.ndarray | None        # (total_tokens,) float32
     ref_loss: np.ndarray | None         # (total_tokens,) float32
     keep_mask: np.ndarray | None        # (total_tokens,) bool; None: the method records no token selection
+    score: np.ndarray | None = None     # (total_tokens,) the score the selection ranked by (its scorer's units; NaN
+    #                                     not a candidate, -inf gated); None without a selection or a saved score
     selection: dict[str, Any] = field(default_factory=dict)  # selection.json (counts, threshold, config)
     summary: MethodSummary = field(default_factory=dict)  # type: ignore[assignment]  # summary.json ({} while it runs)
     rounds: list[dict[str, Any]] = field(default_factory=list)  # self-evolving: round.json of each round
@@ -82,17 +84,10 @@ class RunView:
         """(total_tokens,) bool."""
         return self.tokens.flat_response_mask()
 
-    @cached_property
-    def score(self) -> np.ndarray | None:
-        """(total_tokens,) float32 base loss - reference loss; NaN where either is missing."""
-        if self.base_loss is None or self.ref_loss is None:
-            return None
-        return self.base_loss - self.ref_loss
-
     @property
     def threshold(self) -> float | None:
         """The lowest kept score, when the selection was made from base and reference losses (``select``), in the
-        units of its scorer (``report.scorers``); None otherwise: random (its own random scores), self-evolving (one
+        units of its scorer (``Scorer.units``); None otherwise: random (its random scores), self-evolving (one
         threshold per round)."""
         if "ref_model_fingerprint" not in self.selection:
             return None
@@ -218,13 +213,18 @@ def _check_aligned(artifact: Scores | Selection, name: str, tokens: TokenTable, 
 
 
 def _read_selection(view: RunView, directory: Path, pool_dir: Path) -> None:
+    """The keep-mask, the score it ranked by and selection.json of ``directory``, checked against the pool."""
     if not (directory / Selection.FILE).is_file():
         view.selection = view.summary.get("selection", {})
         view.note(f"method {view.method} records no token selection ({directory / Selection.FILE} not found): "
-                  "tokens are coloured by score without kept/dropped marks")
+                  "tokens are shown without scores or kept/dropped marks")
         return
-    view.keep_mask = keep_mask_for(view.tokens, directory, str(pool_dir))
-    view.selection = read_json(directory / Selection.META)
+    selection = Selection.load(directory)
+    view.keep_mask = keep_mask_for(view.tokens, selection, str(pool_dir))
+    view.score, view.selection = selection.score, selection.meta
+    if view.score is None:
+        view.note(f"{directory} holds no score (written before selections saved the score they ranked by): tokens "
+                  "are shown without scores; run the same command again to add it")
 
 
 def _read_rounds(view: RunView, rounds: list[tuple[int, Path]]) -> None:
@@ -286,7 +286,8 @@ def _read_kinds(path: Path, tokens: TokenTable) -> np.ndarray | None:
 @dataclass
 class SampleStats:
     """Per-sample counts, each (n_samples,). ``kept_share`` = kept / response tokens (NaN without a selection or
-    response tokens); ``mean_score`` divides by the number of scored response tokens (NaN when none)."""
+    response tokens); ``mean_score`` divides by the number of tokens with a finite score (gated tokens, -inf, are
+    left out; NaN when none)."""
 
     length: np.ndarray
     response: np.ndarray
@@ -305,7 +306,7 @@ def sample_stats(view: RunView) -> SampleStats:
         if score is None:
             mean = np.full(len(response), np.nan)
         else:
-            scored = ~np.isnan(score)
+            scored = np.isfinite(score)
             mean = per_sample_sum(np.where(scored, score, 0.0), offsets) / per_sample_sum(scored, offsets)
     return SampleStats(np.diff(offsets), response, kept, share, mean)
 

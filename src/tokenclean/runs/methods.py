@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.artifacts import Scores
+from ..core.artifacts import Scores, Selection
 from ..selection.health import score_health
 from ..selection.scorers import SCORERS
 from ..selection.select import SelectConfig, select_tokens
@@ -131,14 +131,20 @@ def _fixed_like(run: Run, config: SelectConfig) -> dict[str, Any]:
     keep = (run.key(at.selection), selection.keep_mask)
     run.train_stage(at.model, run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
     summary = _finish(run, tables, at.model, keep, _selection_counts(selection.meta))
-    summary["score_health"] = score_health_of(base, ref, tables["pool"], config.keep_ratio)
-    return summary
+    health = score_health_of(selection, base, ref, tables["pool"])
+    return summary if health is None else {**summary, "score_health": health}
 
 
-def score_health_of(base: Scores, ref: Scores, tokens: TokenTable, keep_ratio: float, where: str = "") -> dict:
-    """``selection.health.score_health`` of a base/reference pair over ``tokens``, as a dict; each warning is
-    logged (``where``: which reference, e.g. "round 2")."""
-    h = score_health(base.token_loss, ref.token_loss, tokens.flat_response_mask(), tokens.offsets, keep_ratio)
+def score_health_of(selection: Selection, base: Scores, ref: Scores, tokens: TokenTable, where: str = ""
+                    ) -> dict[str, Any] | None:
+    """``selection.health.score_health`` of the score ``selection`` ranked ``tokens`` by, as a dict (None when its
+    scorer's score is not in nats: ``Scorer.nats``); each warning is logged (``where``: which reference, e.g.
+    "round 2")."""
+    config = selection.meta["config"]
+    if not SCORERS[config["scorer"]].nats:
+        return None
+    h = score_health(selection.score, base.token_loss, ref.token_loss, tokens.flat_response_mask(), tokens.offsets,
+                     config["keep_ratio"])
     for line in h.warnings:
         log.warning("score health%s: %s", f" ({where})" if where else "", line)
     return h.to_dict()
@@ -165,12 +171,15 @@ def run_full(run: Run) -> MethodSummary:
     return _finish(run, tables, run.layout.model, None, None)
 
 
-def random_keep_mask(tokens: TokenTable, keep_ratio: float, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+def random_keep_mask(tokens: TokenTable, keep_ratio: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """A uniformly random ``keep_ratio`` of response tokens: exactly ``round(keep_ratio x N)`` of the N response
-    tokens, like global selection (it is global selection over random scores)."""
+    tokens, like global selection (it is global selection over random scores). Returns (keep-mask, the random
+    scores it ranked by, uniform in [0, 1) and NaN at prompt tokens, counts), each mask and score (total_tokens,)."""
     rng = np.random.default_rng(seed)
     score = np.where(tokens.flat_response_mask(), rng.random(tokens.meta["tokens"]), np.nan)
-    return select_tokens(score, tokens.offsets, SelectConfig(keep_ratio=keep_ratio))
+    mask, counts = select_tokens(score, tokens.offsets, SelectConfig(keep_ratio=keep_ratio))
+    return mask, score, {**counts, "score_units": "a uniform random draw in [0, 1)"}
 
 
 @method("random")
@@ -226,11 +235,12 @@ def run_self_evolving(run: Run) -> MethodSummary:
     base = run.base_scores(pool)
     parts = chunks(len(pool), c.run.rounds + 1, c.run.seed, c.run.contiguous)
     keep = np.zeros(pool.meta["tokens"], dtype=bool)
+    score = np.full(pool.meta["tokens"], np.nan, np.float32)  # each round's score; none in round 0
     keep_key = [run.key(BASE_SCORES)]
     model_stage = at.round_stage(0, "model")
     first = pool.select(parts[0])  # theta_1 is the first reference: trained with the warm-up's settings
     run.train_stage(model_stage, run.base_fingerprint, c.run.base, first, train_config=run.warmup_train_config(first))
-    _mark(keep, pool, parts[0], pool.select(parts[0]).flat_response_mask())
+    _place(keep, pool, parts[0], pool.select(parts[0]).flat_response_mask())
     trajectory = [_round_record(run, 0, model_stage, None, tables)]
     for t in range(1, c.run.rounds + 1):
         chunk = pool.select(parts[t])
@@ -239,20 +249,23 @@ def run_self_evolving(run: Run) -> MethodSummary:
         inputs = {"base": run.key(BASE_SCORES), "ref": run.key(scores), "chunk": chunk.meta["tokens_fingerprint"]}
         chunk_base = _take(base, parts[t], chunk)
         selection = run.select_stage(select, chunk_base, ref, inputs)
-        health = score_health_of(chunk_base, ref, chunk, c.select.keep_ratio, where=f"round {t}")
+        health = score_health_of(selection, chunk_base, ref, chunk, where=f"round {t}")
         previous, model_stage = model_stage, at.round_stage(t, "model")
         run.train_stage(model_stage, run.key(previous), run.path(previous), chunk,
                         keep=(run.key(select), selection.keep_mask))
-        _mark(keep, pool, parts[t], selection.keep_mask)
+        _place(keep, pool, parts[t], selection.keep_mask)
+        _place(score, pool, parts[t], selection.score)
         keep_key.append(run.key(select))
         trajectory.append(_round_record(run, t, model_stage, {**selection.meta, "score_health": health}, tables))
     response = pool.meta["response_tokens"]
     counts = {"response_tokens": response, "kept_tokens": int(keep.sum()),
               "kept_share": float(keep.sum() / response) if response else 0.0}
-    union = run.mask_stage(at.selection, pool, {"rounds": keep_key}, lambda: (keep, counts))
+    units = SCORERS[c.select.scorer].units  # each round's score, by its own reference
+    union = run.mask_stage(at.selection, pool, {"rounds": keep_key},
+                           lambda: (keep, score, {**counts, "score_units": units}))
     summary = _finish(run, tables, model_stage, (run.key(at.selection), union.keep_mask), counts)
     summary["rounds"] = trajectory
-    healths = [r["score_health"] for r in trajectory if "score_health" in r]
+    healths = [r["score_health"] for r in trajectory if r.get("score_health")]
     if healths:  # the first round that is not healthy, else round 1 (the first reference's)
         summary["score_health"] = next((h for h in healths if h["verdict"] != "healthy"), healths[0])
     summary["training"]["trained_tokens"] = sum(r["trained_tokens"] for r in trajectory)  # over all rounds
@@ -261,12 +274,13 @@ def run_self_evolving(run: Run) -> MethodSummary:
     return summary
 
 
-def _mark(keep: np.ndarray, pool: TokenTable, idx: np.ndarray, mask: np.ndarray) -> None:
-    """Write a chunk's keep-mask (aligned with ``pool.select(idx)``) into the pool-wide ``keep``."""
+def _place(values: np.ndarray, pool: TokenTable, idx: np.ndarray, chunk_values: np.ndarray) -> None:
+    """Write a chunk's per-token values (a keep-mask, a score; aligned with ``pool.select(idx)``) into the
+    pool-wide ``values`` (total_tokens,)."""
     offsets, pos = pool.offsets, 0
     for i in idx:
         n = offsets[i + 1] - offsets[i]
-        keep[offsets[i]:offsets[i + 1]] = mask[pos:pos + n]
+        values[offsets[i]:offsets[i + 1]] = chunk_values[pos:pos + n]
         pos += n
 
 

@@ -237,7 +237,7 @@ class Run(Store):
             selection.save(tmp)
             return selection.meta
 
-        self.stage(name, {**inputs, "select_config": asdict(config)}, build)
+        self.stage(name, {**inputs, "select_config": asdict(config)}, build, complete=Selection.has_score)
         return Selection.load(self.path(name))
 
     def prompt_free_stage(self, name: str, model_key: str, model_path: str | Path, tokens: TokenTable) -> Scores:
@@ -258,15 +258,17 @@ class Run(Store):
         return self.score_stage(name, key, model_path, tokens, compute=compute)
 
     def mask_stage(self, name: str, tokens: TokenTable, inputs: dict[str, Any],
-                   make: Callable[[], tuple[np.ndarray, dict[str, Any]]]) -> Selection:
-        """Save the keep-mask ``make() -> (mask, counts)`` over ``tokens`` as a ``Selection`` stage, for methods
-        whose mask does not come from ``select_stage`` (random, self-evolving's union of rounds)."""
+                   make: Callable[[], tuple[np.ndarray, np.ndarray, dict[str, Any]]]) -> Selection:
+        """Save the keep-mask and the score it ranked by, ``make() -> (mask, score, counts)`` over ``tokens``, as a
+        ``Selection`` stage, for methods whose mask does not come from ``select_stage`` (random, self-evolving's
+        union of rounds)."""
         def build(tmp: Path) -> dict[str, Any]:
-            mask, counts = make()
-            _as_selection(mask, tokens, counts).save(tmp)
+            mask, score, counts = make()
+            Selection(tokens.sample_ids, mask, tokens.offsets, {**TokenLayout.of(tokens.meta).meta(), **counts},
+                      score).save(tmp)
             return counts
 
-        self.stage(name, {**inputs, "tokens": tokens.meta["tokens_fingerprint"]}, build)
+        self.stage(name, {**inputs, "tokens": tokens.meta["tokens_fingerprint"]}, build, complete=Selection.has_score)
         return Selection.load(self.path(name))
 
     def export_stage(self, name: str, tokens: TokenTable, keep: tuple[str, np.ndarray] | None) -> dict[str, Any]:
@@ -381,15 +383,6 @@ def library_versions() -> dict[str, Any]:
     versions["torch_cuda"] = torch.version.cuda
     versions["torch_threads"] = torch.get_num_threads()
     return versions
-
-
-def _as_selection(mask: np.ndarray | None, tokens: TokenTable, counts: dict[str, Any] | None = None
-                  ) -> Selection | None:
-    """``mask`` ((total_tokens,) bool over ``tokens``) as a ``Selection`` carrying the tokens' fingerprints and
-    ``counts``."""
-    if mask is None:
-        return None
-    return Selection(tokens.sample_ids, mask, tokens.offsets, {**TokenLayout.of(tokens.meta).meta(), **(counts or {})})
 
 
 def _counts(meta: dict[str, Any]) -> dict[str, Any]:

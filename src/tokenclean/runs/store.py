@@ -78,19 +78,25 @@ class Store:
         atomic_write_text(stamp, key)
         return path
 
-    def stage(self, name: str, inputs: dict[str, Any], fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    def stage(self, name: str, inputs: dict[str, Any], fn: Callable[[Path], dict[str, Any]],
+              complete: Callable[[Path], bool] | None = None) -> dict[str, Any]:
         """Run ``fn(tmp_dir) -> result`` as stage ``name`` unless its directory records the same inputs.
 
-        ``inputs`` must contain everything the result depends on (settings and upstream stage keys).
+        ``inputs`` must contain everything the result depends on (settings and upstream stage keys). ``complete``:
+        whether a finished stage's directory holds everything this version writes; one that does not (written by
+        an earlier version) is built again under the same key, so the stages after it stay valid.
         """
         key = key_of(name, inputs)
         record = self._record(name)
         if record is not None:
             if record.get("key") == key:
-                log.info("[%s] up to date, skipped", name)
-                return self._done(name, record, reused=True)
-            changed = sorted(k for k in inputs if record.get("inputs", {}).get(k) != inputs[k])
-            log.info("[%s] settings changed (%s): recomputing", name, ", ".join(changed) or "code")
+                if complete is None or from_rank0(complete(self.path(name))):
+                    log.info("[%s] up to date, skipped", name)
+                    return self._done(name, record, reused=True)
+                log.info("[%s] written by an earlier version, without all this version writes: rebuilding", name)
+            else:
+                changed = sorted(k for k in inputs if record.get("inputs", {}).get(k) != inputs[k])
+                log.info("[%s] settings changed (%s): recomputing", name, ", ".join(changed) or "code")
         log.info("[%s] running", name)
         self._remove_leftovers(self.path(name))
         start = time.perf_counter()

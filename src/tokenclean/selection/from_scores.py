@@ -24,7 +24,7 @@ log = logging.getLogger("tokenclean")
 def select_scores(base: Scores, ref: Scores, config: SelectConfig | None = None, prompt_free: Scores | None = None,
                   names: tuple[str, str, str] = ("scores", "scores", "scores")) -> Selection:
     """The keep-mask of ``config`` (scorer and selection; default ``excess``, global, keep ratio 0.6) from the base
-    and reference losses of the same tokens; ``prompt_free``: the reference's prompt-free losses of those tokens,
+    and reference losses of the same tokens, with the score it ranked by (``Selection.score``); ``prompt_free``: the reference's prompt-free losses of those tokens,
     for the prompt scorers. ``names``: what to call base, ref and prompt_free in errors (e.g. their directories)."""
     config = config or SelectConfig()
     base_name, ref_name, free_name = names
@@ -41,19 +41,21 @@ def select_scores(base: Scores, ref: Scores, config: SelectConfig | None = None,
                         "file scored, expected a finite loss at every response token; score again")
     check_losses(base, base_name)
     check_losses(ref, ref_name)
-    mask, counts = select_for(config, base.token_loss, ref.token_loss, base.offsets,
-                              prompt_free_loss=None if prompt_free is None else prompt_free.token_loss)
+    score = score_for(config, base.token_loss, ref.token_loss, base.offsets,
+                      prompt_free_loss=None if prompt_free is None else prompt_free.token_loss)
+    mask, counts = select_scored(score, base.offsets, config)
     meta = {
         **TokenLayout.of(base.meta).meta(),
         "base_model_fingerprint": base.meta.get("model_fingerprint"),
         "ref_model_fingerprint": ref.meta.get("model_fingerprint"),
         "config": asdict(config),
+        "score_units": SCORERS[config.scorer].units,
         **counts,
     }
     log.info("selection (%s, %s, keep_ratio %.2f): kept %d of %d response tokens (%.4f); %d samples with none kept",
              config.scorer, config.level, config.keep_ratio, counts["kept_tokens"], counts["response_tokens"],
              counts["kept_share"], counts["samples_zero_kept"])
-    return Selection(base.sample_ids, mask, base.offsets, meta)
+    return Selection(base.sample_ids, mask, base.offsets, meta, score)
 
 
 def score_for(config: SelectConfig, base_loss: np.ndarray, ref_loss: np.ndarray, offsets: np.ndarray,

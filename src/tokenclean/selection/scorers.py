@@ -125,6 +125,8 @@ class Scorer:
     score: Callable[[np.ndarray, np.ndarray, np.ndarray | None, float], np.ndarray]  # (base, ref, prompt-free, gate q)
     help: str  # what it ranks by, one line (``--scorer``'s help)
     units: str = EXCESS_UNITS  # of its score, and so of a selection threshold on it
+    nats: bool = True  # its score is a loss difference in nats, so score health (``selection.health``) applies
+    setting: str | None = None  # the ``SelectConfig`` field that only it reads
     gates: bool = False  # may rule tokens out (-inf): never kept, still counted by the keep ratio
     needs_prompt_free: bool = False  # needs the reference's losses of the responses without their prompts
     combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # (global mask, sample mask) -> mask
@@ -134,7 +136,8 @@ class Scorer:
 SCORERS: dict[str, Scorer] = {
     "excess": Scorer(lambda b, r, p, q: excess(b, r), "excess = base - reference loss"),
     "small-loss": Scorer(lambda b, r, p, q: small_loss_excess(b, r, q),
-                         "excess, never keeping tokens the reference still finds hard", gates=True),
+                         "excess, never keeping tokens the reference still finds hard", setting="gate_quantile",
+                         gates=True),
     "curve-positive": Scorer(lambda b, r, p, q: curve_positive(b, r), "the paper code's fixed rule", gates=True),
     "union": Scorer(lambda b, r, p, q: excess(b, r), "excess, the union of the global and sample selections",
                     combine=np.logical_or, fallback="excess"),
@@ -143,7 +146,7 @@ SCORERS: dict[str, Scorer] = {
     "prompt": Scorer(lambda b, r, p, q: prompt_gain(r, p), "how much the prompt helps the reference",
                      units="nats of prompt gain", gates=True, needs_prompt_free=True),
     "prompt-excess": Scorer(lambda b, r, p, q: prompt_excess(b, r, p), "the mean percentile rank of excess and prompt",
-                            units="mean percentile rank, in [0, 1]", needs_prompt_free=True),
+                            units="mean percentile rank, in [0, 1]", nats=False, needs_prompt_free=True),
 }
 
 
