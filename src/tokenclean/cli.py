@@ -162,6 +162,7 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     from .runs.compare import benchmark_metrics, compare, parse_ablation
+    from .runs.layout import Layout
     from .runs.pipeline import RunConfig
 
     values = merge_settings(args, run_settings_names(), tuple(RunConfig.SECTIONS.values()))
@@ -175,7 +176,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     compare(cfg, args.methods, args.seeds, extra_metrics=metrics, extra_columns=columns, scorers=args.scorers,
             ablations=ablations)
     if process_rank() == 0:  # under torchrun rank 0 wrote it; the others may not see it yet
-        print((Path(cfg.run.out) / "comparison.md").read_text())
+        print(Layout(cfg.run.out).comparison_md.read_text())
     return 0
 
 

@@ -26,6 +26,7 @@ from .checkpoints import crash_after_save, last_complete_checkpoint
 from .hardware import resolve_bf16
 from .losses import kept_token_loss_sum, slm_loss_sum
 from ..core.threshold import kept_count
+from ..core.artifacts import ADAPTER_DIR
 from ..core.labels import IGNORE_INDEX, make_labels, trained_token_count
 from ..core.tokens import TokenTable
 
@@ -332,7 +333,7 @@ def _save_trained(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, ckpt_dir:
     save = trainer.args.should_save  # process 0 only: after DDP training every process holds the same weights
     model = _whole_model(trainer, cfg.lora) if trainer.is_fsdp_enabled else trainer.model
     if cfg.lora and save_adapter and save:
-        model.save_pretrained(out_dir / "adapter")
+        model.save_pretrained(out_dir / ADAPTER_DIR)
     if cfg.lora and save:
         model = model.merge_and_unload()
     if save:

@@ -17,16 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from ..core.artifacts import KIND_CODES
 from .health import health_banner, health_box, health_cell
 from .scorers import gates, score_units, scorer_text
-from .view import KINDS, RunView, SampleStats
+from .view import RunView, SampleStats
 
 BINS = 8  # colour steps per side of zero
 NEGATIVE, NEUTRAL, POSITIVE = (33, 102, 172), (247, 247, 247), (178, 24, 43)  # blue, white, red (RdBu)
-KIND_STYLES = {0: "2px solid #1a7f37", 1: "2px dotted #6e7781", 2: "2px dashed #cf222e"}
+KIND_STYLES = {KIND_CODES["informative"]: "2px solid #1a7f37", KIND_CODES["generic"]: "2px dotted #6e7781",
+               KIND_CODES["noise"]: "2px dashed #cf222e"}
 SORTS = [("index:asc", "pool order"), ("id:asc", "sample id"), ("kept:desc", "kept share, high first"),
          ("kept:asc", "kept share, low first"), ("score:desc", "mean score, high first"),
          ("score:asc", "mean score, low first"), ("len:desc", "length, long first"), ("len:asc", "length, short first")]
+
 
 
 def esc(text: Any) -> str:
@@ -96,9 +99,9 @@ def render_sample(view: RunView, i: int, texts: list[str], stats: SampleStats, s
             title += (f" · base {_fmt(base[j] if base is not None else None)} · ref "
                       f"{_fmt(ref[j] if ref is not None else None)} · score {_score_text(score[j])}")
             title += "" if keep is None else (" · kept" if keep[j] else " · dropped")
-        if kinds is not None and kinds[j] in KINDS:
+        if kinds is not None and kinds[j] in KIND_NAMES:
             cls.append(f"kd{kinds[j]}")
-            title += f" · {KINDS[int(kinds[j])]}"
+            title += f" · {KIND_NAMES[int(kinds[j])]}"
         spans.append(f'<span class="{" ".join(cls)}" title="{esc(title)}">{_token_html(text)}</span>')
     sid = view.sample_ids[i]
     kept = "" if stats.kept is None else (f" · {stats.kept[i]} kept ({_fmt(100 * stats.kept_share[i], '.0f')}%)")
@@ -201,7 +204,7 @@ def legend(view: RunView, scale: float) -> str:
     else:
         parts.append('<span class="t r">response (no selection recorded)</span>')
     if view.kinds is not None:
-        parts += [f'<span class="t kd{k}">{name}</span>' for k, name in KINDS.items()]
+        parts += [f'<span class="t kd{k}">{name}</span>' for k, name in KIND_NAMES.items()]
     return '<p class="legend">' + " · ".join(parts) + "</p>"
 
 

@@ -29,8 +29,6 @@ from ..runs.summary import MethodSummary
 
 log = logging.getLogger("tokenclean")
 
-# Ground-truth token kinds a demo may write to tokens/pool_kinds.parquet (-1: none).
-KINDS = {0: "informative", 1: "generic", 2: "noise"}
 DEFAULT_SAMPLES = 200
 
 
@@ -59,7 +57,7 @@ class RunView:
     rounds: list[dict[str, Any]] = field(default_factory=list)  # self-evolving: round.json of each round
     sample_round: np.ndarray | None = None  # (n_samples,) self-evolving round that trained each sample
     comparison: dict[str, Any] | None = None  # comparison.json of a compare directory
-    kinds: np.ndarray | None = None     # (total_tokens,) int8 ground-truth kinds (KINDS; -1 none)
+    kinds: np.ndarray | None = None     # (total_tokens,) int8 ground-truth kinds (core.artifacts.KIND_CODES)
     conclusion: list[str] | None = None  # demo.json "conclusion": sentences (a string is one sentence)
     notes: list[str] = field(default_factory=list)  # what is missing and why, shown on the page
 

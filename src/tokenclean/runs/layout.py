@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.artifacts import ADAPTER_DIR
 from ..core.tokens import TokenTable
 
 TOKENS = "tokens"
@@ -37,6 +38,21 @@ REPORT = "report"
 KINDS_FILE = "pool_kinds.parquet"  # a demo's ground-truth token kinds, next to the pool's tokens
 CHECKPOINTS = "checkpoints"
 ABLATIONS = "ablations"
+EXPORT_PARQUET = "parquet/train.parquet"  # in the export stage: the cleaned dataset as one Parquet file
+
+
+SEED_STAGES = ("reference", "scores")  # the first part of a stage every method of a seed shares
+
+
+@dataclass(frozen=True)
+class StageName:
+    """A stage's name read back into its parts (``Layout.parse``): ``seed-<s>/<method>/rounds/<t>/<name>``, each
+    part but the name optional."""
+
+    name: str  # what the stage is: "tokens", "scores/base", "reference", "scores/reference", "selection", "model", ...
+    seed: int | None = None  # None: a stage every seed shares (or a single run's)
+    method: str | None = None  # the method's directory (a variant such as ``fixed[small-loss]`` too); None: shared
+    round: int | None = None  # a self-evolving round
 
 
 @dataclass(frozen=True)
@@ -108,8 +124,28 @@ class Layout:
         benchmarks, generated answers."""
         return f"{model_stage.rsplit('model', 1)[0]}{name}"
 
-    def checkpoints(self, stage: str) -> str:
+    @staticmethod
+    def adapter(model_stage: str) -> str:
+        """Where a model stage keeps its unmerged LoRA adapter, when it keeps one (the warm-up reference)."""
+        return f"{model_stage}/{ADAPTER_DIR}"
+
+    @staticmethod
+    def checkpoints(stage: str) -> str:
+        """Where stage ``stage`` keeps its finished units (scoring shards, Trainer checkpoints) while it runs."""
         return f"{CHECKPOINTS}/{stage}"
+
+    @staticmethod
+    def parse(stage: str) -> StageName:
+        """The parts of a stage name this layout made (of a single run or a compare directory):
+        ``parse("seed-1/fixed/rounds/2/model") == StageName("model", 1, "fixed", 2)``."""
+        parts, seed, method, t = stage.split("/"), None, None, None
+        if parts[0].startswith("seed-") and parts[0][5:].lstrip("-").isdigit():
+            seed, parts = int(parts[0][5:]), parts[1:]
+            if len(parts) > 1 and parts[0] not in SEED_STAGES:
+                method, parts = parts[0], parts[1:]
+        if len(parts) > 2 and parts[0] == "rounds" and parts[1].isdigit():
+            t, parts = int(parts[1]), parts[2:]
+        return StageName("/".join(parts), seed, method, t)
 
     # -- records --------------------------------------------------------------------------------------------------
     @property
@@ -122,6 +158,10 @@ class Layout:
     @property
     def config(self) -> Path:
         return self.root / CONFIG
+
+    def config_kept(self, stamp: str) -> Path:
+        """Where ``--overwrite`` keeps the settings it replaces, ``config.<stamp>.yaml``."""
+        return self.root / f"config.{stamp}.yaml"
 
     @property
     def comparison(self) -> Path:

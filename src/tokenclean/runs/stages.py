@@ -21,7 +21,7 @@ from ..core.artifacts import Scores, Selection
 from ..core.tokens import TokenLayout, TokenTable
 from ..io import write_json
 from .config import RunConfig
-from .layout import BASE_SCORES, TOKENS, Layout
+from .layout import BASE_SCORES, EXPORT_PARQUET, TOKENS, Layout
 from .store import Store, write_config
 from .summary import MethodSummary
 
@@ -279,7 +279,7 @@ class Run(Store):
                   "drop_empty": self.cfg.select.drop_empty}
         return self.stage(name, inputs, lambda tmp: export_dataset(
             tokens, tmp, keep[1] if keep else None, self.cfg.select.drop_empty,
-            parquet_path=tmp / "parquet" / "train.parquet"))
+            parquet_path=tmp / EXPORT_PARQUET))
 
     def base_scores(self, pool: TokenTable) -> Scores:
         """The base model's losses over the whole pool: computed once, shared by every method and seed, and
@@ -313,7 +313,7 @@ class Run(Store):
         ref = self.reference_model(tables)
         names = (BASE_SCORES, self.layout.reference_scores)
         models = (self.base_fingerprint, self.key(self.layout.reference))
-        adapter = ref / "adapter"
+        adapter = self.path(Layout.adapter(self.layout.reference))
         if (not adapter.is_dir() or fsdp_requested()
                 or any(self.up_to_date(n, self._score_inputs(m, pool)) for n, m in zip(names, models))):
             return self.base_scores(pool), self.score_stage(names[1], models[1], ref, pool)

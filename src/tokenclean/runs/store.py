@@ -22,6 +22,7 @@ from typing import Any
 from ..compute.distributed import barrier, from_rank0
 from ..errors import ConfigError
 from ..io import atomic_dir, atomic_write_text, crash_point, disk_full_as_error, process_rank, read_json, write_json
+from .layout import Layout
 
 log = logging.getLogger("tokenclean")
 
@@ -70,7 +71,7 @@ class Store:
         """``checkpoints/<name>/``: where stage ``name`` keeps its finished units (scoring shards, Trainer
         checkpoints) while it runs, so a killed run resumes there. Units left by a run of the stage with other
         inputs are discarded first."""
-        path = self.path(f"checkpoints/{name}")
+        path = self.path(Layout.checkpoints(name))
         stamp, key = path / "stage-key.txt", key_of(name, inputs)
         if process_rank() == 0 and path.exists() and (not stamp.exists() or stamp.read_text() != key):
             log.info("[%s] discarding the unfinished work of a run with other settings", name)
@@ -108,7 +109,7 @@ class Store:
             write_json(tmp / "stage.json", record)
         barrier()  # the other ranks read rank 0's files from here on
         if process_rank() == 0:
-            shutil.rmtree(self.dir / "checkpoints" / name, ignore_errors=True)  # its finished units: not needed now
+            shutil.rmtree(self.path(Layout.checkpoints(name)), ignore_errors=True)  # its finished units: not needed
         log.info("[%s] done in %.1fs", name, record["seconds"])
         return self._done(name, record, reused=False)
 
@@ -132,7 +133,7 @@ class Store:
     def discard_work(self, name: str) -> None:
         """Remove ``checkpoints/<name>/`` (rank 0), once what it held is saved elsewhere."""
         if process_rank() == 0:
-            shutil.rmtree(self.dir / "checkpoints" / name, ignore_errors=True)
+            shutil.rmtree(self.path(Layout.checkpoints(name)), ignore_errors=True)
 
     @staticmethod
     def _remove_leftovers(path: Path) -> None:
@@ -153,7 +154,7 @@ def write_config(root: Path, new: dict[str, Any], defaults: dict[str, Any], over
     has its value in ``defaults``); with ``overwrite`` the old file is kept as ``config.<time>.yaml``."""
     import yaml
 
-    path = root / "config.yaml"
+    path = Layout(root).config
     if path.exists():
         old = {**defaults, **(yaml.safe_load(path.read_text(encoding="utf-8")) or {})}
         ignore = (*ignore, "overwrite", "out")
@@ -164,7 +165,7 @@ def write_config(root: Path, new: dict[str, Any], defaults: dict[str, Any], over
             raise ConfigError(f"{root} holds a run with other settings ({shown}{more}); pass --overwrite to "
                               "recompute the stages they change, or choose a new --out")
         if changed:
-            atomic_write_text(root / f"config.{time.strftime('%Y%m%d-%H%M%S')}.yaml", path.read_text(encoding="utf-8"))
+            atomic_write_text(Layout(root).config_kept(time.strftime("%Y%m%d-%H%M%S")), path.read_text(encoding="utf-8"))
     elif _holds_other_files(root):
         raise ConfigError(f"{root}: exists and is not empty, but holds no tokenclean run (no config.yaml); "
                           "choose a new or empty --out")
