@@ -24,12 +24,12 @@ from .view import RunView, SampleStats
 
 BINS = 8  # colour steps per side of zero
 NEGATIVE, NEUTRAL, POSITIVE = (33, 102, 172), (247, 247, 247), (178, 24, 43)  # blue, white, red (RdBu)
+KIND_NAMES = {code: name for name, code in KIND_CODES.items()}  # a demo's ground-truth token kinds
 KIND_STYLES = {KIND_CODES["informative"]: "2px solid #1a7f37", KIND_CODES["generic"]: "2px dotted #6e7781",
                KIND_CODES["noise"]: "2px dashed #cf222e"}
 SORTS = [("index:asc", "pool order"), ("id:asc", "sample id"), ("kept:desc", "kept share, high first"),
          ("kept:asc", "kept share, low first"), ("score:desc", "mean score, high first"),
          ("score:asc", "mean score, low first"), ("len:desc", "length, long first"), ("len:asc", "length, short first")]
-
 
 
 def esc(text: Any) -> str:
