@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.artifacts import Scores
-from ..core.tokens import TokenLayout
+from ..core.tokens import TokenOrigin
 from ..io import atomic_dir
 from .distributed import all_ranks, barrier, distributed_world
 
@@ -53,7 +53,7 @@ def scores_key(model_fingerprint: str, tokens_meta: dict[str, Any], dtype: Any, 
     """Cache key of one model's losses over one token table. ``dtype``: the weights' torch dtype; ``device_type``:
     ``cpu``, ``cuda``, ... (kernels differ, so losses may differ in the last bits)."""
     what = {"model": model_fingerprint, "dtype": str(dtype), "device": device_type,
-            **asdict(TokenLayout.of(tokens_meta))}
+            **asdict(TokenOrigin.of(tokens_meta))}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..core.artifacts import Scores
 from ..core.fingerprints import path_fingerprint
-from ..core.tokens import TokenLayout, TokenTable
+from ..core.tokens import TokenOrigin, TokenTable
 from ..errors import ConfigError
 from . import score_cache
 from .distributed import fsdp_requested, is_sharded, shard_for_inference
@@ -107,7 +107,7 @@ def score_model_prompt_free(model: Any, tokens: TokenTable, tokenizer: Any, *,
     free = score_model(model, prompt_free_tokens(tokens, start), score_config=score_config, device=device,
                        dtype=dtype, trust_remote_code=trust_remote_code, progress=progress, work_dir=work_dir)
     mapped = map_back(free.token_loss, tokens.flat_response_mask(), tokens.offsets, start is not None, free.offsets)
-    meta = {**free.meta, **TokenLayout.of(tokens.meta).meta(), "prompt_free": {"start_token": start}}
+    meta = {**free.meta, **TokenOrigin.of(tokens.meta).meta(), "prompt_free": {"start_token": start}}
     return Scores(tokens.sample_ids, mapped, tokens.offsets, meta)
 
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError, MismatchError
 from ..io import read_json, write_json
-from .tokens import TokenLayout, TokenTable, list_column, per_sample_sum, write_parquet
+from .tokens import TokenOrigin, TokenTable, list_column, per_sample_sum, write_parquet
 
 ADAPTER_DIR = "adapter"  # in a trained model's directory: its unmerged LoRA adapter (PEFT format), when kept
 # Ground-truth kinds of a pool's tokens, as a demo writes them (one int8 per token, column ``kind``; ``runs.layout``
@@ -27,11 +27,11 @@ KIND_CODES = {"informative": 0, "generic": 1, "noise": 2}
 NOT_RESPONSE = -1
 
 def check_same_tokens(a: dict[str, Any], a_name: str, b: dict[str, Any], b_name: str) -> None:
-    """Raise ``MismatchError`` naming the first difference between two artifacts' token layouts (``TokenLayout``)."""
-    key = TokenLayout.of(a).first_difference(TokenLayout.of(b))
+    """Raise ``MismatchError`` naming the first difference between two artifacts' token origins (``TokenOrigin``)."""
+    key = TokenOrigin.of(a).first_difference(TokenOrigin.of(b))
     if key is not None:
         raise MismatchError(
-            f"{a_name} and {b_name} were made with a different {TokenLayout.WHAT[key]} ({key}: {a[key]!r} vs "
+            f"{a_name} and {b_name} were made with a different {TokenOrigin.WHAT[key]} ({key}: {a[key]!r} vs "
             f"{b[key]!r}); score, select and train with the same data, tokenizer and --max-seq-len"
         )
 

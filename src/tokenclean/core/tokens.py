@@ -53,9 +53,9 @@ class TokenizeConfig:
 
 
 @dataclass(frozen=True)
-class TokenLayout:
+class TokenOrigin:
     """What decides which token sits at which position. Tokens, scores and selections carry it in their metadata
-    (these keys); two artifacts line up token by token only when their layouts agree. None: not recorded."""
+    (these keys); two artifacts line up token by token only when their origins agree. None: not recorded."""
 
     tokenizer_fingerprint: str | None = None
     max_seq_len: int | None = None
@@ -70,15 +70,15 @@ class TokenLayout:
                                       "data_fingerprint": "data", "tokens_fingerprint": "tokenized data"}
 
     @classmethod
-    def of(cls, meta: dict[str, Any]) -> TokenLayout:
-        """The layout recorded in an artifact's metadata."""
+    def of(cls, meta: dict[str, Any]) -> TokenOrigin:
+        """The origin recorded in an artifact's metadata."""
         return cls(**{k: meta[k] for k in cls.WHAT if k in meta})
 
     def meta(self) -> dict[str, Any]:
         """The recorded keys, to write into another artifact's metadata."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
-    def first_difference(self, other: TokenLayout) -> str | None:
+    def first_difference(self, other: TokenOrigin) -> str | None:
         """The first key both record with different values, or None."""
         mine, theirs = asdict(self), asdict(other)
         return next((k for k in self.WHAT if None not in (mine[k], theirs[k]) and mine[k] != theirs[k]), None)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..compute.distributed import fsdp_requested
 from ..core.artifacts import Scores, Selection
-from ..core.tokens import TokenLayout, TokenTable
+from ..core.tokens import TokenOrigin, TokenTable
 from ..io import write_json
 from .config import RunConfig
 from .layout import BASE_SCORES, EXPORT_PARQUET, TOKENS, Layout
@@ -264,7 +264,7 @@ class Run(Store):
         union of rounds)."""
         def build(tmp: Path) -> dict[str, Any]:
             mask, score, counts = make()
-            Selection(tokens.sample_ids, mask, tokens.offsets, {**TokenLayout.of(tokens.meta).meta(), **counts},
+            Selection(tokens.sample_ids, mask, tokens.offsets, {**TokenOrigin.of(tokens.meta).meta(), **counts},
                       score).save(tmp)
             return counts
 

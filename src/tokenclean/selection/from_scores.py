@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..core.artifacts import Scores, Selection, check_losses, check_same_tokens, token_position
-from ..core.tokens import TokenLayout, per_sample_sum
+from ..core.tokens import TokenOrigin, per_sample_sum
 from ..errors import ConfigError, DataError, MismatchError
 from .scorers import SCORERS
 from .select import SelectConfig, select_tokens, selection_counts
@@ -45,7 +45,7 @@ def select_scores(base: Scores, ref: Scores, config: SelectConfig | None = None,
                       prompt_free_loss=None if prompt_free is None else prompt_free.token_loss)
     mask, counts = select_scored(score, base.offsets, config)
     meta = {
-        **TokenLayout.of(base.meta).meta(),
+        **TokenOrigin.of(base.meta).meta(),
         "base_model_fingerprint": base.meta.get("model_fingerprint"),
         "ref_model_fingerprint": ref.meta.get("model_fingerprint"),
         "config": asdict(config),
