@@ -46,7 +46,8 @@ class TrainConfig:
     optimizer: str = option("adamw_torch", "optimizer (any transformers optim name, e.g. adamw_torch, sgd)")
     learning_rate: float = option(1e-4, "peak learning rate")
     lr_scheduler: str = option("linear", "learning-rate schedule (any transformers scheduler name)")
-    warmup_ratio: float = option(0.03, "share of steps spent warming up the learning rate")
+    lr_warmup_ratio: float = option(0.03, "share of steps spent warming up the learning rate (linearly from 0)",
+                                    renamed_from="warmup_ratio")
     weight_decay: float = option(0.0, "AdamW weight decay")
     epochs: float = option(1.0, "passes over the training data")
     max_steps: int = option(-1, "stop after this many optimiser steps (-1: run --epochs)")
@@ -67,8 +68,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.lr_warmup_ratio < 1:
+            raise ConfigError(f"lr_warmup_ratio must be in [0, 1), got {self.lr_warmup_ratio}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.epochs <= 0 and self.max_steps < 1:
@@ -200,7 +201,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16
         optim=cfg.optimizer,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        warmup_steps=cfg.lr_warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=cfg.weight_decay,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..config import current_names
 from ..errors import ConfigError
 from ..io import atomic_write_text, write_json
 from ..selection.scorers import SCORERS
@@ -168,10 +169,11 @@ def _ablation_roots(root: Run, ablations: Sequence[Ablation], taken: set[str]) -
         if a.name in taken or a.name in roots or not plain:
             raise ConfigError(f"ablation name {a.name!r}: must be unique among the rows and a plain directory "
                               "name (letters, digits, _ . - [ ])")
-        unknown = sorted(set(a.overrides) - set(cfg.flat()))
+        overrides = current_names(a.overrides, tuple(RunConfig.SECTIONS.values()), f"ablation {a.name}")
+        unknown = sorted(set(overrides) - set(cfg.flat()))
         if unknown:
             raise ConfigError(f"ablation {a.name}: unknown setting(s) {unknown}")
-        sub = RunConfig.from_flat({**cfg.flat(), **a.overrides, "out": str(root.layout.ablation(a.name)),
+        sub = RunConfig.from_flat({**cfg.flat(), **overrides, "out": str(root.layout.ablation(a.name)),
                                    "method": a.method})
         try:
             check_method(a.method, sub.select)

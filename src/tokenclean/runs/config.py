@@ -7,7 +7,7 @@ from typing import Any
 
 from ..compute.scoring import ScoreConfig
 from ..compute.training import TrainConfig
-from ..config import as_dict, build, field_names, option
+from ..config import as_dict, build, current_names, field_names, option
 from ..core.data import DataConfig
 from ..core.tokens import TokenizeConfig
 from ..errors import ConfigError
@@ -76,7 +76,9 @@ class RunConfig:
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> RunConfig:
-        """Build from a flat mapping of field names (YAML keys / flags); each name belongs to one section."""
+        """Build from a flat mapping of field names (YAML keys / flags); each name belongs to one section. A
+        setting's former name is accepted, with a warning (``config.current_names``)."""
+        values = current_names(values, tuple(cls.SECTIONS.values()))
         return cls(**{name: build(section, values) for name, section in cls.SECTIONS.items()})
 
     def flat(self) -> dict[str, Any]:

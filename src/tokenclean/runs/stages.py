@@ -19,6 +19,7 @@ import numpy as np
 from ..compute.distributed import fsdp_requested
 from ..core.artifacts import Scores, Selection
 from ..core.tokens import TokenOrigin, TokenTable
+from ..config import renamed_settings, stage_settings
 from ..io import write_json
 from .config import RunConfig
 from .layout import BASE_SCORES, EXPORT_PARQUET, TOKENS, Layout
@@ -144,7 +145,7 @@ class Run(Store):
         train_config = train_config or c.train
         inputs = {"model": model_key, "tokens": tokens.meta["tokens_fingerprint"],
                   "keep": keep and keep[0],
-                  "slm": slm and [slm[0], c.select.keep_ratio], "train_config": asdict(train_config),
+                  "slm": slm and [slm[0], c.select.keep_ratio], "train_config": stage_settings(train_config),
                   "drop_empty": c.select.drop_empty, "seed": c.run.seed}
         mask = keep[1] if keep else None
         self.stage(name, inputs, lambda tmp: finetune(
@@ -348,7 +349,8 @@ class Run(Store):
     def write_config(self, ignore: tuple[str, ...] = ()) -> None:
         """Save the settings as ``config.yaml`` (``store.write_config``: a directory holding a run of other settings
         is refused without ``--overwrite``)."""
-        write_config(self.dir, self.cfg.flat(), RunConfig().flat(), self.cfg.run.overwrite, ignore)
+        write_config(self.dir, self.cfg.flat(), RunConfig().flat(), self.cfg.run.overwrite, ignore,
+                     renamed_settings(*RunConfig.SECTIONS.values()))
 
     def write_summary(self, extra: MethodSummary) -> MethodSummary:
         """``extra`` (what the method returned) with the run's bookkeeping fields, written to ``summary.json``."""

@@ -148,15 +148,17 @@ class Store:
 
 
 def write_config(root: Path, new: dict[str, Any], defaults: dict[str, Any], overwrite: bool,
-                 ignore: tuple[str, ...] = ()) -> None:
+                 ignore: tuple[str, ...] = (), renamed: dict[str, str] | None = None) -> None:
     """Save the settings ``new`` as ``root/config.yaml``, after checking that ``root`` is new, empty, or a run of
     the same settings (any of them but ``ignore``, ``overwrite`` and ``out``; a setting missing from the old file
-    has its value in ``defaults``); with ``overwrite`` the old file is kept as ``config.<time>.yaml``."""
+    has its value in ``defaults``, one under a former name in ``renamed`` is read under its current name); with
+    ``overwrite`` the old file is kept as ``config.<time>.yaml``."""
     import yaml
 
     path = Layout(root).config
     if path.exists():
-        old = {**defaults, **(yaml.safe_load(path.read_text(encoding="utf-8")) or {})}
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        old = {**defaults, **{(renamed or {}).get(k, k): v for k, v in recorded.items()}}
         ignore = (*ignore, "overwrite", "out")
         changed = sorted(k for k in new if k not in ignore and _same(old.get(k)) != _same(new[k]))
         if changed and not overwrite:
