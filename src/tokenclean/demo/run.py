@@ -104,7 +104,7 @@ SHORT_WARMUP = Ablation("fixed[short-warmup]", "fixed", {"warmup_min_steps": 0, 
 _RUN = {
     "warmup_fraction": 0.2, "rounds": 2, "max_seq_len": 256,
     # a tiny from-scratch model: full fine-tuning at a high learning rate, small batches
-    "lora": False, "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.05, "batch_size": 16,
+    "lora": False, "learning_rate": 1e-3, "lr_scheduler": "cosine", "lr_warmup_ratio": 0.05, "batch_size": 16,
     "gradient_accumulation_steps": 1, "epochs": 2.0, "logging_steps": 1000, "save_steps": 1000,
     # fp32 everywhere for the tiny model: bf16 autocast costs more than it saves at this size (a full fine-tune of
     # the default world: 9.9 s in bf16, 7.6 s in fp32 on a CPU with AMX; bench/README.md), and CPUs with and
