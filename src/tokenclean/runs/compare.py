@@ -18,7 +18,6 @@ method of a seed shares, so each ablation is a compare directory of its own, ``<
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import re
@@ -38,7 +37,7 @@ from .methods import METHODS, check_method
 if TYPE_CHECKING:  # the table functions below are used by the report, which imports no torch
     from ..selection.select import SelectConfig
     from .config import RunConfig
-    from .stages import Run
+    from .run import Run
     from .summary import MethodSummary
 
 log = logging.getLogger("tokenclean")
@@ -110,7 +109,8 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     stage with the seconds it took in *this* call (0 when reused) and in the call that ran it (``Store.timings``).
     """
     from .pipeline import run_method
-    from .stages import Run
+    from .run import Run
+    from .stages import score_stage, tokens_stage
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -127,8 +127,8 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     root.write_config(ignore=("method",))  # the methods are an argument of compare, not one setting
     ablation_roots = _ablation_roots(root, ablations, {name for name, _, _ in plan})
     runs: list[dict[str, Any]] = []
-    tables = root.tokens_stage()
-    base_loss = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, tables["eval"],
+    tables = tokens_stage(root)
+    base_loss = score_stage(root, HELDOUT_BASE, root.base_fingerprint, cfg.run.base, tables["eval"],
                                  dtype=cfg.run.eval_dtype).meta["mean_token_loss"]
     for seed in seeds:
         rows = [(name, _variant(root, name, method, seed, select_config)) for name, method, select_config in plan]
@@ -161,7 +161,7 @@ def _ablation_roots(root: Run, ablations: Sequence[Ablation], taken: set[str]) -
     """Each ablation's compare directory as a ``Run`` (``Layout.ablation``), its settings checked and written.
     It shares ``root``'s timings, and its loaded tokenizer unless the ablation changes the base model."""
     from .config import RunConfig
-    from .stages import Run
+    from .run import Run
 
     cfg, roots = root.cfg, {}
     for a in ablations:
@@ -215,15 +215,12 @@ def plan_rows(methods: list[str] | tuple[str, ...], select: SelectConfig, scorer
 
 
 def _variant(root: Run, name: str, method: str, seed: int, select: SelectConfig | None) -> Run:
-    """``root.variant(method, seed)``, or for a scorer variant the same with ``select`` as its selection settings,
-    in the directory ``seed-<s>/<name>/`` (its own stages; the seed's shared stages as every method's)."""
-    if select is None:
-        return root.variant(method, seed)
-    from .stages import Run
-
-    cfg = copy.deepcopy(root.cfg)
-    cfg.run.method, cfg.run.seed, cfg.select = method, seed, select
-    return Run(cfg, Layout.variant_of(root.dir, seed, name), shared=root)
+    """``root.variant(method, seed)`` in the directory ``seed-<s>/<name>/`` (its own stages; the seed's shared stages
+    as every method's), with ``select`` as its selection settings for a scorer variant."""
+    run = root.variant(method, seed, name)
+    if select is not None:
+        run.cfg.select = select
+    return run
 
 
 def aggregate(runs: list[dict[str, Any]], methods: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:

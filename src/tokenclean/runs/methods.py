@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -28,15 +28,16 @@ from ..core.tokens import TokenTable
 from ..errors import ConfigError
 from ..io import write_json
 from .layout import BASE_SCORES, TOKENS
+from .reference import base_and_reference, base_scores, reference, warmup_train_config
+from .run import Run
+from .stages import (export_stage, heldout_stage, mask_stage, prompt_free_stage, score_stage, select_stage,
+                     table_counts, tokens_stage, train_stage)
 from .summary import MethodSummary
-
-if TYPE_CHECKING:
-    from .stages import Run
 
 log = logging.getLogger("tokenclean")
 
 
-MethodFn = Callable[["Run"], MethodSummary]
+MethodFn = Callable[[Run], MethodSummary]
 
 
 @dataclass(frozen=True)
@@ -93,18 +94,18 @@ def check_method(name: str, select: SelectConfig) -> None:
 def _finish(run: Run, tables: dict[str, TokenTable], model_stage: str, keep: tuple[str, np.ndarray] | None,
             selection: dict[str, Any] | None) -> MethodSummary:
     """Export, held-out loss and the summary shared by every method."""
-    export = run.export_stage(run.layout.export, tables["pool"], keep)
+    export = export_stage(run, run.layout.export, tables["pool"], keep)
     training = run.result(model_stage)
     pool = tables["pool"].meta
     return {
         "data": run.result(TOKENS)["load"],
-        "pool": {k: pool[k] for k in ("samples", "tokens", "response_tokens", "truncated_samples", "no_response")},
+        "pool": table_counts(pool),
         "selection": selection or {"response_tokens": pool["response_tokens"],
                                    "kept_tokens": training["trained_tokens"]},
         "training": {k: training[k] for k in ("samples", "samples_left_out", "trained_tokens", "optimizer_steps",
                                               "train_loss")},
         "export": {k: export[k] for k in ("rows", "rows_left_out", "trained_tokens")},
-        "heldout_loss": run.heldout_stage(model_stage, tables),
+        "heldout_loss": heldout_stage(run, model_stage, tables),
         "model_stage": model_stage,
         "model_dir": str(run.path(model_stage)),
         "export_dir": str(run.path(run.layout.export)),
@@ -118,18 +119,18 @@ def _selection_counts(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fixed_like(run: Run, config: SelectConfig) -> dict[str, Any]:
-    tables = run.tokens_stage()
-    base, ref = run.base_and_reference(tables)
+    tables = tokens_stage(run)
+    base, ref = base_and_reference(run, tables)
     at = run.layout
     inputs = {"base": run.key(BASE_SCORES), "ref": run.key(at.reference_scores)}
     free = None
     if SCORERS[config.scorer].needs_prompt_free:
-        free = run.prompt_free_stage(at.prompt_free_scores, run.key(at.reference), run.path(at.reference),
+        free = prompt_free_stage(run, at.prompt_free_scores, run.key(at.reference), run.path(at.reference),
                                      tables["pool"])
         inputs["prompt_free"] = run.key(at.prompt_free_scores)
-    selection = run.select_stage(at.selection, base, ref, inputs, config, prompt_free=free)
+    selection = select_stage(run, at.selection, base, ref, inputs, config, prompt_free=free)
     keep = (run.key(at.selection), selection.keep_mask)
-    run.train_stage(at.model, run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
+    train_stage(run, at.model, run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
     summary = _finish(run, tables, at.model, keep, _selection_counts(selection.meta))
     health = score_health_of(selection, base, ref, tables["pool"])
     return summary if health is None else {**summary, "score_health": health}
@@ -166,8 +167,8 @@ def run_rho(run: Run) -> MethodSummary:
 @method("full")
 def run_full(run: Run) -> MethodSummary:
     """Standard SFT on all response tokens."""
-    tables = run.tokens_stage()
-    run.train_stage(run.layout.model, run.base_fingerprint, run.cfg.run.base, tables["pool"])
+    tables = tokens_stage(run)
+    train_stage(run, run.layout.model, run.base_fingerprint, run.cfg.run.base, tables["pool"])
     return _finish(run, tables, run.layout.model, None, None)
 
 
@@ -185,13 +186,13 @@ def random_keep_mask(tokens: TokenTable, keep_ratio: float, seed: int
 @method("random")
 def run_random(run: Run) -> MethodSummary:
     """Random token selection with the same count as fixed-model cleaning keeps."""
-    tables = run.tokens_stage()
+    tables = tokens_stage(run)
     keep_ratio, seed = run.cfg.select.keep_ratio, run.cfg.run.seed
     at = run.layout
-    selection = run.mask_stage(at.selection, tables["pool"], {"random": [keep_ratio, seed]},
+    selection = mask_stage(run, at.selection, tables["pool"], {"random": [keep_ratio, seed]},
                                lambda: random_keep_mask(tables["pool"], keep_ratio, seed))
     keep = (run.key(at.selection), selection.keep_mask)
-    run.train_stage(at.model, run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
+    train_stage(run, at.model, run.base_fingerprint, run.cfg.run.base, tables["pool"], keep=keep)
     return _finish(run, tables, at.model, keep, _selection_counts(selection.meta))
 
 
@@ -199,10 +200,10 @@ def run_random(run: Run) -> MethodSummary:
 def run_slm(run: Run) -> MethodSummary:
     """Rho-1's Selective Language Modeling, online: reference losses precomputed once; at every step the
     micro-batch's top ``keep_ratio`` response tokens by excess loss (current - reference) are trained on."""
-    tables = run.tokens_stage()
-    _, ref = run.reference(tables)
+    tables = tokens_stage(run)
+    _, ref = reference(run, tables)
     slm = (run.key(run.layout.reference_scores), ref.token_loss)
-    run.train_stage(run.layout.model, run.base_fingerprint, run.cfg.run.base, tables["pool"], slm=slm)
+    train_stage(run, run.layout.model, run.base_fingerprint, run.cfg.run.base, tables["pool"], slm=slm)
     summary = _finish(run, tables, run.layout.model, None, None)
     summary["selection"] = {"response_tokens": tables["pool"].meta["response_tokens"],
                             "kept_tokens": summary["training"]["trained_tokens"], "online": True}
@@ -230,28 +231,29 @@ def run_self_evolving(run: Run) -> MethodSummary:
     base (losses computed once for the whole pool) and theta_t, keep the top ``keep_ratio`` within the chunk, and
     continue training theta_t on the cleaned chunk -> theta_{t+1}. Every round is kept in ``rounds/<t>/``."""
     c, at = run.cfg, run.layout
-    tables = run.tokens_stage()
+    tables = tokens_stage(run)
     pool = tables["pool"]
-    base = run.base_scores(pool)
+    base = base_scores(run, pool)
     parts = chunks(len(pool), c.run.rounds + 1, c.run.seed, c.run.contiguous)
     keep = np.zeros(pool.meta["tokens"], dtype=bool)
     score = np.full(pool.meta["tokens"], np.nan, np.float32)  # each round's score; none in round 0
     keep_key = [run.key(BASE_SCORES)]
     model_stage = at.round_stage(0, "model")
     first = pool.select(parts[0])  # theta_1 is the first reference: trained with the warm-up's settings
-    run.train_stage(model_stage, run.base_fingerprint, c.run.base, first, train_config=run.warmup_train_config(first))
+    train_stage(run, model_stage, run.base_fingerprint, c.run.base, first,
+                train_config=warmup_train_config(run, first))
     _place(keep, pool, parts[0], pool.select(parts[0]).flat_response_mask())
     trajectory = [_round_record(run, 0, model_stage, None, tables)]
     for t in range(1, c.run.rounds + 1):
         chunk = pool.select(parts[t])
         scores, select = at.round_stage(t, "scores"), at.round_stage(t, "selection")
-        ref = run.score_stage(scores, run.key(model_stage), run.path(model_stage), chunk)
+        ref = score_stage(run, scores, run.key(model_stage), run.path(model_stage), chunk)
         inputs = {"base": run.key(BASE_SCORES), "ref": run.key(scores), "chunk": chunk.meta["tokens_fingerprint"]}
         chunk_base = _take(base, parts[t], chunk)
-        selection = run.select_stage(select, chunk_base, ref, inputs)
+        selection = select_stage(run, select, chunk_base, ref, inputs)
         health = score_health_of(selection, chunk_base, ref, chunk, where=f"round {t}")
         previous, model_stage = model_stage, at.round_stage(t, "model")
-        run.train_stage(model_stage, run.key(previous), run.path(previous), chunk,
+        train_stage(run, model_stage, run.key(previous), run.path(previous), chunk,
                         keep=(run.key(select), selection.keep_mask))
         _place(keep, pool, parts[t], selection.keep_mask)
         _place(score, pool, parts[t], selection.score)
@@ -261,7 +263,7 @@ def run_self_evolving(run: Run) -> MethodSummary:
     counts = {"response_tokens": response, "kept_tokens": int(keep.sum()),
               "kept_share": float(keep.sum() / response) if response else 0.0}
     units = SCORERS[c.select.scorer].units  # each round's score, by its own reference
-    union = run.mask_stage(at.selection, pool, {"rounds": keep_key},
+    union = mask_stage(run, at.selection, pool, {"rounds": keep_key},
                            lambda: (keep, score, {**counts, "score_units": units}))
     summary = _finish(run, tables, model_stage, (run.key(at.selection), union.keep_mask), counts)
     summary["rounds"] = trajectory
@@ -288,7 +290,7 @@ def _round_record(run: Run, t: int, model_stage: str, selection: dict[str, Any] 
                   tables: dict[str, TokenTable]) -> dict[str, Any]:
     training = run.result(model_stage)
     record = {"round": t, "model_dir": str(run.path(model_stage)), "trained_tokens": training["trained_tokens"],
-              "train_loss": training["train_loss"], "heldout_loss": run.heldout_stage(model_stage, tables)}
+              "train_loss": training["train_loss"], "heldout_loss": heldout_stage(run, model_stage, tables)}
     if selection:
         record.update(_selection_counts(selection))
     write_json(run.layout.round_record(t), record)
