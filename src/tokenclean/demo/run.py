@@ -39,7 +39,7 @@ from ..io import atomic_write_text, read_json, write_json
 from ..runs.compare import DEFAULT_METHODS, Ablation, compare
 from ..runs.config import RunConfig
 from ..runs.layout import HELDOUT_BASE, TOKENS
-from ..runs.stages import Run
+from ..runs.stages import Run, tokens_stage
 from .metrics import DEMO_COLUMNS, KIND_CODES, DemoInputs, DemoMetrics
 from .render import conclude, render, time_per_stage
 
@@ -161,7 +161,7 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
     inputs, run_cfg = demo_setup(cfg, overrides, progress, clock)
     base = run_cfg.run.base
     root = Run(run_cfg)
-    tables = root.tokens_stage()
+    tables = tokens_stage(root)
     with clock("token kinds, prompts"):
         measure = DemoMetrics(root, tables, inputs, profile.max_new_tokens)
     ablations = profile.ablations if inputs.world and cfg.ablations and "fixed" in cfg.methods else ()
