@@ -172,7 +172,7 @@ def test_compare_adds_a_row_per_scorer_sharing_the_reference(tmp_path, tiny_mode
 
     from tokenclean.core.artifacts import Scores, Selection
     from tokenclean.report.view import load_run
-    from tokenclean.runs.layout import Layout
+    from tokenclean.runs.layout import Layout, methods_run
     from tokenclean.runs.methods import METHODS
     from tokenclean.selection.from_scores import select_for
 
@@ -197,7 +197,7 @@ def test_compare_adds_a_row_per_scorer_sharing_the_reference(tmp_path, tiny_mode
     assert np.array_equal(Selection.load(seed_dir / "fixed[small-loss]" / "selection").keep_mask, expected)
     assert "| fixed[small-loss] |" in (out / "comparison.md").read_text()
     # the report finds the row's run
-    assert Layout(out).methods_run(0, set(METHODS)) == ["fixed", "fixed[small-loss]"]
+    assert methods_run(Layout(out), 0, set(METHODS)) == ["fixed", "fixed[small-loss]"]
     view = load_run(out, "fixed[small-loss]", 0)
     assert view.selection["config"]["scorer"] == "small-loss" and view.keep_mask.sum() == small["kept_tokens"]
     # run again: every stage of both rows is reused

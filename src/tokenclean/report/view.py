@@ -24,7 +24,7 @@ from ..core.artifacts import Scores, Selection, check_same_tokens, keep_mask_for
 from ..errors import MismatchError, TokencleanError
 from ..io import read_json
 from ..core.tokens import TokenTable, per_sample_sum
-from ..runs.layout import BASE_SCORES, Layout
+from ..runs.layout import BASE_SCORES, Layout, holds_a_run, methods_run, round_dirs, seeds_run
 from ..runs.summary import MethodSummary
 
 log = logging.getLogger("tokenclean")
@@ -120,7 +120,7 @@ def load_run(run_dir: str | os.PathLike, method: str | None = None, seed: int | 
     if not root.is_dir():
         raise TokencleanError(f"{root}: no such directory; expected a run directory of `tokenclean run` or "
                               "`tokenclean compare`")
-    if not top.holds_a_run():
+    if not holds_a_run(top):
         raise TokencleanError(f"{root}: not a tokenclean run directory (no {pool_dir / TokenTable.FILE}); expected "
                               "the --out directory of `tokenclean run` or `tokenclean compare`")
     config = _read_yaml(top.config)
@@ -132,8 +132,8 @@ def load_run(run_dir: str | os.PathLike, method: str | None = None, seed: int | 
                    comparison=comparison)
     view.summary = _json_or_empty(at.summary)
     view.base_loss = _losses(at.path(BASE_SCORES), tokens, pool_dir, view, "base losses")
-    if at.round_dirs():
-        _read_rounds(view, at.round_dirs())
+    if round_dirs(at):
+        _read_rounds(view, round_dirs(at))
     else:
         view.ref_loss = _losses(at.path(at.reference_scores), tokens, pool_dir, view, "reference losses")
     _read_selection(view, at.path(at.selection), pool_dir)
@@ -157,7 +157,7 @@ def _json_or_empty(path: Path) -> dict[str, Any]:
 
 def _seeds(top: Layout, comparison: dict[str, Any] | None) -> list[int]:
     """Seeds of a compare directory, in the comparison's order (empty for a single run)."""
-    found = set(top.seeds())
+    found = set(seeds_run(top))
     ordered = [s for s in (comparison or {}).get("seeds", []) if s in found]
     return ordered + sorted(found - set(ordered))
 
@@ -183,7 +183,7 @@ def _locate(top: Layout, method: str | None, seed: int | None, comparison: dict[
     from ..runs.methods import METHODS
 
     order = list((comparison or {}).get("methods", []))  # empty while the comparison runs
-    ran = top.methods_run(seed, set(METHODS))
+    ran = methods_run(top, seed, set(METHODS))
     present = [m for m in order if m in ran] + [m for m in ran if m not in order]
     if method is None:
         if not present:

@@ -55,6 +55,19 @@ class StageName:
     round: int | None = None  # a self-evolving round
 
 
+def parse_stage(stage: str) -> StageName:
+    """The parts of a stage name a ``Layout`` made (of a single run or a compare directory):
+    ``parse_stage("seed-1/fixed/rounds/2/model") == StageName("model", 1, "fixed", 2)``."""
+    parts, seed, method, t = stage.split("/"), None, None, None
+    if parts[0].startswith("seed-") and parts[0][5:].lstrip("-").isdigit():
+        seed, parts = int(parts[0][5:]), parts[1:]
+        if len(parts) > 1 and parts[0] not in SEED_STAGES:
+            method, parts = parts[0], parts[1:]
+    if len(parts) > 2 and parts[0] == "rounds" and parts[1].isdigit():
+        t, parts = int(parts[1]), parts[2:]
+    return StageName("/".join(parts), seed, method, t)
+
+
 @dataclass(frozen=True)
 class Layout:
     """The paths of one method and seed in the run directory ``root`` (``seed_ns``/``method_ns``: "" for a
@@ -134,19 +147,6 @@ class Layout:
         """Where stage ``stage`` keeps its finished units (scoring shards, Trainer checkpoints) while it runs."""
         return f"{CHECKPOINTS}/{stage}"
 
-    @staticmethod
-    def parse(stage: str) -> StageName:
-        """The parts of a stage name this layout made (of a single run or a compare directory):
-        ``parse("seed-1/fixed/rounds/2/model") == StageName("model", 1, "fixed", 2)``."""
-        parts, seed, method, t = stage.split("/"), None, None, None
-        if parts[0].startswith("seed-") and parts[0][5:].lstrip("-").isdigit():
-            seed, parts = int(parts[0][5:]), parts[1:]
-            if len(parts) > 1 and parts[0] not in SEED_STAGES:
-                method, parts = parts[0], parts[1:]
-        if len(parts) > 2 and parts[0] == "rounds" and parts[1].isdigit():
-            t, parts = int(parts[1]), parts[2:]
-        return StageName("/".join(parts), seed, method, t)
-
     # -- records --------------------------------------------------------------------------------------------------
     @property
     def summary(self) -> Path:
@@ -187,14 +187,6 @@ class Layout:
     def kinds(self) -> Path:
         return self.root / TOKENS / KINDS_FILE
 
-    def holds_a_run(self) -> bool:
-        """Whether ``root`` holds a run's pool tokens."""
-        return (self.tokens() / TokenTable.FILE).is_file()
-
-    def seeds(self) -> list[int]:
-        """The seeds of a compare directory (``seed-<s>/``), unordered; empty for a single run."""
-        return [int(d.name[5:]) for d in self.root.glob("seed-*") if d.is_dir() and d.name[5:].lstrip("-").isdigit()]
-
     def ablation(self, name: str) -> Path:
         """The run directory of a comparison's ablation row ``name`` (``compare``'s ``ablations``): a compare
         directory of its own, since its run settings (e.g. the warm-up data) change stages every method shares."""
@@ -203,19 +195,32 @@ class Layout:
     def seed_dir(self, seed: int) -> Path:
         return self.root / f"seed-{seed}"
 
-    def methods_run(self, seed: int, known: set[str] | list[str]) -> list[str]:
-        """Methods of ``known`` and their scorer variants (``fixed[small-loss]``) that have a directory at
-        ``seed``, sorted."""
-        seed_dir = self.seed_dir(seed)
-        return sorted(d.name for d in seed_dir.iterdir() if d.is_dir() and split_variant(d.name)[0] in known) \
-            if seed_dir.is_dir() else []
 
-    def round_dirs(self) -> list[tuple[int, Path]]:
-        """Self-evolving: (t, directory) of every round present, in order."""
-        rounds = self.root / self.ns / "rounds"
-        if not rounds.is_dir():
-            return []
-        return sorted((int(d.name), d) for d in rounds.iterdir() if d.is_dir() and d.name.isdigit())
+# -- what a run directory holds (read from disk) ---------------------------------------------------------------------
+def holds_a_run(layout: Layout) -> bool:
+    """Whether ``layout.root`` holds a run's pool tokens."""
+    return (layout.tokens() / TokenTable.FILE).is_file()
+
+
+def seeds_run(layout: Layout) -> list[int]:
+    """The seeds of a compare directory (``seed-<s>/``), unordered; empty for a single run."""
+    return [int(d.name[5:]) for d in layout.root.glob("seed-*") if d.is_dir() and d.name[5:].lstrip("-").isdigit()]
+
+
+def methods_run(layout: Layout, seed: int, known: set[str] | list[str]) -> list[str]:
+    """Methods of ``known`` and their scorer variants (``fixed[small-loss]``) that have a directory at ``seed``,
+    sorted."""
+    seed_dir = layout.seed_dir(seed)
+    return sorted(d.name for d in seed_dir.iterdir() if d.is_dir() and split_variant(d.name)[0] in known) \
+        if seed_dir.is_dir() else []
+
+
+def round_dirs(layout: Layout) -> list[tuple[int, Path]]:
+    """Self-evolving: (t, directory) of every round of ``layout``'s method present, in order."""
+    rounds = layout.root / layout.ns / "rounds"
+    if not rounds.is_dir():
+        return []
+    return sorted((int(d.name), d) for d in rounds.iterdir() if d.is_dir() and d.name.isdigit())
 
 
 def variant_name(method: str, scorer: str) -> str:
