@@ -7,7 +7,7 @@ a held-out split is measured, and one row per method (mean and spread over seeds
 paper's Table 1 layout) or the demo's ground-truth measurements.
 
 ``scorers`` adds rows: each scorer other than the run's own (``--scorer``) reruns the methods whose selection uses
-the scorer (``SCORER_METHODS``) as ``<method>[<scorer>]`` (``layout.variant_name``), in that name's own directory,
+the scorer (``Method.uses_scorer``) as ``<method>[<scorer>]`` (``layout.variant_name``), in that name's own directory,
 sharing the tokens, base scores, warm-up reference and its scores with the plain rows.
 
 ``ablations`` adds rows run under other *run* settings (``Ablation``: e.g. the reference warmed up on a noisy
@@ -103,7 +103,7 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     """Run ``methods`` for each seed in ``cfg.run.out`` and write the comparison. Returns it.
 
     ``scorers``: more rows, ``<method>[<scorer>]`` for each of these scorers other than ``cfg.select.scorer`` and
-    each method of ``SCORER_METHODS`` among ``methods`` (see ``plan_rows``). ``ablations``: more rows, each run
+    each method among ``methods`` that uses the scorer (see ``plan_rows``). ``ablations``: more rows, each run
     under its own settings in its own directory (``Ablation``), after the plain rows. ``extra_columns`` gives
     headers and formats to keys ``extra_metrics`` returns (others show under their key). The result's ``timings`` lists every
     stage with the seconds it took in *this* call (0 when reused) and in the call that ran it (``Store.timings``).
