@@ -94,13 +94,13 @@ def select_scored(score: np.ndarray, offsets: np.ndarray, config: SelectConfig) 
     """
     gated = np.isneginf(score)
     work = np.where(gated, np.finfo(score.dtype).min, score) if gated.any() else score
-    combine = SCORERS[config.scorer].combine
-    if combine is None:
+    scorer = SCORERS[config.scorer]
+    if scorer.combine is None:
         mask = select_tokens(work, offsets, config)[0]
-    else:
-        by_level = [select_tokens(work, offsets, dataclasses.replace(config, scorer="excess", level=level))[0]
+    else:  # each level ranks the same score; the fallback names it where a combining scorer cannot stand
+        by_level = [select_tokens(work, offsets, dataclasses.replace(config, scorer=scorer.fallback, level=level))[0]
                     for level in ("global", "sample")]
-        mask = combine(*by_level)
+        mask = scorer.combine(*by_level)
     mask &= ~gated
     return mask, mask_counts(score, offsets, mask)
 
