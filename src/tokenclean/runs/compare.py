@@ -117,9 +117,7 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
         raise ConfigError(f"unknown method(s) {unknown}, expected some of {sorted(METHODS)}")
     if not methods:
         raise ConfigError("no method to compare")
-    for method in methods:
-        check_method(method, cfg.select)
-    plan = plan_rows(methods, cfg.select, scorers or ())  # a bad scorer fails here, before anything runs
+    plan = plan_rows(methods, cfg.select, scorers or ())  # a bad method or scorer fails here, before anything runs
     seeds = list(seeds or [cfg.run.seed])
     if not cfg.run.eval_data and not cfg.run.eval_fraction:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, eval_fraction=DEFAULT_EVAL_FRACTION))
@@ -190,12 +188,14 @@ def plan_rows(methods: list[str] | tuple[str, ...], select: SelectConfig, scorer
     row is followed by its scorer variants: one per scorer of ``scorers`` other than the run's own, for the
     methods that use the scorer (``Method.uses_scorer``). Left out, with a log line: a variant that would select
     exactly as the plain row (``Method.ranks_by``: rho ranks by excess under union and intersection), and one whose
-    method cannot use the scorer (``Method.check``: self-evolving with a prompt scorer)."""
+    method cannot use the scorer (``Method.check``: self-evolving with a prompt scorer). A method that cannot use the
+    run's own scorer is refused (``check_method``)."""
     unknown = [s for s in scorers if s not in SCORERS]
     if unknown:
         raise ConfigError(f"unknown scorer(s) {unknown}, expected some of {list(SCORERS)}")
     plan: list[tuple[str, str, SelectConfig | None]] = []
     for method in methods:
+        check_method(method, select)  # the run's own scorer: refused, not left out
         plan.append((method, method, None))
         rules = METHODS[method]
         for scorer in dict.fromkeys(scorers) if rules.uses_scorer else ():
