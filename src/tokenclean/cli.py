@@ -176,7 +176,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     compare(cfg, args.methods, args.seeds, extra_metrics=metrics, extra_columns=columns, scorers=args.scorers,
             ablations=ablations)
     if process_rank() == 0:  # under torchrun rank 0 wrote it; the others may not see it yet
-        print(Layout(cfg.run.out).comparison_md.read_text())
+        print(Layout(Path(cfg.run.out)).comparison_md.read_text())
     return 0
 
 
