@@ -73,7 +73,7 @@ TRAIN_WORKER = textwrap.dedent("""
 
     model, data, out, per_device, accumulation = sys.argv[1:6]
     cfg = TrainConfig(lora=False, batch_size=int(per_device), gradient_accumulation_steps=int(accumulation),
-                      max_steps=2, optimizer="sgd", learning_rate=0.5, lr_scheduler="constant", warmup_ratio=0.0,
+                      max_steps=2, optimizer="sgd", learning_rate=0.5, lr_scheduler="constant", lr_warmup_ratio=0.0,
                       logging_steps=1)
     api.train(model, data, out, data_config=DataConfig(prompt_field="question", response_field="answer"),
               train_config=cfg, drop_empty=False, seed=0)

@@ -57,7 +57,7 @@ TRAIN_WORKER = CPU_FSDP + textwrap.dedent("""
     model, data, out, per_device, accumulation, lora = sys.argv[1:7]
     cfg = TrainConfig(lora=lora == "lora", lora_r=4, lora_alpha=8, lora_dropout=0.0, batch_size=int(per_device),
                       gradient_accumulation_steps=int(accumulation), max_steps=2, optimizer="sgd", learning_rate=0.5,
-                      lr_scheduler="constant", warmup_ratio=0.0, logging_steps=1, bf16="false")
+                      lr_scheduler="constant", lr_warmup_ratio=0.0, logging_steps=1, bf16="false")
     api.train(model, data, out, data_config=DataConfig(prompt_field="question", response_field="answer"),
               train_config=cfg, drop_empty=False, seed=0)
 """)
