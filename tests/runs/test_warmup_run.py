@@ -51,7 +51,7 @@ def test_warmup_rated_by_with_warmup_data_is_refused(tmp_path, tiny_model_dir, r
 def test_fixed_run_trains_the_reference_for_the_minimum_steps_and_reports_score_health(tmp_path, tiny_model_dir,
                                                                                         rated_pool):
     out = tmp_path / "fixed"
-    summary = run_pipeline(config(tiny_model_dir, rated_pool[0], out, warmup_min_steps=6))
+    summary = run_pipeline(config(tiny_model_dir, rated_pool[0], out, warmup_min_steps=6, ignore_fields=["rating"]))
     reference = json.loads((out / "reference" / "stage.json").read_text())
     assert reference["result"]["optimizer_steps"] == 6 and reference["inputs"]["train_config"]["max_steps"] == 6
     assert summary["training"]["optimizer_steps"] == 1
@@ -69,7 +69,8 @@ def test_fixed_run_trains_the_reference_for_the_minimum_steps_and_reports_score_
 @pytest.mark.slow
 def test_prompt_scorer_scores_the_responses_without_their_prompts(tmp_path, tiny_model_dir, rated_pool):
     out = tmp_path / "prompt"
-    run_pipeline(config(tiny_model_dir, rated_pool[0], out, scorer="prompt-excess", warmup_min_steps=2))
+    run_pipeline(config(tiny_model_dir, rated_pool[0], out, scorer="prompt-excess", warmup_min_steps=2,
+                        ignore_fields=["rating"]))
     pool = TokenTable.load(out / "tokens" / "pool")
     free = Scores.load(out / "scores" / "prompt_free")
     response = pool.flat_response_mask()

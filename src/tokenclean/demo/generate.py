@@ -21,15 +21,18 @@ def answer_done(text: str) -> bool:
 
 
 class _StopWhen:
-    """A ``StoppingCriteria``: per row, True once the decoded text after the prompt satisfies ``stop``."""
+    """A ``StoppingCriteria``: per row, True once the decoded text of its last ``window`` generated tokens satisfies
+    ``stop`` (a window, not the whole continuation, so each step decodes a constant number of tokens; ``stop`` must
+    recognise its ending within it: "answer is X." takes under ten tokens)."""
 
-    def __init__(self, tokenizer, width: int, stop: Callable[[str], bool]):
-        self.tokenizer, self.width, self.stop = tokenizer, width, stop
+    def __init__(self, tokenizer, width: int, stop: Callable[[str], bool], window: int = 16):
+        self.tokenizer, self.width, self.stop, self.window = tokenizer, width, stop, window
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+        start = max(self.width, input_ids.shape[1] - self.window)
+        texts = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
         return torch.tensor([self.stop(t) for t in texts], device=input_ids.device)
 
 
