@@ -171,7 +171,7 @@ def test_run_under_torchrun(tmp_path, tiny_model_dir, gsm8k_rows):
     alone = api.score(tiny_model_dir, TokenTable.load(out / "tokens" / "pool"), progress=False)
     np.testing.assert_allclose(base.token_loss, alone.token_loss, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(api.select(base, ref).keep_mask, Selection.load(out / "selection").keep_mask)
-    from tokenclean.runs.store import LOCK_FILE
+    from tokenclean.runs.layout import LOCK_FILE
 
     leftovers = [p for p in out.rglob(".*") if p.name != LOCK_FILE]  # the run directory's lock file stays, unlocked
     assert not leftovers and not list(scratch.glob("tokenclean-*"))  # no temporary leftovers

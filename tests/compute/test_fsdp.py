@@ -120,7 +120,7 @@ def test_fsdp_run_matches_one_process(tmp_path, tiny_model_dir, gsm8k_rows):
     assert set(trained) == set(before)  # a plain model directory: no LoRA or FSDP names
     assert max(float((trained[k] - before[k]).abs().max()) for k in before) > 1e-4
     assert (out / "reference" / "adapter" / "adapter_model.safetensors").exists()
-    from tokenclean.runs.store import LOCK_FILE
+    from tokenclean.runs.layout import LOCK_FILE
 
     leftovers = [p for p in out.rglob(".*") if p.name != LOCK_FILE]  # the run directory's lock file stays, unlocked
     assert not leftovers and not list(scratch.glob("tokenclean-*"))  # no temporary leftovers
