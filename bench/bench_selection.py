@@ -33,7 +33,7 @@ from common import machine
 
 from tokenclean.selection.select import SelectConfig, select_tokens
 from tokenclean.selection.stream import select_global_array
-from tokenclean.selection.threshold import CHUNK_TOKENS
+from tokenclean.core.threshold import CHUNK_TOKENS
 
 
 def pool(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

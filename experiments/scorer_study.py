@@ -21,7 +21,7 @@ from tokenclean.demo.metrics import DEMO_COLUMNS, DemoMetrics
 from tokenclean.demo.run import DemoConfig, demo_setup, profile_of
 from tokenclean.runs.compare import compare
 from tokenclean.runs.config import RunConfig
-from tokenclean.runs.stages import Run
+from tokenclean.runs.stages import Run, tokens_stage
 from tokenclean.selection.scorers import SCORERS
 
 KEYS = ("garbled_dropped", "wrong_answer_dropped", "generic_dropped", "informative_kept", "precision",
@@ -41,7 +41,7 @@ def study(out: Path, seeds: list[int], scorers: list[str]) -> dict[str, dict]:
             flat["warmup_data"] = None  # the demo's ablation: warmup_fraction (20%) of the noisy pool
         c = RunConfig.from_flat(flat)
         root = Run(c)
-        tables = root.tokens_stage()
+        tables = tokens_stage(root)
         measure = DemoMetrics(root, tables, inputs, profile_of(cfg).max_new_tokens)
         results[warmup] = compare(c, ["full", "fixed"], seeds, extra_metrics=measure, extra_columns=DEMO_COLUMNS,
                                   scorers=scorers)

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from tokenclean.core.artifacts import Scores
 from tokenclean.errors import DataError, TokencleanError
 from tokenclean.compute.prompt_free import map_back_scores
-from tokenclean.selection.scorers import SCORERS, select_for
+from tokenclean.selection.from_scores import select_for
+from tokenclean.selection.scorers import SCORERS
 from tokenclean.selection.select import SelectConfig
 from tokenclean.core.tokens import TokenTable
 

@@ -35,7 +35,7 @@ from tokenclean.demo.metrics import DEMO_COLUMNS, DemoInputs, DemoMetrics  # noq
 from tokenclean.runs.compare import compare  # noqa: E402
 from tokenclean.runs.config import RunConfig  # noqa: E402
 from tokenclean.runs.layout import Layout  # noqa: E402
-from tokenclean.runs.stages import Run  # noqa: E402
+from tokenclean.runs.stages import Run, score_stage, tokens_stage  # noqa: E402
 
 GSM8K_TEST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "eval" / "gsm8k_test.jsonl"
 METHODS = ("full", "random", "rho", "fixed", "self-evolving", "slm")
@@ -78,10 +78,10 @@ class Fp32Heldout:
     1.4325), i.e. more than some differences between methods."""
 
     def __init__(self, root: Run, measure: DemoMetrics):
-        self.root, self.measure, self.eval = root, measure, root.tokens_stage()["eval"]
+        self.root, self.measure, self.eval = root, measure, tokens_stage(root)["eval"]
 
     def losses(self, run: Run, stage: str, key: str, model: str) -> dict[str, float]:
-        scores = run.score_stage(stage, key, model, self.eval, dtype="float32")
+        scores = score_stage(run, stage, key, model, self.eval, dtype="float32")
         return {"heldout_loss_fp32": scores.meta["mean_token_loss"],
                 "informative_loss_fp32": self.measure.informative_loss(scores)}
 
@@ -107,7 +107,7 @@ def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_
             "eval_data": str(eval_path), "out": str(out / f"run-{warmup}-warmup"), "method": run_methods[0],
             "prompt_field": "question", "response_field": "answer", "skip_invalid": True})
         root = Run(cfg)
-        tables = root.tokens_stage()
+        tables = tokens_stage(root)
         inputs = DemoInputs(data["pool"], eval_path, [], None, True)
         measure = Fp32Heldout(root, DemoMetrics(root, tables, inputs, max_new_tokens))
         variants = []
@@ -127,7 +127,7 @@ def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_
             control = RunConfig.from_flat({**cfg.flat(), "max_steps": full_steps, "method": "full",
                                            "out": str(out / f"run-full-{full_steps}-steps")})
             control_root = Run(control)
-            control_measure = Fp32Heldout(control_root, DemoMetrics(control_root, control_root.tokens_stage(),
+            control_measure = Fp32Heldout(control_root, DemoMetrics(control_root, tokens_stage(control_root),
                                                                     inputs, max_new_tokens))
             results[f"{full_steps} optimizer steps"] = compare(control, ["full"], seeds, extra_metrics=control_measure,
                                                                extra_columns=DEMO_COLUMNS)

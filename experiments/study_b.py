@@ -43,7 +43,7 @@ from tokenclean.evaluation.results import read_results, results_table, write_res
 from tokenclean.runs.compare import HELDOUT_BASE, benchmark_metrics, compare
 from tokenclean.runs.config import RunConfig
 from tokenclean.runs.layout import Layout
-from tokenclean.runs.stages import Run
+from tokenclean.runs.stages import Run, score_stage, tokens_stage
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 T0_MIX = SHARED / "sft" / "t0_mix.jsonl"
@@ -153,7 +153,7 @@ def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_
         "prompt_field": "prompt", "response_field": "completion"})
     root = Run(cfg)
     benchmarks, columns = benchmark_metrics(TASKS, str(EVAL_DIR), limit)
-    eot = EotDropped(root, root.tokens_stage()["pool"])
+    eot = EotDropped(root, tokens_stage(root)["pool"])
     dtype = root.resolved_dtype(cfg.run.eval_dtype)
 
     def metrics(run: Run, summary) -> dict[str, float]:
@@ -172,8 +172,8 @@ def study(out: Path, base: str, seeds: list[int], n_pool: int, n_warmup: int, n_
         compare(cfg, methods, seeds, extra_metrics=metrics,
                 extra_columns=[*columns, ("eot_dropped", "eot dropped", "{:.1%}")])
     if base_row:
-        heldout = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, root.tokens_stage()["eval"],
-                                   dtype=cfg.run.eval_dtype)  # the stage compare makes
+        heldout = score_stage(root, HELDOUT_BASE, root.base_fingerprint, cfg.run.base, tokens_stage(root)["eval"],
+                              dtype=cfg.run.eval_dtype)  # the stage compare makes
         write_record(records, "base", dtype, {"method": "base", "heldout_loss": heldout.meta["mean_token_loss"],
                                               "benchmarks": base_results(root, TASKS, limit)})
 

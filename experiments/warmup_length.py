@@ -188,8 +188,8 @@ def analyze(args, out: Path, scored, n_pool: int, floor: dict) -> None:
             if not (d / "ref" / "scores.json").exists():
                 continue
             base, ref = score_step(args.base, scored, d.parent / "adapters" / f"step-{step}", d, out / "cache")
-            h = score_health(base[:pool_end], ref[:pool_end], mask[:pool_end], offsets[:n_pool + 1],
-                             args.keep_ratio)
+            h = score_health(base[:pool_end] - ref[:pool_end], base[:pool_end], ref[:pool_end], mask[:pool_end],
+                             offsets[:n_pool + 1], args.keep_ratio)
             ev = mask[pool_end:] & np.isfinite(base[pool_end:])
             row = {"seed": seed, "step": step, **h.to_dict(),
                    "eval_base_loss": float(base[pool_end:][ev].mean()),

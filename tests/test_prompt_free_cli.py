@@ -14,7 +14,7 @@ from conftest import tiny_llama, write_jsonl
 import tokenclean as tc
 from tokenclean.cli import main
 from tokenclean.core.artifacts import Scores, Selection
-from tokenclean.selection.scorers import select_for
+from tokenclean.selection.from_scores import select_for
 from tokenclean.selection.select import SelectConfig
 
 FIELDS = tc.DataConfig(prompt_field="question", response_field="answer")

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from tokenclean.core.artifacts import Scores
-from tokenclean.compute.prompt_free import prompt_free_layout, prompt_free_tokens
+from tokenclean.compute.prompt_free import prompt_free_sources, prompt_free_tokens
 from tokenclean.core.tokens import TokenTable, _with_counts, list_column, write_parquet
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "scorer_table.py"
@@ -41,8 +41,8 @@ def write_run(root: Path, seeds: tuple[int, ...] | None = None) -> TokenTable:
     for ref_dir in ref_dirs:
         Scores(ids, losses[1], offsets, {}).save(ref_dir / "reference")
     pf_table = prompt_free_tokens(tokens, 0)
-    layout = prompt_free_layout(tokens.flat_response_mask(), offsets, with_start=True)
-    pf_loss = np.where(layout.response_mask, losses[2][np.maximum(layout.source, 0)], np.nan).astype(np.float32)
+    sources = prompt_free_sources(tokens.flat_response_mask(), offsets, with_start=True)
+    pf_loss = np.where(sources.response_mask, losses[2][np.maximum(sources.source, 0)], np.nan).astype(np.float32)
     Scores(pf_table.sample_ids, pf_loss, pf_table.offsets, {}).save(ref_dirs[-1] / "prompt_free")
     return tokens
 

@@ -28,7 +28,8 @@ _EXPORTS = {
     "ScoreConfig": ("compute.scoring", "ScoreConfig"),
     "SelectConfig": ("selection.select", "SelectConfig"), "select_tokens": ("selection.select", "select_tokens"),
     "IGNORE_INDEX": ("core.labels", "IGNORE_INDEX"), "TokenizeConfig": ("core.tokens", "TokenizeConfig"),
-    "TokenLayout": ("core.tokens", "TokenLayout"), "TokenTable": ("core.tokens", "TokenTable"),
+    "TokenOrigin": ("core.tokens", "TokenOrigin"), "TokenTable": ("core.tokens", "TokenTable"),
+    "TokenLayout": ("core.tokens", "TokenOrigin"),  # TokenOrigin's former name, kept for code that imports it
     "TrainConfig": ("compute.training", "TrainConfig"),
 }
 

@@ -9,32 +9,30 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .core.artifacts import Scores, Selection, check_losses, check_same_tokens, keep_mask_for, token_position
-from .compute.distributed import fsdp_requested, is_sharded, shard_for_inference
-from .core.data import DataConfig
-from .errors import ConfigError, DataError, MismatchError
-from .runs import cache as score_cache
 from .compute.export import export_dataset
-from .io import atomic_dir, write_json
-from .compute.modeling import (check_vocab, load_model, load_tokenizer, out_of_memory_as_error, path_fingerprint,
-                               release_memory)
-from .compute.scoring import ScoreConfig, check_model_losses, score_tokens
-from .selection.scorers import nothing_kept, score_for, select_scored
-from .selection.select import SelectConfig
+from .compute.finetune import finetune
+from .compute.modeling import load_tokenizer
+from .compute.score_cache import save_scores
+from .compute.score_model import score_model, score_model_pair, score_model_prompt_free
+from .compute.scoring import ScoreConfig
+from .compute.training import TrainConfig
+from .core.artifacts import Scores, Selection, keep_mask_for
+from .core.data import DataConfig
 from .core.prepare import prepare_tokens  # noqa: F401  (public: tokenclean.prepare_tokens)
-from .core.tokens import TokenizeConfig, TokenLayout, TokenTable
-from .compute.training import TrainConfig, train_model
+from .core.tokens import TokenizeConfig, TokenTable
+from .errors import ConfigError
+from .io import atomic_dir
+from .selection.from_scores import select_scores
+from .selection.select import SelectConfig
 
 log = logging.getLogger("tokenclean")
 
@@ -57,18 +55,6 @@ def _tokenizer_for(model: Any, tokenizer: Any, trust_remote_code: bool):
     raise ValueError("pass tokenizer= when model is an already loaded model")
 
 
-def _model_for(model: Any, device: str | None, dtype: str, trust_remote_code: bool):
-    if isinstance(model, (str, os.PathLike)):
-        return load_model(model, device, dtype, trust_remote_code), path_fingerprint(model)
-    return model, getattr(model, "name_or_path", "") or "in-memory"
-
-
-def _sharded_if_requested(loaded: Any) -> Any:
-    """``loaded`` sharded over the processes under ``accelerate launch --use_fsdp`` (see
-    ``distributed.shard_for_inference``), else as it is."""
-    return shard_for_inference(loaded) if fsdp_requested() and not is_sharded(loaded) else loaded
-
-
 def score(
     model: Any,
     data: PathLike | TokenTable,
@@ -89,7 +75,7 @@ def score(
 
     Writes ``out/token_loss.parquet`` and ``out/scores.json`` when ``out`` is given. ``cache``: True (the
     directory ``$TOKENCLEAN_CACHE`` or ``~/.cache/tokenclean``) or a directory: reuse losses computed before for
-    the same model content, dtype, tokenizer and data, and store new ones (see ``tokenclean.runs.cache``); a
+    the same model content, dtype, tokenizer and data, and store new ones (see ``tokenclean.compute.score_cache``); a
     model directory is not even loaded on a hit. ``meta["cache_hit"]`` says which it was. ``work_dir``: keep
     finished shards there while scoring, so a killed call started again resumes at the shard it was in (one model
     per work directory); removed once ``out`` is written.
@@ -98,37 +84,18 @@ def score(
     """
     tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
-    loaded = slot = scores = None
-    if cache and score_cache.is_local_dir(model):  # keyed by the directory's files: no need to load the model
-        slot = score_cache.cache_slot(cache, model, None, tokens, device, dtype)
-    elif cache:
-        loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
-        slot = score_cache.cache_slot(cache, model, loaded, tokens, device, dtype)
-    with score_cache.entry_lock(*slot) if slot else contextlib.nullcontext():  # one process computes an entry
-        if slot is not None:
-            scores = score_cache.load_cached(*slot, tokens.meta)
-            if scores is not None:
-                log.info("scores of %s taken from the cache (%s)", scores.meta.get("model_fingerprint"),
-                         scores.meta["cache_entry"])
-        if scores is None:
-            if loaded is None:
-                loaded, fingerprint = _model_for(model, device, dtype, trust_remote_code)
-            check_vocab(loaded, tokens, model)
-            loaded = _sharded_if_requested(loaded)
-            with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
-                scores = score_tokens(loaded, tokens, score_config, model_fingerprint=fingerprint, progress=progress,
-                                      work_dir=work_dir)
-            check_model_losses(scores, tokens, model, loaded)
-            if slot is not None:
-                score_cache.store(*slot, scores)
-    if loaded is not None:
-        del loaded
-        release_memory()
+    scores = score_model(model, tokens, score_config=score_config, device=device, dtype=dtype,
+                         trust_remote_code=trust_remote_code, progress=progress, cache=cache, work_dir=work_dir)
+    _save(scores, out, work_dir)
+    return scores
+
+
+def _save(scores: Scores, out: PathLike | None, work_dir: PathLike | None) -> None:
+    """Write ``scores`` to ``out`` (when given), then drop the finished shards of ``work_dir``."""
     if out is not None:
-        score_cache.save_scores(scores, out)
+        save_scores(scores, out)
         if work_dir is not None:
             shutil.rmtree(work_dir, ignore_errors=True)
-    return scores
 
 
 def score_prompt_free(
@@ -154,26 +121,12 @@ def score_prompt_free(
     with the reference's ordinary losses (scorers ``prompt`` and ``prompt-excess``). Writes ``out`` and resumes
     from ``work_dir`` as ``score`` does.
     """
-    from .compute.prompt_free import map_back, prompt_free_tokens, start_token_id
-
     tok = _tokenizer_for(model, tokenizer, trust_remote_code)
     tokens = _as_tokens(data, lambda: tok, data_config, tokenize_config)
-    start = start_token_id(tok)
-    free = score(model, prompt_free_tokens(tokens, start), tokenizer=tok, score_config=score_config, device=device,
-                 dtype=dtype, trust_remote_code=trust_remote_code, progress=progress, work_dir=work_dir)
-    mapped = map_back(free.token_loss, tokens.flat_response_mask(), tokens.offsets, start is not None, free.offsets)
-    meta = {**free.meta, **TokenLayout.of(tokens.meta).meta(), "prompt_free": {"start_token": start}}
-    scores = Scores(tokens.sample_ids, mapped, tokens.offsets, meta)
-    if out is not None:
-        score_cache.save_scores(scores, out)
-        if work_dir is not None:
-            shutil.rmtree(work_dir, ignore_errors=True)
+    scores = score_model_prompt_free(model, tokens, tok, score_config=score_config, device=device, dtype=dtype,
+                                     trust_remote_code=trust_remote_code, progress=progress, work_dir=work_dir)
+    _save(scores, out, work_dir)
     return scores
-
-
-_SCORING_MEMORY_ADVICE = "lower --batch-tokens, use --dtype bfloat16, or score on a GPU (--device cuda)"
-_TRAINING_MEMORY_ADVICE = ("lower --batch-size (raise --gradient-accumulation-steps to keep the global batch), "
-                           "turn on --gradient-checkpointing, keep --lora on, or train on a GPU")
 
 
 def score_pair(
@@ -203,46 +156,15 @@ def score_pair(
     passes keep their shards there; the caller removes it). Returns ``(base scores, reference scores)``; writes
     them when outs are given.
     """
-    from .compute.scoring import score_adapter_pair
-
-    if fsdp_requested():
-        raise ConfigError("score_pair merges the adapter into whole weights, which FSDP (accelerate launch "
-                          "--use_fsdp) shards over the processes; score the base and the merged reference with "
-                          "score() instead")
     tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
-    loaded, base_fp = _model_for(model, device, dtype, trust_remote_code)
-    loaded, ref_fp = _with_adapter(loaded, adapter, base_fp)
-    slot = score_cache.cache_slot(cache, model, loaded, tokens, device, dtype, skip_adapters=True) if cache else None
-    with score_cache.entry_lock(*slot) if slot else contextlib.nullcontext():  # one process computes an entry
-        base = score_cache.load_cached(*slot, tokens.meta) if slot else None
-        check_vocab(loaded, tokens, model)
-        with out_of_memory_as_error(f"scoring with {model}", _SCORING_MEMORY_ADVICE):
-            computed, ref = score_adapter_pair(loaded, tokens, score_config, base_fp, ref_fp, progress,
-                                               base=base is None, work_dir=work_dir)
-        for scores in (computed, ref):
-            if scores is not None:
-                check_model_losses(scores, tokens, model, loaded)
-        ref.meta["adapter_pair"] = True
-        if computed is not None:
-            base = computed
-            base.meta["adapter_pair"] = True
-            if slot is not None:
-                score_cache.store(*slot, base)
+    base, ref = score_model_pair(model, adapter, tokens, score_config=score_config, device=device, dtype=dtype,
+                                 trust_remote_code=trust_remote_code, progress=progress, cache=cache,
+                                 work_dir=work_dir)
     for scores, out in ((base, base_out), (ref, ref_out)):
         if out is not None:
-            score_cache.save_scores(scores, out)
+            save_scores(scores, out)
     return base, ref
-
-
-def _with_adapter(loaded: Any, adapter: PathLike | None, base_fp: str) -> tuple[Any, str]:
-    """(the base with the reference's PEFT adapter attached, the reference's fingerprint); without ``adapter``,
-    ``loaded`` already carries it."""
-    if adapter is None:
-        return loaded, base_fp + "+adapter"
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(loaded, str(adapter)), f"{base_fp}+{path_fingerprint(adapter)}"
 
 
 def _load_scores(s: Scores | PathLike) -> tuple[Scores, str]:
@@ -259,39 +181,9 @@ def select(
     """Keep-mask from two score outputs: the score of ``config.scorer`` (default ``excess``: base loss - reference
     loss; see ``selection.scorers``), ranked per ``config``. ``prompt_free``: the reference's losses of the same tokens
     without their prompts (``compute.prompt_free``, mapped onto these tokens), needed by the prompt scorers."""
-    config = config or SelectConfig()
     (base, base_name), (ref, ref_name) = _load_scores(base), _load_scores(ref)
-    free = None
-    if prompt_free is not None:
-        free, free_name = _load_scores(prompt_free)
-        check_same_tokens(base.meta, f"base scores ({base_name})", free.meta, f"prompt-free scores ({free_name})")
-    check_same_tokens(base.meta, f"base scores ({base_name})", ref.meta, f"reference scores ({ref_name})")
-    if base.sample_ids != ref.sample_ids or not np.array_equal(base.offsets, ref.offsets):
-        raise MismatchError(f"{base_name} and {ref_name} cover different samples; score the same data with both")
-    differ = np.flatnonzero(np.isnan(base.token_loss) != np.isnan(ref.token_loss))
-    if len(differ):
-        name = base_name if np.isnan(base.token_loss[differ[0]]) else ref_name
-        raise DataError(f"{name}: token_loss is NaN at {token_position(base, differ[0])}, a token the other scores "
-                        "file scored, expected a finite loss at every response token; score again")
-    check_losses(base, base_name)
-    check_losses(ref, ref_name)
-    score = score_for(config, base.token_loss, ref.token_loss, base.offsets,
-                      prompt_free_loss=None if free is None else free.token_loss)
-    mask, counts = select_scored(score, base.offsets, config)
-    empty = nothing_kept(config, counts, score, base.token_loss, ref.token_loss)
-    if empty:  # stop here, not later in training with "all labels are masked"
-        raise ConfigError(f"selection ({base_name}, {ref_name}): {empty}")
-    meta = {
-        **TokenLayout.of(base.meta).meta(),
-        "base_model_fingerprint": base.meta.get("model_fingerprint"),
-        "ref_model_fingerprint": ref.meta.get("model_fingerprint"),
-        "config": asdict(config),
-        **counts,
-    }
-    log.info("selection (%s, %s, keep_ratio %.2f): kept %d of %d response tokens (%.4f); %d samples with none kept",
-             config.scorer, config.level, config.keep_ratio, counts["kept_tokens"], counts["response_tokens"],
-             counts["kept_share"], counts["samples_zero_kept"])
-    selection = Selection(base.sample_ids, mask, base.offsets, meta)
+    free, free_name = _load_scores(prompt_free) if prompt_free is not None else (None, "")
+    selection = select_scores(base, ref, config, free, (base_name, ref_name, free_name))
     if out is not None:
         with atomic_dir(out) as tmp:
             selection.save(tmp)
@@ -323,19 +215,9 @@ def train(
     tok = _tokenizer_for(model, tokenizer, trust_remote_code)
     tokens = _as_tokens(data, lambda: tok, data_config, tokenize_config)
     keep = keep_mask_for(tokens, selection, f"data ({data})")
-    # Weights stay fp32 for training; on a GPU the Trainer runs bf16 mixed precision.
-    loaded, _ = _model_for(model, device, "float32", trust_remote_code)
-    check_vocab(loaded, tokens, model)
-    with atomic_dir(out) as tmp, out_of_memory_as_error(f"training {model}", _TRAINING_MEMORY_ADVICE):
-        result = train_model(loaded, tok, tokens, tmp, train_config, keep, drop_empty, seed,
-                             checkpoint_dir or Path(out).with_name(Path(out).name + ".checkpoints"), slm,
-                             save_adapter)
-        write_json(tmp / "training.json", result)
-    del loaded
-    release_memory()  # the model and its optimizer, before the next stage loads another
-    log.info("trained on %d tokens of %d samples in %d steps (%.1fs); model saved to %s", result["trained_tokens"],
-             result["samples"], result["optimizer_steps"], result["seconds"], out)
-    return result
+    return finetune(model, tok, tokens, out, train_config=train_config, keep_mask=keep, drop_empty=drop_empty,
+                    seed=seed, device=device, trust_remote_code=trust_remote_code, checkpoint_dir=checkpoint_dir,
+                    slm=slm, save_adapter=save_adapter)
 
 
 def export(

@@ -1,7 +1,7 @@
 """The ``tokenclean`` command: a thin layer over ``tokenclean.api`` and ``tokenclean.runs``.
 
-``COMMANDS`` is the table of subcommands: a name, a one-line help and the function that adds the command's flags
-(generated from the stage config dataclasses) and sets the function it runs. Only the chosen command's flags are
+``commands.COMMANDS`` is the table of subcommands: a name, a one-line help and the function that adds the command's
+flags (generated from the stage config dataclasses) and sets the function it runs. Only the chosen command's flags are
 built, so ``tokenclean --help`` imports no torch. Errors the user can fix are printed as one line, without a
 traceback.
 """
@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .commands import COMMANDS
 from .config import add_config_args, add_fields, build, field_names, merge_settings
 from .errors import ConfigError, TokencleanError
 from .evaluation.benchmarks import parse_limit
+from .io import process_rank
 
 DESCRIPTION = """\
 Token cleaning for supervised fine-tuning (Pang et al., ICML 2025): score every response token by how much a
@@ -29,13 +31,6 @@ first:      tokenclean demo     (offline: a generated world, a tiny base, every 
 main job:   tokenclean run --method fixed --base MODEL --data pool.jsonl --out runs/fixed
 stages:     tokenclean score | select | train | export   (the same steps, one at a time)
 """
-
-
-def process_rank() -> int:
-    """This process's rank under ``torchrun`` (``RANK``; 0 without it). Read here so the CLI needs no torch."""
-    import os
-
-    return int(os.environ.get("RANK", "0"))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -102,7 +97,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_select(args: argparse.Namespace) -> dict[str, Any]:
     from .api import select
-    from .selection.scorers import SCORERS
+    from .selection.scorers import SCORERS, prompt_free_scorers
     from .selection.select import SelectConfig
 
     config = build(SelectConfig, vars(args))
@@ -111,8 +106,8 @@ def cmd_select(args: argparse.Namespace) -> dict[str, Any]:
                           "responses without their prompts, from `tokenclean score --prompt-free --model REF` on the "
                           "data --ref was scored on")
     if args.prompt_free and not SCORERS[config.scorer].needs_prompt_free:
-        logging.getLogger("tokenclean").warning("--prompt-free is not used by --scorer %s (only by prompt and "
-                                                "prompt-excess)", config.scorer)
+        logging.getLogger("tokenclean").warning("--prompt-free is not used by --scorer %s (only by %s)",
+                                                config.scorer, " and ".join(prompt_free_scorers()))
     return select(args.base, args.ref, args.out, config, prompt_free=args.prompt_free).meta
 
 
@@ -167,6 +162,7 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     from .runs.compare import benchmark_metrics, compare, parse_ablation
+    from .runs.layout import Layout
     from .runs.pipeline import RunConfig
 
     values = merge_settings(args, run_settings_names(), tuple(RunConfig.SECTIONS.values()))
@@ -180,7 +176,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     compare(cfg, args.methods, args.seeds, extra_metrics=metrics, extra_columns=columns, scorers=args.scorers,
             ablations=ablations)
     if process_rank() == 0:  # under torchrun rank 0 wrote it; the others may not see it yet
-        print((Path(cfg.run.out) / "comparison.md").read_text())
+        print(Layout(Path(cfg.run.out)).comparison_md.read_text())
     return 0
 
 
@@ -233,6 +229,7 @@ def score_flags(p: argparse.ArgumentParser) -> None:
 
 
 def select_flags(p: argparse.ArgumentParser) -> None:
+    from .selection.scorers import prompt_free_scorers
     from .selection.select import SelectConfig
 
     p.description = ("score = base loss - reference loss (or --scorer's); keep the top --keep-ratio (global or per "
@@ -241,8 +238,8 @@ def select_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref", required=True, help="score directory of the reference model")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--prompt-free", metavar="DIR",
-                   help="--scorer prompt / prompt-excess: the reference's prompt-free losses (tokenclean score "
-                        "--prompt-free --model REF, the same data)")
+                   help=f"--scorer {' / '.join(prompt_free_scorers())}: the reference's prompt-free losses "
+                        "(tokenclean score --prompt-free --model REF, the same data)")
     add_config_args(p, SelectConfig, "selection")
     p.set_defaults(func=cmd_select)
 
@@ -281,27 +278,6 @@ def export_flags(p: argparse.ArgumentParser) -> None:
                    help="also write the rows of a messages or ShareGPT file to PATH (JSON Lines) in their own "
                         "format, each assistant message with Axolotl train_detail spans of the kept tokens")
     p.set_defaults(func=cmd_export)
-
-
-# name -> (one-line help, "module:function" adding the command's flags and its func). Adding a command is one row.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("run a whole cleaning pipeline into a run directory (resumable)", "tokenclean.cli:run_flags"),
-    "compare": ("run several methods side by side and compare held-out loss", "tokenclean.cli:compare_flags"),
-    "score": ("per-token loss of every response token under one model", "tokenclean.cli:score_flags"),
-    "select": ("choose the tokens to keep from base and reference scores", "tokenclean.cli:select_flags"),
-    "train": ("token-masked fine-tuning on the kept tokens", "tokenclean.cli:train_flags"),
-    "export": ("write the cleaned dataset for other trainers (TRL, Axolotl, LLaMA-Factory)",
-               "tokenclean.cli:export_flags"),
-    "eval": ("benchmark a model with lm-evaluation-harness (the paper's suite plus GSM8K)",
-             "tokenclean.evaluation.cli:eval_flags"),
-    "pretrain": ("pretrain a tiny Llama (and its tokenizer) from scratch on text files",
-                 "tokenclean.demo.pretrain_cli:pretrain_flags"),
-    "demo": ("the whole story on generated data: pretrain a tiny base, run every method, measure, report",
-             "tokenclean.demo.cli:demo_flags"),
-    "report": ("an HTML page of a run: tokens coloured by score, kept/dropped, plots, comparison",
-               "tokenclean.report.cli:report_flags"),
-    "show": ("print one sample with its kept and dropped tokens in colour", "tokenclean.report.cli:show_flags"),
-}
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

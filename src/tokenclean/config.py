@@ -4,12 +4,15 @@ Each stage's settings live in a dataclass next to the code that uses them (``Dat
 ``TokenizeConfig`` in ``tokens.py``, ``ScoreConfig``, ``SelectConfig``, ``TrainConfig``). Fields are declared
 with ``option(default, help)``, so the command-line flags, their help and the YAML keys all come from one place:
 field ``keep_ratio`` is flag ``--keep-ratio`` and YAML key ``keep_ratio``. Precedence: defaults < YAML < flags.
+A renamed setting keeps its former name (``option(..., renamed_from=...)``) as a deprecated flag and YAML key that
+warn, and as its name in stage keys (``stage_settings``), so runs made before the rename keep resuming.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import types
 import typing
 from pathlib import Path
@@ -17,9 +20,12 @@ from typing import Any
 
 from .errors import ConfigError
 
+log = logging.getLogger("tokenclean")
+
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with a help text (used for ``--help`` and the docs)."""
+    """A dataclass field with a help text (used for ``--help`` and the docs). ``renamed_from``: the setting's
+    former name, still accepted (with a warning)."""
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
@@ -64,6 +70,48 @@ def add_fields(group: Any, cls: type, skip: tuple[str, ...] = (), only: tuple[st
             group.add_argument(flag, nargs="+", type=scalar, **kwargs)
         else:
             group.add_argument(flag, type=scalar, **kwargs)
+        if "renamed_from" in f.metadata:
+            assert scalar is not bool and not is_list, "a renamed flag takes one value"
+            former = "--" + f.metadata["renamed_from"].replace("_", "-")
+            group.add_argument(former, type=scalar, dest=f.name, default=None, help=argparse.SUPPRESS,
+                               action=_Deprecated, current=flag)
+
+
+class _Deprecated(argparse.Action):
+    """A renamed flag's former name: sets the setting and warns."""
+
+    def __init__(self, *args: Any, current: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.current = current
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        log.warning("%s is deprecated: use %s", option_string, self.current)
+        setattr(namespace, self.dest, values)
+
+
+def renamed_settings(*classes: type) -> dict[str, str]:
+    """Former setting name -> current name, for the renamed fields of ``classes``."""
+    return {f.metadata["renamed_from"]: f.name for cls in classes for f in dataclasses.fields(cls)
+            if "renamed_from" in f.metadata}
+
+
+def current_names(values: dict[str, Any], classes: tuple[type, ...], where: str = "") -> dict[str, Any]:
+    """``values`` with each setting given under a former name moved to its current name, with a warning (``where``:
+    the file, for the message)."""
+    values = dict(values)
+    for former, current in renamed_settings(*classes).items():
+        if former in values:
+            log.warning("%ssetting %s is deprecated: use %s", f"{where}: " if where else "", former, current)
+            value = values.pop(former)
+            values.setdefault(current, value)
+    return values
+
+
+def stage_settings(obj: Any) -> dict[str, Any]:
+    """A config dataclass as the stage keys hold it: ``asdict``, with a renamed setting under its former name, so a
+    rename leaves the keys (and the stages of runs made before it) as they were."""
+    former = {current: old for old, current in renamed_settings(type(obj)).items()}
+    return {former.get(k, k): v for k, v in dataclasses.asdict(obj).items()}
 
 
 def build(cls: type, values: dict[str, Any]) -> Any:
@@ -111,7 +159,7 @@ def load_yaml(path: str | Path, allowed: set[str], classes: tuple[type, ...] = (
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of setting: value, got {type(values).__name__}")
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    values = current_names({str(k).replace("-", "_"): v for k, v in values.items()}, classes, str(path))
     unknown = sorted(set(values) - allowed)
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {unknown}; allowed: {sorted(allowed)}")

@@ -23,13 +23,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .compute.distributed import process_rank
 from .errors import ResourceError
 
 # errno values that mean "the disk (or the user's quota) is full", and how libraries that wrap the OS error
 # (safetensors, torch's zip writer) spell it.
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _NO_SPACE_TEXT = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), "os error 28")
+
+
+def process_rank() -> int:
+    """This process's global rank, from the ``RANK`` variable that ``torchrun`` sets (0 without it). Read from the
+    environment alone, so writing files (and the command line) needs no torch."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def is_disk_full(e: BaseException) -> bool:

@@ -73,7 +73,7 @@ TRAIN_WORKER = textwrap.dedent("""
 
     model, data, out, per_device, accumulation = sys.argv[1:6]
     cfg = TrainConfig(lora=False, batch_size=int(per_device), gradient_accumulation_steps=int(accumulation),
-                      max_steps=2, optimizer="sgd", learning_rate=0.5, lr_scheduler="constant", warmup_ratio=0.0,
+                      max_steps=2, optimizer="sgd", learning_rate=0.5, lr_scheduler="constant", lr_warmup_ratio=0.0,
                       logging_steps=1)
     api.train(model, data, out, data_config=DataConfig(prompt_field="question", response_field="answer"),
               train_config=cfg, drop_empty=False, seed=0)
@@ -171,7 +171,7 @@ def test_run_under_torchrun(tmp_path, tiny_model_dir, gsm8k_rows):
     alone = api.score(tiny_model_dir, TokenTable.load(out / "tokens" / "pool"), progress=False)
     np.testing.assert_allclose(base.token_loss, alone.token_loss, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(api.select(base, ref).keep_mask, Selection.load(out / "selection").keep_mask)
-    from tokenclean.runs.store import LOCK_FILE
+    from tokenclean.runs.layout import LOCK_FILE
 
     leftovers = [p for p in out.rglob(".*") if p.name != LOCK_FILE]  # the run directory's lock file stays, unlocked
     assert not leftovers and not list(scratch.glob("tokenclean-*"))  # no temporary leftovers

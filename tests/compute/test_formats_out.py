@@ -170,14 +170,14 @@ def test_export_writes_back_through_the_cli(tmp_path, tiny_model_dir, capsys):
     from tokenclean.cli import main
     from tokenclean.compute.modeling import load_tokenizer
     from tokenclean.core.artifacts import Selection
-    from tokenclean.core.tokens import TokenLayout
+    from tokenclean.core.tokens import TokenOrigin
 
     path = write_jsonl(tmp_path / "chats.jsonl", MESSAGES)
     tokenizer = load_tokenizer(str(tiny_model_dir))  # what export --tokenizer loads
     tokens, _ = prepare_tokens(path, tokenizer)
     keep = tokens.flat_response_mask() & (np.random.default_rng(1).random(len(tokens.flat_input_ids())) < 0.5)
     assert 0 < keep.sum() < tokens.flat_response_mask().sum()
-    Selection(tokens.sample_ids, keep, tokens.offsets, TokenLayout.of(tokens.meta).meta()).save(tmp_path / "sel")
+    Selection(tokens.sample_ids, keep, tokens.offsets, TokenOrigin.of(tokens.meta).meta()).save(tmp_path / "sel")
     argv = ["export", "--tokenizer", str(tiny_model_dir), "--data", str(path), "--selection", str(tmp_path / "sel"),
             "--out", str(tmp_path / "out"), "--write-back", str(tmp_path / "cleaned.jsonl")]
     assert main(argv) == 0

@@ -57,7 +57,7 @@ TRAIN_WORKER = CPU_FSDP + textwrap.dedent("""
     model, data, out, per_device, accumulation, lora = sys.argv[1:7]
     cfg = TrainConfig(lora=lora == "lora", lora_r=4, lora_alpha=8, lora_dropout=0.0, batch_size=int(per_device),
                       gradient_accumulation_steps=int(accumulation), max_steps=2, optimizer="sgd", learning_rate=0.5,
-                      lr_scheduler="constant", warmup_ratio=0.0, logging_steps=1, bf16="false")
+                      lr_scheduler="constant", lr_warmup_ratio=0.0, logging_steps=1, bf16="false")
     api.train(model, data, out, data_config=DataConfig(prompt_field="question", response_field="answer"),
               train_config=cfg, drop_empty=False, seed=0)
 """)
@@ -120,7 +120,7 @@ def test_fsdp_run_matches_one_process(tmp_path, tiny_model_dir, gsm8k_rows):
     assert set(trained) == set(before)  # a plain model directory: no LoRA or FSDP names
     assert max(float((trained[k] - before[k]).abs().max()) for k in before) > 1e-4
     assert (out / "reference" / "adapter" / "adapter_model.safetensors").exists()
-    from tokenclean.runs.store import LOCK_FILE
+    from tokenclean.runs.layout import LOCK_FILE
 
     leftovers = [p for p in out.rglob(".*") if p.name != LOCK_FILE]  # the run directory's lock file stays, unlocked
     assert not leftovers and not list(scratch.glob("tokenclean-*"))  # no temporary leftovers

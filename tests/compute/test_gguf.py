@@ -139,13 +139,13 @@ def test_cache_is_reused(tiny_gguf, converted, monkeypatch):
 
 
 def test_modeling_accepts_gguf_sources(tiny_gguf, converted, monkeypatch):
-    from tokenclean.compute.modeling import load_model, load_tokenizer, path_fingerprint
+    from tokenclean.compute.modeling import load_model, load_tokenizer, source_fingerprint
 
     out, cache = converted
     monkeypatch.setenv("TOKENCLEAN_CACHE", str(cache))
     monkeypatch.setattr(tc_gguf, "_convert", lambda *a: pytest.fail("converted again"))
-    assert path_fingerprint(tiny_gguf) == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
-    assert path_fingerprint(tiny_gguf.parent) == path_fingerprint(tiny_gguf)
+    assert source_fingerprint(tiny_gguf) == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
+    assert source_fingerprint(tiny_gguf.parent) == source_fingerprint(tiny_gguf)
     model = load_model(tiny_gguf, device="cpu")
     assert model.config.num_hidden_layers == LAYERS and model.name_or_path == str(out)
     assert load_tokenizer(tiny_gguf.parent).eos_token == "<|im_end|>"
@@ -234,7 +234,7 @@ def test_packaged_smollm2_answers_and_runs_the_whole_pipeline(tmp_path, gsm8k_ro
 
     from conftest import write_jsonl
     from tokenclean.cli import main
-    from tokenclean.compute.modeling import load_model, load_tokenizer, path_fingerprint
+    from tokenclean.compute.modeling import load_model, load_tokenizer, source_fingerprint
 
     tok = load_tokenizer(SMOLLM2)
     model = load_model(SMOLLM2, device="cpu", dtype="float32")
@@ -257,5 +257,5 @@ def test_packaged_smollm2_answers_and_runs_the_whole_pipeline(tmp_path, gsm8k_ro
                  "--max-steps", "1", "--batch-tokens", "2048", "--dtype", "float32"]) == 0
     trained = AutoModelForCausalLM.from_pretrained(out / "model")
     assert trained.config.model_type == "llama" and trained.config.vocab_size == 49152
-    assert path_fingerprint(SMOLLM2) in (out / "summary.json").read_text() + (out / "config.yaml").read_text() + \
+    assert source_fingerprint(SMOLLM2) in (out / "summary.json").read_text() + (out / "config.yaml").read_text() + \
         "".join(p.read_text() for p in out.rglob("*.json"))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from conftest import chat_table, tiny_llama, write_jsonl
 from tokenclean import api
+from tokenclean.compute import score_model
 from tokenclean.core.artifacts import Scores
 from tokenclean.compute.modeling import load_model
 from tokenclean.compute.losses import head_losses, kept_token_loss_sum, token_losses
@@ -94,13 +95,13 @@ def pool(path, rows):
 
 def counting_score_tokens(monkeypatch) -> list:
     calls = []
-    original = api.score_tokens
+    original = score_model.score_tokens
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(api, "score_tokens", counting)
+    monkeypatch.setattr(score_model, "score_tokens", counting)
     return calls
 
 
@@ -110,7 +111,7 @@ def test_score_cache_reuses_losses(tmp_path, monkeypatch, tiny_model_dir, gsm8k_
     monkeypatch.setenv("TOKENCLEAN_CACHE", str(tmp_path / "cache"))
     calls = counting_score_tokens(monkeypatch)
     loads = []
-    monkeypatch.setattr(api, "load_model", lambda *a, **k: loads.append(1) or load_model(*a, **k))
+    monkeypatch.setattr(score_model, "load_model", lambda *a, **k: loads.append(1) or load_model(*a, **k))
     first = api.score(tiny_model_dir, data, tmp_path / "s1", cache=True, progress=False)
     second = api.score(tiny_model_dir, data, tmp_path / "s2", cache=True, progress=False)
     assert len(calls) == 1 and first.meta["cache_hit"] is False and second.meta["cache_hit"] is True

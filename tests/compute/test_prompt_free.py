@@ -1,4 +1,4 @@
-"""Prompt-free tables: response spans, layout with and without a start token, multi-turn samples, back-mapping,
+"""Prompt-free tables: response spans, sources with and without a start token, multi-turn samples, back-mapping,
 and losses scored through the table equal a direct computation."""
 
 import numpy as np
@@ -9,7 +9,7 @@ from conftest import tiny_llama
 from tokenclean.core.data import Conversation
 from tokenclean.errors import MismatchError
 from tokenclean.api import score_prompt_free
-from tokenclean.compute.prompt_free import (map_back, prompt_free_layout, prompt_free_tokens, response_spans,
+from tokenclean.compute.prompt_free import (map_back, prompt_free_sources, prompt_free_tokens, response_spans,
                                     start_token_id)
 from tokenclean.core.tokens import tokenize
 
@@ -27,18 +27,18 @@ def test_response_spans_stop_at_sample_boundaries():
 
 
 def test_layout_with_a_start_token_scores_every_response_token():
-    layout = prompt_free_layout(MASK, OFFSETS, with_start=True)
-    assert layout.source.tolist() == [-1, 2, 3, -1, 5, -1, 8, 9]
-    assert layout.offsets.tolist() == [0, 3, 5, 8]
-    assert layout.sample.tolist() == [0, 0, 1] and layout.span.tolist() == [0, 1, 0]
-    assert layout.response_mask.tolist() == [False, True, True, False, True, False, True, True]
+    sources = prompt_free_sources(MASK, OFFSETS, with_start=True)
+    assert sources.source.tolist() == [-1, 2, 3, -1, 5, -1, 8, 9]
+    assert sources.offsets.tolist() == [0, 3, 5, 8]
+    assert sources.sample.tolist() == [0, 0, 1] and sources.span.tolist() == [0, 1, 0]
+    assert sources.response_mask.tolist() == [False, True, True, False, True, False, True, True]
 
 
 def test_layout_without_a_start_token_leaves_each_spans_first_token_unscored():
-    layout = prompt_free_layout(MASK, OFFSETS, with_start=False)
-    assert layout.source.tolist() == [2, 3, 5, 8, 9]
-    assert layout.offsets.tolist() == [0, 2, 3, 5]
-    assert layout.response_mask.tolist() == [False, True, False, False, True]
+    sources = prompt_free_sources(MASK, OFFSETS, with_start=False)
+    assert sources.source.tolist() == [2, 3, 5, 8, 9]
+    assert sources.offsets.tolist() == [0, 2, 3, 5]
+    assert sources.response_mask.tolist() == [False, True, False, False, True]
     mapped = map_back(np.array([10, 11, 12, 13, 14], np.float32), MASK, OFFSETS, with_start=False)
     expected = np.full(12, np.nan, np.float32)
     expected[[3, 9]] = [11, 14]  # position 0 of a prompt-free sample has no loss, whatever the array holds there

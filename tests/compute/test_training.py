@@ -59,7 +59,7 @@ def _table(tokenizer, n=8):
 def _weights_after_one_step(tmp_path, tokenizer, table, keep, batch_size, accumulation):
     model = tiny_llama(seed=1)
     cfg = TrainConfig(lora=False, batch_size=batch_size, gradient_accumulation_steps=accumulation, max_steps=1,
-                      warmup_ratio=0.0, learning_rate=1.0, lr_scheduler="constant", optimizer="sgd")
+                      lr_warmup_ratio=0.0, learning_rate=1.0, lr_scheduler="constant", optimizer="sgd")
     out = tmp_path / f"m{batch_size}x{accumulation}"
     train_model(model, tokenizer, table, out, cfg, keep, drop_empty=False, seed=0)
     return {k: v.clone() for k, v in model.state_dict().items()}

@@ -14,12 +14,9 @@ import pytest
 
 from conftest import full_text, trained_text, write_jsonl
 from tokenclean import prepare_tokens
-from tokenclean.core import tokens as tokens_module
 from tokenclean.core.data import DataConfig, load_conversations
 from tokenclean.errors import DataError
 from tokenclean.core.formats import load_spec
-
-HONOURED = getattr(tokens_module, "HONOURS_TRAIN_FLAG", False)  # tokens.py keeps untrained turns as context
 
 CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
 CALL_TEXT = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
@@ -180,9 +177,6 @@ def _with(k: int, **flag) -> dict:
 
 
 @pytest.mark.parametrize("row, reason, expected", [
-    (_with(1, weight=0), "untrained turn before a trained one", "assistant turn 1 of 2 is marked not to train"),
-    (_with(1, train=False), "untrained turn before a trained one", "assistant turn 1 of 2"),
-    (_with(1, loss_weight=0.0), "untrained turn before a trained one", "assistant turn 1 of 2"),
     (_with(3, weight=0.5), "fractional weight", "messages[3].weight is 0.5; a turn is trained or not"),
     (_with(0, train=True), "trained non-assistant turn", "messages[0] is a user turn marked to train"),
     ({"messages": [dict(m, weight=0) if m["role"] == "assistant" else m for m in TURNS]}, "no trained turn",
@@ -200,8 +194,6 @@ def _with(k: int, **flag) -> dict:
      "partial-turn training", "messages[1].content marks some content parts"),
 ])
 def test_turn_flags_are_honoured_or_refused_with_why(tmp_path, row, reason, expected):
-    if HONOURED and reason == "untrained turn before a trained one":
-        pytest.skip("honoured: see test_untrained_turns_before_a_trained_one_stay_as_context")
     path = write_jsonl(tmp_path / "flags.jsonl", [row])
     with pytest.raises(DataError, match="flags.jsonl:1: ") as e:
         load_conversations(path)
@@ -233,10 +225,6 @@ def test_mask_history(tmp_path, gpt2_tokenizer):
     tokens, _ = prepare_tokens(write_jsonl(tmp_path / "one.jsonl", [one]), gpt2_tokenizer,
                                DataConfig(mask_history=True))
     assert trained_text(tokens, 0, gpt2_tokenizer) == "a" + gpt2_tokenizer.eos_token
-    if not HONOURED:
-        with pytest.raises(DataError, match="assistant turn 1 of 2 is marked not to train"):
-            load_conversations(write_jsonl(tmp_path / "multi.jsonl", [{"messages": TURNS}]),
-                               DataConfig(mask_history=True))
 
 
 def test_a_field_that_reaches_no_token_stops_the_load_unless_ignored(tmp_path):
@@ -310,13 +298,11 @@ def test_column_and_role_mapping(tmp_path, gpt2_tokenizer):
     assert report.rows == 1
 
 
-@pytest.mark.skipif(not HONOURED, reason="tokens.py does not yet keep an assistant turn marked train=False out of "
-                    "the response mask (issue 15, templates part); until then such rows are refused (tested above)")
 def test_untrained_turns_before_a_trained_one_stay_as_context(tmp_path, gpt2_tokenizer):
     eos = gpt2_tokenizer.eos_token
-    rows = [_with(1, weight=0), _with(1, train=False), {"messages": TURNS}]
+    rows = [_with(1, weight=0), _with(1, train=False), _with(1, loss_weight=0.0), {"messages": TURNS}]
     tokens, report = prepare_tokens(write_jsonl(tmp_path / "rows.jsonl", rows), gpt2_tokenizer)
-    assert [trained_text(tokens, i, gpt2_tokenizer) for i in range(2)] == ["a2" + eos] * 2
+    assert [trained_text(tokens, i, gpt2_tokenizer) for i in range(3)] == ["a2" + eos] * 3
     assert "a1" in full_text(tokens, 0, gpt2_tokenizer)
     tokens, _ = prepare_tokens(tmp_path / "rows.jsonl", gpt2_tokenizer, DataConfig(mask_history=True))
-    assert trained_text(tokens, 2, gpt2_tokenizer) == "a2" + eos
+    assert trained_text(tokens, 3, gpt2_tokenizer) == "a2" + eos

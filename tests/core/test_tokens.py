@@ -120,16 +120,16 @@ def test_select_recounts_truncated_samples(tmp_path, gpt2_tokenizer):
 
 
 def test_token_layout_is_read_written_and_compared_by_key():
-    from tokenclean.core.tokens import TokenLayout
+    from tokenclean.core.tokens import TokenOrigin
 
     meta = {"tokenizer_fingerprint": "t", "max_seq_len": 8, "template": "auto", "train_on_prompt": False,
             "samples": 3}
-    layout = TokenLayout.of(meta)
-    assert layout.meta() == {"tokenizer_fingerprint": "t", "max_seq_len": 8, "template": "auto",
+    origin = TokenOrigin.of(meta)
+    assert origin.meta() == {"tokenizer_fingerprint": "t", "max_seq_len": 8, "template": "auto",
                              "train_on_prompt": False}
-    assert layout.first_difference(TokenLayout.of({**meta, "train_on_prompt": True})) == "train_on_prompt"
-    assert layout.first_difference(TokenLayout.of({"max_seq_len": 9, "template": "chat"})) == "max_seq_len"
-    assert layout.first_difference(TokenLayout.of({"data_fingerprint": "d"})) is None  # recorded by one side only
+    assert origin.first_difference(TokenOrigin.of({**meta, "train_on_prompt": True})) == "train_on_prompt"
+    assert origin.first_difference(TokenOrigin.of({"max_seq_len": 9, "template": "chat"})) == "max_seq_len"
+    assert origin.first_difference(TokenOrigin.of({"data_fingerprint": "d"})) is None  # recorded by one side only
 
 
 def test_per_sample_sum_counts_masks_and_sums_values_with_empty_samples():

@@ -20,14 +20,8 @@ from tokenclean.core.artifacts import Scores, Selection
 from tokenclean.cli import main
 from tokenclean.runs.compare import COLUMNS, _columns, aggregate
 from tokenclean.errors import TokencleanError
-from tokenclean.report.view import (
-    find_sample,
-    load_run,
-    per_sample_sum,
-    sample_stats,
-    token_texts,
-    write_report,
-)
+from tokenclean.report.page import write_report
+from tokenclean.report.view import find_sample, load_run, per_sample_sum, sample_stats, token_texts
 from tokenclean.report.html import BINS, score_bins
 from tokenclean.report.show import show, use_color
 
@@ -184,7 +178,8 @@ def test_comparison_table_and_method_choice(compare_run):
     # the other seed and method
     view = load_run(compare_run, method="full", seed=2)
     assert view.method_dir == compare_run / "seed-2" / "full" and view.keep_mask is None
-    assert view.ref_loss is not None  # the seed's reference scores colour the tokens of every method
+    assert view.ref_loss is not None and view.score is None  # the seed's reference losses are read; full ranked by
+    # no score, so its tokens are not coloured by one
     page = write_report(compare_run, method="full", seed=2, samples=2).read_text(encoding="utf-8")
     assert not spans(page, "k") and not spans(page, "d") and spans(page, "r")
     assert "records no token selection" in page and not (compare_run / "report" / "kept_per_sample.png").exists()

@@ -3,16 +3,19 @@ line). Run directories are built from the artifact classes with hand-set losses,
 
 import html
 import json
+import re
 import shutil
 
 import numpy as np
 import pytest
 from test_report import _pool_with_base_scores, save_scores
 
-from tokenclean import SelectConfig, select
+from tokenclean import SelectConfig, Selection, select
 from tokenclean.report import plots
+from tokenclean.report.html import score_bins, score_scale
 from tokenclean.report.scorers import no_threshold_line, threshold_line
-from tokenclean.report.view import load_run, write_report
+from tokenclean.report.page import write_report
+from tokenclean.report.view import load_run
 from tokenclean.selection.health import score_health
 
 # The issue's 300-row GSM8K case with a 2-step warm-up, as summary.json records it (selection.health.ScoreHealth).
@@ -81,7 +84,7 @@ def test_near_noise_run_shows_the_banner_and_the_numbers(fixed_run, tmp_path):
 def test_healthy_run_shows_the_box_without_a_banner(fixed_run, tmp_path):
     run = _copy(fixed_run, tmp_path / "run")
     view = load_run(run)
-    health = score_health(view.base_loss, view.ref_loss, view.response_mask, view.offsets).to_dict()
+    health = score_health(view.score, view.base_loss, view.ref_loss, view.response_mask, view.offsets).to_dict()
     assert health["verdict"] == "healthy"  # the fixture's reference moved by ~0.4 nats on ~3-nat losses
     _set_summary(run, score_health=health)
     page = write_report(run, samples=1, plots=False).read_text(encoding="utf-8")
@@ -111,8 +114,8 @@ def test_small_loss_selection_shows_its_scorer_and_gated_tokens(fixed_run, tmp_p
     drawn = []
     histogram = plots.plot_score_histogram
     monkeypatch.setattr(plots, "plot_score_histogram",
-                        lambda score, keep, threshold, path: drawn.append(threshold) or histogram(score, keep,
-                                                                                                  threshold, path))
+                        lambda score, keep, threshold, *rest: drawn.append(threshold) or histogram(score, keep,
+                                                                                                   threshold, *rest))
     page = write_report(run, samples=1).read_text(encoding="utf-8")
     assert (f"<tr><th>gated tokens</th><td>{meta['gated_tokens']:,} (ruled out by scorer small-loss: never kept)"
             "</td></tr>") in page
@@ -121,27 +124,50 @@ def test_small_loss_selection_shows_its_scorer_and_gated_tokens(fixed_run, tmp_p
     assert f"{meta['score_threshold']:+.4f} (lowest kept score, nats of base - reference loss)" in page
 
 
-def test_prompt_excess_selection_has_no_threshold_line(fixed_run, tmp_path, monkeypatch):
+def test_prompt_excess_selection_draws_its_threshold_on_its_own_score(fixed_run, tmp_path, monkeypatch):
+    """The histogram shows the score the selection saved (a rank in [0, 1]), so its threshold is a line on it."""
     run = _copy(fixed_run, tmp_path / "run")
     meta = _reselect(run, "prompt-excess")
     drawn = []
     histogram = plots.plot_score_histogram
     monkeypatch.setattr(plots, "plot_score_histogram",
-                        lambda score, keep, threshold, path: drawn.append(threshold) or histogram(score, keep,
-                                                                                                  threshold, path))
+                        lambda score, keep, threshold, *rest: drawn.append((threshold, rest[-1])) or
+                        histogram(score, keep, threshold, *rest))
     page = write_report(run, samples=1).read_text(encoding="utf-8")
     view = load_run(run)
-    assert view.scorer == "prompt-excess" and threshold_line(view) is None and drawn == [None]
-    assert "No threshold line: scorer prompt-excess made the selection, and its score is the mean percentile " \
-           "rank of excess and prompt gain (in [0, 1]), not base - reference loss." in page
+    assert view.scorer == "prompt-excess" and threshold_line(view) == meta["score_threshold"]
+    assert drawn == [(meta["score_threshold"], "mean percentile rank, in [0, 1]")] and "No threshold line" not in page
     assert f"{meta['score_threshold']:+.4f} (lowest kept score, mean percentile rank, in [0, 1])" in page
     assert "<td>scorer prompt-excess, level global" in page
+    assert "score (mean percentile rank, in [0, 1]):" in page  # the colour legend
+
+
+def test_token_colours_are_the_saved_score_under_a_prompt_scorer(fixed_run, tmp_path):
+    """Under a scorer other than excess the page colours (and labels) every response token by the score the
+    selection ranked it by, as saved beside the mask, not by base - reference loss."""
+    run = _copy(fixed_run, tmp_path / "run")
+    _reselect(run, "prompt")
+    saved = Selection.load(run / "selection").score
+    view = load_run(run)
+    scored = np.isfinite(saved)
+    assert np.array_equal(view.score, saved, equal_nan=True)
+    assert not np.allclose(saved[scored], (view.base_loss - view.ref_loss)[scored])  # not the excess score
+    page = write_report(run, samples=2, plots=False).read_text(encoding="utf-8")
+    n = view.offsets[2]
+    tokens = re.findall(r'<span class="t ([^"]*)" title="([^"]*)">', page.split('<div id="samples">')[1])
+    assert len(tokens) == n
+    bins = score_bins(saved[:n], score_scale(view, [0, 1]))
+    for j, (classes, title) in enumerate(tokens):
+        if view.response_mask[j]:
+            label = "gated" if np.isneginf(saved[j]) else f"{saved[j]:+.3f}" if scored[j] else "–"
+            assert f"c{bins[j]}" in classes.split() and f"score {label}" in html.unescape(title), j
 
 
 def test_union_names_why_no_line_and_random_needs_no_reason(fixed_run, tmp_path):
     run = _copy(fixed_run, tmp_path / "run")
     _reselect(run, "union")
-    assert "union of the global and the per-sample selections" in no_threshold_line(load_run(run))
+    assert "(excess, the union of the global and sample selections), so no single score" in \
+        no_threshold_line(load_run(run))
     page = write_report(run, samples=1, plots=False).read_text(encoding="utf-8")
     assert "gated tokens" not in page  # union gates nothing: no row
 

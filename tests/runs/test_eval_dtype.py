@@ -9,7 +9,7 @@ from conftest import write_jsonl
 from tokenclean.api import score
 from tokenclean.errors import ConfigError
 from tokenclean.runs.config import RunConfig
-from tokenclean.runs.stages import Run
+from tokenclean.runs.stages import Run, heldout_stage, tokens_stage
 
 
 def make_run(tmp_path, base, data, **kw) -> Run:
@@ -27,13 +27,13 @@ def test_the_heldout_loss_is_measured_in_eval_dtype_not_the_scoring_dtype(tmp_pa
     losses = {}
     for eval_dtype in ("float32", "bfloat16"):
         run = make_run(tmp_path / eval_dtype, tiny_model_dir, pool, eval_dtype=eval_dtype)
-        tables = run.tokens_stage()
+        tables = tokens_stage(run)
         run.stage("model", {"model": "tiny"}, lambda tmp: {"copied": bool(shutil.copytree(tiny_model_dir, tmp,
                                                                                            dirs_exist_ok=True))})
-        losses[eval_dtype] = run.heldout_stage("model", tables)
+        losses[eval_dtype] = heldout_stage(run, "model", tables)
         stage = json.loads((run.path("heldout") / "stage.json").read_text())
         assert stage["inputs"]["dtype"] == eval_dtype  # and so part of the stage's key
-        assert run.scoring_dtype == "bfloat16"  # scoring keeps --dtype
+        assert run.resolved_dtype() == "bfloat16"  # scoring keeps --dtype
     fp32 = score(str(tiny_model_dir), tables["eval"], dtype="float32").meta["mean_token_loss"]
     assert losses["float32"] == pytest.approx(fp32, abs=1e-6)
     assert losses["bfloat16"] != pytest.approx(fp32, abs=1e-6)  # bf16 weights move it: why fp32 is the default

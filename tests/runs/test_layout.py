@@ -3,7 +3,8 @@ with, so they are spelled out literally here."""
 
 from pathlib import Path
 
-from tokenclean.runs.layout import BASE_SCORES, HELDOUT_BASE, TOKENS, Layout
+from tokenclean.runs.layout import (BASE_SCORES, HELDOUT_BASE, TOKENS, Layout, StageName, methods_run, parse_stage,
+                                    round_dirs, seeds_run)
 
 
 def test_single_run_stage_names(tmp_path):
@@ -31,9 +32,23 @@ def test_seeds_methods_and_rounds_are_found(tmp_path: Path):
     for d in ("seed-0/fixed/selection", "seed-0/full/model", "seed-0/other", "seed-2/rho", "seed-x"):
         (tmp_path / d).mkdir(parents=True)
     top = Layout(tmp_path)
-    assert sorted(top.seeds()) == [0, 2]
-    assert top.methods_run(0, {"fixed", "full", "rho"}) == ["fixed", "full"]
+    assert sorted(seeds_run(top)) == [0, 2]
+    assert methods_run(top, 0, {"fixed", "full", "rho"}) == ["fixed", "full"]
     evolving = Layout.variant_of(tmp_path, 0, "self-evolving")
     for t in (10, 2, 0):
         (tmp_path / evolving.round(t)).mkdir(parents=True)
-    assert [t for t, _ in evolving.round_dirs()] == [0, 2, 10]
+    assert [t for t, _ in round_dirs(evolving)] == [0, 2, 10]
+
+
+def test_stage_names_parse_back_into_their_parts(tmp_path):
+    at = Layout.variant_of(tmp_path, 3, "fixed[small-loss]")
+    single = Layout(tmp_path)
+    assert parse_stage(at.selection) == StageName("selection", 3, "fixed[small-loss]")
+    assert parse_stage(at.reference_scores) == StageName("scores/reference", 3)
+    assert parse_stage(at.reference) == StageName("reference", 3)
+    assert parse_stage(at.round_stage(2, "model")) == StageName("model", 3, "fixed[small-loss]", 2)
+    assert parse_stage(single.round_stage(10, "scores")) == StageName("scores", round=10)
+    assert parse_stage(BASE_SCORES) == StageName("scores/base") and parse_stage(HELDOUT_BASE).name == HELDOUT_BASE
+    assert parse_stage(Layout.next_to(at.model, "heldout")) == StageName("heldout", 3, "fixed[small-loss]")
+    assert Layout.adapter(at.reference) == "seed-3/reference/adapter"
+    assert at.config_kept("20261206-1200") == tmp_path / "config.20261206-1200.yaml"

@@ -95,12 +95,12 @@ def test_a_cache_entry_being_computed_elsewhere_is_waited_for_not_computed_again
     from conftest import chat_table
 
     from tokenclean import api
-    from tokenclean.runs import cache as score_cache
+    from tokenclean.compute.score_model import _cache_slot
 
     tokens = chat_table(gpt2_tokenizer, [("What is 2 + 2?", "It is 4."), ("Name a colour.", "Teal.")])
     root, finished = tmp_path / "cache", tmp_path / "finished"
     expected = api.score(str(tiny_model_dir), tokens, finished, progress=False)  # what the other process makes
-    _, key = score_cache.cache_slot(root, str(tiny_model_dir), None, tokens, None, "auto")
+    _, key = _cache_slot(root, str(tiny_model_dir), None, tokens, None, "auto")
     (root / "locks").mkdir(parents=True)
     proc = holder(root / "locks" / f"{key}.lock", 1.5, finished, root / "scores" / key)
     with caplog.at_level(logging.INFO, logger="tokenclean"):

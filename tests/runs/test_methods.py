@@ -35,22 +35,22 @@ def config(base, data, out, **kw) -> RunConfig:
 
 def count_scoring(monkeypatch):
     """Record (model path, tokens scored) of every scoring pass."""
-    import tokenclean.api as api
+    import tokenclean.compute.score_model as score_model
 
     calls = []
-    original = api.score_tokens
+    original = score_model.score_tokens
 
     def counting(model, tokens, *args, **kwargs):
         calls.append((kwargs.get("model_fingerprint"), tokens.meta["tokens"]))
         return original(model, tokens, *args, **kwargs)
 
-    monkeypatch.setattr(api, "score_tokens", counting)
+    monkeypatch.setattr(score_model, "score_tokens", counting)
     return calls
 
 
 @pytest.mark.slow
 def test_self_evolving_two_rounds(tmp_path, tiny_model_dir, pool, monkeypatch):
-    from tokenclean.compute.modeling import path_fingerprint
+    from tokenclean.compute.modeling import source_fingerprint
 
     calls = count_scoring(monkeypatch)
     summary = run_pipeline(config(tiny_model_dir, pool, tmp_path / "se", method="self-evolving", rounds=2))
@@ -60,7 +60,7 @@ def test_self_evolving_two_rounds(tmp_path, tiny_model_dir, pool, monkeypatch):
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(weights[0][q], weights[1][q]) and not torch.equal(weights[1][q], weights[2][q])
     # the base scored every pool token exactly once; each round's model scored its chunk once
-    base_fp = path_fingerprint(tiny_model_dir)
+    base_fp = source_fingerprint(tiny_model_dir)
     pool_tokens = summary["pool"]["tokens"]
     assert [n for fp, n in calls if fp == base_fp] == [pool_tokens]
     round_tokens = [n for fp, n in calls if fp != base_fp]
@@ -101,13 +101,14 @@ def test_random_mask_is_seeded_and_exact(gpt2_tokenizer):
     convs = [Conversation(str(i), [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a b c " * i}], i)
              for i in range(1, 9)]
     tokens = tokenize(convs, gpt2_tokenizer)
-    a, counts = random_keep_mask(tokens, 0.3, seed=1)
-    b, _ = random_keep_mask(tokens, 0.3, seed=1)
-    c, _ = random_keep_mask(tokens, 0.3, seed=2)
+    a, score, counts = random_keep_mask(tokens, 0.3, seed=1)
+    b, _, _ = random_keep_mask(tokens, 0.3, seed=1)
+    c, _, _ = random_keep_mask(tokens, 0.3, seed=2)
     n = tokens.meta["response_tokens"]
     assert a.sum() == counts["kept_tokens"] == int(np.floor(0.3 * n + 0.5))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert not (a & ~tokens.flat_response_mask()).any()
+    assert np.isnan(score[~tokens.flat_response_mask()]).all() and score[a].min() >= score[~a & (score >= 0)].max()
 
 
 def test_slm_selects_the_top_excess_loss_tokens_and_trains_only_them():
@@ -171,9 +172,9 @@ def test_compare_adds_a_row_per_scorer_sharing_the_reference(tmp_path, tiny_mode
 
     from tokenclean.core.artifacts import Scores, Selection
     from tokenclean.report.view import load_run
-    from tokenclean.runs.layout import Layout
+    from tokenclean.runs.layout import Layout, methods_run
     from tokenclean.runs.methods import METHODS
-    from tokenclean.selection.scorers import select_for
+    from tokenclean.selection.from_scores import select_for
 
     out = tmp_path / "cmp"
     cfg = config(tiny_model_dir, pool, out, eval_fraction=0.2)
@@ -196,7 +197,7 @@ def test_compare_adds_a_row_per_scorer_sharing_the_reference(tmp_path, tiny_mode
     assert np.array_equal(Selection.load(seed_dir / "fixed[small-loss]" / "selection").keep_mask, expected)
     assert "| fixed[small-loss] |" in (out / "comparison.md").read_text()
     # the report finds the row's run
-    assert Layout(out).methods_run(0, set(METHODS)) == ["fixed", "fixed[small-loss]"]
+    assert methods_run(Layout(out), 0, set(METHODS)) == ["fixed", "fixed[small-loss]"]
     view = load_run(out, "fixed[small-loss]", 0)
     assert view.selection["config"]["scorer"] == "small-loss" and view.keep_mask.sum() == small["kept_tokens"]
     # run again: every stage of both rows is reused
@@ -259,10 +260,10 @@ def test_interrupted_runs_resume_to_the_same_weights(tmp_path, tiny_model_dir, p
     expected = load_file(tmp_path / "clean" / "model" / "model.safetensors")
 
     # 1. interrupted between stages: training the final model fails once, then the command is run again
-    import tokenclean.api as api
+    import tokenclean.compute.finetune as finetune
 
-    original = api.train_model
-    monkeypatch.setattr(api, "train_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))
+    original = finetune.train_model
+    monkeypatch.setattr(finetune, "train_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))
                         if "model" in str(a[3]) and "reference" not in str(a[3]) else original(*a, **k))
     cfg_args = dict(SETTINGS, batch_size=4, max_steps=8, save_steps=2, warmup_min_steps=8)
     cfg = RunConfig.from_flat({"base": str(tiny_model_dir), "data": str(pool), "out": str(tmp_path / "between"),
@@ -271,7 +272,7 @@ def test_interrupted_runs_resume_to_the_same_weights(tmp_path, tiny_model_dir, p
         run_pipeline(cfg)
     assert (tmp_path / "between" / "selection" / "stage.json").exists()
     assert not (tmp_path / "between" / "model").exists()
-    monkeypatch.setattr(api, "train_model", original)
+    monkeypatch.setattr(finetune, "train_model", original)
     run_pipeline(cfg)
     for k, v in load_file(tmp_path / "between" / "model" / "model.safetensors").items():
         assert torch.equal(v, expected[k]), k

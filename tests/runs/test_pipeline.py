@@ -149,13 +149,14 @@ def test_run_scores_base_and_lora_reference_with_one_model_and_reuses_cached_bas
     one loaded model (adapter off, then on) and equal what each model scored on its own gives. A second run
     directory over the same base, tokenizer and data takes the base losses from the score cache."""
     from tokenclean import api
+    from tokenclean.compute import score_model
     from tokenclean.core.artifacts import Scores
     from tokenclean.core.tokens import TokenTable
 
     data = write_jsonl(tmp_path / "pool.jsonl", gsm8k_rows[:16])
     loads = []
-    load_model = api.load_model
-    monkeypatch.setattr(api, "load_model", lambda path, *a, **k: loads.append(str(path)) or load_model(path, *a, **k))
+    load_model = score_model.load_model
+    monkeypatch.setattr(score_model, "load_model", lambda path, *a, **k: loads.append(str(path)) or load_model(path, *a, **k))
     args = ["run", "--base", str(tiny_model_dir), "--data", str(data), "--prompt-field", "question",
             "--response-field", "answer", "--cache-dir", str(tmp_path / "cache"), "--learning-rate", "1e-2",
             "--quiet", *FAST]

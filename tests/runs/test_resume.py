@@ -167,3 +167,30 @@ def test_the_same_config_and_seed_give_bitwise_identical_results(tmp_path, tiny_
     assert recorded["seed"] == summary["seed"] == 3
     assert set(recorded["versions"]) >= {"python", "torch", "transformers", "peft", "datasets", "numpy", "tokenclean"}
     assert recorded["versions"]["torch"] == torch.__version__
+
+
+@pytest.mark.slow
+def test_a_run_made_before_selections_saved_their_score_resumes_rebuilding_only_them(tmp_path, tiny_model_dir, pool,
+                                                                                   clean_run):
+    """A selection written without its score column (by an earlier version) is built again under the same key on
+    the next run: the same mask, now with its score; no stage after it reruns."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from tokenclean import Selection
+
+    out = tmp_path / "old"
+    shutil.copytree(clean_run, out)
+    mask_file = out / "selection" / Selection.FILE
+    pq.write_table(pq.read_table(mask_file).drop_columns(["score"]), mask_file)
+    assert Selection.load(out / "selection").score is None
+    proc = tokenclean(flags(tiny_model_dir, pool, out))
+    assert proc.returncode == 0, proc.stderr
+    assert "[selection] written by an earlier version" in proc.stderr and "[model] up to date" in proc.stderr
+    assert "[export] up to date" in proc.stderr
+    rebuilt, first = Selection.load(out / "selection"), Selection.load(clean_run / "selection")
+    assert np.array_equal(rebuilt.keep_mask, first.keep_mask)
+    assert np.array_equal(rebuilt.score, first.score, equal_nan=True)
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == (clean_run / name).read_bytes(), name

@@ -10,7 +10,9 @@ from tokenclean.core.artifacts import Scores, Selection
 from tokenclean.core.tokens import TokenTable
 from tokenclean.errors import ConfigError
 from tokenclean.runs.pipeline import RunConfig, run_pipeline
-from tokenclean.runs.stages import Run
+from tokenclean.runs.reference import warmup_split, warmup_train_config
+from tokenclean.runs.run import Run
+from tokenclean.runs.stages import tokens_stage
 
 SETTINGS = {"prompt_field": "question", "response_field": "answer", "max_seq_len": 192, "batch_size": 4,
             "gradient_accumulation_steps": 4, "lora_r": 4, "max_steps": 1, "batch_tokens": 4096}
@@ -29,12 +31,12 @@ def config(base, data, out, **kw) -> RunConfig:
 def test_the_warm_up_split_takes_the_top_rated_rows(tmp_path, tiny_model_dir, rated_pool):
     data, rows = rated_pool
     run = Run(config(tiny_model_dir, data, tmp_path / "r", warmup_rated_by="rating", warmup_fraction=0.25))
-    tables = run.tokens_stage()
-    warm = run.warmup_split(tables)
+    tables = tokens_stage(run)
+    warm = warmup_split(run, tables)
     best = sorted(rows, key=lambda r: -r["rating"])[:10]
     assert sorted(warm.sample_ids) == sorted(r["id"] for r in best)
     # the reference gets its own settings: 10 rows at 4 x 4 is 1 step a pass; accumulation 1, then 50 steps
-    ref = run.warmup_train_config(warm)
+    ref = warmup_train_config(run, warm)
     assert (ref.gradient_accumulation_steps, ref.max_steps, ref.batch_size) == (1, 50, 4)
     assert run.cfg.train.max_steps == 1  # the final fine-tune keeps its own
 
@@ -57,11 +59,11 @@ def test_fixed_run_trains_the_reference_for_the_minimum_steps_and_reports_score_
     assert health["verdict"] in ("healthy", "near noise") and 0 <= health["relative_move"]
     assert health == summary["score_health"] and health["response_tokens"] == summary["pool"]["response_tokens"]
     from tokenclean.compute.hardware import auto_dtype
-    from tokenclean.compute.modeling import path_fingerprint
+    from tokenclean.compute.modeling import source_fingerprint
 
     assert summary["compute"]["dtype"] == str(auto_dtype("cpu")).removeprefix("torch.")  # what auto chose here
     assert summary["compute"]["native_bf16"] == (summary["compute"]["dtype"] == "bfloat16")
-    assert summary["base_model"]["fingerprint"] == path_fingerprint(tiny_model_dir)
+    assert summary["base_model"]["fingerprint"] == source_fingerprint(tiny_model_dir)
 
 
 @pytest.mark.slow
@@ -81,6 +83,6 @@ def test_prompt_scorer_scores_the_responses_without_their_prompts(tmp_path, tiny
 
 
 def test_self_evolving_with_a_prompt_scorer_is_refused_before_anything_runs(tmp_path, tiny_model_dir, rated_pool):
-    with pytest.raises(ConfigError, match="self-evolving rounds do not compute"):
-        Run(config(tiny_model_dir, rated_pool[0], tmp_path / "se", method="self-evolving", scorer="prompt"))
+    with pytest.raises(ConfigError, match="which self-evolving does not compute"):
+        run_pipeline(config(tiny_model_dir, rated_pool[0], tmp_path / "se", method="self-evolving", scorer="prompt"))
     assert not (tmp_path / "se").exists()

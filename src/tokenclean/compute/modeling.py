@@ -1,4 +1,4 @@
-"""Loading models and tokenizers, choosing device and dtype, and fingerprints of both.
+"""Loading models and tokenizers, choosing device and dtype, and the fingerprint of a model source.
 
 Any ``AutoModelForCausalLM`` directory or hub id works. ``trust_remote_code`` stays off unless the user asks.
 """
@@ -6,8 +6,6 @@ Any ``AutoModelForCausalLM`` directory or hub id works. ``trust_remote_code`` st
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..core.fingerprints import path_fingerprint
 from ..errors import ConfigError, ModelError, ResourceError
 
 # Any of these in a model directory means a tokenizer was saved with it.
@@ -177,58 +176,14 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of everything that decides how text becomes ids: vocabulary, merges, normaliser, special tokens and
-    chat template."""
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        h.update(backend.to_str().encode())
-    else:
-        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
-    h.update(str(getattr(tokenizer, "chat_template", None) or "").encode())
-    return h.hexdigest()[:16]
-
-
-_FILE_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, cached per (path, size, mtime) within the process."""
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_HASH_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
-        _FILE_HASH_CACHE[key] = h.hexdigest()
-    return _FILE_HASH_CACHE[key]
-
-
-def path_fingerprint(name_or_path: str | os.PathLike) -> str:
-    """Fingerprint of a model directory (config and weight files), a data file or directory, or a hub id; of a GGUF
-    source (see ``tokenclean.compute.gguf``), the sha256 of the GGUF file."""
+def source_fingerprint(name_or_path: str | os.PathLike) -> str:
+    """Fingerprint of a model source: of a GGUF source (see ``tokenclean.compute.gguf``), the sha256 of the GGUF
+    file; else ``core.fingerprints.path_fingerprint`` (a model directory's config and weight files, or the hub id)."""
     from . import gguf
 
     if gguf.is_gguf_source(name_or_path):  # GGUF hook
         return gguf.gguf_sha256(name_or_path)
-    path = Path(name_or_path)
-    if not path.exists():
-        return f"hub:{name_or_path}"
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and _counts(p))
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        h.update(file_fingerprint(f).encode())
-    return h.hexdigest()[:16]
-
-
-def _counts(p: Path) -> bool:
-    """Files that decide a model's or dataset's content (not logs, READMEs or hidden files)."""
-    return not p.name.startswith(".") and p.suffix not in (".md", ".log")
+    return path_fingerprint(name_or_path)
 
 
 def model_summary(model) -> dict[str, Any]:

@@ -31,7 +31,7 @@ _KEPT_META = ("tokenizer_fingerprint", "max_seq_len", "template", "train_on_prom
 
 
 @dataclass
-class PromptFreeLayout:
+class PromptFreeSources:
     """Where each token of the prompt-free table comes from.
 
     ``source``: (prompt_free_tokens,) int64, the flat index of the token in the original table, -1 for the start
@@ -65,8 +65,8 @@ def response_spans(response_mask: np.ndarray, offsets: np.ndarray) -> tuple[np.n
     return starts, stops
 
 
-def prompt_free_layout(response_mask: np.ndarray, offsets: np.ndarray, with_start: bool) -> PromptFreeLayout:
-    """The prompt-free table's layout: one sample per response span, preceded by a start token when
+def prompt_free_sources(response_mask: np.ndarray, offsets: np.ndarray, with_start: bool) -> PromptFreeSources:
+    """Where the prompt-free table's tokens come from: one sample per response span, preceded by a start token when
     ``with_start``."""
     starts, stops = response_spans(response_mask, offsets)
     n_spans, width = len(starts), np.int64(1 if with_start else 0)
@@ -78,7 +78,7 @@ def prompt_free_layout(response_mask: np.ndarray, offsets: np.ndarray, with_star
     source[pf_offsets[:-1][span_of] + width + within] = starts[span_of] + within
     sample = np.searchsorted(offsets, starts, side="right") - 1
     first_of_sample = np.searchsorted(sample, sample, side="left")  # index of the sample's first span
-    return PromptFreeLayout(source, pf_offsets, sample.astype(np.int64), np.arange(n_spans) - first_of_sample)
+    return PromptFreeSources(source, pf_offsets, sample.astype(np.int64), np.arange(n_spans) - first_of_sample)
 
 
 def start_token_id(tokenizer: Any) -> int | None:
@@ -90,14 +90,14 @@ def prompt_free_tokens(tokens: TokenTable, start_token: int | None) -> TokenTabl
     """The responses of ``tokens`` without their prompts (see the module docstring), as a ``TokenTable`` whose
     ``response_mask`` marks the tokens to score. ``meta["prompt_free"]`` records the start token and the source
     table's fingerprint."""
-    layout = prompt_free_layout(tokens.flat_response_mask(), tokens.offsets, start_token is not None)
+    sources = prompt_free_sources(tokens.flat_response_mask(), tokens.offsets, start_token is not None)
     flat_ids = tokens.flat_input_ids()
-    ids = np.where(layout.source >= 0, flat_ids[np.maximum(layout.source, 0)], start_token or 0).astype(np.int32)
+    ids = np.where(sources.source >= 0, flat_ids[np.maximum(sources.source, 0)], start_token or 0).astype(np.int32)
     source_ids = tokens.sample_ids
     table = pa.table({
-        "sample_id": pa.array([f"{source_ids[s]}#{k}" for s, k in zip(layout.sample, layout.span)], pa.string()),
-        "input_ids": list_column(ids, layout.offsets),
-        "response_mask": list_column(layout.response_mask, layout.offsets),
+        "sample_id": pa.array([f"{source_ids[s]}#{k}" for s, k in zip(sources.sample, sources.span)], pa.string()),
+        "input_ids": list_column(ids, sources.offsets),
+        "response_mask": list_column(sources.response_mask, sources.offsets),
     })
     meta = {k: tokens.meta[k] for k in _KEPT_META if k in tokens.meta}
     meta["truncated_samples"] = 0
@@ -113,17 +113,17 @@ def map_back(prompt_free_loss: np.ndarray, response_mask: np.ndarray, offsets: n
 
     ``prompt_free_loss``: (prompt_free_tokens,) as scored; ``response_mask``, ``offsets``: of the original table;
     ``with_start``: whether the table was built with a start token. ``prompt_free_offsets`` (e.g. ``Scores.offsets``
-    of the prompt-free scores), when given, must match the layout: a check that the losses belong to this table.
+    of the prompt-free scores), when given, must match these sources: a check that the losses belong to this table.
     """
-    layout = prompt_free_layout(response_mask, offsets, with_start)
-    if len(prompt_free_loss) != len(layout.source) or (
-            prompt_free_offsets is not None and not np.array_equal(prompt_free_offsets, layout.offsets)):
+    sources = prompt_free_sources(response_mask, offsets, with_start)
+    if len(prompt_free_loss) != len(sources.source) or (
+            prompt_free_offsets is not None and not np.array_equal(prompt_free_offsets, sources.offsets)):
         raise MismatchError(f"the prompt-free losses ({len(prompt_free_loss)} tokens) were not made from these "
-                            f"tokens' responses ({len(layout.source)} prompt-free tokens, start token "
+                            f"tokens' responses ({len(sources.source)} prompt-free tokens, start token "
                             f"{'on' if with_start else 'off'}); build the table with prompt_free_tokens and score it")
     out = np.full(len(response_mask), np.nan, np.float32)
-    scored = layout.response_mask  # a prompt-free sample's position 0 has no loss, whatever the array holds there
-    out[layout.source[scored]] = prompt_free_loss[scored]
+    scored = sources.response_mask  # a prompt-free sample's position 0 has no loss, whatever the array holds there
+    out[sources.source[scored]] = prompt_free_loss[scored]
     return out
 
 
@@ -133,7 +133,7 @@ def map_back_scores(prompt_free_offsets: np.ndarray, prompt_free_loss: np.ndarra
     (total_tokens,) float32."""
     mask, offsets = tokens.flat_response_mask(), tokens.offsets
     for with_start in (True, False):
-        if np.array_equal(prompt_free_layout(mask, offsets, with_start).offsets, prompt_free_offsets):
+        if np.array_equal(prompt_free_sources(mask, offsets, with_start).offsets, prompt_free_offsets):
             return map_back(prompt_free_loss, mask, offsets, with_start)
     raise MismatchError(f"the prompt-free scores ({len(prompt_free_offsets) - 1} samples, {len(prompt_free_loss)} "
                         "tokens) were not made from these tokens' responses; build the table with "

@@ -37,7 +37,7 @@ from ..errors import ConfigError, ModelError
 from .losses import token_losses
 from ..core.artifacts import Scores, token_position
 from ..core.labels import clear_first_positions
-from ..core.tokens import TokenLayout, TokenTable
+from ..core.tokens import TokenOrigin, TokenTable
 
 log = logging.getLogger("tokenclean")
 
@@ -210,7 +210,7 @@ def _scores(tokens: TokenTable, losses: np.ndarray, seconds: float, model_finger
     param = next(model.parameters())
     meta = {
         "model_fingerprint": model_fingerprint,
-        **TokenLayout.of(tokens.meta).meta(),
+        **TokenOrigin.of(tokens.meta).meta(),
         "samples": len(tokens),
         "tokens": int(len(losses)),
         "scored_tokens": int(scored.sum()),

@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from ..errors import ConfigError
 from .checkpoints import crash_after_save, last_complete_checkpoint
 from .hardware import resolve_bf16
 from .losses import kept_token_loss_sum, slm_loss_sum
-from ..selection.select import round_half_up
+from ..core.threshold import kept_count
+from ..core.artifacts import ADAPTER_DIR
 from ..core.labels import IGNORE_INDEX, make_labels, trained_token_count
 from ..core.tokens import TokenTable
 
@@ -45,7 +46,8 @@ class TrainConfig:
     optimizer: str = option("adamw_torch", "optimizer (any transformers optim name, e.g. adamw_torch, sgd)")
     learning_rate: float = option(1e-4, "peak learning rate")
     lr_scheduler: str = option("linear", "learning-rate schedule (any transformers scheduler name)")
-    warmup_ratio: float = option(0.03, "share of steps spent warming up the learning rate")
+    lr_warmup_ratio: float = option(0.03, "share of steps spent warming up the learning rate (linearly from 0)",
+                                    renamed_from="warmup_ratio")
     weight_decay: float = option(0.0, "AdamW weight decay")
     epochs: float = option(1.0, "passes over the training data")
     max_steps: int = option(-1, "stop after this many optimiser steps (-1: run --epochs)")
@@ -66,8 +68,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.lr_warmup_ratio < 1:
+            raise ConfigError(f"lr_warmup_ratio must be in [0, 1), got {self.lr_warmup_ratio}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.epochs <= 0 and self.max_steps < 1:
@@ -75,6 +77,15 @@ class TrainConfig:
         self.bf16 = str(self.bf16).lower()  # YAML may give a boolean
         if self.bf16 not in ("auto", "true", "false"):
             raise ConfigError(f"bf16 must be auto, true or false, got {self.bf16!r}")
+
+
+class OnlineSelection(NamedTuple):
+    """Rho-1's selective language modeling: each micro-batch trains on its top ``keep_ratio`` response tokens by
+    current loss - ``ref_loss`` ((total_tokens,) float32: the reference's losses aligned with the tokens, NaN where
+    not scored)."""
+
+    ref_loss: np.ndarray
+    keep_ratio: float
 
 
 def training_examples(tokens: TokenTable, keep_mask: np.ndarray | None = None, drop_empty: bool = True,
@@ -143,27 +154,27 @@ def _trainer_class():
     class MaskedLossTrainer(Trainer):
         """Trainer whose loss is the mean over kept tokens of the whole optimiser step (see module docstring).
 
-        With ``slm_keep_ratio`` set (and a ``ref_loss`` column), tokens are selected online instead: Rho-1's
-        SLM keeps the micro-batch's top ``slm_keep_ratio`` response tokens by excess loss, and the step's loss is
-        divided by ``round(slm_keep_ratio x response tokens in the step)``.
+        With ``keep_ratio`` set (and a ``ref_loss`` column), tokens are selected online instead: Rho-1's SLM keeps
+        the micro-batch's top ``keep_ratio`` response tokens by excess loss, and the step's loss is divided by
+        ``kept_count(keep_ratio, response tokens in the step)``.
         """
 
         loss_is_scaled_for_ga = True  # our loss is already divided by the step's kept-token count
 
-        def __init__(self, *args, slm_keep_ratio: float | None = None, **kwargs):
+        def __init__(self, *args, keep_ratio: float | None = None, **kwargs):
             super().__init__(*args, **kwargs)
-            self.slm_keep_ratio = slm_keep_ratio
+            self.keep_ratio = keep_ratio
             # Makes the Trainer count labels != IGNORE_INDEX over all micro-batches of the step (and processes)
             # and pass that count to compute_loss as num_items_in_batch.
             self.model_accepts_loss_kwargs = True
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
-            if self.slm_keep_ratio is not None:
+            if self.keep_ratio is not None:
                 loss_sum, n = slm_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], labels,
-                                           inputs["ref_loss"], self.slm_keep_ratio)
+                                           inputs["ref_loss"], self.keep_ratio)
                 if num_items_in_batch is not None:
-                    num_items_in_batch = round_half_up(self.slm_keep_ratio * float(num_items_in_batch))
+                    num_items_in_batch = kept_count(self.keep_ratio, float(num_items_in_batch))
             else:
                 loss_sum, n = kept_token_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], labels)
             denom = num_items_in_batch if num_items_in_batch is not None else n
@@ -190,7 +201,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16
         optim=cfg.optimizer,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        warmup_steps=cfg.lr_warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=cfg.weight_decay,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -244,7 +255,7 @@ def train_model(
     drop_empty: bool = True,
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
-    slm: tuple[np.ndarray, float] | None = None,
+    slm: OnlineSelection | None = None,
     save_adapter: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on the kept response tokens of ``tokens`` and save a standard model directory.
@@ -254,18 +265,19 @@ def train_model(
     tokenizer; with ``save_adapter`` the unmerged adapter is also saved to ``out_dir/adapter`` (PEFT format), so
     the base and this model can be scored with one model in memory (``scoring.score_adapter_pair``).
     Checkpoints go to ``checkpoint_dir`` (default ``<out_dir>.checkpoints``); a call that finds one there resumes
-    from it, and the directory is removed once the model is saved. ``slm``: (reference losses aligned with
-    ``tokens``, keep ratio) to select tokens online with Rho-1's SLM instead of a fixed mask. Under DDP
+    from it, and the directory is removed once the model is saved. ``slm``: select tokens online with Rho-1's SLM
+    (``OnlineSelection``; a ``(ref_loss, keep_ratio)`` tuple too) instead of a fixed mask. Under DDP
     (``torchrun``) every process trains and process 0 saves. Returns counts and timings.
     """
     cfg = cfg or TrainConfig()
+    slm = OnlineSelection(*slm) if slm is not None else None
     out_dir = Path(out_dir)
-    dataset, left_out = training_examples(tokens, keep_mask, drop_empty, slm[0] if slm else None)
+    dataset, left_out = training_examples(tokens, keep_mask, drop_empty, slm.ref_loss if slm else None)
     if len(dataset) == 0:
         raise ConfigError("no sample has a token to train on (all labels are masked)")
     trained_tokens = sum(trained_token_count(lab) for lab in dataset["labels"])
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
-    trainer = _masked_trainer(model, tokenizer, dataset, cfg, ckpt_dir, seed, slm[1] if slm else None)
+    trainer = _masked_trainer(model, tokenizer, dataset, cfg, ckpt_dir, seed, slm.keep_ratio if slm else None)
     start = time.perf_counter()
     last = last_complete_checkpoint(ckpt_dir)
     result = trainer.train(resume_from_checkpoint=last)
@@ -275,7 +287,7 @@ def train_model(
     counts = {
         "samples": len(dataset),
         "samples_left_out": left_out,
-        "trained_tokens": int(round_half_up(slm[1] * trained_tokens)) if slm else trained_tokens,
+        "trained_tokens": int(kept_count(slm.keep_ratio, trained_tokens)) if slm else trained_tokens,
         "optimizer_steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "first_logged_loss": losses[0] if losses else None,
@@ -289,7 +301,7 @@ def train_model(
 
 
 def _masked_trainer(model, tokenizer, dataset, cfg: TrainConfig, ckpt_dir: Path, seed: int,
-                    slm_keep_ratio: float | None):
+                    keep_ratio: float | None):
     """The ``MaskedLossTrainer`` of one fine-tune: seeded, with the LoRA adapter (if any) attached, its logs routed
     to the ``tokenclean`` logger, checkpointing to ``ckpt_dir``."""
     # Under FSDP the model comes in on the CPU and the Trainer moves each rank's shard to its GPU.
@@ -308,7 +320,7 @@ def _masked_trainer(model, tokenizer, dataset, cfg: TrainConfig, ckpt_dir: Path,
         args=training_arguments(cfg, ckpt_dir, use_bf16, seed, use_cpu=device_type == "cpu"),
         train_dataset=dataset,
         data_collator=PadCollator(pad_id),
-        slm_keep_ratio=slm_keep_ratio,
+        keep_ratio=keep_ratio,
     )
     route_trainer_logs(trainer)
     if trainer.is_fsdp_enabled:
@@ -325,7 +337,7 @@ def _save_trained(trainer, tokenizer, cfg: TrainConfig, out_dir: Path, ckpt_dir:
     save = trainer.args.should_save  # process 0 only: after DDP training every process holds the same weights
     model = _whole_model(trainer, cfg.lora) if trainer.is_fsdp_enabled else trainer.model
     if cfg.lora and save_adapter and save:
-        model.save_pretrained(out_dir / "adapter")
+        model.save_pretrained(out_dir / ADAPTER_DIR)
     if cfg.lora and save:
         model = model.merge_and_unload()
     if save:

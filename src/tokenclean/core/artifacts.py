@@ -1,7 +1,8 @@
-"""On-disk artifacts of the stages: token losses (``Scores``) and keep masks (``Selection``).
+"""On-disk artifacts of the stages: token losses (``Scores``) and keep masks with the score they ranked by
+(``Selection``).
 
-Both are a Parquet file keyed by ``sample_id`` with one list column aligned with the token table, plus a JSON
-file of metadata (fingerprints, counts). ``check_same_tokens`` refuses to combine artifacts that were made from
+Both are a Parquet file keyed by ``sample_id`` with list columns aligned with the token table, plus a JSON file of
+metadata (fingerprints, counts). ``check_same_tokens`` refuses to combine artifacts that were made from
 different data, tokenizer, template or ``max_seq_len``.
 """
 
@@ -17,19 +18,26 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError, MismatchError
 from ..io import read_json, write_json
-from .tokens import TokenLayout, TokenTable, list_column, per_sample_sum, write_parquet
+from .tokens import TokenOrigin, TokenTable, list_column, per_sample_sum, write_parquet
+
+ADAPTER_DIR = "adapter"  # in a trained model's directory: its unmerged LoRA adapter (PEFT format), when kept
+# Ground-truth kinds of a pool's tokens, as a demo writes them (one int8 per token, column ``kind``; ``runs.layout``
+# names the file), and the kind of a token that is not a response token.
+KIND_CODES = {"informative": 0, "generic": 1, "noise": 2}
+NOT_RESPONSE = -1
 
 def check_same_tokens(a: dict[str, Any], a_name: str, b: dict[str, Any], b_name: str) -> None:
-    """Raise ``MismatchError`` naming the first difference between two artifacts' token layouts (``TokenLayout``)."""
-    key = TokenLayout.of(a).first_difference(TokenLayout.of(b))
+    """Raise ``MismatchError`` naming the first difference between two artifacts' token origins (``TokenOrigin``)."""
+    key = TokenOrigin.of(a).first_difference(TokenOrigin.of(b))
     if key is not None:
         raise MismatchError(
-            f"{a_name} and {b_name} were made with a different {TokenLayout.WHAT[key]} ({key}: {a[key]!r} vs "
+            f"{a_name} and {b_name} were made with a different {TokenOrigin.WHAT[key]} ({key}: {a[key]!r} vs "
             f"{b[key]!r}); score, select and train with the same data, tokenizer and --max-seq-len"
         )
 
 
-def _read_list_file(path: Path, column: str, what: str):
+def _read_list_file(path: Path, column: str, what: str) -> tuple[list[str], np.ndarray, np.ndarray, pa.Table]:
+    """(sample ids, the flat values of list column ``column``, its (n + 1,) offsets from 0, the whole table)."""
     if not path.exists():
         raise MismatchError(f"{path.parent}: not a {what} directory (no {path.name})")
     try:
@@ -38,10 +46,15 @@ def _read_list_file(path: Path, column: str, what: str):
         raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)}); make the {what} again") from None
     if column not in table.column_names or "sample_id" not in table.column_names:
         raise DataError(f"{path}: columns {table.column_names}, expected 'sample_id' and '{column}'")
+    values, offsets = _flat(table, column)
+    return table.column("sample_id").to_pylist(), values, offsets, table
+
+
+def _flat(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(flat values, (n + 1,) offsets from 0) of a list column."""
     col = table.column(column).combine_chunks()
     offsets = col.offsets.to_numpy().astype(np.int64)
-    values = col.flatten().to_numpy(zero_copy_only=False)
-    return table.column("sample_id").to_pylist(), values, offsets - offsets[0]
+    return col.flatten().to_numpy(zero_copy_only=False), offsets - offsets[0]
 
 
 class _TokenArtifact:
@@ -55,23 +68,31 @@ class _TokenArtifact:
         self.sample_ids, self.offsets, self.meta = sample_ids, offsets, meta
         setattr(self, self.COLUMN, values)
 
+    def columns(self) -> dict[str, pa.Array]:
+        """The list columns written beside ``sample_id``."""
+        return {self.COLUMN: list_column(getattr(self, self.COLUMN), self.offsets)}
+
     def save(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
-        table = pa.table({"sample_id": pa.array(self.sample_ids, pa.string()),
-                          self.COLUMN: list_column(getattr(self, self.COLUMN), self.offsets)})
+        table = pa.table({"sample_id": pa.array(self.sample_ids, pa.string()), **self.columns()})
         write_parquet(table, directory / self.FILE)
         write_json(directory / self.META, self.meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike):
         directory = Path(directory)
-        ids, values, offsets = _read_list_file(directory / cls.FILE, cls.COLUMN, cls.__name__.lower())
+        ids, values, offsets, table = _read_list_file(directory / cls.FILE, cls.COLUMN, cls.__name__.lower())
         try:
             meta = read_json(directory / cls.META)
         except (OSError, ValueError) as e:
             raise DataError(f"{directory / cls.META}: not readable JSON ({_first_line(e)}), expected the "
                             f"{cls.__name__.lower()} metadata; make it again") from None
-        return cls(ids, values.astype(cls.DTYPE), offsets, meta)
+        artifact = cls(ids, values.astype(cls.DTYPE), offsets, meta)
+        artifact.read_extra(table)
+        return artifact
+
+    def read_extra(self, table: pa.Table) -> None:
+        """Read the columns beyond ``COLUMN`` (none here)."""
 
 
 class Scores(_TokenArtifact):
@@ -83,10 +104,33 @@ class Scores(_TokenArtifact):
 
 
 class Selection(_TokenArtifact):
-    """A keep-mask over one token table: ``keep_mask`` (total_tokens,) bool, with its counts and settings."""
+    """A keep-mask over one token table: ``keep_mask`` (total_tokens,) bool, with its counts and settings, and
+    ``score`` (total_tokens,) float, the score it ranked the tokens by (its scorer's units: ``meta["config"]``; NaN
+    at tokens that were no candidate, -inf at tokens a scorer gated), in column ``score`` beside the mask. ``score``
+    is None for a selection that ranked by no score, or one written before the score was saved."""
 
     FILE, META, COLUMN, DTYPE = "keep_mask.parquet", "selection.json", "keep_mask", bool
     keep_mask: np.ndarray
+
+    def __init__(self, sample_ids: list[str], keep_mask: np.ndarray, offsets: np.ndarray, meta: dict[str, Any],
+                 score: np.ndarray | None = None):
+        super().__init__(sample_ids, keep_mask, offsets, meta)
+        assert score is None or len(score) == len(keep_mask), "the score and the mask cover the same tokens"
+        self.score = score
+
+    def columns(self) -> dict[str, pa.Array]:
+        extra = {} if self.score is None else {"score": list_column(self.score, self.offsets)}
+        return {**super().columns(), **extra}
+
+    def read_extra(self, table: pa.Table) -> None:
+        if "score" in table.column_names:
+            self.score = _flat(table, "score")[0]
+
+    @classmethod
+    def has_score(cls, directory: str | os.PathLike) -> bool:
+        """Whether the selection saved in ``directory`` holds its score (selections written before the score was
+        saved hold the mask alone)."""
+        return "score" in pq.read_schema(Path(directory) / cls.FILE).names
 
     def kept_per_sample(self) -> np.ndarray:
         """(n_samples,) number of kept tokens per sample."""

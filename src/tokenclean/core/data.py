@@ -143,8 +143,7 @@ def apply_turn_flags(messages: list[dict], mask_history: bool = False) -> list[d
 
     ``mask_history`` marks every assistant turn but the last not to train. Turns after the last trained assistant
     turn are dropped: no trained token sees them (the model is causal), so this changes no loss. An untrained
-    assistant turn before a trained one must stay as context outside the response mask; that is done when the
-    tokenizer layer honours ``"train": False`` (``tokens.HONOURS_TRAIN_FLAG``), else the row is refused.
+    assistant turn before a trained one stays as context outside the response mask (``render.render_segments``).
     """
     assistant = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
     if not assistant:
@@ -156,20 +155,7 @@ def apply_turn_flags(messages: list[dict], mask_history: bool = False) -> list[d
     if not trained:
         raise RowError("no trained turn", f"all {len(assistant)} assistant turn(s) are marked not to train, "
                        "expected at least one response to train on")
-    messages = messages[: trained[-1] + 1]
-    untrained = [k for k in assistant if k < trained[-1] and not messages[k].get("train", True)]
-    if untrained and not _train_flag_honoured():
-        raise RowError("untrained turn before a trained one",
-                       f"assistant turn {assistant.index(untrained[0]) + 1} of {len(assistant)} is marked not to "
-                       "train but a later one is trained; keeping it as context outside the response mask is not "
-                       "supported by this version, expected flags only on trailing turns (or none)")
-    return messages
-
-
-def _train_flag_honoured() -> bool:
-    from . import tokens  # tokens imports this module: look it up when needed
-
-    return bool(getattr(tokens, "HONOURS_TRAIN_FLAG", False))
+    return messages[: trained[-1] + 1]
 
 
 def load_conversations(

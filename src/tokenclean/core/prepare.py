@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ..errors import DataError
+from .fingerprints import path_fingerprint
 from .data import DataConfig, LoadReport, RowError, load_conversations
 from .readers import where
 from .tokens import TokenizeConfig, TokenTable, per_sample_sum, tokenize
@@ -30,8 +31,6 @@ def prepare_tokens(
     count and the first such row; only when no row is left is it an error. ``report.truncated`` counts the used
     rows that were cut but keep some response.
     """
-    from ..compute.modeling import path_fingerprint
-
     data_config = data_config or DataConfig()
     conversations, report = load_conversations(data, data_config)
     tokens = tokenize(conversations, tokenizer, tokenize_config, data_fingerprint=path_fingerprint(data))

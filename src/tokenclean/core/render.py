@@ -19,13 +19,11 @@ import re
 from ..errors import DataError
 from .labels import clear_position_0
 
-# An assistant message with ``"train": False`` (a per-turn flag of the row's format: see core.formats) renders as
-# context: its tokens stay in the input and out of the response mask.
-HONOURS_TRAIN_FLAG = True
-
 
 def render_segments(messages: list[dict[str, str]], tokenizer, template: str = "auto") -> list[tuple[str, bool]]:
-    """Render a conversation to ``[(text, is_response), ...]`` whose concatenation is the full text."""
+    """Render a conversation to ``[(text, is_response), ...]`` whose concatenation is the full text. An assistant
+    message with ``"train": False`` (a per-turn flag of the row's format: see ``core.formats``) renders as context:
+    its tokens stay in the input and out of the response mask."""
     if template == "chat" or (template == "auto" and getattr(tokenizer, "chat_template", None)):
         if not getattr(tokenizer, "chat_template", None):
             raise DataError("template 'chat' requested but the tokenizer has no chat template")

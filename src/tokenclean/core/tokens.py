@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 
 from ..config import option
 from .labels import IGNORE_INDEX, clear_position_0, make_labels  # noqa: F401 (re-exported)
-from .render import (GENERATION_CHECK_ROWS, GENERATION_TAG, HONOURS_TRAIN_FLAG,  # noqa: F401 (re-exported)
-                     check_generation_mask, render_segments)
+from .render import (GENERATION_CHECK_ROWS, GENERATION_TAG, check_generation_mask,  # noqa: F401 (re-exported)
+                     render_segments)
 from .data import Conversation
+from .fingerprints import tokenizer_fingerprint
 from ..errors import DataError
 from ..io import atomic_write_bytes, read_json, write_json
 
@@ -52,9 +53,9 @@ class TokenizeConfig:
 
 
 @dataclass(frozen=True)
-class TokenLayout:
+class TokenOrigin:
     """What decides which token sits at which position. Tokens, scores and selections carry it in their metadata
-    (these keys); two artifacts line up token by token only when their layouts agree. None: not recorded."""
+    (these keys); two artifacts line up token by token only when their origins agree. None: not recorded."""
 
     tokenizer_fingerprint: str | None = None
     max_seq_len: int | None = None
@@ -69,15 +70,15 @@ class TokenLayout:
                                       "data_fingerprint": "data", "tokens_fingerprint": "tokenized data"}
 
     @classmethod
-    def of(cls, meta: dict[str, Any]) -> TokenLayout:
-        """The layout recorded in an artifact's metadata."""
+    def of(cls, meta: dict[str, Any]) -> TokenOrigin:
+        """The origin recorded in an artifact's metadata."""
         return cls(**{k: meta[k] for k in cls.WHAT if k in meta})
 
     def meta(self) -> dict[str, Any]:
         """The recorded keys, to write into another artifact's metadata."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
-    def first_difference(self, other: TokenLayout) -> str | None:
+    def first_difference(self, other: TokenOrigin) -> str | None:
         """The first key both record with different values, or None."""
         mine, theirs = asdict(self), asdict(other)
         return next((k for k in self.WHAT if None not in (mine[k], theirs[k]) and mine[k] != theirs[k]), None)
@@ -188,8 +189,6 @@ def tokenize(
     data_fingerprint: str = "",
 ) -> TokenTable:
     """Tokenize conversations segment by segment (see the module docstring) and truncate to ``max_seq_len``."""
-    from ..compute.modeling import tokenizer_fingerprint
-
     cfg = cfg or TokenizeConfig()
     rendered = [_render_row(c, tokenizer, cfg.template) for c in conversations]
     texts = [text for segs in rendered for text, _ in segs]

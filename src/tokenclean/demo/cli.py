@@ -30,7 +30,7 @@ RUN_SETTINGS = ("device", "dtype", "overwrite")
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``demo`` subcommand."""
-    from ..cli import COMMANDS  # the one-line help lives in the command table
+    from ..commands import COMMANDS  # the one-line help lives in the command table
 
     p = subparsers.add_parser("demo", help=COMMANDS["demo"][0])
     demo_flags(p)

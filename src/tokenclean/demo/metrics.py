@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from ..core.artifacts import Scores, Selection
+from ..core.artifacts import KIND_CODES, NOT_RESPONSE, Scores, Selection
 from ..core.data import DataConfig, load_conversations, read_rows
 from ..core.tokens import TokenTable, list_column, render_segments, write_parquet
 from ..errors import DataError
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tokenclean")
 
-KIND_CODES = {"informative": 0, "generic": 1, "noise": 2}
-NOT_RESPONSE = -1
 KNOWN_LOSS = 0.5  # nats: a held-out token the base model already predicts (p > 0.61) when its base loss is below
 
 

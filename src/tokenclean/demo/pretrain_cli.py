@@ -14,7 +14,7 @@ from ..io import read_json
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``pretrain`` subcommand on an ``argparse`` subparsers object."""
-    from ..cli import COMMANDS  # the one-line help lives in the command table
+    from ..commands import COMMANDS  # the one-line help lives in the command table
 
     p = subparsers.add_parser("pretrain", help=COMMANDS["pretrain"][0])
     pretrain_flags(p)

@@ -41,7 +41,8 @@ from ..io import atomic_write_text, read_json, write_json
 from ..runs.compare import DEFAULT_METHODS, Ablation, compare
 from ..runs.config import RunConfig
 from ..runs.layout import HELDOUT_BASE, TOKENS
-from ..runs.stages import Run
+from ..runs.reference import base_scores
+from ..runs.stages import Run, tokens_stage
 from .metrics import DEMO_COLUMNS, KIND_CODES, DemoInputs, DemoMetrics
 from .render import conclude, render, time_per_stage
 from .world import GROUND_TRUTH_FIELDS
@@ -125,7 +126,7 @@ ABLATIONS = {a.name: a for a in (NOISY_WARMUP, SHORT_WARMUP)}
 _RUN = {
     "warmup_fraction": 0.2, "rounds": 2, "max_seq_len": 256,
     # a tiny from-scratch model: full fine-tuning at a high learning rate, small batches
-    "lora": False, "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.05, "batch_size": 16,
+    "lora": False, "learning_rate": 1e-3, "lr_scheduler": "cosine", "lr_warmup_ratio": 0.05, "batch_size": 16,
     "gradient_accumulation_steps": 1, "epochs": 2.0, "logging_steps": 1000, "save_steps": 1000,
     # fp32 everywhere for the tiny model: bf16 autocast costs more than it saves at this size (a full fine-tune of
     # the default world: 9.9 s in bf16, 7.6 s in fp32 on a CPU with AMX; bench/README.md), and CPUs with and
@@ -223,7 +224,7 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
         raise ConfigError(f"the ablation rows ({', '.join(a.name for a in ablations)}) need the generated world and "
                           "the fixed method among --methods")
     root = Run(run_cfg)
-    tables = root.tokens_stage()
+    tables = tokens_stage(root)
     with clock("token kinds, prompts"):
         measure = DemoMetrics(root, tables, inputs, profile.max_new_tokens, progress)
     result = compare(run_cfg, methods, seeds, extra_metrics=measure, extra_columns=DEMO_COLUMNS,
@@ -235,7 +236,7 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
         result["base_known_split"] = measure.known_split(base_heldout)
         response = measure.codes[measure.codes >= 0]
         result["pool_kinds"] = {k: float(np.mean(response == code)) for k, code in KIND_CODES.items()}
-        result["base_kind_loss"] = measure.kind_losses(root.base_scores(tables["pool"]))
+        result["base_kind_loss"] = measure.kind_losses(base_scores(root, tables["pool"]))
         result["samples"] = measure.samples(root, methods, seeds[0])
     result["intervals"] = measure.intervals(methods, seeds)
     loads = root.result(TOKENS)
@@ -341,9 +342,9 @@ def _world(profile: Profile, world: Path, base: str | None, device: str | None, 
     wcfg = WorldConfig(**profile.world)
     record: dict[str, Any] = {}
     if profile.phrasing == "base":
-        from ..compute.modeling import path_fingerprint
+        from ..compute.modeling import source_fingerprint
 
-        record = {"phrased_by": {"base": base, "fingerprint": path_fingerprint(base)}}
+        record = {"phrased_by": {"base": base, "fingerprint": source_fingerprint(base)}}
     if _same_json(world / "world.json", {**asdict(wcfg), **record}):
         return
     openers = None
@@ -382,7 +383,7 @@ def _report(run_dir: str) -> None:
     """Write the HTML report and plots for the run (``tokenclean report``); without matplotlib (the ``report``
     extra), say so and go on: the numbers are already written."""
     from ..errors import TokencleanError
-    from ..report.view import write_report
+    from ..report.page import write_report
 
     try:
         write_report(run_dir)

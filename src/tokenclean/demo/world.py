@@ -60,6 +60,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.artifacts import KIND_CODES
 from ..errors import ConfigError
 from ..io import atomic_write_text, write_json
 from .lexicon import (  # noqa: F401  (re-exported: tests and the demo read them here)
@@ -82,7 +83,7 @@ from .lexicon import (  # noqa: F401  (re-exported: tests and the demo read them
     THINGS,
 )
 
-KINDS = ("informative", "generic", "noise")
+KINDS = tuple(KIND_CODES)
 # The ground truth each SFT row carries beside its messages: read by the demo's measurements, never tokenized, so
 # a run over world files drops them on purpose (``DataConfig.ignore_fields``).
 GROUND_TRUTH_FIELDS = ("task", "answer", "kinds", "corruption")

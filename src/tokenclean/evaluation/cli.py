@@ -19,7 +19,7 @@ DEFAULT_OUT = "eval_results.json"
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``eval`` on an argparse subparsers object; the parsed args carry ``func=run``."""
-    from ..cli import COMMANDS  # the one-line help lives in the command table
+    from ..commands import COMMANDS  # the one-line help lives in the command table
 
     parser = subparsers.add_parser("eval", help=COMMANDS["eval"][0])
     eval_flags(parser)

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -16,17 +15,6 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="compare directory: the seed to show (default: the first)")
     p.add_argument("--tokenizer", help="decode tokens with this tokenizer (default: the run's base model, from "
                                        "RUN_DIR/config.yaml)")
-
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``report`` and ``show`` on an argparse subparsers object; returns the ``report`` parser."""
-    from ..cli import COMMANDS  # the one-line help lives in the command table
-
-    report = subparsers.add_parser("report", help=COMMANDS["report"][0])
-    report_flags(report)
-    show_flags(subparsers.add_parser("show", help=COMMANDS["show"][0]))
-    return report
 
 
 def report_flags(report: argparse.ArgumentParser) -> None:
@@ -58,7 +46,7 @@ def show_flags(show: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from .view import write_report
+    from .page import write_report
 
     page = write_report(args.run_dir, args.out, method=args.method, seed=args.seed, samples=args.samples,
                         tokenizer=args.tokenizer, plots=not args.no_plots)

@@ -86,8 +86,8 @@ def health_box(view: RunView) -> str:
     cells = "".join(f'<tr><th>{html.escape(k)}</th><td{" class=" + verdict if k == "verdict" else ""}>'
                     f"{html.escape(v)}</td></tr>" for k, v in health_rows(health))
     return (f"<h2>Score health{_where(view)}</h2>"
-            '<p class=muted>Whether the reference moved far enough from the base for score = base loss - reference '
-            "loss to rank tokens beyond rounding noise.</p>"
+            "<p class=muted>Whether the reference moved far enough from the base for the selection's score to rank "
+            "tokens beyond rounding noise.</p>"
             f'<table class="summary health">{cells}</table>')
 
 

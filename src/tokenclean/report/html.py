@@ -17,13 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from ..core.artifacts import KIND_CODES
 from .health import health_banner, health_box, health_cell
-from .scorers import GATING_SCORERS, scorer_text, threshold_units
-from .view import KINDS, RunView, SampleStats
+from .scorers import gates, score_units, scorer_text
+from .view import RunView, SampleStats
 
 BINS = 8  # colour steps per side of zero
 NEGATIVE, NEUTRAL, POSITIVE = (33, 102, 172), (247, 247, 247), (178, 24, 43)  # blue, white, red (RdBu)
-KIND_STYLES = {0: "2px solid #1a7f37", 1: "2px dotted #6e7781", 2: "2px dashed #cf222e"}
+KIND_NAMES = {code: name for name, code in KIND_CODES.items()}  # a demo's ground-truth token kinds
+KIND_STYLES = {KIND_CODES["informative"]: "2px solid #1a7f37", KIND_CODES["generic"]: "2px dotted #6e7781",
+               KIND_CODES["noise"]: "2px dashed #cf222e"}
 SORTS = [("index:asc", "pool order"), ("id:asc", "sample id"), ("kept:desc", "kept share, high first"),
          ("kept:asc", "kept share, low first"), ("score:desc", "mean score, high first"),
          ("score:asc", "mean score, low first"), ("len:desc", "length, long first"), ("len:asc", "length, short first")]
@@ -50,7 +53,7 @@ def score_scale(view: RunView, shown: list[int]) -> float:
     if score is None or not shown:
         return 1.0
     values = np.abs(np.concatenate([score[view.offsets[i]:view.offsets[i + 1]] for i in shown]))
-    values = values[~np.isnan(values)]
+    values = values[np.isfinite(values)]  # gated tokens (-inf) take the strongest colour, not the scale
     scale = float(np.percentile(values, 95)) if len(values) else 0.0
     return scale if scale > 0 else 1.0
 
@@ -63,6 +66,10 @@ def score_bins(score: np.ndarray, scale: float) -> np.ndarray:
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "–" if x is None or not np.isfinite(x) else format(x, spec)
+
+
+def _score_text(x: float) -> str:
+    return "gated" if np.isneginf(x) else _fmt(x, "+.3f")
 
 
 def _token_html(text: str) -> str:
@@ -90,11 +97,11 @@ def render_sample(view: RunView, i: int, texts: list[str], stats: SampleStats, s
         else:
             cls += ["r" if keep is None else ("k" if keep[j] else "d"), f"c{bins[j]}"]
             title += (f" · base {_fmt(base[j] if base is not None else None)} · ref "
-                      f"{_fmt(ref[j] if ref is not None else None)} · score {_fmt(score[j], '+.3f')}")
+                      f"{_fmt(ref[j] if ref is not None else None)} · score {_score_text(score[j])}")
             title += "" if keep is None else (" · kept" if keep[j] else " · dropped")
-        if kinds is not None and kinds[j] in KINDS:
+        if kinds is not None and kinds[j] in KIND_NAMES:
             cls.append(f"kd{kinds[j]}")
-            title += f" · {KINDS[int(kinds[j])]}"
+            title += f" · {KIND_NAMES[int(kinds[j])]}"
         spans.append(f'<span class="{" ".join(cls)}" title="{esc(title)}">{_token_html(text)}</span>')
     sid = view.sample_ids[i]
     kept = "" if stats.kept is None else (f" · {stats.kept[i]} kept ({_fmt(100 * stats.kept_share[i], '.0f')}%)")
@@ -118,7 +125,7 @@ def summary_rows(view: RunView) -> list[tuple[str, str]]:
     if "kept_tokens" in sel and sel.get("response_tokens"):
         rows.append(("kept tokens", (f"{sel['kept_tokens']:,} of {sel['response_tokens']:,} "
                                     f"({100 * sel['kept_tokens'] / sel['response_tokens']:.1f}%)")))
-    if sel.get("gated_tokens") or (view.scorer in GATING_SCORERS and "gated_tokens" in sel):
+    if sel.get("gated_tokens") or (gates(view) and "gated_tokens" in sel):
         rows.append(("gated tokens", f"{sel['gated_tokens']:,} (ruled out by scorer {view.scorer}: never kept)"))
     config = sel.get("config") or {}
     if config:
@@ -126,7 +133,7 @@ def summary_rows(view: RunView) -> list[tuple[str, str]]:
         rows.append(("selection", ("" if scorer is None else f"scorer {scorer}, ")
                      + f"level {config.get('level')}, keep_ratio {config.get('keep_ratio')}"))
     if view.threshold is not None:
-        rows.append(("score threshold", f"{view.threshold:+.4f} (lowest kept score, {threshold_units(view.scorer)})"))
+        rows.append(("score threshold", f"{view.threshold:+.4f} (lowest kept score, {score_units(view)})"))
     if "samples_zero_kept" in sel:
         rows.append(("samples with none kept", f"{sel['samples_zero_kept']:,}"))
     training = summ.get("training", {})
@@ -189,15 +196,15 @@ def _figure(path: Path, caption: str) -> str:
 def legend(view: RunView, scale: float) -> str:
     colours = bin_colours()
     bar = "".join(f'<span class="t c{i}">&nbsp;&nbsp;</span>' for i in range(len(colours)))
-    parts = [(f"score (base loss - reference loss): <span class=muted>{-scale:+.2f}</span> {bar} "
-             f"<span class=muted>{scale:+.2f}</span> (the warm-up lowered the loss: red)"),
+    parts = [(f"score ({esc(score_units(view))}): <span class=muted>{-scale:+.2f}</span> {bar} "
+             f"<span class=muted>{scale:+.2f}</span> (ranked first: red)"),
              '<span class="t p">prompt</span>']
     if view.keep_mask is not None:
         parts += [f'<span class="t k c{2 * BINS - 2}">kept</span>', f'<span class="t d c{2 * BINS - 2}">dropped</span>']
     else:
         parts.append('<span class="t r">response (no selection recorded)</span>')
     if view.kinds is not None:
-        parts += [f'<span class="t kd{k}">{name}</span>' for k, name in KINDS.items()]
+        parts += [f'<span class="t kd{k}">{name}</span>' for k, name in KIND_NAMES.items()]
     return '<p class="legend">' + " · ".join(parts) + "</p>"
 
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import TokencleanError
 from ..io import atomic_write_bytes
-from .scorers import no_threshold_line, threshold_line
+from ..selection.scorers import EXCESS_UNITS
+from .scorers import no_threshold_line, score_units, threshold_line
 from .view import RunView, SampleStats
 
 MAX_POINTS = 50_000  # scatter points drawn at most (a seeded random subset of the tokens)
@@ -63,10 +64,12 @@ def plot_losses(base: np.ndarray, ref: np.ndarray, keep: np.ndarray | None, path
     return _save(fig, path)
 
 
-def plot_score_histogram(score: np.ndarray, keep: np.ndarray | None, threshold: float | None, path: Path) -> Path:
-    """Histogram of score = base loss - reference loss over response tokens ((total_tokens,), NaN left out),
-    split into kept and dropped when ``keep`` is given, with the selection threshold marked."""
-    scored = ~np.isnan(score)
+def plot_score_histogram(score: np.ndarray, keep: np.ndarray | None, threshold: float | None, path: Path,
+                         units: str = EXCESS_UNITS) -> Path:
+    """Histogram of the selection's score (in ``units``) over response tokens ((total_tokens,); NaN and gated
+    tokens, -inf, left out), split into kept and dropped when ``keep`` is given, with the selection threshold
+    marked."""
+    scored = np.isfinite(score)
     fig = _figure()
     ax = fig.add_subplot()
     values = score[scored]
@@ -78,7 +81,7 @@ def plot_score_histogram(score: np.ndarray, keep: np.ndarray | None, threshold: 
                 label=["dropped", "kept"])
     if threshold is not None:
         ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:+.3g}")
-    ax.set(xlabel="score = base loss - reference loss (nats)", ylabel="tokens", title="token scores")
+    ax.set(xlabel=f"score ({units})", ylabel="tokens", title="token scores")
     if keep is not None or threshold is not None:
         ax.legend(fontsize=8)
     return _save(fig, path)
@@ -121,15 +124,17 @@ def write_plots(view: RunView, stats: SampleStats, out: Path) -> list[tuple[Path
     """Draw every plot the run has inputs for into ``out`` (and no other); returns (PNG path, caption) pairs."""
     remove_plots(out)
     figures: list[tuple[Path, str]] = []
-    score = view.score
-    if score is None:
-        view.note("no loss scatter or score histogram: the run has no base or reference losses")
+    if view.base_loss is None or view.ref_loss is None:
+        view.note("no loss scatter: the run has no base or reference losses")
     else:
         figures.append((plot_losses(view.base_loss, view.ref_loss, view.keep_mask, out / "losses.png"),
                         "Base vs reference loss per token; below the line the warm-up lowered the loss."))
+    if view.score is None:
+        view.note("no score histogram: the run saved no selection score")
+    else:
         line = threshold_line(view)
         caption = "Scores of the response tokens" + (" and the selection threshold." if line is not None else ".")
-        figures.append((plot_score_histogram(score, view.keep_mask, line, out / "scores.png"),
+        figures.append((plot_score_histogram(view.score, view.keep_mask, line, out / "scores.png", score_units(view)),
                         caption + (f" {no_threshold_line(view)}" if no_threshold_line(view) else "")))
     if view.keep_mask is None:
         view.note(f"no kept-per-sample plot: method {view.method} records no token selection")

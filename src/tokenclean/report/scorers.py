@@ -1,50 +1,53 @@
-"""What the report says about the scorer that made a selection (``selection.scorers``): the units of its threshold,
-and whether that threshold is a line on the histogram of base loss - reference loss.
+"""What the report says about the scorer that made a selection, read from its registry entry
+(``selection.scorers.SCORERS``): the units of its score and threshold, its setting, and whether one threshold line
+separates kept from dropped tokens on the histogram of its score.
 
-A selection's ``score_threshold`` is the lowest kept score in the scorer's own units. Only for the scorers that keep
-the top of base - reference loss (``excess`` and its gated forms) does it separate kept from dropped tokens on the
-report's score histogram; for the others the page says why no line is drawn.
+A selection's ``score_threshold`` is the lowest kept score, in the scorer's own units, and the histogram shows the
+score the selection saved; so the line is drawn for every scorer but the combining ones (union, intersection), which
+keep the union or intersection of two selections and have no single threshold.
 """
 
 from __future__ import annotations
 
+from ..selection.scorers import EXCESS_UNITS, SCORERS, Scorer
 from .view import RunView
 
-EXCESS_UNIT_SCORERS = ("excess", "small-loss", "curve-positive")
-NO_THRESHOLD_LINE = {
-    "union": "it keeps the union of the global and the per-sample selections, so no single score separates kept "
-             "from dropped tokens",
-    "intersection": "it keeps the intersection of the global and the per-sample selections, so no single score "
-                    "separates kept from dropped tokens",
-    "prompt": "its score is the prompt gain (prompt-free loss - loss, nats), not base - reference loss",
-    "prompt-excess": "its score is the mean percentile rank of excess and prompt gain (in [0, 1]), not base - "
-                     "reference loss",
-}
-THRESHOLD_UNITS = {"prompt": "nats of prompt gain", "prompt-excess": "mean percentile rank, in [0, 1]"}
-GATING_SCORERS = ("small-loss", "curve-positive", "prompt", "prompt-excess")  # may gate (never keep) tokens
+
+def scorer_of(view: RunView) -> Scorer | None:
+    """The registry entry of the scorer that made the selection; None without one (or for a name this version does
+    not know)."""
+    return SCORERS.get(view.scorer) if view.scorer is not None else None
 
 
 def threshold_line(view: RunView) -> float | None:
-    """The selection's threshold when it is in base - reference loss units (``EXCESS_UNIT_SCORERS``), else None."""
-    return view.threshold if view.scorer in EXCESS_UNIT_SCORERS else None
+    """The selection's threshold, drawn on the histogram of its score; None for a combining scorer."""
+    scorer = scorer_of(view)
+    return None if scorer is not None and scorer.combine is not None else view.threshold
 
 
 def no_threshold_line(view: RunView) -> str | None:
     """Why the selection's threshold is not drawn on the score histogram; None when it is drawn or there is none."""
     if view.threshold is None or threshold_line(view) is not None:
         return None
-    why = NO_THRESHOLD_LINE.get(view.scorer, "its score is not base - reference loss")
-    return f"No threshold line: scorer {view.scorer} made the selection, and {why}."
+    return (f"No threshold line: scorer {view.scorer} made the selection ({scorer_of(view).help}), so no single "
+            "score separates kept from dropped tokens.")
 
 
-def threshold_units(scorer: str | None) -> str:
-    """The units of a selection threshold made by ``scorer``."""
-    return THRESHOLD_UNITS.get(scorer, "nats of base - reference loss")
+def score_units(view: RunView) -> str:
+    """The units of the selection's score (and threshold), as the selection recorded them (``score_units``;
+    selections written before it recorded them ranked by base - reference loss)."""
+    return view.selection.get("score_units", EXCESS_UNITS)
+
+
+def gates(view: RunView) -> bool:
+    """Whether the selection's scorer may rule tokens out (never kept)."""
+    scorer = scorer_of(view)
+    return scorer is not None and scorer.gates
 
 
 def scorer_text(view: RunView) -> str | None:
     """The scorer and its setting, e.g. ``small-loss (gate quantile 0.9)``; None without a scorer."""
-    scorer = view.scorer
-    if scorer == "small-loss" and "gate_quantile" in (view.selection.get("config") or {}):
-        return f"{scorer} (gate quantile {view.selection['config']['gate_quantile']})"
-    return scorer
+    scorer, config = scorer_of(view), view.selection.get("config") or {}
+    if scorer is not None and scorer.setting in config:
+        return f"{view.scorer} ({scorer.setting.replace('_', ' ')} {config[scorer.setting]})"
+    return view.scorer

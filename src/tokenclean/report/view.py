@@ -2,13 +2,11 @@
 
 ``load_run`` reads a ``tokenclean run`` directory or one method and seed of a ``tokenclean compare`` directory
 into a ``RunView``: flat per-token arrays aligned with the pool's tokens, plus the run's JSON records. Nothing is
-recomputed (score = base loss - reference loss is the only arithmetic). ``write_report`` turns a view into
-``<run>/report/index.html`` with its plots (``report.html``, ``report.plots``); ``show`` (``report.show``)
+recomputed: the score is the one the selection ranked by, saved beside its keep-mask (``Selection.score``). ``report.page.write_report`` turns a view
+into ``<run>/report/index.html`` with its plots (``report.html``, ``report.plots``); ``show`` (``report.show``)
 prints one sample in the terminal.
 
 >>> view = load_run("runs/cmp", method="fixed", seed=1)     # doctest: +SKIP
->>> write_report("runs/cmp", samples=100)                    # doctest: +SKIP
-PosixPath('runs/cmp/report/index.html')
 """
 
 from __future__ import annotations
@@ -26,13 +24,11 @@ from ..core.artifacts import Scores, Selection, check_same_tokens, keep_mask_for
 from ..errors import MismatchError, TokencleanError
 from ..io import read_json
 from ..core.tokens import TokenTable, per_sample_sum
-from ..runs.layout import BASE_SCORES, KINDS_FILE, Layout
+from ..runs.layout import BASE_SCORES, Layout, holds_a_run, methods_run, round_dirs, seeds_run
 from ..runs.summary import MethodSummary
 
 log = logging.getLogger("tokenclean")
 
-# Ground-truth token kinds a demo may write to tokens/pool_kinds.parquet (-1: none).
-KINDS = {0: "informative", 1: "generic", 2: "noise"}
 DEFAULT_SAMPLES = 200
 
 
@@ -54,12 +50,14 @@ class RunView:
     base_loss: np.ndarray | None        # (total_tokens,) float32
     ref_loss: np.ndarray | None         # (total_tokens,) float32
     keep_mask: np.ndarray | None        # (total_tokens,) bool; None: the method records no token selection
+    score: np.ndarray | None = None     # (total_tokens,) the score the selection ranked by (its scorer's units; NaN
+    #                                     not a candidate, -inf gated); None without a selection or a saved score
     selection: dict[str, Any] = field(default_factory=dict)  # selection.json (counts, threshold, config)
     summary: MethodSummary = field(default_factory=dict)  # type: ignore[assignment]  # summary.json ({} while it runs)
     rounds: list[dict[str, Any]] = field(default_factory=list)  # self-evolving: round.json of each round
     sample_round: np.ndarray | None = None  # (n_samples,) self-evolving round that trained each sample
     comparison: dict[str, Any] | None = None  # comparison.json of a compare directory
-    kinds: np.ndarray | None = None     # (total_tokens,) int8 ground-truth kinds (KINDS; -1 none)
+    kinds: np.ndarray | None = None     # (total_tokens,) int8 ground-truth kinds (core.artifacts.KIND_CODES)
     conclusion: list[str] | None = None  # demo.json "conclusion": sentences (a string is one sentence)
     notes: list[str] = field(default_factory=list)  # what is missing and why, shown on the page
 
@@ -84,17 +82,10 @@ class RunView:
         """(total_tokens,) bool."""
         return self.tokens.flat_response_mask()
 
-    @cached_property
-    def score(self) -> np.ndarray | None:
-        """(total_tokens,) float32 base loss - reference loss; NaN where either is missing."""
-        if self.base_loss is None or self.ref_loss is None:
-            return None
-        return self.base_loss - self.ref_loss
-
     @property
     def threshold(self) -> float | None:
         """The lowest kept score, when the selection was made from base and reference losses (``select``), in the
-        units of its scorer (``report.scorers``); None otherwise: random (its own random scores), self-evolving (one
+        units of its scorer (``Scorer.units``); None otherwise: random (its random scores), self-evolving (one
         threshold per round)."""
         if "ref_model_fingerprint" not in self.selection:
             return None
@@ -129,7 +120,7 @@ def load_run(run_dir: str | os.PathLike, method: str | None = None, seed: int | 
     if not root.is_dir():
         raise TokencleanError(f"{root}: no such directory; expected a run directory of `tokenclean run` or "
                               "`tokenclean compare`")
-    if not top.holds_a_run():
+    if not holds_a_run(top):
         raise TokencleanError(f"{root}: not a tokenclean run directory (no {pool_dir / TokenTable.FILE}); expected "
                               "the --out directory of `tokenclean run` or `tokenclean compare`")
     config = _read_yaml(top.config)
@@ -141,8 +132,8 @@ def load_run(run_dir: str | os.PathLike, method: str | None = None, seed: int | 
                    comparison=comparison)
     view.summary = _json_or_empty(at.summary)
     view.base_loss = _losses(at.path(BASE_SCORES), tokens, pool_dir, view, "base losses")
-    if at.round_dirs():
-        _read_rounds(view, at.round_dirs())
+    if round_dirs(at):
+        _read_rounds(view, round_dirs(at))
     else:
         view.ref_loss = _losses(at.path(at.reference_scores), tokens, pool_dir, view, "reference losses")
     _read_selection(view, at.path(at.selection), pool_dir)
@@ -166,7 +157,7 @@ def _json_or_empty(path: Path) -> dict[str, Any]:
 
 def _seeds(top: Layout, comparison: dict[str, Any] | None) -> list[int]:
     """Seeds of a compare directory, in the comparison's order (empty for a single run)."""
-    found = set(top.seeds())
+    found = set(seeds_run(top))
     ordered = [s for s in (comparison or {}).get("seeds", []) if s in found]
     return ordered + sorted(found - set(ordered))
 
@@ -192,7 +183,7 @@ def _locate(top: Layout, method: str | None, seed: int | None, comparison: dict[
     from ..runs.methods import METHODS
 
     order = list((comparison or {}).get("methods", []))  # empty while the comparison runs
-    ran = top.methods_run(seed, set(METHODS))
+    ran = methods_run(top, seed, set(METHODS))
     present = [m for m in order if m in ran] + [m for m in ran if m not in order]
     if method is None:
         if not present:
@@ -220,13 +211,18 @@ def _check_aligned(artifact: Scores | Selection, name: str, tokens: TokenTable, 
 
 
 def _read_selection(view: RunView, directory: Path, pool_dir: Path) -> None:
+    """The keep-mask, the score it ranked by and selection.json of ``directory``, checked against the pool."""
     if not (directory / Selection.FILE).is_file():
         view.selection = view.summary.get("selection", {})
         view.note(f"method {view.method} records no token selection ({directory / Selection.FILE} not found): "
-                  "tokens are coloured by score without kept/dropped marks")
+                  "tokens are shown without scores or kept/dropped marks")
         return
-    view.keep_mask = keep_mask_for(view.tokens, directory, str(pool_dir))
-    view.selection = read_json(directory / Selection.META)
+    selection = Selection.load(directory)
+    view.keep_mask = keep_mask_for(view.tokens, selection, str(pool_dir))
+    view.score, view.selection = selection.score, selection.meta
+    if view.score is None:
+        view.note(f"{directory} holds no score (written before selections saved the score they ranked by): tokens "
+                  "are shown without scores; run the same command again to add it")
 
 
 def _read_rounds(view: RunView, rounds: list[tuple[int, Path]]) -> None:
@@ -288,7 +284,8 @@ def _read_kinds(path: Path, tokens: TokenTable) -> np.ndarray | None:
 @dataclass
 class SampleStats:
     """Per-sample counts, each (n_samples,). ``kept_share`` = kept / response tokens (NaN without a selection or
-    response tokens); ``mean_score`` divides by the number of scored response tokens (NaN when none)."""
+    response tokens); ``mean_score`` divides by the number of tokens with a finite score (gated tokens, -inf, are
+    left out; NaN when none)."""
 
     length: np.ndarray
     response: np.ndarray
@@ -307,7 +304,7 @@ def sample_stats(view: RunView) -> SampleStats:
         if score is None:
             mean = np.full(len(response), np.nan)
         else:
-            scored = ~np.isnan(score)
+            scored = np.isfinite(score)
             mean = per_sample_sum(np.where(scored, score, 0.0), offsets) / per_sample_sum(scored, offsets)
     return SampleStats(np.diff(offsets), response, kept, share, mean)
 
@@ -361,36 +358,3 @@ def load_view_tokenizer(view: RunView, tokenizer: str | os.PathLike | None = Non
         raise TokencleanError(f"{view.layout.config}: no 'base' setting to take the tokenizer from; pass "
                               "--tokenizer")
     return load_tokenizer(source)
-
-
-# -- the report -----------------------------------------------------------------------------------------------------
-def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, method: str | None = None,
-                 seed: int | None = None, samples: int = DEFAULT_SAMPLES, tokenizer: str | os.PathLike | None = None,
-                 plots: bool = True) -> Path:
-    """Write ``out`` (default ``<run_dir>/report``)``/index.html``, one self-contained page, and the plots as PNG
-    beside it. Shows the first ``samples`` samples of the pool. Returns the path of the page."""
-    from ..io import atomic_write_text
-    from .html import render_page
-
-    if samples < 0:
-        raise TokencleanError(f"--samples must be >= 0, got {samples}")
-    view = load_run(run_dir, method, seed)
-    tok = load_view_tokenizer(view, tokenizer)
-    out = Path(out) if out is not None else view.layout.report
-    stats = sample_stats(view)
-    figures = []
-    if plots:
-        from .plots import write_plots
-
-        figures = write_plots(view, stats, out)
-    else:
-        from .plots import remove_plots
-
-        remove_plots(out)
-        view.note("plots not drawn (--no-plots)")
-    shown = np.arange(min(samples, len(view.tokens)))
-    ids, offsets = view.input_ids, view.offsets
-    texts = {int(i): token_texts(tok, ids[offsets[i]:offsets[i + 1]]) for i in shown}
-    page = out / "index.html"
-    atomic_write_text(page, render_page(view, stats, texts, figures))
-    return page

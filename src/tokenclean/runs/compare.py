@@ -7,7 +7,7 @@ a held-out split is measured, and one row per method (mean and spread over seeds
 paper's Table 1 layout) or the demo's ground-truth measurements.
 
 ``scorers`` adds rows: each scorer other than the run's own (``--scorer``) reruns the methods whose selection uses
-the scorer (``SCORER_METHODS``) as ``<method>[<scorer>]`` (``layout.variant_name``), in that name's own directory,
+the scorer (``Method.uses_scorer``) as ``<method>[<scorer>]`` (``layout.variant_name``), in that name's own directory,
 sharing the tokens, base scores, warm-up reference and its scores with the plain rows.
 
 ``ablations`` adds rows run under other *run* settings (``Ablation``: e.g. the reference warmed up on a noisy
@@ -18,7 +18,6 @@ method of a seed shares, so each ablation is a compare directory of its own, ``<
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import re
@@ -28,26 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..config import current_names
 from ..errors import ConfigError
 from ..io import atomic_write_text, write_json
 from ..selection.scorers import SCORERS
 from .layout import HELDOUT_BASE, Layout, variant_name
-from .methods import METHODS
+from .methods import METHODS, check_method
 
 if TYPE_CHECKING:  # the table functions below are used by the report, which imports no torch
     from ..selection.select import SelectConfig
     from .config import RunConfig
-    from .stages import Run
+    from .run import Run
     from .summary import MethodSummary
 
 log = logging.getLogger("tokenclean")
 
 DEFAULT_METHODS = ("full", "random", "rho", "slm", "fixed", "self-evolving")
 DEFAULT_EVAL_FRACTION = 0.1
-# The methods whose keep-mask comes from the scorer (``SelectConfig.scorer``): fixed and rho through
-# ``select_stage``; self-evolving in every round, with the round's model as the reference. full, random and slm
-# (Rho-1's own online excess score) do not read it.
-SCORER_METHODS = ("fixed", "rho", "self-evolving")
 
 Column = tuple[str, str, str]  # (key in a row's metrics, column header, format of one value)
 
@@ -107,19 +103,20 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     """Run ``methods`` for each seed in ``cfg.run.out`` and write the comparison. Returns it.
 
     ``scorers``: more rows, ``<method>[<scorer>]`` for each of these scorers other than ``cfg.select.scorer`` and
-    each method of ``SCORER_METHODS`` among ``methods`` (see ``plan_rows``). ``ablations``: more rows, each run
+    each method among ``methods`` that uses the scorer (see ``plan_rows``). ``ablations``: more rows, each run
     under its own settings in its own directory (``Ablation``), after the plain rows. ``extra_columns`` gives
     headers and formats to keys ``extra_metrics`` returns (others show under their key). The result's ``timings`` lists every
     stage with the seconds it took in *this* call (0 when reused) and in the call that ran it (``Store.timings``).
     """
-    from .stages import Run
+    from .run import Run
+    from .stages import score_stage, tokens_stage
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}, expected some of {sorted(METHODS)}")
     if not methods:
         raise ConfigError("no method to compare")
-    plan = plan_rows(methods, cfg.select, scorers or ())  # a bad scorer fails here, before anything runs
+    plan = plan_rows(methods, cfg.select, scorers or ())  # a bad method or scorer fails here, before anything runs
     seeds = list(seeds or [cfg.run.seed])
     if not cfg.run.eval_data and not cfg.run.eval_fraction:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, eval_fraction=DEFAULT_EVAL_FRACTION))
@@ -127,9 +124,9 @@ def compare(cfg: RunConfig, methods: list[str] | tuple[str, ...] = DEFAULT_METHO
     with root.locked():  # one process at a time in a compare directory (store.Store.locked)
         root.write_config(ignore=("method",))  # the methods are an argument of compare, not one setting
         ablation_roots = _ablation_roots(root, ablations, {name for name, _, _ in plan})
-        tables = root.tokens_stage()
-        base_loss = root.score_stage(HELDOUT_BASE, root.base_fingerprint, cfg.run.base, tables["eval"],
-                                     dtype=cfg.run.eval_dtype).meta["mean_token_loss"]
+        tables = tokens_stage(root)
+        base_loss = score_stage(root, HELDOUT_BASE, root.base_fingerprint, cfg.run.base, tables["eval"],
+                                dtype=cfg.run.eval_dtype).meta["mean_token_loss"]
         runs = [record for seed in seeds
                 for record in _run_seed(root, plan, ablations, ablation_roots, seed, extra_metrics)]
         names = [name for name, _, _ in plan] + [a.name for a in ablations]
@@ -172,7 +169,7 @@ def _ablation_roots(root: Run, ablations: Sequence[Ablation], taken: set[str]) -
     """Each ablation's compare directory as a ``Run`` (``Layout.ablation``), its settings checked and written.
     It shares ``root``'s timings, and its loaded tokenizer unless the ablation changes the base model."""
     from .config import RunConfig
-    from .stages import Run
+    from .run import Run
 
     cfg, roots = root.cfg, {}
     for a in ablations:
@@ -180,13 +177,16 @@ def _ablation_roots(root: Run, ablations: Sequence[Ablation], taken: set[str]) -
         if a.name in taken or a.name in roots or not plain:
             raise ConfigError(f"ablation name {a.name!r}: must be unique among the rows and a plain directory "
                               "name (letters, digits, _ . - [ ])")
-        if a.method not in METHODS:
-            raise ConfigError(f"ablation {a.name}: unknown method {a.method!r}, expected one of {sorted(METHODS)}")
-        unknown = sorted(set(a.overrides) - set(cfg.flat()))
+        overrides = current_names(a.overrides, tuple(RunConfig.SECTIONS.values()), f"ablation {a.name}")
+        unknown = sorted(set(overrides) - set(cfg.flat()))
         if unknown:
             raise ConfigError(f"ablation {a.name}: unknown setting(s) {unknown}")
-        sub = RunConfig.from_flat({**cfg.flat(), **a.overrides, "out": str(root.layout.ablation(a.name)),
+        sub = RunConfig.from_flat({**cfg.flat(), **overrides, "out": str(root.layout.ablation(a.name)),
                                    "method": a.method})
+        try:
+            check_method(a.method, sub.select)
+        except ConfigError as e:
+            raise ConfigError(f"ablation {a.name}: {e}") from None
         roots[a.name] = Run(sub, shared=root if sub.run.base == cfg.run.base else None)
         roots[a.name].write_config(ignore=("method",))
     return roots
@@ -196,47 +196,41 @@ def plan_rows(methods: list[str] | tuple[str, ...], select: SelectConfig, scorer
               ) -> list[tuple[str, str, SelectConfig | None]]:
     """The rows of a comparison, in order: (name, method, selection settings; None = the run's own). Each method's
     row is followed by its scorer variants: one per scorer of ``scorers`` other than the run's own, for the
-    methods of ``SCORER_METHODS``. Left out, with a log line: a variant that would select exactly as the plain row
-    (rho under ``union``/``intersection`` falls back to excess, as ``methods.run_rho`` does), and self-evolving
-    with a prompt scorer (its rounds have no prompt-free scores)."""
+    methods that use the scorer (``Method.uses_scorer``). Left out, with a log line: a variant that would select
+    exactly as the plain row (``Method.ranks_by``: rho ranks by excess under union and intersection), and one whose
+    method cannot use the scorer (``Method.check``: self-evolving with a prompt scorer). A method that cannot use the
+    run's own scorer is refused (``check_method``)."""
     unknown = [s for s in scorers if s not in SCORERS]
     if unknown:
         raise ConfigError(f"unknown scorer(s) {unknown}, expected some of {list(SCORERS)}")
     plan: list[tuple[str, str, SelectConfig | None]] = []
     for method in methods:
+        check_method(method, select)  # the run's own scorer: refused, not left out
         plan.append((method, method, None))
-        if method not in SCORER_METHODS:
-            continue
-        for scorer in dict.fromkeys(scorers):
+        rules = METHODS[method]
+        for scorer in dict.fromkeys(scorers) if rules.uses_scorer else ():
             name = variant_name(method, scorer)
-            if _scorer_used(method, scorer) == _scorer_used(method, select.scorer):
+            if rules.ranks_by(scorer) == rules.ranks_by(select.scorer):
                 if scorer != select.scorer:
-                    log.info("compare: %s left out: it would select exactly as the %s row (rho ranks by excess "
-                             "under union and intersection)", name, method)
+                    log.info("compare: %s left out: it would select exactly as the %s row (it ranks by %s)", name,
+                             method, rules.ranks_by(scorer))
                 continue
-            if method == "self-evolving" and SCORERS[scorer].needs_prompt_free:
-                log.warning("compare: %s left out: self-evolving's rounds have no prompt-free scores", name)
+            try:
+                rules.check(method, scorer)
+            except ConfigError as e:
+                log.warning("compare: %s left out: %s", name, e)
                 continue
             plan.append((name, method, dataclasses.replace(select, scorer=scorer)))  # checks level and scorer
     return plan
 
 
-def _scorer_used(method: str, scorer: str) -> str:
-    """The scorer ``method`` selects with under ``--scorer scorer`` (rho has no per-sample form of a combining
-    scorer and uses excess: ``methods.run_rho``)."""
-    return "excess" if method == "rho" and SCORERS[scorer].combine else scorer
-
-
 def _variant(root: Run, name: str, method: str, seed: int, select: SelectConfig | None) -> Run:
-    """``root.variant(method, seed)``, or for a scorer variant the same with ``select`` as its selection settings,
-    in the directory ``seed-<s>/<name>/`` (its own stages; the seed's shared stages as every method's)."""
-    if select is None:
-        return root.variant(method, seed)
-    from .stages import Run
-
-    cfg = copy.deepcopy(root.cfg)
-    cfg.run.method, cfg.run.seed, cfg.select = method, seed, select
-    return Run(cfg, Layout.variant_of(root.dir, seed, name), shared=root)
+    """``root.variant(method, seed)`` in the directory ``seed-<s>/<name>/`` (its own stages; the seed's shared stages
+    as every method's), with ``select`` as its selection settings for a scorer variant."""
+    run = root.variant(method, seed, name)
+    if select is not None:
+        run.cfg.select = select
+    return run
 
 
 def aggregate(runs: list[dict[str, Any]], methods: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
@@ -295,7 +289,7 @@ def benchmark_metrics(tasks: str | list[str], data_dir: str | None = None, limit
     (``.../benchmarks/results.json``), so a re-run does not evaluate it again."""
     from ..evaluation.benchmarks import parse_tasks
     from ..evaluation.results import AVERAGE, COLUMN_TITLES, benchmark_columns, write_results
-    from ..compute.modeling import path_fingerprint
+    from ..core.fingerprints import path_fingerprint
 
     names = [b.name for b in parse_tasks(tasks)]  # unknown names fail here, before any training
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..compute.scoring import ScoreConfig
 from ..compute.training import TrainConfig
-from ..config import as_dict, build, field_names, option
+from ..config import as_dict, build, current_names, field_names, option
 from ..core.data import DataConfig
 from ..core.tokens import TokenizeConfig
 from ..errors import ConfigError
@@ -77,7 +77,9 @@ class RunConfig:
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> RunConfig:
-        """Build from a flat mapping of field names (YAML keys / flags); each name belongs to one section."""
+        """Build from a flat mapping of field names (YAML keys / flags); each name belongs to one section. A
+        setting's former name is accepted, with a warning (``config.current_names``)."""
+        values = current_names(values, tuple(cls.SECTIONS.values()))
         return cls(**{name: build(section, values) for name, section in cls.SECTIONS.items()})
 
     def pool_data(self) -> DataConfig:
@@ -92,20 +94,14 @@ class RunConfig:
         return {k: v for name in self.SECTIONS for k, v in as_dict(getattr(self, name)).items()}
 
     def check(self) -> None:
+        """Refuse missing or contradicting settings and a device that is not there, before anything runs. The
+        method and whether it can use the scorer are checked by ``methods.check_method``."""
         r = self.run
         missing = [f"--{n}" for n in ("base", "data", "out") if getattr(r, n) is None]
         if missing:
             raise ConfigError(f"missing required setting(s): {', '.join(missing)}")
         from ..compute.modeling import resolve_device, resolve_dtype
-        from .methods import METHODS
 
-        if r.method not in METHODS:
-            raise ConfigError(f"unknown method {r.method!r}, expected one of {sorted(METHODS)}")
-        from ..selection.scorers import SCORERS
-
-        if r.method == "self-evolving" and SCORERS[self.select.scorer].needs_prompt_free:
-            raise ConfigError(f"scorer {self.select.scorer!r} needs the responses scored without their prompts, which "
-                              "self-evolving rounds do not compute; use it with --method fixed (or another scorer)")
         if r.warmup_data and self.warmup.warmup_rated_by:
             raise ConfigError("--warmup-rated-by picks the warm-up rows from the pool; it cannot be combined with "
                               "--warmup-data (your own warm-up set)")

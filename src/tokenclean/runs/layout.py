@@ -11,6 +11,7 @@ method under ``seed-<s>/<method>/``. A single ``tokenclean run`` uses no sub-dir
     <run>/[seed-<s>/<method>/]{selection,model,heldout,export,benchmarks,accuracy}/  summary.json
     <run>/[seed-<s>/<method>/]rounds/<t>/{model,scores,selection,heldout}/  round.json   (self-evolving)
     <run>/checkpoints/<stage>/   (a stage's finished units while it runs)
+    <run>/.tokenclean.lock       (held by the process working in the run directory)
     <run>/ablations/<name>/      (a compare row run with other run settings: a compare directory of its own)
 
 ``<method>`` is a method's name, or ``<method>[<scorer>]`` for a ``compare --scorers`` row (``variant_name``).
@@ -23,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.artifacts import ADAPTER_DIR
 from ..core.tokens import TokenTable
 
 TOKENS = "tokens"
@@ -37,7 +39,36 @@ DEMO = "demo.json"
 REPORT = "report"
 KINDS_FILE = "pool_kinds.parquet"  # a demo's ground-truth token kinds, next to the pool's tokens
 CHECKPOINTS = "checkpoints"
+LOCK_FILE = ".tokenclean.lock"  # one process at a time (runs.store.Store.locked); hidden, so it stays a run's dir
 ABLATIONS = "ablations"
+EXPORT_PARQUET = "parquet/train.parquet"  # in the export stage: the cleaned dataset as one Parquet file
+
+
+SEED_STAGES = ("reference", "scores")  # the first part of a stage every method of a seed shares
+
+
+@dataclass(frozen=True)
+class StageName:
+    """A stage's name read back into its parts (``Layout.parse``): ``seed-<s>/<method>/rounds/<t>/<name>``, each
+    part but the name optional."""
+
+    name: str  # what the stage is: "tokens", "scores/base", "reference", "scores/reference", "selection", "model", ...
+    seed: int | None = None  # None: a stage every seed shares (or a single run's)
+    method: str | None = None  # the method's directory (a variant such as ``fixed[small-loss]`` too); None: shared
+    round: int | None = None  # a self-evolving round
+
+
+def parse_stage(stage: str) -> StageName:
+    """The parts of a stage name a ``Layout`` made (of a single run or a compare directory):
+    ``parse_stage("seed-1/fixed/rounds/2/model") == StageName("model", 1, "fixed", 2)``."""
+    parts, seed, method, t = stage.split("/"), None, None, None
+    if parts[0].startswith("seed-") and parts[0][5:].lstrip("-").isdigit():
+        seed, parts = int(parts[0][5:]), parts[1:]
+        if len(parts) > 1 and parts[0] not in SEED_STAGES:
+            method, parts = parts[0], parts[1:]
+    if len(parts) > 2 and parts[0] == "rounds" and parts[1].isdigit():
+        t, parts = int(parts[1]), parts[2:]
+    return StageName("/".join(parts), seed, method, t)
 
 
 @dataclass(frozen=True)
@@ -109,7 +140,14 @@ class Layout:
         benchmarks, generated answers."""
         return f"{model_stage.rsplit('model', 1)[0]}{name}"
 
-    def checkpoints(self, stage: str) -> str:
+    @staticmethod
+    def adapter(model_stage: str) -> str:
+        """Where a model stage keeps its unmerged LoRA adapter, when it keeps one (the warm-up reference)."""
+        return f"{model_stage}/{ADAPTER_DIR}"
+
+    @staticmethod
+    def checkpoints(stage: str) -> str:
+        """Where stage ``stage`` keeps its finished units (scoring shards, Trainer checkpoints) while it runs."""
         return f"{CHECKPOINTS}/{stage}"
 
     # -- records --------------------------------------------------------------------------------------------------
@@ -123,6 +161,10 @@ class Layout:
     @property
     def config(self) -> Path:
         return self.root / CONFIG
+
+    def config_kept(self, stamp: str) -> Path:
+        """Where ``--overwrite`` keeps the settings it replaces, ``config.<stamp>.yaml``."""
+        return self.root / f"config.{stamp}.yaml"
 
     @property
     def comparison(self) -> Path:
@@ -148,14 +190,6 @@ class Layout:
     def kinds(self) -> Path:
         return self.root / TOKENS / KINDS_FILE
 
-    def holds_a_run(self) -> bool:
-        """Whether ``root`` holds a run's pool tokens."""
-        return (self.tokens() / TokenTable.FILE).is_file()
-
-    def seeds(self) -> list[int]:
-        """The seeds of a compare directory (``seed-<s>/``), unordered; empty for a single run."""
-        return [int(d.name[5:]) for d in self.root.glob("seed-*") if d.is_dir() and d.name[5:].lstrip("-").isdigit()]
-
     def ablation(self, name: str) -> Path:
         """The run directory of a comparison's ablation row ``name`` (``compare``'s ``ablations``): a compare
         directory of its own, since its run settings (e.g. the warm-up data) change stages every method shares."""
@@ -164,19 +198,32 @@ class Layout:
     def seed_dir(self, seed: int) -> Path:
         return self.root / f"seed-{seed}"
 
-    def methods_run(self, seed: int, known: set[str] | list[str]) -> list[str]:
-        """Methods of ``known`` and their scorer variants (``fixed[small-loss]``) that have a directory at
-        ``seed``, sorted."""
-        seed_dir = self.seed_dir(seed)
-        return sorted(d.name for d in seed_dir.iterdir() if d.is_dir() and split_variant(d.name)[0] in known) \
-            if seed_dir.is_dir() else []
 
-    def round_dirs(self) -> list[tuple[int, Path]]:
-        """Self-evolving: (t, directory) of every round present, in order."""
-        rounds = self.root / self.ns / "rounds"
-        if not rounds.is_dir():
-            return []
-        return sorted((int(d.name), d) for d in rounds.iterdir() if d.is_dir() and d.name.isdigit())
+# -- what a run directory holds (read from disk) ---------------------------------------------------------------------
+def holds_a_run(layout: Layout) -> bool:
+    """Whether ``layout.root`` holds a run's pool tokens."""
+    return (layout.tokens() / TokenTable.FILE).is_file()
+
+
+def seeds_run(layout: Layout) -> list[int]:
+    """The seeds of a compare directory (``seed-<s>/``), unordered; empty for a single run."""
+    return [int(d.name[5:]) for d in layout.root.glob("seed-*") if d.is_dir() and d.name[5:].lstrip("-").isdigit()]
+
+
+def methods_run(layout: Layout, seed: int, known: set[str] | list[str]) -> list[str]:
+    """Methods of ``known`` and their scorer variants (``fixed[small-loss]``) that have a directory at ``seed``,
+    sorted."""
+    seed_dir = layout.seed_dir(seed)
+    return sorted(d.name for d in seed_dir.iterdir() if d.is_dir() and split_variant(d.name)[0] in known) \
+        if seed_dir.is_dir() else []
+
+
+def round_dirs(layout: Layout) -> list[tuple[int, Path]]:
+    """Self-evolving: (t, directory) of every round of ``layout``'s method present, in order."""
+    rounds = layout.root / layout.ns / "rounds"
+    if not rounds.is_dir():
+        return []
+    return sorted((int(d.name), d) for d in rounds.iterdir() if d.is_dir() and d.name.isdigit())
 
 
 def variant_name(method: str, scorer: str) -> str:

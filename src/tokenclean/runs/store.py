@@ -24,13 +24,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..compute.distributed import barrier, from_rank0, process_rank
+from ..compute.distributed import barrier, from_rank0
 from ..errors import ConfigError
-from ..io import atomic_dir, atomic_write_text, crash_point, disk_full_as_error, read_json, write_json
+from ..io import atomic_dir, atomic_write_text, crash_point, disk_full_as_error, process_rank, read_json, write_json
 from ..lock import Lock
+from .layout import LOCK_FILE, Layout
 
 log = logging.getLogger("tokenclean")
-LOCK_FILE = ".tokenclean.lock"  # in the run directory; hidden, so the directory still counts as a run's
 
 
 def key_of(*parts: Any) -> str:
@@ -93,7 +93,7 @@ class Store:
         """``checkpoints/<name>/``: where stage ``name`` keeps its finished units (scoring shards, Trainer
         checkpoints) while it runs, so a killed run resumes there. Units left by a run of the stage with other
         inputs are discarded first."""
-        path = self.path(f"checkpoints/{name}")
+        path = self.path(Layout.checkpoints(name))
         stamp, key = path / "stage-key.txt", key_of(name, inputs)
         if process_rank() == 0 and path.exists() and (not stamp.exists() or stamp.read_text() != key):
             log.info("[%s] discarding the unfinished work of a run with other settings", name)
@@ -101,19 +101,25 @@ class Store:
         atomic_write_text(stamp, key)
         return path
 
-    def stage(self, name: str, inputs: dict[str, Any], fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    def stage(self, name: str, inputs: dict[str, Any], fn: Callable[[Path], dict[str, Any]],
+              complete: Callable[[Path], bool] | None = None) -> dict[str, Any]:
         """Run ``fn(tmp_dir) -> result`` as stage ``name`` unless its directory records the same inputs.
 
-        ``inputs`` must contain everything the result depends on (settings and upstream stage keys).
+        ``inputs`` must contain everything the result depends on (settings and upstream stage keys). ``complete``:
+        whether a finished stage's directory holds everything this version writes; one that does not (written by
+        an earlier version) is built again under the same key, so the stages after it stay valid.
         """
         key = key_of(name, inputs)
         record = self._record(name)
         if record is not None:
             if record.get("key") == key:
-                log.info("[%s] up to date, skipped", name)
-                return self._done(name, record, reused=True)
-            changed = sorted(k for k in inputs if record.get("inputs", {}).get(k) != inputs[k])
-            log.info("[%s] settings changed (%s): recomputing", name, ", ".join(changed) or "code")
+                if complete is None or from_rank0(complete(self.path(name))):
+                    log.info("[%s] up to date, skipped", name)
+                    return self._done(name, record, reused=True)
+                log.info("[%s] written by an earlier version, without all this version writes: rebuilding", name)
+            else:
+                changed = sorted(k for k in inputs if record.get("inputs", {}).get(k) != inputs[k])
+                log.info("[%s] settings changed (%s): recomputing", name, ", ".join(changed) or "code")
         log.info("[%s] running", name)
         self._remove_leftovers(self.path(name))
         start = time.perf_counter()
@@ -125,7 +131,7 @@ class Store:
             write_json(tmp / "stage.json", record)
         barrier()  # the other ranks read rank 0's files from here on
         if process_rank() == 0:
-            shutil.rmtree(self.dir / "checkpoints" / name, ignore_errors=True)  # its finished units: not needed now
+            shutil.rmtree(self.path(Layout.checkpoints(name)), ignore_errors=True)  # its finished units: not needed
         log.info("[%s] done in %.1fs", name, record["seconds"])
         return self._done(name, record, reused=False)
 
@@ -149,7 +155,7 @@ class Store:
     def discard_work(self, name: str) -> None:
         """Remove ``checkpoints/<name>/`` (rank 0), once what it held is saved elsewhere."""
         if process_rank() == 0:
-            shutil.rmtree(self.dir / "checkpoints" / name, ignore_errors=True)
+            shutil.rmtree(self.path(Layout.checkpoints(name)), ignore_errors=True)
 
     @staticmethod
     def _remove_leftovers(path: Path) -> None:
@@ -164,15 +170,17 @@ class Store:
 
 
 def write_config(root: Path, new: dict[str, Any], defaults: dict[str, Any], overwrite: bool,
-                 ignore: tuple[str, ...] = ()) -> None:
+                 ignore: tuple[str, ...] = (), renamed: dict[str, str] | None = None) -> None:
     """Save the settings ``new`` as ``root/config.yaml``, after checking that ``root`` is new, empty, or a run of
     the same settings (any of them but ``ignore``, ``overwrite`` and ``out``; a setting missing from the old file
-    has its value in ``defaults``); with ``overwrite`` the old file is kept as ``config.<time>.yaml``."""
+    has its value in ``defaults``, one under a former name in ``renamed`` is read under its current name); with
+    ``overwrite`` the old file is kept as ``config.<time>.yaml``."""
     import yaml
 
-    path = root / "config.yaml"
+    path = Layout(root).config
     if path.exists():
-        old = {**defaults, **(yaml.safe_load(path.read_text(encoding="utf-8")) or {})}
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        old = {**defaults, **{(renamed or {}).get(k, k): v for k, v in recorded.items()}}
         ignore = (*ignore, "overwrite", "out")
         changed = sorted(k for k in new if k not in ignore and _same(old.get(k)) != _same(new[k]))
         if changed and not overwrite:
@@ -181,7 +189,7 @@ def write_config(root: Path, new: dict[str, Any], defaults: dict[str, Any], over
             raise ConfigError(f"{root} holds a run with other settings ({shown}{more}); pass --overwrite to "
                               "recompute the stages they change, or choose a new --out")
         if changed:
-            atomic_write_text(root / f"config.{time.strftime('%Y%m%d-%H%M%S')}.yaml", path.read_text(encoding="utf-8"))
+            atomic_write_text(Layout(root).config_kept(time.strftime("%Y%m%d-%H%M%S")), path.read_text(encoding="utf-8"))
     elif _holds_other_files(root):
         raise ConfigError(f"{root}: exists and is not empty, but holds no tokenclean run (no config.yaml); "
                           "choose a new or empty --out")

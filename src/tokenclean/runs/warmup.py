@@ -1,7 +1,7 @@
 """The reference model's warm-up: its own training settings, and a warm-up set chosen by the rows' ratings.
 
 The reference must move away from the base far enough for ``loss_base - loss_ref`` to rank tokens (see
-``tokenclean.health``). With the final fine-tune's settings a small warm-up set gives almost no update: 54 rows at
+``selection.health``). With the final fine-tune's settings a small warm-up set gives almost no update: 54 rows at
 the paper's global batch of 48 are 2 optimizer steps. ``reference_train_config`` derives the reference's
 ``TrainConfig`` from the final one and guarantees ``warmup_min_steps`` optimizer steps, first by shrinking the
 gradient accumulation (Adam's step size does not grow with the batch, so more, smaller steps move the weights

@@ -1,14 +1,17 @@
-"""Score health: is the reference far enough from the base for its scores to rank anything?
+"""Score health: is the reference far enough from the base for the selection's score to rank anything?
 
-``score = loss_base - loss_ref`` (nats). A reference warmed up for a couple of optimizer steps is almost the base:
-every score is near zero, the global top-``keep_ratio`` threshold sits inside rounding noise, and the selection
-is an arbitrary cut through a narrow, meaningless spread. ``score_health`` measures this from the two loss arrays
-alone (a pure function: no I/O, no torch) and says what to do. The measures and their thresholds were chosen from
+The score is the one the selection ranked by (``Selection.score``, in nats: ``loss_base - loss_ref`` for the
+excess scorers). A reference warmed up for a couple of optimizer steps is almost the base: every score is near
+zero, the global top-``keep_ratio`` threshold sits inside rounding noise, and the selection is an arbitrary cut
+through a narrow, meaningless spread. ``score_health`` measures this from the score and the two loss arrays alone
+(a pure function: no I/O, no torch) and says what to do. It applies to scorers whose score is in nats
+(``Scorer.nats``). The measures and their thresholds were chosen from
 the warm-up-length study in ``experiments/README.md`` ("Warm-up length and score health").
 
 All arrays are flat over the tokens of all samples (the ``TokenTable`` layout): ``offsets`` (n_samples + 1,)
-delimit samples. A token counts when it is a response token and both losses are finite (position 0 and prompt
-tokens are never scored); every mean below divides by the number of such tokens unless it says otherwise.
+delimit samples. A token counts when it is a response token and its score and both losses are finite (position 0
+and prompt tokens are never scored, gated tokens are never ranked); every mean below divides by the number of such
+tokens unless it says otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .select import round_half_up, top_k_mask
+from ..core.threshold import kept_count, top_k_mask
 
 # Scores smaller than this are within what scoring precision alone changes a loss by: bf16 scoring (the default
 # on a GPU) moves a token's loss by a median of 0.013 nats against fp32 (SmolLM2-135M on GSM8K, 811 tokens;
@@ -38,10 +41,10 @@ ADVICE = ("warm the reference up longer (raise --warmup-min-steps or --warmup-ep
 class ScoreHealth:
     """What the scores of one base/reference pair look like, and whether a selection from them means anything."""
 
-    response_tokens: int  # scored response tokens (response, both losses finite)
+    response_tokens: int  # scored response tokens (response, score and both losses finite)
     mean_base_loss: float  # nats, mean over those tokens
     mean_ref_loss: float
-    mean_abs_score: float  # mean |base - ref| over those tokens
+    mean_abs_score: float  # mean |score| over those tokens
     score_quantiles: dict[str, float]  # {"q10", "q50", "q90"}: the score's 10/50/90% quantiles, nats
     relative_move: float  # mean_abs_score / mean_base_loss
     noise_floor: float  # nats
@@ -59,6 +62,7 @@ class ScoreHealth:
 
 
 def score_health(
+    score: np.ndarray,
     base_loss: np.ndarray,
     ref_loss: np.ndarray,
     response_mask: np.ndarray,
@@ -68,28 +72,31 @@ def score_health(
     min_relative_move: float = MIN_RELATIVE_MOVE,
     max_undecided_loss: float = MAX_UNDECIDED_LOSS,
 ) -> ScoreHealth:
-    """Health of the scores ``base_loss - ref_loss``.
+    """Health of ``score``, the score a selection ranked by (nats), against the base loss it is a share of.
 
-    ``base_loss``, ``ref_loss``: (total_tokens,) float, NaN where not scored; ``response_mask``: (total_tokens,)
-    bool; ``offsets``: (n_samples + 1,) int. Prompt tokens are ignored even when they carry a loss.
+    ``score``, ``base_loss``, ``ref_loss``: (total_tokens,) float, NaN where not scored (``score`` -inf where
+    gated); ``response_mask``: (total_tokens,) bool; ``offsets``: (n_samples + 1,) int. Prompt tokens are ignored
+    even when they carry a loss.
 
     >>> base = np.full(21, 2.0); base[0] = np.nan              # one sample: position 0 unscored
     >>> ref = base - np.linspace(0.0, 1.0, 21)                 # scores 0.05 .. 1.0 nats
-    >>> h = score_health(base, ref, np.arange(21) > 0, np.array([0, 21]))
+    >>> h = score_health(base - ref, base, ref, np.arange(21) > 0, np.array([0, 21]))
     >>> h.verdict, round(h.relative_move, 4), round(h.threshold, 2), h.undecided_share
     ('healthy', 0.2625, 0.45, 0.05)
     """
+    score = np.asarray(score, np.float64)
     base_loss, ref_loss = np.asarray(base_loss, np.float64), np.asarray(ref_loss, np.float64)
-    used = np.asarray(response_mask, bool) & np.isfinite(base_loss) & np.isfinite(ref_loss)
+    used = np.asarray(response_mask, bool) & np.isfinite(score) & np.isfinite(base_loss) & np.isfinite(ref_loss)
     n = int(used.sum())
     if n == 0:
         return ScoreHealth(0, float("nan"), float("nan"), float("nan"), {}, float("nan"), noise_floor, float("nan"),
                            keep_ratio, float("nan"), float("nan"), float("nan"), None, "no scores",
-                           ["no response token has a finite base and reference loss: nothing to select from"])
-    score = base_loss[used] - ref_loss[used]  # (n,)
+                           ["no response token has a finite score and base and reference losses: nothing to select from"])
+    ranked = score
+    score = score[used]  # (n,)
     mean_base, mean_abs = float(base_loss[used].mean()), float(np.abs(score).mean())
     relative_move = mean_abs / mean_base if mean_base > 0 else float("inf")
-    k = max(1, int(round_half_up(keep_ratio * n)))
+    k = max(1, int(kept_count(keep_ratio, n)))
     threshold = float(score[top_k_mask(score, k)].min())
     near = np.abs(score - threshold) < noise_floor  # (n,) keep/drop would flip under rounding
     undecided = float(near.mean())
@@ -101,7 +108,7 @@ def score_health(
         noise_floor=noise_floor,
         below_floor_share=float((np.abs(score) < noise_floor).mean()), keep_ratio=keep_ratio,
         threshold=threshold, undecided_share=undecided, undecided_loss_share=undecided_loss,
-        split_half=split_half_agreement(base_loss - ref_loss, used, np.asarray(offsets)), verdict="healthy")
+        split_half=split_half_agreement(ranked, used, np.asarray(offsets)), verdict="healthy")
     if relative_move < min_relative_move or undecided_loss > max_undecided_loss:
         health.verdict = "near noise"
         health.warnings.append(

@@ -1,7 +1,8 @@
-"""Token scorers: what ranks the response tokens, as pure functions of per-token loss arrays (no I/O, no torch).
+"""Token scorers: what ranks the response tokens, as pure functions of per-token loss arrays (no I/O, no torch),
+and the registry ``SCORERS`` that holds every rule about each of them.
 
 A scorer turns per-token losses into a score; selection keeps the top of it at the configured level (``global``,
-``sample``, ``threshold``), keep ratio and ``min_kept_per_sample`` (``select_scored``, which calls
+``sample``, ``threshold``), keep ratio and ``min_kept_per_sample`` (``from_scores.select_scored``, which calls
 ``selection.select_tokens``). Every array is flat over the tokens of all samples, (total_tokens,), aligned with the
 token table (entry j = loss of token j); ``offsets`` (n_samples + 1,) delimit the samples. In a score:
 
@@ -34,18 +35,10 @@ score is a rank in [0, 1].
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-
-from ..core.tokens import per_sample_sum
-from ..errors import ConfigError, MismatchError
-from .select import SCORERS as SCORER_NAMES
-from .select import SelectConfig, select_tokens
-from .select import selection_counts
 
 # The paper code's `global-curve-positive` rule: keep when loss_base > CURVE_SLOPE * loss_ref + CURVE_MARGIN and
 # loss_ref < CURVE_MAX_REF.
@@ -121,7 +114,7 @@ def prompt_excess(base_loss: np.ndarray, ref_loss: np.ndarray, prompt_free_loss:
     return (percentile_ranks(score) + gain) / 2.0
 
 
-def curve_gate(base_loss: np.ndarray, ref_loss: np.ndarray, config: SelectConfig) -> str:
+def curve_gate(base_loss: np.ndarray, ref_loss: np.ndarray, gate_quantile: float) -> str:
     """What ``curve-positive``'s rule ruled out, counted over the candidates (for the error when it is all)."""
     both = ~np.isnan(base_loss) & ~np.isnan(ref_loss)
     base, ref = base_loss[both].astype(np.float64), ref_loss[both].astype(np.float64)
@@ -131,122 +124,58 @@ def curve_gate(base_loss: np.ndarray, ref_loss: np.ndarray, config: SelectConfig
             f"more, {flat:,} too little excess")
 
 
+EXCESS_UNITS = "nats of base - reference loss"
+
+
 @dataclass(frozen=True)
 class Scorer:
-    """A registered scorer: its score function and how its keep-mask is made; for a scorer that gates tokens,
-    what its gate rules out (``gate``: (base, ref, config) -> text) and what to change when it rules out all
-    (``gate_advice``)."""
+    """A registered scorer and every rule about it. ``SelectConfig``, the methods (``runs.methods``), ``compare`` and
+    the report read these attributes; none keeps a list of scorers of its own."""
 
-    score: Callable[[np.ndarray, np.ndarray, np.ndarray | None, SelectConfig], np.ndarray]  # (base, ref, pf, cfg)
-    needs_prompt_free: bool = False
-    combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # (global mask, sample mask) -> mask
-    gate: Callable[[np.ndarray, np.ndarray, SelectConfig], str] | None = None
+    score: Callable[[np.ndarray, np.ndarray, np.ndarray | None, float], np.ndarray]  # (base, ref, prompt-free, gate q)
+    help: str  # what it ranks by, one line (``--scorer``'s help)
+    units: str = EXCESS_UNITS  # of its score, and so of a selection threshold on it
+    nats: bool = True  # its score is a loss difference in nats, so score health (``selection.health``) applies
+    setting: str | None = None  # the ``SelectConfig`` field that only it reads
+    # a scorer that may rule tokens out (-inf: never kept, still counted by the keep ratio) says what its gate
+    # ruled out, (base, ref, gate q) -> text, and what to change when it rules out every token (``nothing_kept``)
+    gate: Callable[[np.ndarray, np.ndarray, float], str] | None = None
     gate_advice: str = ""
+    needs_prompt_free: bool = False  # needs the reference's losses of the responses without their prompts
+    combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # (global mask, sample mask) -> mask
+    fallback: str | None = None  # what ranks in its place at level sample, where a combining scorer has no form
+
+    @property
+    def gates(self) -> bool:
+        """Whether it may rule tokens out (it has a ``gate``)."""
+        return self.gate is not None
 
 
 _WARM_UP_MORE = "warm the reference up further (--warmup-epochs, --warmup-min-steps, more --warmup-data)"
 SCORERS: dict[str, Scorer] = {
-    "excess": Scorer(lambda b, r, p, c: excess(b, r)),
-    "small-loss": Scorer(lambda b, r, p, c: small_loss_excess(b, r, c.gate_quantile),
-                         gate=lambda b, r, c: f"it never keeps a token whose reference loss is above the "
-                                              f"{c.gate_quantile:g} quantile of all response tokens' reference losses",
+    "excess": Scorer(lambda b, r, p, q: excess(b, r), "excess = base - reference loss"),
+    "small-loss": Scorer(lambda b, r, p, q: small_loss_excess(b, r, q),
+                         "excess, never keeping tokens the reference still finds hard", setting="gate_quantile",
+                         gate=lambda b, r, q: f"it never keeps a token whose reference loss is above the {q:g} "
+                                              f"quantile of all response tokens' reference losses",
                          gate_advice="raise --gate-quantile, or use --scorer excess"),
-    "curve-positive": Scorer(lambda b, r, p, c: curve_positive(b, r), gate=curve_gate,
+    "curve-positive": Scorer(lambda b, r, p, q: curve_positive(b, r), "the paper code's fixed rule", gate=curve_gate,
                              gate_advice=f"use --scorer excess, or small-loss (whose gate adapts to the losses), or "
                                          f"{_WARM_UP_MORE} so the losses pass the rule"),
-    "union": Scorer(lambda b, r, p, c: excess(b, r), combine=np.logical_or),
-    "intersection": Scorer(lambda b, r, p, c: excess(b, r), combine=np.logical_and),
-    "prompt": Scorer(lambda b, r, p, c: prompt_gain(r, p), needs_prompt_free=True,
-                     gate=lambda b, r, c: "it rules out every response token without a prompt-free loss",
+    "union": Scorer(lambda b, r, p, q: excess(b, r), "excess, the union of the global and sample selections",
+                    combine=np.logical_or, fallback="excess"),
+    "intersection": Scorer(lambda b, r, p, q: excess(b, r), "excess, the intersection of the global and sample "
+                           "selections", combine=np.logical_and, fallback="excess"),
+    "prompt": Scorer(lambda b, r, p, q: prompt_gain(r, p), "how much the prompt helps the reference",
+                     units="nats of prompt gain", needs_prompt_free=True,
+                     gate=lambda b, r, q: "it rules out every response token without a prompt-free loss",
                      gate_advice="score the prompt-free losses again (tokenclean score --prompt-free), or use "
                                  "--scorer excess"),
-    "prompt-excess": Scorer(lambda b, r, p, c: prompt_excess(b, r, p), needs_prompt_free=True),
+    "prompt-excess": Scorer(lambda b, r, p, q: prompt_excess(b, r, p), "the mean percentile rank of excess and prompt",
+                            units="mean percentile rank, in [0, 1]", nats=False, needs_prompt_free=True),
 }
-assert tuple(SCORERS) == SCORER_NAMES, "selection.SCORERS must list the scorers registered here"
 
 
-def score_for(config: SelectConfig, base_loss: np.ndarray, ref_loss: np.ndarray, offsets: np.ndarray,
-              response_mask: np.ndarray | None = None, prompt_free_loss: np.ndarray | None = None) -> np.ndarray:
-    """The score of ``config.scorer``: (total_tokens,) float, NaN at non-candidates, -inf at gated tokens.
-
-    ``base_loss``, ``ref_loss``: (total_tokens,) float, NaN where not scored. Candidates are the tokens where both
-    are finite (and ``response_mask``, (total_tokens,) bool, when given). ``prompt_free_loss``: the reference's
-    losses without the prompt, mapped onto these tokens (``prompt_free.map_back``); needed by the prompt scorers.
-    """
-    n = int(offsets[-1]) if len(offsets) else 0
-    arrays = {"base_loss": base_loss, "ref_loss": ref_loss, "response_mask": response_mask,
-              "prompt_free_loss": prompt_free_loss}
-    for name, values in arrays.items():
-        if values is not None and len(values) != n:
-            raise MismatchError(f"{name} has {len(values)} entries but the offsets cover {n} tokens")
-    scorer = SCORERS[config.scorer]
-    if scorer.needs_prompt_free and prompt_free_loss is None:
-        raise ConfigError(f"scorer {config.scorer!r} needs the reference's prompt-free losses (see "
-                          "tokenclean.compute.prompt_free); score the responses without their prompts first")
-    candidate = ~np.isnan(base_loss) & ~np.isnan(ref_loss)
-    if response_mask is not None:
-        candidate &= response_mask.astype(bool)
-    base, ref = np.where(candidate, base_loss, np.nan), np.where(candidate, ref_loss, np.nan)
-    pf = None if prompt_free_loss is None else np.where(candidate, prompt_free_loss, np.nan)
-    return scorer.score(base, ref, pf, config)
-
-
-def select_scored(score: np.ndarray, offsets: np.ndarray, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    """Keep-mask ((total_tokens,) bool) of a scorer's ``score`` at ``config``'s level, keep ratio and min-kept
-    rules, never keeping a gated (-inf) token; and its counts (``mask_counts``).
-
-    Gated tokens go to ``select_tokens`` as the lowest finite value, so they count as candidates but rank last,
-    and are removed from its mask afterwards. A combining scorer (union, intersection) selects at level ``global``
-    and at level ``sample`` and combines the two masks.
-    """
-    gated = np.isneginf(score)
-    work = np.where(gated, np.finfo(score.dtype).min, score) if gated.any() else score
-    combine = SCORERS[config.scorer].combine
-    if combine is None:
-        mask = select_tokens(work, offsets, config)[0]
-    else:
-        by_level = [select_tokens(work, offsets, dataclasses.replace(config, scorer="excess", level=level))[0]
-                    for level in ("global", "sample")]
-        mask = combine(*by_level)
-    mask &= ~gated
-    return mask, mask_counts(score, offsets, mask)
-
-
-def select_for(config: SelectConfig, base_loss: np.ndarray, ref_loss: np.ndarray, offsets: np.ndarray,
-               response_mask: np.ndarray | None = None, prompt_free_loss: np.ndarray | None = None,
-               ) -> tuple[np.ndarray, dict[str, Any]]:
-    """``select_scored(score_for(...))``: the keep-mask and counts of ``config`` (scorer and selection) from losses."""
-    score = score_for(config, base_loss, ref_loss, offsets, response_mask, prompt_free_loss)
-    return select_scored(score, offsets, config)
-
-
-def mask_counts(score: np.ndarray, offsets: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """The counts ``select_tokens`` reports, for any keep-mask of ``score``, plus ``gated_tokens``.
-
-    ``response_tokens``: non-NaN scores (gated ones included); ``kept_share`` = kept / response tokens;
-    ``samples_zero_kept``: samples with candidates but none kept; ``score_threshold``: the lowest kept score.
-    """
-    threshold = float(score[mask].min()) if mask.any() else None
-    counts = selection_counts(per_sample_sum(~np.isnan(score), offsets), per_sample_sum(mask, offsets), threshold)
-    return {**counts, "gated_tokens": int(np.isneginf(score).sum())}
-
-
-def nothing_kept(config: SelectConfig, counts: dict[str, Any], score: np.ndarray, base_loss: np.ndarray,
-                 ref_loss: np.ndarray) -> str | None:
-    """Why a selection with ``counts`` (``mask_counts``) of ``score`` keeps no response token, and what to change;
-    None when it keeps some, or there is none to keep. ``base_loss``, ``ref_loss``: (total_tokens,) as scored."""
-    n = counts["response_tokens"]
-    if counts["kept_tokens"] or not n:
-        return None
-    scorer = SCORERS[config.scorer]
-    if scorer.gate is not None and counts.get("gated_tokens") == n:
-        why = f"--scorer {config.scorer} ruled out every one ({scorer.gate(base_loss, ref_loss, config)})"
-        advice = scorer.gate_advice
-    elif config.level == "threshold":
-        finite = score[np.isfinite(score)]
-        best = f"the highest score is {finite.max():.4g}" if len(finite) else "no token has a finite score"
-        why, advice = f"no token scores above --threshold {config.threshold:g} ({best})", \
-            "lower --threshold, or use --level global with a --keep-ratio"
-    else:
-        why, advice = f"--keep-ratio {config.keep_ratio:g} of them rounds to 0 tokens", "raise --keep-ratio"
-    return (f"the selection keeps 0 of {n:,} response tokens, so there is nothing to train on: {why}; {advice}")
+def prompt_free_scorers() -> list[str]:
+    """The scorers that need the responses scored without their prompts."""
+    return [name for name, scorer in SCORERS.items() if scorer.needs_prompt_free]

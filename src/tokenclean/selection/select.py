@@ -6,7 +6,7 @@ tokens that are not candidates (prompt tokens, position 0).
 
 Levels:
 - ``global``: the top ``round(keep_ratio * N)`` of all N candidates (exact, O(N), no sort: the streamed
-  threshold of ``selection.threshold``, also used out of core by ``selection.stream``);
+  threshold of ``core.threshold``, also used out of core by ``selection.stream``);
 - ``sample``: the top ``round(keep_ratio * n_i)`` of each sample's n_i candidates;
 - ``threshold``: every candidate with score > ``threshold``.
 ``round`` is round-half-up. Ties are broken deterministically: the earlier token (in sample order, then position)
@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 
 from ..config import option
+from ..core.threshold import kept_count, refuse_infinite, round_half_up, select_top, top_k_mask  # noqa: F401
 from ..core.tokens import per_sample_sum
 from ..errors import ConfigError
-from .threshold import refuse_infinite, round_half_up, select_top, top_k_mask  # noqa: F401 (re-exported)
+from .scorers import SCORERS
 
 LEVELS = ("global", "sample", "threshold")
-# Token scorers (``tokenclean.scorers.SCORERS`` holds what each computes); union/intersection combine two levels.
-SCORERS = ("excess", "small-loss", "curve-positive", "union", "intersection", "prompt", "prompt-excess")
 
 
 @dataclass
@@ -40,11 +39,8 @@ class SelectConfig:
     threshold: float = option(0.0, "with --level threshold: keep tokens whose score is above this")
     min_kept_per_sample: int = option(0, "top every sample up to at least this many kept tokens, by score")
     drop_empty: bool = option(True, "leave samples with no kept token out of training and export")
-    scorer: str = option("excess", "what ranks tokens (see tokenclean.scorers): excess = base - reference loss; "
-                         "small-loss: excess, never keeping tokens the reference still finds hard; curve-positive: "
-                         "the paper code's fixed rule; union/intersection of the global and sample selections; "
-                         "prompt: how much the prompt helps the reference; prompt-excess: both",
-                         choices=list(SCORERS))
+    scorer: str = option("excess", "what ranks tokens (see tokenclean.selection.scorers): " + "; ".join(
+                         f"{name}: {s.help}" for name, s in SCORERS.items()), choices=list(SCORERS))
     gate_quantile: float = option(0.9, "with --scorer small-loss: never keep a token whose reference loss is above "
                                   "this quantile of all response tokens' reference losses, in (0, 1]")
 
@@ -59,7 +55,7 @@ class SelectConfig:
             raise ConfigError(f"unknown scorer {self.scorer!r}, expected one of {list(SCORERS)}")
         if not (0.0 < self.gate_quantile <= 1.0):
             raise ConfigError(f"gate_quantile must be in (0, 1], got {self.gate_quantile}")
-        if self.scorer in ("union", "intersection") and self.level != "global":
+        if SCORERS[self.scorer].combine is not None and self.level != "global":
             raise ConfigError(f"scorer {self.scorer!r} combines the global and the sample selection itself; "
                               f"leave level at 'global', got {self.level!r}")
 
@@ -100,7 +96,7 @@ def select_tokens(score: np.ndarray, offsets: np.ndarray, cfg: SelectConfig) -> 
         keep = mask[cand]
     elif cfg.level == "sample":
         ranks = sample_ranks(values, sample_of)
-        keep = ranks < round_half_up(cfg.keep_ratio * per_sample)[sample_of]
+        keep = ranks < kept_count(cfg.keep_ratio, per_sample)[sample_of]
     else:
         keep = values > cfg.threshold
     if cfg.min_kept_per_sample:

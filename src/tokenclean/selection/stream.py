@@ -1,6 +1,6 @@
 """Global selection for pools larger than memory: exact, streamed, equal to ``select_tokens`` (level ``global``).
 
-The algorithm is ``selection.threshold`` (``select_tokens`` runs the same one on an in-memory array): the scores
+The algorithm is ``core.threshold`` (``select_tokens`` runs the same one on an in-memory array): the scores
 are read in chunks, a few times, with memory bounded by the chunk size. Sources here: a (memory-mapped) flat
 array, or the base and reference ``token_loss.parquet`` files, streamed by record batch, with the keep-mask
 written to a Parquet file batch by batch.
@@ -18,7 +18,7 @@ import numpy as np
 from ..core.tokens import per_sample_sum
 from ..errors import ConfigError
 from .select import selection_counts
-from .threshold import CHUNK_TOKENS, Threshold, emit_masks, find_threshold, key_value, order_key, select_top  # noqa: F401
+from ..core.threshold import CHUNK_TOKENS, Threshold, emit_masks, find_threshold, key_value, order_key, select_top  # noqa: F401
 
 
 def select_global_array(score: np.ndarray, keep_ratio: float, chunk_tokens: int = CHUNK_TOKENS,

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core.artifacts import Scores
-from ..core.tokens import TokenLayout
-from ..compute.distributed import all_ranks, barrier, distributed_world
+from ..core.tokens import TokenOrigin
 from ..io import atomic_dir, disk_full_as_error
 from ..lock import Lock
+from .distributed import all_ranks, barrier, distributed_world
 
 
 def cache_root(cache: bool | str | os.PathLike) -> Path:
@@ -58,7 +58,7 @@ def scores_key(model_fingerprint: str, tokens_meta: dict[str, Any], dtype: Any, 
     """Cache key of one model's losses over one token table. ``dtype``: the weights' torch dtype; ``device_type``:
     ``cpu``, ``cuda``, ... (kernels differ, so losses may differ in the last bits)."""
     what = {"model": model_fingerprint, "dtype": str(dtype), "device": device_type,
-            **asdict(TokenLayout.of(tokens_meta))}
+            **asdict(TokenOrigin.of(tokens_meta))}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -109,26 +109,3 @@ def save_scores(scores: Scores, out: str | os.PathLike) -> None:
         with atomic_dir(out) as tmp:
             scores.save(tmp)
     barrier()
-
-
-def is_local_dir(model: Any) -> bool:
-    """Whether ``model`` names a model directory on disk (keyed by its files, not its loaded parameters)."""
-    return isinstance(model, (str, os.PathLike)) and Path(model).is_dir()
-
-
-def cache_slot(cache: bool | str | os.PathLike, model: Any, loaded: Any, tokens: Any, device: str | None,
-                dtype: str, skip_adapters: bool = False) -> tuple[Path, str]:
-    """(cache root, key) of ``model``'s losses over ``tokens``. A model directory is identified by its files'
-    hash and the dtype and device it would be loaded with; anything else (a hub id, a loaded model) by the
-    ``loaded`` model's parameters (``skip_adapters``: leave LoRA parameters out: the base under an adapter)."""
-    from ..compute.modeling import path_fingerprint, resolve_device, resolve_dtype
-
-    if is_local_dir(model):
-        dev = resolve_device(device)
-        fingerprint, weights_dtype, device_type = path_fingerprint(model), resolve_dtype(dtype, dev), dev.type
-    else:
-        param = next(loaded.parameters())
-        fingerprint = model_fingerprint(loaded, skip_adapters)
-        weights_dtype, device_type = param.dtype, param.device.type
-    key = scores_key(fingerprint, tokens.meta, weights_dtype, device_type)
-    return cache_root(cache), key

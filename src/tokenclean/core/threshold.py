@@ -1,5 +1,6 @@
 """Global top-k of a stream of scores: the one algorithm behind every global selection (in memory, memory-mapped,
-two Parquet files, a batch of online losses).
+two Parquet files, a batch of online losses). It sits in ``core`` because both ``selection`` and ``compute`` (Rho-1's
+online selection while training) use it.
 
 The scores are read in chunks, with memory bounded by the chunk size; an in-memory array is the same stream.
 
@@ -35,6 +36,12 @@ CHUNK_TOKENS = 1 << 20
 
 def round_half_up(x: np.ndarray | float) -> np.ndarray:
     return np.floor(np.asarray(x, dtype=np.float64) + 0.5).astype(np.int64)
+
+
+def kept_count(keep_ratio: float, candidates: np.ndarray | float) -> np.ndarray:
+    """How many of ``candidates`` tokens a keep ratio keeps: ``round_half_up(keep_ratio x candidates)``, the one
+    rounding every selection uses (global, per sample, Rho-1 online). Same shape as ``candidates``, int64."""
+    return round_half_up(keep_ratio * np.asarray(candidates, dtype=np.float64))
 
 
 def key_dtype(score_dtype: np.dtype) -> type:
@@ -134,11 +141,11 @@ def _descend(hist: np.ndarray, rank: int) -> tuple[int, int]:
 
 def find_threshold(chunks: Chunks, keep_ratio: float | None = None, k: int | None = None,
                    locate: Locate = _flat_index) -> Threshold:
-    """The exact k-th largest candidate score, with k = round_half_up(keep_ratio x candidates) or ``k`` itself
+    """The exact k-th largest candidate score, with k = ``kept_count(keep_ratio, candidates)`` or ``k`` itself
     (capped at the candidates). ``locate`` names a flat token index in the error an infinite score raises."""
     hist, dtype = _first_pass(chunks, locate)
     n = int(hist.sum())
-    k = min(n, int(round_half_up(keep_ratio * n)) if k is None else max(int(k), 0))
+    k = min(n, int(kept_count(keep_ratio, n)) if k is None else max(int(k), 0))
     if k == 0:
         return Threshold(n, 0, None, 0, dtype)
     width = 8 * np.dtype(dtype).itemsize
