@@ -254,12 +254,12 @@ class DemoMetrics:
             heldout = Scores.load(run.path(Layout.next_to(model_stage, "heldout")))
             metrics["informative_loss"] = self.informative_loss(heldout)
             metrics.update({k: v for k, v in self.known_split(heldout).items() if k != "known_share"})
-            per_prompt["informative_loss"] = self._per_prompt_loss(heldout)
+            per_prompt["informative_loss"] = per_prompt_loss(heldout, self.eval_codes, self.eval.offsets)
             keep = self._keep_mask(run, summary["method"])
             if keep is not None:
                 metrics.update(selection_quality(keep, self.codes, self.garbled))
             if summary["method"] in ("fixed", "rho"):
-                metrics.update(self._mean_scores(run))
+                metrics.update(mean_scores(run, self.codes, self.garbled))
         health = summary.get("selection", {}).get("score_health") or summary.get("score_health")
         if health and health.get("verdict") != "no scores":
             metrics["reference_move"] = health["relative_move"]
@@ -270,7 +270,7 @@ class DemoMetrics:
             metrics["accuracy"] = answers["accuracy"]
             if "wrong_answer_reproduced" in answers:
                 metrics["wrong_answer_reproduced"] = answers["wrong_answer_reproduced"]
-            correct = self._correct(run.path(stage))
+            correct = correct_answers(run.path(stage))
             per_prompt["accuracy"] = (correct, np.ones_like(correct))
         if plain:
             self.per_prompt[summary["method"], summary["seed"]] = per_prompt
@@ -285,113 +285,15 @@ class DemoMetrics:
         per_prompt = self.per_prompt.setdefault(("base", None), {})
         if self.world:
             row["informative_loss"] = self.informative_loss(base)
-            per_prompt["informative_loss"] = self._per_prompt_loss(base)
+            per_prompt["informative_loss"] = per_prompt_loss(base, self.eval_codes, self.eval.offsets)
         if self.checker is not None:
             answers = self._answers(self.root, self.root.base_fingerprint, self.root.cfg.run.base, ACCURACY_BASE)
             row["accuracy"] = answers["accuracy"]
             if "wrong_answer_reproduced" in answers:
                 row["wrong_answer_reproduced"] = answers["wrong_answer_reproduced"]
-            correct = self._correct(self.root.path(ACCURACY_BASE))
+            correct = correct_answers(self.root.path(ACCURACY_BASE))
             per_prompt["accuracy"] = (correct, np.ones_like(correct))
         return row
-
-    def kind_losses(self, base: Scores) -> dict[str, float]:
-        """The base model's mean loss (nats per token) of each kind of pool token before fine-tuning: the paper's
-        premise is that generic phrasing is what the base already predicts (the lowest). Keys as ``_kind_groups``."""
-        return {name: float(base.token_loss[members & np.isfinite(base.token_loss)].mean())
-                for name, members in self._kind_groups().items() if members.any()}
-
-    def intervals(self, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
-        """95% bootstrap intervals over held-out prompts (``demo.intervals``), per measure: ``rows`` (each method's
-        value and interval, and the base's) and ``paired`` (fixed minus full and fixed minus random: difference,
-        interval, share of resamples below 0). Several seeds: a prompt's sums add up over the seeds first."""
-        from .intervals import paired_interval, ratio_interval
-
-        def summed(method: str, key: str) -> tuple[np.ndarray, np.ndarray] | None:
-            parts = [self.per_prompt[method, s][key] for s in (seeds if method != "base" else [None])
-                     if key in self.per_prompt.get((method, s), {})]
-            return (sum(p[0] for p in parts), sum(p[1] for p in parts)) if parts else None
-
-        out: dict[str, Any] = {"rows": {}, "paired": {}}
-        for key in ("informative_loss", "accuracy"):
-            for method in ("base", *methods):
-                sums = summed(method, key)
-                if sums is not None:
-                    out["rows"].setdefault(method, {})[key] = ratio_interval(*sums)
-            fixed = summed("fixed", key)
-            for other in ("full", "random"):
-                against = summed(other, key) if other in methods else None
-                if fixed is not None and against is not None:
-                    out["paired"].setdefault(f"fixed-{other}", {})[key] = paired_interval(fixed, against)
-        return out
-
-    def samples(self, root: Run, methods: Sequence[str], seed: int) -> list[dict[str, Any]]:
-        """A few pool rows as the final selection saw them, for the terminal: the first clean row with a generic
-        opener, the first with a garbled span and the first with a wrong answer; each token as [text, kind,
-        kept] (kept: under fixed's selection at ``seed``, or None without one)."""
-        from ..report.view import token_texts
-
-        method = "fixed" if "fixed" in methods else None
-        keep = None
-        if method is not None:
-            selection = root.path(Layout.variant_of(root.dir, seed, method).selection)
-            keep = Selection.load(selection).keep_mask if (selection / Selection.FILE).is_file() else None
-        starts, mask, ids = self.pool.offsets, self.pool.flat_response_mask(), self.pool.flat_input_ids()
-        chosen: list[int] = []
-        for wanted in ("opener", "garble", "wrong_answer"):
-            for i in range(len(self.pool)):
-                lo, hi = starts[i], starts[i + 1]
-                codes = self.codes[lo:hi]
-                kind = ("garble" if self.garbled[lo:hi].any() else "wrong_answer"
-                        if (codes == KIND_CODES["noise"]).any() else "opener"
-                        if codes[mask[lo:hi]][:1].tolist() == [KIND_CODES["generic"]] else None)
-                if kind == wanted and i not in chosen:
-                    chosen.append(i)
-                    break
-        names = {code: name for name, code in KIND_CODES.items()}
-        out = []
-        for i in chosen:
-            lo, hi = starts[i], starts[i + 1]
-            texts = token_texts(self.root.tokenizer, ids[lo:hi])
-            tokens = [[text, names.get(int(code), "prompt"), None if keep is None else bool(keep[lo + j])]
-                      for j, (text, code) in enumerate(zip(texts, self.codes[lo:hi])) if mask[lo + j]]
-            out.append({"sample_id": self.pool.sample_ids[i], "selection": method, "tokens": tokens})
-        return out
-
-    # -- per prompt -----------------------------------------------------------------------------------------------
-    def _per_prompt_loss(self, heldout: Scores) -> tuple[np.ndarray, np.ndarray]:
-        """(prompts,) summed loss and count of each held-out prompt's informative tokens."""
-        informative = self.eval_codes == KIND_CODES["informative"]
-        loss = np.where(informative, np.nan_to_num(heldout.token_loss), 0.0)
-        starts = self.eval.offsets[:-1]
-        return np.add.reduceat(loss, starts), np.add.reduceat(informative.astype(float), starts)
-
-    @staticmethod
-    def _correct(stage_dir: Path) -> np.ndarray:
-        """(prompts,) 1.0 where the greedy answer to a held-out prompt was right (``generations.jsonl``)."""
-        lines = (stage_dir / "generations.jsonl").read_text(encoding="utf-8").splitlines()
-        return np.array([float(json.loads(line)["correct"]) for line in lines])
-
-    def _kind_groups(self) -> dict[str, np.ndarray]:
-        """(total_tokens,) bool masks of the pool's token kinds, noise split into its two corruptions."""
-        noise = self.codes == KIND_CODES["noise"]
-        return {"informative": self.codes == KIND_CODES["informative"],
-                "generic": self.codes == KIND_CODES["generic"],
-                "garbled": noise & self.garbled, "wrong_answer": noise & ~self.garbled}
-
-    def _mean_scores(self, run: Run) -> dict[str, float]:
-        """Mean warm-up score (base loss - reference loss, nats) of each kind of pool token: why a kind is kept or
-        dropped. Keys ``score_informative``, ``score_generic``, ``score_garbled``, ``score_wrong_answer``."""
-        from ..runs.layout import BASE_SCORES
-
-        base, ref = (Scores.load(run.path(name)) for name in (BASE_SCORES, run.layout.reference_scores))
-        score = base.token_loss - ref.token_loss
-        out = {}
-        for name, members in self._kind_groups().items():
-            values = score[members & np.isfinite(score)]
-            if values.size:
-                out[f"score_{name}"] = float(values.mean())
-        return out
 
     def _keep_mask(self, run: Run, method: str) -> np.ndarray | None:
         """What the method trained on: its saved selection; every response token for full; None for slm, whose
@@ -413,19 +315,135 @@ class DemoMetrics:
         def build(tmp: Path) -> dict[str, Any]:
             texts = generate(model_dir, self.prompts + self.noisy_prompts, self.max_new_tokens,
                              run.cfg.run.device, stop=answer_done, progress=self.progress, desc="answers")
-            held, noisy = texts[:len(self.prompts)], texts[len(self.prompts):]
-            correct = [bool(self.checker(row, text)) for row, text in zip(self.rows, held)]
-            by_task: dict[str, list[bool]] = defaultdict(list)
-            for row, ok in zip(self.rows, correct):
-                by_task[str(row.get("task", "all"))].append(ok)
-            atomic_write_text(tmp / "generations.jsonl", "".join(
-                json.dumps({"id": row.get("id"), "generated": text, "correct": ok}) + "\n"
-                for row, text, ok in zip(self.rows, held, correct)))
-            result = {"accuracy": float(np.mean(correct)), "n": len(correct),
-                      "per_task": {task: float(np.mean(v)) for task, v in sorted(by_task.items())}}
-            if noisy:
-                repeated = [bool(self.checker(row, text)) for row, text in zip(self.noisy, noisy)]
-                result.update(wrong_answer_reproduced=float(np.mean(repeated)), wrong_answer_prompts=len(noisy))
-            return result
+            return graded_answers(texts, self.rows, self.noisy, self.checker, tmp / "generations.jsonl")
 
         return run.stage(stage, inputs, build)
+
+
+def graded_answers(texts: Sequence[str], rows: Sequence[dict[str, Any]], noisy: Sequence[dict[str, Any]],
+                   checker: Checker, path: Path) -> dict[str, Any]:
+    """Grade greedy answers: ``texts`` answers ``rows`` (held-out prompts), then ``noisy`` (the pool's wrong-answer
+    prompts, each with its wrong answer: was it repeated?). Writes ``path`` (one line per held-out prompt: id,
+    generated text, correct); returns accuracy, n, per-task accuracy and ``wrong_answer_reproduced``."""
+    held, repeated_texts = texts[:len(rows)], texts[len(rows):]
+    correct = [bool(checker(row, text)) for row, text in zip(rows, held)]
+    by_task: dict[str, list[bool]] = defaultdict(list)
+    for row, ok in zip(rows, correct):
+        by_task[str(row.get("task", "all"))].append(ok)
+    atomic_write_text(path, "".join(json.dumps({"id": row.get("id"), "generated": text, "correct": ok}) + "\n"
+                                    for row, text, ok in zip(rows, held, correct)))
+    result = {"accuracy": float(np.mean(correct)), "n": len(correct),
+              "per_task": {task: float(np.mean(v)) for task, v in sorted(by_task.items())}}
+    if repeated_texts:
+        repeated = [bool(checker(row, text)) for row, text in zip(noisy, repeated_texts)]
+        result.update(wrong_answer_reproduced=float(np.mean(repeated)), wrong_answer_prompts=len(repeated_texts))
+    return result
+
+
+def correct_answers(stage_dir: Path) -> np.ndarray:
+    """(prompts,) 1.0 where the greedy answer to a held-out prompt was right (``generations.jsonl``)."""
+    lines = (stage_dir / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+    return np.array([float(json.loads(line)["correct"]) for line in lines])
+
+
+def per_prompt_loss(heldout: Scores, eval_codes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(prompts,) summed loss and count of each held-out prompt's informative tokens."""
+    informative = eval_codes == KIND_CODES["informative"]
+    loss = np.where(informative, np.nan_to_num(heldout.token_loss), 0.0)
+    starts = offsets[:-1]
+    return np.add.reduceat(loss, starts), np.add.reduceat(informative.astype(float), starts)
+
+
+# --- the pool's token kinds: the base's loss, the warm-up score ------------------------------------------------
+def kind_groups(codes: np.ndarray, garbled: np.ndarray) -> dict[str, np.ndarray]:
+    """(total_tokens,) bool masks of the pool's token kinds, noise split into its two corruptions."""
+    noise = codes == KIND_CODES["noise"]
+    return {"informative": codes == KIND_CODES["informative"], "generic": codes == KIND_CODES["generic"],
+            "garbled": noise & garbled, "wrong_answer": noise & ~garbled}
+
+
+def kind_losses(base: Scores, codes: np.ndarray, garbled: np.ndarray) -> dict[str, float]:
+    """The base model's mean loss (nats per token) of each kind of pool token before fine-tuning: the paper's
+    premise is that generic phrasing is what the base already predicts (the lowest). Keys as ``kind_groups``."""
+    return {name: float(base.token_loss[members & np.isfinite(base.token_loss)].mean())
+            for name, members in kind_groups(codes, garbled).items() if members.any()}
+
+
+def mean_scores(run: Run, codes: np.ndarray, garbled: np.ndarray) -> dict[str, float]:
+    """Mean score of each kind of pool token, as the run's selection saved it (``Selection.score``: base loss -
+    reference loss in nats under the default scorer; gated tokens left out): why a kind is kept or dropped. Keys
+    ``score_informative``, ``score_generic``, ``score_garbled``, ``score_wrong_answer``; none for a selection
+    saved without its score."""
+    selection = run.path(run.layout.selection)
+    score = Selection.load(selection).score if (selection / Selection.FILE).is_file() else None
+    if score is None:
+        return {}
+    out = {}
+    for name, members in kind_groups(codes, garbled).items():
+        values = score[members & np.isfinite(score)]
+        if values.size:
+            out[f"score_{name}"] = float(values.mean())
+    return out
+
+
+# --- what the demo shows beside the table ----------------------------------------------------------------------
+def prompt_intervals(per_prompt: dict[tuple[str, int | None], dict[str, tuple[np.ndarray, np.ndarray]]],
+                     methods: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """95% bootstrap intervals over held-out prompts (``demo.intervals``) from ``DemoMetrics.per_prompt``, per
+    measure: ``rows`` (each method's value and interval, and the base's) and ``paired`` (fixed minus full and fixed
+    minus random: difference, interval, share of resamples below 0). Several seeds: a prompt's sums add up over the
+    seeds first."""
+    from .intervals import paired_interval, ratio_interval
+
+    def summed(method: str, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        parts = [per_prompt[method, s][key] for s in (seeds if method != "base" else [None])
+                 if key in per_prompt.get((method, s), {})]
+        return (sum(p[0] for p in parts), sum(p[1] for p in parts)) if parts else None
+
+    out: dict[str, Any] = {"rows": {}, "paired": {}}
+    for key in ("informative_loss", "accuracy"):
+        for method in ("base", *methods):
+            sums = summed(method, key)
+            if sums is not None:
+                out["rows"].setdefault(method, {})[key] = ratio_interval(*sums)
+        fixed = summed("fixed", key)
+        for other in ("full", "random"):
+            against = summed(other, key) if other in methods else None
+            if fixed is not None and against is not None:
+                out["paired"].setdefault(f"fixed-{other}", {})[key] = paired_interval(fixed, against)
+    return out
+
+
+def sample_rows(root: Run, measure: DemoMetrics, methods: Sequence[str], seed: int) -> list[dict[str, Any]]:
+    """A few pool rows as the final selection saw them, for the terminal: the first clean row with a generic
+    opener, the first with a garbled span and the first with a wrong answer; each token as [text, kind, kept]
+    (kept: under fixed's selection at ``seed``, or None without one)."""
+    from ..report.view import token_texts
+
+    pool, codes, garbled = measure.pool, measure.codes, measure.garbled
+    method = "fixed" if "fixed" in methods else None
+    keep = None
+    if method is not None:
+        selection = root.path(Layout.variant_of(root.dir, seed, method).selection)
+        keep = Selection.load(selection).keep_mask if (selection / Selection.FILE).is_file() else None
+    starts, mask, ids = pool.offsets, pool.flat_response_mask(), pool.flat_input_ids()
+    chosen: list[int] = []
+    for wanted in ("opener", "garble", "wrong_answer"):
+        for i in range(len(pool)):
+            lo, hi = starts[i], starts[i + 1]
+            row_codes = codes[lo:hi]
+            kind = ("garble" if garbled[lo:hi].any() else "wrong_answer"
+                    if (row_codes == KIND_CODES["noise"]).any() else "opener"
+                    if row_codes[mask[lo:hi]][:1].tolist() == [KIND_CODES["generic"]] else None)
+            if kind == wanted and i not in chosen:
+                chosen.append(i)
+                break
+    names = {code: name for name, code in KIND_CODES.items()}
+    out = []
+    for i in chosen:
+        lo, hi = starts[i], starts[i + 1]
+        texts = token_texts(root.tokenizer, ids[lo:hi])
+        tokens = [[text, names.get(int(code), "prompt"), None if keep is None else bool(keep[lo + j])]
+                  for j, (text, code) in enumerate(zip(texts, codes[lo:hi])) if mask[lo + j]]
+        out.append({"sample_id": pool.sample_ids[i], "selection": method, "tokens": tokens})
+    return out
