@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .commands import COMMANDS
+from .commands import COMMANDS, TRAINING_COMMANDS
 from .config import add_config_args, add_fields, build, field_names, merge_settings
 from .errors import ConfigError, TokencleanError
 from .evaluation.benchmarks import parse_limit
@@ -315,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet = args.quiet or process_rank() != 0  # under torchrun one process reports
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     _quiet_libraries()
+    if args.command in TRAINING_COMMANDS:
+        from .compute.modeling import freeze_library_objects
+
+        freeze_library_objects()
     try:
         result = args.func(args)
     except TokencleanError as e:

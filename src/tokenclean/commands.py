@@ -14,9 +14,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "tokenclean.evaluation.cli:eval_flags"),
     "pretrain": ("pretrain a tiny Llama (and its tokenizer) from scratch on text files",
                  "tokenclean.demo.pretrain_cli:pretrain_flags"),
-    "demo": ("the whole story on generated data: pretrain a tiny base, run every method, measure, report",
+    "demo": ("the whole story on a generated world with SmolLM2-135M-Instruct (--tiny: a tiny base pretrained here): "
+             "run the methods, measure, report",
              "tokenclean.demo.cli:demo_flags"),
     "report": ("an HTML page of a run: tokens coloured by score, kept/dropped, plots, comparison",
                "tokenclean.report.cli:report_flags"),
     "show": ("print one sample with its kept and dropped tokens in colour", "tokenclean.report.cli:show_flags"),
 }
+
+TRAINING_COMMANDS = frozenset({"run", "compare", "train", "pretrain", "demo"})
+"""Commands that fine-tune models: ``cli.main`` freezes the training stack's objects out of the garbage collector's
+reach first (``compute.modeling.freeze_library_objects``)."""

@@ -3,6 +3,9 @@ reference with one PEFT model, the score cache, and the kept-positions-only trai
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -190,3 +193,40 @@ def test_kept_positions_loss_and_gradients_equal_full_logits():
     torch.testing.assert_close(loss_sum / n, full, rtol=1e-6, atol=1e-6)
     for (name, a), (_, b) in zip(fast_model.named_parameters(), full_model.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_frozen_library_objects_leave_the_runs_cycles_collectable():
+    """A training command freezes the imported stack out of the collector's reach (each full collection then walks
+    only what the run made), and a reference cycle made afterwards, such as a Trainer's, is still collected. In a
+    child process: freezing this one would keep the test session's objects."""
+    code = """
+import gc, weakref
+from tokenclean.compute.modeling import freeze_library_objects
+freeze_library_objects()
+frozen = gc.get_freeze_count()
+class Node: pass
+a, b = Node(), Node()
+a.other, b.other = b, a
+alive = weakref.ref(a)
+del a, b
+gc.collect()
+print(frozen, alive() is None)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) > 100_000  # the training stack: torch, transformers' Trainer, accelerate, datasets
+    assert out[1] == "True"
+
+
+def test_training_commands_freeze_the_library_objects(monkeypatch, tmp_path, capsys):
+    """``tokenclean train`` (a training command) freezes before it runs; ``select`` does not. Both then stop on a
+    missing input."""
+    from tokenclean import cli
+    from tokenclean.compute import modeling
+
+    calls = []
+    monkeypatch.setattr(modeling, "freeze_library_objects", lambda: calls.append(True))
+    missing = str(tmp_path / "missing")
+    assert cli.main(["select", "--base", missing, "--ref", missing, "--out", str(tmp_path / "s")]) == 2
+    assert calls == []
+    assert cli.main(["train", "--model", missing, "--data", missing + ".jsonl", "--out", str(tmp_path / "m")]) == 2
+    assert calls == [True]

@@ -78,6 +78,23 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def freeze_library_objects() -> None:
+    """Import the training stack and move every object alive now into the garbage collector's permanent generation
+    (``gc.freeze``): for a command-line process about to train. Each later full collection (``release_memory``'s
+    after every fine-tune and scoring, accelerate's at every Trainer start) then walks only the objects the run
+    made. Measured: ~440k objects after these imports, 0.23-0.37 s per collection; ``tokenclean demo --tiny``
+    collects ~100 times. What is alive now (modules, classes, functions: they live as long as the process) is still
+    freed by reference counting, just never collected as part of a cycle; so a library caller is not frozen."""
+    import gc
+
+    import accelerate  # noqa: F401  (imported for their module objects, frozen with the rest)
+    import datasets  # noqa: F401
+    import transformers.trainer  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto`` is bf16 where ``device`` computes it natively (a GPU that supports it, a CPU with AVX512-BF16, AMX
     or Arm BF16) and fp32 elsewhere: see ``hardware.auto_dtype``."""
