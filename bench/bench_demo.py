@@ -19,6 +19,7 @@ import torch
 from common import machine
 
 from tokenclean.compute.hardware import compute_facts
+from tokenclean.compute.modeling import freeze_library_objects
 from tokenclean.demo.run import DemoConfig, run_demo
 
 
@@ -32,6 +33,7 @@ def main() -> None:
     print(machine())
     print(f"CPU: {facts['cpu_model']}; flags: {' '.join(facts['cpu_flags'])}; native bf16: {facts['native_bf16']}")
     shutil.rmtree(args.out, ignore_errors=True)
+    freeze_library_objects()  # as `tokenclean demo` does (cli.main, for every training command)
     cfg = DemoConfig(out=args.out, tiny=args.tiny, quick=args.quick)
     target = 300 if args.tiny else 600
     start = time.perf_counter()
