@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .compute.export import export_dataset
+from .compute.hardware import scoring_dtype
 from .compute.finetune import finetune
 from .compute.modeling import load_tokenizer
 from .compute.score_cache import save_scores
@@ -78,13 +79,14 @@ def score(
     the same model content, dtype, tokenizer and data, and store new ones (see ``tokenclean.compute.score_cache``); a
     model directory is not even loaded on a hit. ``meta["cache_hit"]`` says which it was. ``work_dir``: keep
     finished shards there while scoring, so a killed call started again resumes at the shard it was in (one model
-    per work directory); removed once ``out`` is written.
+    per work directory); removed once ``out`` is written. ``dtype``: the weights' dtype; ``auto`` is float32 on
+    every device (``compute.hardware.scoring_dtype``: bf16 would move the selection), ``bfloat16`` for speed.
     Under ``torch.distributed`` every rank scores a share and gets all losses; rank 0 writes. Under ``accelerate
     launch --use_fsdp`` the model is also sharded over the processes (``distributed.shard_for_inference``).
     """
     tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
-    scores = score_model(model, tokens, score_config=score_config, device=device, dtype=dtype,
+    scores = score_model(model, tokens, score_config=score_config, device=device, dtype=scoring_dtype(dtype),
                          trust_remote_code=trust_remote_code, progress=progress, cache=cache, work_dir=work_dir)
     _save(scores, out, work_dir)
     return scores
@@ -123,7 +125,7 @@ def score_prompt_free(
     """
     tok = _tokenizer_for(model, tokenizer, trust_remote_code)
     tokens = _as_tokens(data, lambda: tok, data_config, tokenize_config)
-    scores = score_model_prompt_free(model, tokens, tok, score_config=score_config, device=device, dtype=dtype,
+    scores = score_model_prompt_free(model, tokens, tok, score_config=score_config, device=device, dtype=scoring_dtype(dtype),
                                      trust_remote_code=trust_remote_code, progress=progress, work_dir=work_dir)
     _save(scores, out, work_dir)
     return scores
@@ -158,7 +160,7 @@ def score_pair(
     """
     tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
-    base, ref = score_model_pair(model, adapter, tokens, score_config=score_config, device=device, dtype=dtype,
+    base, ref = score_model_pair(model, adapter, tokens, score_config=score_config, device=device, dtype=scoring_dtype(dtype),
                                  trust_remote_code=trust_remote_code, progress=progress, cache=cache,
                                  work_dir=work_dir)
     for scores, out in ((base, base_out), (ref, ref_out)):

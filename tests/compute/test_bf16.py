@@ -80,6 +80,20 @@ def test_explicit_settings_win_and_bad_ones_are_refused(cpu_without_probes):
         TrainConfig(bf16="maybe")
 
 
+def test_selection_scores_stay_fp32_under_auto_where_training_takes_bf16(cpu_without_probes, tiny_model_dir,
+                                                                       gpt2_tokenizer):
+    """On a CPU with native bf16, ``--dtype auto`` scores in fp32 (bf16's loss error reorders the selection), while
+    training's ``--bf16 auto`` and other ``auto`` weights take bf16; ``bfloat16`` asked for is kept."""
+    from tokenclean import api
+
+    cpu_without_probes("avx2", "avx512f", "avx512_bf16")
+    tokens = chat_table(gpt2_tokenizer, [("What is 2 + 2?", "It is 4.")])
+    assert api.score(tiny_model_dir, tokens, progress=False).meta["compute"]["dtype"] == "float32"
+    assert api.score(tiny_model_dir, tokens, dtype="bfloat16", progress=False).meta["compute"]["dtype"] == "bfloat16"
+    assert hardware.scoring_dtype("auto") == "float32" and hardware.scoring_dtype("bfloat16") == "bfloat16"
+    assert hardware.resolve_bf16("auto", "cpu") is True and resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+
+
 def test_scores_record_the_hardware_and_dtype(gpt2_tokenizer):
     tokens = chat_table(gpt2_tokenizer, [("What is 2+2?", "It is 4.")])
     meta = score_tokens(tiny_llama().eval(), tokens, progress=False).meta["compute"]
