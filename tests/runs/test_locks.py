@@ -121,7 +121,8 @@ def test_two_real_runs_on_one_run_directory_never_mix_their_files(tmp_path, tiny
     out, data = tmp_path / "run", write_jsonl(tmp_path / "pool.jsonl", gsm8k_rows[:40])
     args = [sys.executable, "-m", "tokenclean", "run", "--base", str(tiny_model_dir), "--data", str(data),
             "--out", str(out), *FAST, "--no-cache"]
-    first = subprocess.Popen(args + ["--keep-ratio", "0.6"], stderr=subprocess.PIPE, text=True)
+    # the first trains long enough (150 steps, ~15 s) to still hold the directory once the second has started up
+    first = subprocess.Popen(args + ["--keep-ratio", "0.6", "--max-steps", "150"], stderr=subprocess.PIPE, text=True)
     lock = out / ".tokenclean.lock"
     for _ in range(600):  # until the first process holds the directory
         if lock.exists() and lock.read_text().startswith(f"pid {first.pid} "):

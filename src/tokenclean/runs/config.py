@@ -36,9 +36,9 @@ class RunSettings:
     eval_fraction: float = option(0.0, "hold out this share of the pool (fixed split, never trained on) for the "
                                   "held-out loss, when no --eval-data is given")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: CUDA when available)")
-    dtype: str = option("auto", "scoring weights dtype: auto = float32 on every device (bf16's loss error reorders "
-                        "the selection: <= 98.8% top-60% agreement with fp32 on SmolLM2), float32, or bfloat16 for "
-                        "speed (2.3-2.8x on a CPU with AVX512-BF16)")
+    dtype: str = option("auto", "scoring weights dtype: auto = float32 on every device (bf16's loss error, about "
+                        "as large as most scores, moves the selection: bench/README.md), float32, or bfloat16 for "
+                        "speed (2.3-2.8x faster on a CPU with AVX512-BF16)")
     eval_dtype: str = option("float32", "weights dtype for measuring models (the held-out loss; compare's "
                              "benchmarks): float32, or auto / bfloat16 for speed. bf16 weights round away part of a "
                              "fine-tune: on SmolLM2 they raised final models' held-out loss by 0.007-0.012 nats, "
