@@ -6,7 +6,13 @@ Models: SmolLM2-135M-Instruct (vocabulary 49,152) and Gemma-3-270M (262,144), co
 AdamW step). bf16 autocast = ``torch.autocast("cpu", torch.bfloat16)`` around forward and loss, as the Trainer
 does with ``bf16=True``: weights and optimiser state stay fp32.
 
-    python bench/bench_bf16_training.py [--models smollm2,gemma3] [--steps 2]
+    python bench/bench_bf16_training.py [--models smollm2,gemma3] [--steps 2] [--lora]
+    python bench/bench_bf16_training.py --models smollm2 --curve 12 [--lora]
+
+``--lora``: the model wrapped in the tool's default adapter (r 64, alpha 16, dropout 0.1, every linear layer), only
+the adapter trained. ``--curve N``: instead of timing, N optimizer steps (AdamW, lr 1e-4) on the first GSM8K chats,
+2 per step (response tokens only), from the same weights in fp32 and under bf16 autocast: the two loss curves side by
+side and their largest difference, against the step-to-step change of the fp32 curve.
 """
 
 from __future__ import annotations
@@ -41,7 +47,67 @@ def one_step(model, opt, loss_fn, bf16: bool, batch) -> float:
     return time.perf_counter() - start
 
 
-def bench_model(name: str, steps: int, batch: int, seq: int, kept: float, layers: int | None, fp32_only: bool) -> None:
+def with_lora(model):
+    """``model`` under the tool's default LoRA adapter (``compute.training.TrainConfig``'s defaults)."""
+    from peft import LoraConfig, get_peft_model
+
+    from tokenclean.compute.training import TrainConfig
+
+    cfg = TrainConfig()
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def loss_curves(name: str, steps: int, lora: bool) -> None:
+    """fp32 and bf16-autocast fine-tunes from the same weights on the same GSM8K batches: their per-step losses."""
+    from common import gsm8k_conversations
+
+    from tokenclean.compute.modeling import load_tokenizer
+    from tokenclean.core.tokens import TokenizeConfig, tokenize
+
+    path = gguf_model_dir(name)
+    if path is None:
+        print(f"{name}: skipped (its GGUF package is not installed)")
+        return
+    tokens = tokenize(gsm8k_conversations(2 * steps), load_tokenizer(path), TokenizeConfig(template="default"))
+    batches = []
+    for i in range(0, 2 * steps, 2):
+        rows = [tokens.select([i]), tokens.select([i + 1])]
+        ids = [torch.as_tensor(r.flat_input_ids(), dtype=torch.long) for r in rows]
+        resp = [torch.as_tensor(r.flat_response_mask()) for r in rows]
+        width = max(len(x) for x in ids)
+        pad = lambda x, v: torch.cat([x, torch.full((width - len(x),), v, dtype=x.dtype)])  # noqa: E731
+        batch_ids = torch.stack([pad(x, 0) for x in ids])
+        labels = torch.stack([pad(torch.where(m, x, IGNORE_INDEX), IGNORE_INDEX) for x, m in zip(ids, resp)])
+        attention = torch.stack([pad(torch.ones_like(x), 0) for x in ids])
+        batches.append((batch_ids, attention, labels))
+    curves = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)  # the same adapter initialisation and dropout masks in both runs
+        model = load_model(path, "cpu", "float32").train()
+        model = with_lora(model) if lora else model
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        losses = []
+        for batch in batches:
+            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+                loss = kept_loss(model, *batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss))
+        curves["bf16 autocast" if bf16 else "fp32"] = losses
+        del model, opt
+    fp32, bf16 = curves["fp32"], curves["bf16 autocast"]
+    print(f"{name}, {'LoRA' if lora else 'full fine-tune'}: loss per step (2 GSM8K chats a step, lr 1e-4)")
+    for i, (a, b) in enumerate(zip(fp32, bf16), 1):
+        print(f"  step {i:2d}: fp32 {a:.4f}  bf16 autocast {b:.4f}  difference {b - a:+.4f}")
+    moves = [abs(b - a) for a, b in zip(fp32, fp32[1:])]
+    print(f"  largest |difference| {max(abs(b - a) for a, b in zip(fp32, bf16)):.4f} nats; the fp32 curve's own "
+          f"step-to-step change: median {sorted(moves)[len(moves) // 2]:.4f}, largest {max(moves):.4f}")
+
+
+def bench_model(name: str, steps: int, batch: int, seq: int, kept: float, layers: int | None, fp32_only: bool,
+                lora: bool = False) -> None:
     path = gguf_model_dir(name)
     if path is None:
         print(f"{name}: skipped (its GGUF package is not installed)")
@@ -54,7 +120,8 @@ def bench_model(name: str, steps: int, batch: int, seq: int, kept: float, layers
             model.config.layer_types = model.config.layer_types[:layers]
     variants = {v: x for v, x in VARIANTS.items() if not (fp32_only and x[1])}
     vocab = model.config.vocab_size
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)  # tiny steps: the weights barely move between variants
+    model = with_lora(model) if lora else model
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)  # tiny steps: the weights barely move between variants
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
     labels = torch.where(torch.rand(batch, seq, generator=g) < kept, ids, IGNORE_INDEX)
@@ -67,7 +134,8 @@ def bench_model(name: str, steps: int, batch: int, seq: int, kept: float, layers
             times[v].append(one_step(model, opt, fn, bf16, data))
     best = {v: min(t) for v, t in times.items()}
     tokens = batch * seq
-    print(f"{name}{f' (first {layers} layers)' if layers else ''} (vocabulary {vocab}, "
+    print(f"{name}{f' (first {layers} layers)' if layers else ''}{', LoRA' if lora else ', full fine-tune'} "
+          f"(vocabulary {vocab}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters), "
           f"batch {batch} x {seq}, best of {steps} steps per variant:")
     for v, s in best.items():
@@ -89,10 +157,15 @@ def main() -> None:
     ap.add_argument("--kept", type=float, default=0.6)
     ap.add_argument("--layers", type=int, help="keep only the first N transformer blocks")
     ap.add_argument("--fp32-only", action="store_true", help="skip the bf16 variants (slow without native bf16)")
+    ap.add_argument("--lora", action="store_true", help="train the default LoRA adapter instead of every weight")
+    ap.add_argument("--curve", type=int, metavar="N", help="compare the fp32 and bf16 loss curves over N steps")
     args = ap.parse_args()
     print(run_facts())
     for name in args.models.split(","):
-        bench_model(name, args.steps, args.batch, args.seq, args.kept, args.layers, args.fp32_only)
+        if args.curve:
+            loss_curves(name, args.curve, args.lora)
+        else:
+            bench_model(name, args.steps, args.batch, args.seq, args.kept, args.layers, args.fp32_only, args.lora)
     print(run_facts().splitlines()[-1].split("; ")[-1], "(at the end)")
 
 
