@@ -5,7 +5,7 @@ Workload: the first ``--samples`` GSM8K chats (shuffled with seed 0), default te
 Models: SmolLM2-135M-Instruct and Gemma-3-270M, converted from their GGUF packages (``common.gguf_model_dir``).
 Scores need a base and a reference: the reference is the base after ``--ref-steps`` AdamW steps (lr 1e-4) on the
 first 8 chats, which gives scores of a realistic spread. Variants, each scoring base and reference:
-- fp32: fp32 weights (what ``--dtype auto`` picks on a CPU without native bf16);
+- fp32: fp32 weights (what ``--dtype auto`` picks for scoring, on every device since 2026-12-07);
 - bf16: bf16 weights, the output projection in bf16, its log-softmax in fp32 (``--dtype bfloat16``);
 - bf16 trunk + fp32 head: the same with the head's matmul in fp32 (cast per chunk; measured, not the default);
 - bf16, fp32 last 1 or 2 layer(s) + head: the trunk's first layers in bf16, the rest in fp32;

@@ -73,7 +73,7 @@ def loss_curves(name: str, steps: int, lora: bool) -> None:
     batches = []
     for i in range(0, 2 * steps, 2):
         rows = [tokens.select([i]), tokens.select([i + 1])]
-        ids = [torch.as_tensor(r.flat_input_ids(), dtype=torch.long) for r in rows]
+        ids = [torch.tensor(r.flat_input_ids(), dtype=torch.long) for r in rows]
         resp = [torch.as_tensor(r.flat_response_mask()) for r in rows]
         width = max(len(x) for x in ids)
         pad = lambda x, v: torch.cat([x, torch.full((width - len(x),), v, dtype=x.dtype)])  # noqa: E731
@@ -94,7 +94,7 @@ def loss_curves(name: str, steps: int, lora: bool) -> None:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         curves["bf16 autocast" if bf16 else "fp32"] = losses
         del model, opt
     fp32, bf16 = curves["fp32"], curves["bf16 autocast"]

@@ -69,7 +69,8 @@ def matmul_flops(n: int = 2048, reps: int = 3, dtype: torch.dtype = torch.float3
 
 def run_facts(dtype: torch.dtype | None = None) -> str:
     """One paragraph for the top of a benchmark's output: date, CPU model, torch's capability and the CPU flags
-    that matter for bf16, whether bf16 is native, the dtype ``auto`` picks, library versions, load average."""
+    that matter for bf16, whether bf16 is native, the dtype ``auto`` picks (for training and generation; scoring's
+    ``auto`` is float32 everywhere: ``compute.hardware.scoring_dtype``), library versions, load average."""
     import datetime
 
     import transformers
@@ -80,9 +81,10 @@ def run_facts(dtype: torch.dtype | None = None) -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return (f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU {facts['cpu_model']}, "
             f"{os.cpu_count()} CPUs, torch capability {facts['cpu_capability']}, flags "
-            f"{' '.join(facts['cpu_flags']) or 'none of interest'}; native bf16: {facts['native_bf16']}; dtype auto "
-            f"picks {facts['dtype']}\ntorch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
-            f"{transformers.__version__}, numpy {np.__version__}; load average {load}")
+            f"{' '.join(facts['cpu_flags']) or 'none of interest'}; native bf16: {facts['native_bf16']}; auto picks "
+            f"{facts['dtype']} for training and generation, float32 for scoring\ntorch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, numpy {np.__version__}; "
+            f"load average {load}")
 
 
 def selection_agreement(score_a: np.ndarray, score_b: np.ndarray, keep_ratio: float = 0.6) -> float:

@@ -135,7 +135,8 @@ _RUN = {
     "bf16": "false", "dtype": "float32",
 }  # fmt: skip
 # A pretrained LLM: a smaller world (each step costs ~100x the tiny one) and one pass over it, so that the demo runs
-# in about ten minutes on a 2-core CPU. Full fine-tuning at 3e-4, bf16 where native: chosen from full SFT's
+# in about ten minutes on a 2-core CPU. Full fine-tuning at 3e-4, bf16 training where native (scoring is fp32 under
+# `auto`: compute.hardware.scoring_dtype): chosen from full SFT's
 # greedy accuracy alone, before any cleaning result on this world (experiments/README.md, "The SmolLM2 demo": 25
 # steps of 8 rows; LoRA at 1e-3 or 3e-3: 13% and 21%; full fine-tuning at 1e-4 / 3e-4 / 5e-4: 21% / 31% / 24%).
 # The reference warms up on the clean set for 25 steps (two passes over its 100 rows).

@@ -68,8 +68,8 @@ def evaluate(
             used through a copy whose pad token is its end-of-text token.
         max_gen_toks: cap on generated tokens for the generation tasks (GSM8K, TyDi QA), for quick runs.
         dtype: weights dtype of a model loaded from a directory (``compute.modeling.resolve_dtype``): ``auto`` is
-            bf16 where the device computes it natively, fp32 elsewhere, as for scoring. Log-probabilities are
-            always computed in fp32 (the harness's ``softmax_dtype``). A loaded model keeps its own dtype.
+            bf16 where the device computes it natively, fp32 elsewhere (``hardware.auto_dtype``). Log-probabilities
+            are always computed in fp32 (the harness's ``softmax_dtype``). A loaded model keeps its own dtype.
 
     Returns:
         ``{"model", "tasks": {name: {"metric", "value", "stderr", "n", "num_fewshot"[, "parts"]}}, "average",
