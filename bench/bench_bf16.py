@@ -20,9 +20,10 @@ response token) / seconds / best n^3 matmul rate *of the variant's dtype*, probe
                                [--paper-script /tmp/paper/calculate_token_loss.py]
 
 With ``--paper-script`` (a copy of UCSC-REAL/TokenCleaning's scripts/calculate_token_loss.py kept outside this
-repository, run through ``--paper-driver``, a scratch driver that stubs its deepspeed import), the script and our
-``score`` end to end (load model, tokenize, score, write) each run in a subprocess under ``/usr/bin/time -v``
-(wall time, peak RSS), and their per-token losses are compared where both tokenized a chat identically.
+repository, run through ``--paper-driver``, a scratch driver that stubs its deepspeed import), the script (in fp32,
+and in the bf16 mixed precision of its launch config) and our ``score`` end to end (load model, tokenize, score,
+write; ``--dtype auto``, i.e. fp32, and ``--dtype bfloat16``) each run in a subprocess under ``/usr/bin/time -v``
+(wall time, peak RSS), and the script's per-token losses are compared with ours (fp32) on its own encoding.
 """
 
 from __future__ import annotations
@@ -340,15 +341,17 @@ def report_agreement(found: dict, tokens, how: str) -> None:
               f"of the threshold")
 
 
-def ours_end_to_end(model_dir: str, jsonl: str, out_dir: str) -> None:
-    """The subprocess side of the side-by-side: load (``--dtype auto``), tokenize, score, write; prints the wall."""
+def ours_end_to_end(model_dir: str, jsonl: str, out_dir: str, dtype: str = "auto") -> None:
+    """The subprocess side of the side-by-side: load (``--dtype`` ``dtype``, under scoring's rule), tokenize, score,
+    write; prints the wall."""
+    from tokenclean.compute.hardware import scoring_dtype
     from tokenclean.core.data import Conversation
 
     start = time.perf_counter()
     rows = [json.loads(line) for line in open(jsonl, encoding="utf-8")]
     convs = [Conversation(str(i), r["messages"], i) for i, r in enumerate(rows)]
     tokens = tokenize(convs, load_tokenizer(model_dir), TokenizeConfig(template="default"))
-    scores = score_tokens(load_model(model_dir, "cpu", "auto"), tokens, ScoreConfig(), progress=False)
+    scores = score_tokens(load_model(model_dir, "cpu", scoring_dtype(dtype)), tokens, ScoreConfig(), progress=False)
     scores.save(out_dir)
     np.savez(Path(out_dir) / "flat.npz", loss=scores.token_loss, ids=tokens.flat_input_ids(), offsets=tokens.offsets)
     print(f"OURS_WALL_S {time.perf_counter() - start:.2f} dtype {scores.meta['compute']['dtype']}", flush=True)
@@ -373,24 +376,34 @@ def side_by_side(name: str, samples: int, script: str, driver: str, batch: int, 
     work = Path(tempfile.mkdtemp(prefix=f"paper-vs-ours-{name}-"))
     jsonl = work / "train.jsonl"
     jsonl.write_text("".join(json.dumps({"messages": c.messages}) + "\n" for c in gsm8k_conversations(samples)))
-    runs = {}
-    for who in ("paper", "ours") * repeats:  # alternated, so both see the machine's drift
-        out = work / who
-        out.mkdir(exist_ok=True)
-        cmd = [sys.executable, driver, script, str(path), str(jsonl), str(out), str(batch)] if who == "paper" else \
-            [sys.executable, __file__, "--ours-end-to-end", str(path), str(jsonl), str(out)]
-        wall, rss, _ = timed_subprocess(cmd)
-        runs.setdefault(who, []).append((wall, rss))
-    paper, ours = min(runs["paper"]), min(runs["ours"])
-    print(f"\n{name}, {samples} chats: paper's script {paper[0]:.1f} s (runs {[round(r[0], 1) for r in runs['paper']]}"
-          "),"
-          f" peak RSS {max(r[1] for r in runs['paper']):.2f} GB; ours (--dtype auto) {ours[0]:.1f} s "
-          f"(runs {[round(r[0], 1) for r in runs['ours']]}), peak RSS {max(r[1] for r in runs['ours']):.2f} GB; "
-          f"ours is {paper[0] / ours[0]:.2f}x faster")
-    print("  " + agreement_with_paper(work, path))
+    # the paper's script in fp32 and in its launch config's mixed precision (accelerate bf16 autocast); ours under
+    # --dtype auto (fp32 for scoring) and --dtype bfloat16; alternated, so every variant sees the machine's drift
+    variants = [("paper", "fp32"), ("paper", "bf16"), ("ours", "auto"), ("ours", "bfloat16")]
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for _ in range(repeats):
+        for who, precision in variants:
+            out = work / f"{who}-{precision}"
+            out.mkdir(exist_ok=True)
+            cmd = ([sys.executable, driver, script, str(path), str(jsonl), str(out), str(batch), precision]
+                   if who == "paper" else
+                   [sys.executable, __file__, "--ours-end-to-end", str(path), str(jsonl), str(out), precision])
+            wall, rss, _ = timed_subprocess(cmd)
+            runs.setdefault((who, precision), []).append((wall, rss))
+    best = {v: min(r) for v, r in runs.items()}
+    print(f"\n{name}, {samples} chats, end to end (load, tokenize, score, write), best of {repeats}:")
+    for (who, precision), (wall, _) in best.items():
+        print(f"  {'paper' + chr(39) + 's script' if who == 'paper' else 'ours'} {precision}: {wall:.1f} s "
+              f"(runs {[round(r[0], 1) for r in runs[who, precision]]}), peak RSS "
+              f"{max(r[1] for r in runs[who, precision]):.2f} GB")
+    ours32 = best["ours", "auto"][0]
+    print(f"  ours (auto = fp32) vs the paper's fp32: {best['paper', 'fp32'][0] / ours32:.2f}x; vs its bf16 mixed "
+          f"precision: {best['paper', 'bf16'][0] / ours32:.2f}x; ours bfloat16 vs its bf16: "
+          f"{best['paper', 'bf16'][0] / best['ours', 'bfloat16'][0]:.2f}x")
+    for precision in ("fp32", "bf16"):
+        print(f"  paper {precision}: " + agreement_with_paper(work / f"paper-{precision}", path))
 
 
-def agreement_with_paper(work: Path, model_dir: Path) -> str:
+def agreement_with_paper(paper_dir: Path, model_dir: Path) -> str:
     """Our per-token losses of the paper's own encoding of each chat (its input ids; response tokens = its labels
     != -100), compared with the paper's losses at those positions. (Its encoding has no leading BOS where our
     default template adds the tokenizer's, so the same ids are scored rather than each side's own.)"""
@@ -399,14 +412,14 @@ def agreement_with_paper(work: Path, model_dir: Path) -> str:
     from tokenclean.compute.scoring import compute_token_loss
     from tokenclean.core.tokens import TokenTable
 
-    paper_losses = torch.load(next((work / "paper").glob("token_losses_*.pt")), weights_only=True)
-    encoded = json.loads((work / "paper" / "encoded.json").read_text())
+    paper_losses = torch.load(next(paper_dir.glob("token_losses_*.pt")), weights_only=True)
+    encoded = json.loads((paper_dir / "encoded.json").read_text())
     table = TokenTable(pa.table({
         "sample_id": pa.array([str(i) for i in range(len(encoded))]),
         "input_ids": pa.array([e["input_ids"] for e in encoded], pa.list_(pa.int32())),
         "response_mask": pa.array([[lab != -100 for lab in e["labels"]] for e in encoded], pa.list_(pa.bool_())),
     }))
-    ours = compute_token_loss(load_model(model_dir, "cpu", "auto"), table, progress=False)
+    ours = compute_token_loss(load_model(model_dir, "cpu", "float32"), table, progress=False)  # ours in fp32
     theirs = np.concatenate([np.asarray(p[: len(e["input_ids"])], np.float32) for p, e in zip(paper_losses, encoded)])
     scored = ~np.isnan(ours)
     d = np.abs(ours[scored] - theirs[scored])
@@ -416,7 +429,7 @@ def agreement_with_paper(work: Path, model_dir: Path) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--ours-end-to-end":
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "--ours-end-to-end":
         return ours_end_to_end(*sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=64)
