@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from .compute.export import export_dataset
-from .compute.hardware import scoring_dtype
 from .compute.finetune import finetune
+from .compute.hardware import scoring_dtype
 from .compute.modeling import load_tokenizer
 from .compute.score_cache import save_scores
 from .compute.score_model import score_model, score_model_pair, score_model_prompt_free
@@ -125,8 +125,9 @@ def score_prompt_free(
     """
     tok = _tokenizer_for(model, tokenizer, trust_remote_code)
     tokens = _as_tokens(data, lambda: tok, data_config, tokenize_config)
-    scores = score_model_prompt_free(model, tokens, tok, score_config=score_config, device=device, dtype=scoring_dtype(dtype),
-                                     trust_remote_code=trust_remote_code, progress=progress, work_dir=work_dir)
+    scores = score_model_prompt_free(model, tokens, tok, score_config=score_config, device=device,
+                                     dtype=scoring_dtype(dtype), trust_remote_code=trust_remote_code,
+                                     progress=progress, work_dir=work_dir)
     _save(scores, out, work_dir)
     return scores
 
@@ -160,9 +161,9 @@ def score_pair(
     """
     tokens = _as_tokens(data, lambda: _tokenizer_for(model, tokenizer, trust_remote_code), data_config,
                         tokenize_config)
-    base, ref = score_model_pair(model, adapter, tokens, score_config=score_config, device=device, dtype=scoring_dtype(dtype),
-                                 trust_remote_code=trust_remote_code, progress=progress, cache=cache,
-                                 work_dir=work_dir)
+    base, ref = score_model_pair(model, adapter, tokens, score_config=score_config, device=device,
+                                 dtype=scoring_dtype(dtype), trust_remote_code=trust_remote_code, progress=progress,
+                                 cache=cache, work_dir=work_dir)
     for scores, out in ((base, base_out), (ref, ref_out)):
         if out is not None:
             save_scores(scores, out)

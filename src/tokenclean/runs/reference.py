@@ -81,7 +81,6 @@ def base_and_reference(run: Run, tables: dict[str, TokenTable]) -> tuple[Scores,
     if (not adapter.is_dir() or fsdp_requested()
             or any(run.up_to_date(n, score_inputs(run, m, pool)) for n, m in zip(names, models))):
         return base_scores(run, pool), score_stage(run, names[1], models[1], ref, pool)
-    from ..compute.hardware import scoring_dtype
     from ..compute.score_model import score_model_pair
 
     pair: list[Scores] = []
@@ -90,9 +89,8 @@ def base_and_reference(run: Run, tables: dict[str, TokenTable]) -> tuple[Scores,
     def compute(i: int) -> Scores:  # both scored on first use, with one model load
         if not pair:
             pair.extend(score_model_pair(c.run.base, adapter, pool, score_config=c.score, device=c.run.device,
-                                         dtype=scoring_dtype(c.run.dtype),
-                                         trust_remote_code=c.run.trust_remote_code, cache=run.cache,
-                                         work_dir=run.work_dir(run.layout.pair_scores, work)))
+                                         dtype=run.scoring_dtype, trust_remote_code=c.run.trust_remote_code,
+                                         cache=run.cache, work_dir=run.work_dir(run.layout.pair_scores, work)))
         return pair[i]
 
     scores = (score_stage(run, names[0], models[0], c.run.base, pool, compute=lambda: compute(0)),

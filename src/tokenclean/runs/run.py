@@ -60,12 +60,17 @@ class Run(Store):
 
         return self._once("base", lambda: source_fingerprint(self.cfg.run.base))
 
-    def resolved_dtype(self, dtype: str | None = None) -> str:
-        """A dtype setting (``None``: ``--dtype`` under the scoring rule, ``compute.hardware.scoring_dtype``) as
-        resolved on this machine (``compute.hardware``): "float32" or "bfloat16"."""
+    @property
+    def scoring_dtype(self) -> str:
+        """``--dtype`` under scoring's rule (``compute.hardware.scoring_dtype``: ``auto`` is float32)."""
         from ..compute.hardware import scoring_dtype
 
-        dtype = scoring_dtype(self.cfg.run.dtype) if dtype is None else dtype
+        return scoring_dtype(self.cfg.run.dtype)
+
+    def resolved_dtype(self, dtype: str | None = None) -> str:
+        """A dtype setting (``None``: the scoring dtype) as resolved on this machine (``compute.hardware``):
+        "float32" or "bfloat16"."""
+        dtype = self.scoring_dtype if dtype is None else dtype
 
         def resolve() -> str:
             from ..compute.modeling import resolve_device, resolve_dtype

@@ -105,13 +105,12 @@ def score_stage(run: Run, name: str, model_key: str, model_path: str | Path, tok
     """Token losses of ``tokens`` under ``model_path``, through the score cache when ``cache`` (and the run's
     ``--cache``). ``compute`` replaces scoring ``model_path`` alone (e.g. scores from an adapter pair); ``dtype``
     replaces ``--dtype`` (``--eval-dtype`` for measurements)."""
-    from ..compute.hardware import scoring_dtype
     from ..compute.score_cache import save_scores
     from ..compute.score_model import score_model
 
     c = run.cfg
     inputs = score_inputs(run, model_key, tokens, dtype)
-    dtype = dtype or scoring_dtype(c.run.dtype)
+    dtype = dtype or run.scoring_dtype
     compute = compute or (lambda: score_model(
         str(model_path), tokens, score_config=c.score, device=c.run.device, dtype=dtype,
         trust_remote_code=c.run.trust_remote_code, cache=cache and run.cache, work_dir=run.work_dir(name, inputs)))
@@ -129,7 +128,6 @@ def prompt_free_stage(run: Run, name: str, model_key: str, model_path: str | Pat
     """The losses of ``tokens``' response tokens under ``model_path`` with their prompts removed
     (``compute.prompt_free``), mapped back onto ``tokens`` (NaN at prompt tokens and a span's first token when the
     tokenizer has no BOS): what the prompt scorers compare with the reference's ordinary losses."""
-    from ..compute.hardware import scoring_dtype
     from ..compute.prompt_free import start_token_id
     from ..compute.score_model import score_model_prompt_free
 
@@ -137,7 +135,7 @@ def prompt_free_stage(run: Run, name: str, model_key: str, model_path: str | Pat
 
     def compute() -> Scores:
         return score_model_prompt_free(str(model_path), tokens, run.tokenizer, score_config=c.score,
-                                       device=c.run.device, dtype=scoring_dtype(c.run.dtype),
+                                       device=c.run.device, dtype=run.scoring_dtype,
                                        trust_remote_code=c.run.trust_remote_code)
 
     key = f"{model_key}:prompt-free:{start_token_id(run.tokenizer)}"
