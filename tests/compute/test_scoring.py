@@ -7,6 +7,7 @@ import torch
 from conftest import chat_table, tiny_llama
 from tokenclean import score
 from tokenclean.core.artifacts import Scores
+from tokenclean.errors import ConfigError
 from tokenclean.compute.losses import token_losses
 from tokenclean.compute.scoring import ScoreConfig, compute_token_loss, length_batches
 
@@ -85,3 +86,16 @@ def test_score_writes_columnar_file_with_fingerprints(tmp_path, tiny_model_dir, 
         assert loaded.meta[key]
     assert loaded.meta["scored_tokens"] == int((~np.isnan(loaded.token_loss)).sum())
     assert not list(tmp_path.glob("s/*.pkl")) and (tmp_path / "s" / "token_loss.parquet").exists()
+
+
+def test_the_batch_budget_defaults_by_device():
+    """On a CPU the default budget is CPU_BATCH_TOKENS (wide batches spill out of the caches); an explicit one is
+    kept (the losses do not depend on it: see the batch-size test above)."""
+    from tokenclean.compute.scoring import CPU_BATCH_TOKENS, batch_budget
+
+    model = tiny_llama().eval()
+    assert ScoreConfig().batch_tokens is None
+    assert batch_budget(ScoreConfig(), model) == CPU_BATCH_TOKENS == 2048
+    assert batch_budget(ScoreConfig(batch_tokens=300), model) == 300
+    with pytest.raises(ConfigError, match="batch_tokens must be >= 1"):
+        ScoreConfig(batch_tokens=0)
