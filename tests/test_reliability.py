@@ -179,6 +179,15 @@ def test_compare_and_older_runs_are_not_refused(tmp_path, tiny_model_dir):
     Run(_config(tmp_path, tiny_model_dir, method="rho")).write_config()
 
 
+def test_settings_of_speed_only_do_not_refuse_a_run(tmp_path, tiny_model_dir):
+    """A run made with another scoring batch budget (e.g. the former default, 16384) is the same run: the budget
+    changes speed and memory, not the losses; a setting that changes results still refuses."""
+    Run(_config(tmp_path, tiny_model_dir, batch_tokens=16384, shard_tokens=500)).write_config()
+    Run(_config(tmp_path, tiny_model_dir)).write_config()  # batch_tokens None (the device's default), shard 10^6
+    with pytest.raises(ConfigError, match=r"other settings \(keep_ratio: 0.6 -> 0.4\)"):
+        Run(_config(tmp_path, tiny_model_dir, keep_ratio=0.4, batch_tokens=64)).write_config()
+
+
 # -- resources -----------------------------------------------------------------------------------------------------
 def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")

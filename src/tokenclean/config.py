@@ -25,7 +25,8 @@ log = logging.getLogger("tokenclean")
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
     """A dataclass field with a help text (used for ``--help`` and the docs). ``renamed_from``: the setting's
-    former name, still accepted (with a warning)."""
+    former name, still accepted (with a warning). ``speed_only=True``: the setting changes speed or memory, never a
+    result, so a run directory made with another value resumes (``speed_settings``)."""
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
@@ -93,6 +94,11 @@ def renamed_settings(*classes: type) -> dict[str, str]:
     """Former setting name -> current name, for the renamed fields of ``classes``."""
     return {f.metadata["renamed_from"]: f.name for cls in classes for f in dataclasses.fields(cls)
             if "renamed_from" in f.metadata}
+
+
+def speed_settings(*classes: type) -> tuple[str, ...]:
+    """The fields of ``classes`` marked ``speed_only``: a run made with other values of these is the same run."""
+    return tuple(f.name for cls in classes for f in dataclasses.fields(cls) if f.metadata.get("speed_only"))
 
 
 def current_names(values: dict[str, Any], classes: tuple[type, ...], where: str = "") -> dict[str, Any]:

@@ -47,9 +47,10 @@ class ScoreConfig:
     """How scoring batches and runs."""
 
     batch_tokens: int | None = option(None, "token budget per scoring batch (samples sorted by length; rows x "
-                                      "longest row <= budget); default: 2048 on a CPU, 16384 on a GPU")
+                                      "longest row <= budget); default: 2048 on a CPU, 16384 on a GPU",
+                                      speed_only=True)
     shard_tokens: int = option(1_000_000, "in a run, finished scoring work is saved every this many tokens, so a "
-                               "killed run resumes there")
+                               "killed run resumes there", speed_only=True)
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "shard_tokens"):

@@ -255,11 +255,15 @@ class DemoMetrics:
             metrics["informative_loss"] = self.informative_loss(heldout)
             metrics.update({k: v for k, v in self.known_split(heldout).items() if k != "known_share"})
             per_prompt["informative_loss"] = per_prompt_loss(heldout, self.eval_codes, self.eval.offsets)
-            keep = self._keep_mask(run, summary["method"])
+            selection = saved_selection(run)
+            keep = selection.keep_mask if selection else self._full_mask(summary["method"])
             if keep is not None:
                 metrics.update(selection_quality(keep, self.codes, self.garbled))
-            if summary["method"] in ("fixed", "rho"):
-                metrics.update(mean_scores(run, self.codes, self.garbled))
+            if summary["method"] in ("fixed", "rho") and selection and selection.score is not None:
+                # why a kind is kept or dropped: its mean score as the selection ranked it (Selection.score: base
+                # loss - reference loss in nats under the default scorer; gated tokens left out)
+                metrics.update({f"score_{k}": v for k, v in kind_means(selection.score, self.codes,
+                                                                      self.garbled).items()})
         health = summary.get("selection", {}).get("score_health") or summary.get("score_health")
         if health and health.get("verdict") != "no scores":
             metrics["reference_move"] = health["relative_move"]
@@ -295,12 +299,9 @@ class DemoMetrics:
             per_prompt["accuracy"] = (correct, np.ones_like(correct))
         return row
 
-    def _keep_mask(self, run: Run, method: str) -> np.ndarray | None:
-        """What the method trained on: its saved selection; every response token for full; None for slm, whose
+    def _full_mask(self, method: str) -> np.ndarray | None:
+        """What a method without a saved selection trained on: every response token for full; None for slm, whose
         selection changes at every step."""
-        selection = run.path(run.layout.selection)
-        if (selection / Selection.FILE).is_file():
-            return Selection.load(selection).keep_mask
         return self.pool.flat_response_mask() if method == "full" else None
 
     def _answers(self, run: Run, model_key: str, model_dir: str | Path, stage: str) -> dict[str, Any]:
@@ -362,28 +363,20 @@ def kind_groups(codes: np.ndarray, garbled: np.ndarray) -> dict[str, np.ndarray]
             "garbled": noise & garbled, "wrong_answer": noise & ~garbled}
 
 
-def kind_losses(base: Scores, codes: np.ndarray, garbled: np.ndarray) -> dict[str, float]:
-    """The base model's mean loss (nats per token) of each kind of pool token before fine-tuning: the paper's
-    premise is that generic phrasing is what the base already predicts (the lowest). Keys as ``kind_groups``."""
-    return {name: float(base.token_loss[members & np.isfinite(base.token_loss)].mean())
-            for name, members in kind_groups(codes, garbled).items() if members.any()}
+def kind_means(values: np.ndarray, codes: np.ndarray, garbled: np.ndarray) -> dict[str, float]:
+    """Mean of ``values`` ((total_tokens,): token losses, scores) over each kind of pool token (``kind_groups``),
+    leaving out non-finite entries (prompt tokens, gated scores); the mean divides by the finite entries of the
+    kind. A kind without one is left out. The base model's losses by kind before fine-tuning are the paper's
+    premise: generic phrasing is what the base already predicts (the lowest)."""
+    finite = np.isfinite(values)
+    return {name: float(values[members & finite].mean())
+            for name, members in kind_groups(codes, garbled).items() if (members & finite).any()}
 
 
-def mean_scores(run: Run, codes: np.ndarray, garbled: np.ndarray) -> dict[str, float]:
-    """Mean score of each kind of pool token, as the run's selection saved it (``Selection.score``: base loss -
-    reference loss in nats under the default scorer; gated tokens left out): why a kind is kept or dropped. Keys
-    ``score_informative``, ``score_generic``, ``score_garbled``, ``score_wrong_answer``; none for a selection
-    saved without its score."""
-    selection = run.path(run.layout.selection)
-    score = Selection.load(selection).score if (selection / Selection.FILE).is_file() else None
-    if score is None:
-        return {}
-    out = {}
-    for name, members in kind_groups(codes, garbled).items():
-        values = score[members & np.isfinite(score)]
-        if values.size:
-            out[f"score_{name}"] = float(values.mean())
-    return out
+def saved_selection(run: Run) -> Selection | None:
+    """The selection the run's method saved (keep-mask and score), or None (full, slm)."""
+    path = run.path(run.layout.selection)
+    return Selection.load(path) if (path / Selection.FILE).is_file() else None
 
 
 # --- what the demo shows beside the table ----------------------------------------------------------------------

@@ -43,7 +43,7 @@ from ..runs.config import RunConfig
 from ..runs.layout import HELDOUT_BASE, TOKENS
 from ..runs.reference import base_scores
 from ..runs.stages import Run, tokens_stage
-from .metrics import (DEMO_COLUMNS, KIND_CODES, DemoInputs, DemoMetrics, kind_losses, prompt_intervals,
+from .metrics import (DEMO_COLUMNS, KIND_CODES, DemoInputs, DemoMetrics, kind_means, prompt_intervals,
                       sample_rows)
 from .render import conclude, render, time_per_stage
 from .world import GROUND_TRUTH_FIELDS
@@ -238,7 +238,7 @@ def run_demo(cfg: DemoConfig, overrides: dict[str, Any] | None = None, progress:
         result["base_known_split"] = measure.known_split(base_heldout)
         response = measure.codes[measure.codes >= 0]
         result["pool_kinds"] = {k: float(np.mean(response == code)) for k, code in KIND_CODES.items()}
-        result["base_kind_loss"] = kind_losses(base_scores(root, tables["pool"]), measure.codes, measure.garbled)
+        result["base_kind_loss"] = kind_means(base_scores(root, tables["pool"]).token_loss, measure.codes, measure.garbled)
         result["samples"] = sample_rows(root, measure, methods, seeds[0])
     result["intervals"] = prompt_intervals(measure.per_prompt, methods, seeds)
     loads = root.result(TOKENS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
-from ..config import renamed_settings
+from ..config import renamed_settings, speed_settings
 from .layout import Layout
 from .store import Store, write_config
 
@@ -86,8 +86,10 @@ class Run(Store):
 
     def write_config(self, ignore: tuple[str, ...] = ()) -> None:
         """Save the settings as ``config.yaml`` (``store.write_config``: a directory holding a run of other settings
-        is refused without ``--overwrite``)."""
+        is refused without ``--overwrite``; settings that change only speed or memory, ``config.speed_settings``,
+        do not count)."""
         from .config import RunConfig
 
-        write_config(self.dir, self.cfg.flat(), RunConfig().flat(), self.cfg.run.overwrite, ignore,
-                     renamed_settings(*RunConfig.SECTIONS.values()))
+        sections = RunConfig.SECTIONS.values()
+        write_config(self.dir, self.cfg.flat(), RunConfig().flat(), self.cfg.run.overwrite,
+                     (*ignore, *speed_settings(*sections)), renamed_settings(*sections))
