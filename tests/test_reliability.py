@@ -188,6 +188,18 @@ def test_settings_of_speed_only_do_not_refuse_a_run(tmp_path, tiny_model_dir):
         Run(_config(tmp_path, tiny_model_dir, keep_ratio=0.4, batch_tokens=64)).write_config()
 
 
+def test_a_speed_only_training_setting_keys_no_stage():
+    """The micro-batch changes only how a step's samples pass through the model: a training stage made with any
+    micro-batch (or before the setting existed) has the same key; a setting that changes results changes it."""
+    from tokenclean.compute.training import TrainConfig
+    from tokenclean.config import stage_settings
+
+    default = stage_settings(TrainConfig())
+    assert "micro_batch_size" not in default and default["batch_size"] == 4
+    assert stage_settings(TrainConfig(micro_batch_size=2)) == default
+    assert stage_settings(TrainConfig(batch_size=2)) != default
+
+
 # -- resources -----------------------------------------------------------------------------------------------------
 def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")

@@ -115,9 +115,11 @@ def current_names(values: dict[str, Any], classes: tuple[type, ...], where: str 
 
 def stage_settings(obj: Any) -> dict[str, Any]:
     """A config dataclass as the stage keys hold it: ``asdict``, with a renamed setting under its former name, so a
-    rename leaves the keys (and the stages of runs made before it) as they were."""
+    rename leaves the keys (and the stages of runs made before it) as they were, and without the settings that
+    change only speed or memory (``speed_settings``), so those neither redo a stage nor key a new one."""
     former = {current: old for old, current in renamed_settings(type(obj)).items()}
-    return {former.get(k, k): v for k, v in dataclasses.asdict(obj).items()}
+    speed = speed_settings(type(obj))
+    return {former.get(k, k): v for k, v in dataclasses.asdict(obj).items() if k not in speed}
 
 
 def build(cls: type, values: dict[str, Any]) -> Any:

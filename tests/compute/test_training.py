@@ -2,10 +2,12 @@
 tokens (correct under gradient accumulation); empty batches give zero, never NaN; models save and load."""
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import tiny_llama
 from tokenclean.core.data import Conversation
+from tokenclean.errors import ConfigError
 from tokenclean.compute.losses import kept_token_loss_sum
 from tokenclean.core.tokens import IGNORE_INDEX, tokenize
 from tokenclean.compute.training import PadCollator, TrainConfig, train_model
@@ -56,11 +58,15 @@ def _table(tokenizer, n=8):
     return tokenize(convs, tokenizer)
 
 
-def _weights_after_one_step(tmp_path, tokenizer, table, keep, batch_size, accumulation):
+def _weights_after_one_step(tmp_path, tokenizer, table, keep, batch_size, accumulation, micro=None, rows=None):
+    """The weights after one SGD step; ``rows`` collects the rows of every forward pass."""
     model = tiny_llama(seed=1)
+    if rows is not None:
+        model.model.embed_tokens.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
     cfg = TrainConfig(lora=False, batch_size=batch_size, gradient_accumulation_steps=accumulation, max_steps=1,
-                      lr_warmup_ratio=0.0, learning_rate=1.0, lr_scheduler="constant", optimizer="sgd")
-    out = tmp_path / f"m{batch_size}x{accumulation}"
+                      micro_batch_size=micro, lr_warmup_ratio=0.0, learning_rate=1.0, lr_scheduler="constant",
+                      optimizer="sgd")
+    out = tmp_path / f"m{batch_size}x{accumulation}x{micro}"
     train_model(model, tokenizer, table, out, cfg, keep, drop_empty=False, seed=0)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -68,13 +74,39 @@ def _weights_after_one_step(tmp_path, tokenizer, table, keep, batch_size, accumu
 def test_gradient_accumulation_gives_the_same_step(tmp_path, gpt2_tokenizer):
     table = _table(gpt2_tokenizer)
     keep = np.random.default_rng(0).random(len(table.flat_input_ids())) < 0.5
-    one = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, batch_size=8, accumulation=1)
-    four = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, batch_size=2, accumulation=4)
+    one_rows, four_rows = [], []
+    one = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, 8, 1, micro=8, rows=one_rows)
+    four = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, 2, 4, micro=2, rows=four_rows)
+    assert one_rows == [8] and four_rows == [2, 2, 2, 2]
     base = tiny_llama(seed=1).state_dict()
     changed = [k for k in one if not torch.equal(one[k], base[k])]
     assert changed, "the step changed no weight"
     for k in one:
         torch.testing.assert_close(one[k], four[k], rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_passes_each_sample_alone_by_default_and_trains_the_same_step(tmp_path, gpt2_tokenizer):
+    """The default micro-batch on a CPU is one sample: eight passes of one row for a batch of 8, and the weights
+    after the step are those of one pass over all 8 (samples of unequal length, so padding differs too)."""
+    table = _table(gpt2_tokenizer)
+    keep = np.random.default_rng(1).random(len(table.flat_input_ids())) < 0.5
+    whole_rows, default_rows = [], []
+    whole = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, 8, 1, micro=8, rows=whole_rows)
+    default = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, 8, 1, rows=default_rows)
+    assert whole_rows == [8] and default_rows == [1] * 8
+    for k in whole:
+        torch.testing.assert_close(whole[k], default[k], rtol=1e-4, atol=1e-5)
+
+
+def test_micro_batch_defaults_and_bounds():
+    from tokenclean.compute.training import micro_batch
+
+    cfg = TrainConfig(batch_size=4)
+    assert micro_batch(cfg, "cpu") == 1 and micro_batch(cfg, "cuda") == 4
+    assert micro_batch(cfg, "cpu", online=True) == 4  # Rho-1 ranks tokens within the whole batch
+    assert micro_batch(TrainConfig(batch_size=4, micro_batch_size=2), "cuda") == 2
+    with pytest.raises(ConfigError, match="micro_batch_size must divide batch_size \\(4\\), got 3"):
+        TrainConfig(batch_size=4, micro_batch_size=3)
 
 
 def test_lora_training_saves_a_loadable_merged_model(tmp_path, gpt2_tokenizer):

@@ -505,12 +505,12 @@ def test_evaluate_in_child_raises_the_childs_error_here(tiny_model_dir):
 
 
 def test_default_harness_batch_size_is_memory_bounded_on_cpu(tiny_model, tokenizer):
-    """Wide batches only cost memory on a CPU (MMLU 5-shot on SmolLM2: 10.5 GB at 8, 3.7 GB at 2): the default
-    there is CPU_BATCH_SIZE; an explicit size is kept."""
+    """Wide batches only cost memory on a CPU (MMLU 5-shot on SmolLM2: 10.5 GB at 8, 3.7 GB at 2, 2.4 GB at 1): the
+    default there is CPU_BATCH_SIZE; an explicit size is kept."""
     pytest.importorskip("lm_eval")
     from tokenclean.evaluation.harness import CPU_BATCH_SIZE, _harness_model
 
-    assert _harness_model(tiny_model, tokenizer, "cpu", None).batch_size == CPU_BATCH_SIZE == 2
+    assert _harness_model(tiny_model, tokenizer, "cpu", None).batch_size == CPU_BATCH_SIZE == 1
     assert _harness_model(tiny_model, tokenizer, "cpu", 5).batch_size == 5
     parser = argparse.ArgumentParser()
     eval_cli.eval_flags(parser)

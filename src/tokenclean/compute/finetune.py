@@ -19,8 +19,8 @@ from .training import OnlineSelection, TrainConfig, train_model
 
 log = logging.getLogger("tokenclean")
 
-TRAINING_MEMORY_ADVICE = ("lower --batch-size (raise --gradient-accumulation-steps to keep the global batch), "
-                          "turn on --gradient-checkpointing, keep --lora on, or train on a GPU")
+TRAINING_MEMORY_ADVICE = ("lower --micro-batch-size (the same samples per step, in smaller passes), turn on "
+                          "--gradient-checkpointing, keep --lora on, or train on a GPU")
 
 
 def finetune(model: Any, tokenizer: Any, tokens: TokenTable, out: str | os.PathLike, *,

@@ -51,9 +51,15 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay")
     epochs: float = option(1.0, "passes over the training data")
     max_steps: int = option(-1, "stop after this many optimiser steps (-1: run --epochs)")
-    batch_size: int = option(4, "samples per device per micro-batch")
-    gradient_accumulation_steps: int = option(12, "micro-batches per optimiser step (global batch = batch size x "
-                                              "this x processes; the paper uses 48)")
+    batch_size: int = option(4, "samples per device per accumulation step (the paper's 4), passed through the model "
+                             "in micro-batches of --micro-batch-size")
+    micro_batch_size: int | None = option(None, "samples per forward/backward pass, dividing --batch-size "
+                                          "(default: 1 on a CPU, the whole --batch-size elsewhere). Changes speed "
+                                          "and memory only: an optimiser step trains the same samples with the same "
+                                          "loss (Rho-1's online selection always uses --batch-size, as it selects "
+                                          "within it)", speed_only=True)
+    gradient_accumulation_steps: int = option(12, "accumulation steps per optimiser step (global batch = batch "
+                                              "size x this x processes; the paper uses 48)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
     save_steps: int = option(500, "checkpoint every this many steps so an interrupted run resumes (not under "
                              "FSDP: see train_model)")
@@ -66,6 +72,10 @@ class TrainConfig:
         for name in ("lora_r", "batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and (self.micro_batch_size < 1
+                                                  or self.batch_size % self.micro_batch_size):
+            raise ConfigError(f"micro_batch_size must divide batch_size ({self.batch_size}), got "
+                              f"{self.micro_batch_size}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.lr_warmup_ratio < 1:
@@ -187,17 +197,38 @@ def _trainer_class():
     return MaskedLossTrainer
 
 
+CPU_MICRO_BATCH = 1
+"""Default micro-batch on a CPU. A CPU gains no speed from wider batches (one row of a few hundred tokens fills its
+cores) but pays for their padding, and a step's activations take host memory: measured on SmolLM2-135M (LoRA, bf16
+autocast, 300-token rows), one training step peaks at 5.08 GB RSS with 4 rows and 2.30 GB with 1; ``tokenclean
+compare`` with benchmarks took 391 s at micro-batches of 4 and 350 s at 1 x 4 (bench/README, issue 31)."""
+
+
+def micro_batch(cfg: TrainConfig, device_type: str, online: bool = False) -> int:
+    """Samples per forward/backward pass: ``cfg.micro_batch_size``, else ``CPU_MICRO_BATCH`` on a CPU and the whole
+    ``cfg.batch_size`` elsewhere; always ``cfg.batch_size`` under online selection (``online``), which ranks the
+    tokens of a whole micro-batch."""
+    if online:
+        return cfg.batch_size
+    if cfg.micro_batch_size is not None:
+        return cfg.micro_batch_size
+    return CPU_MICRO_BATCH if device_type == "cpu" else cfg.batch_size
+
+
 def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16: bool, seed: int,
-                       use_cpu: bool = False):
-    """``TrainingArguments`` for ``cfg``. ``use_cpu`` (the model is on the CPU) matters under ``torchrun``:
-    without it Accelerate sees no GPU and no CPU request, so every process would silently train alone on all
-    the data instead of DDP over gloo."""
+                       use_cpu: bool = False, micro: int | None = None):
+    """``TrainingArguments`` for ``cfg``, passing each accumulation step's ``cfg.batch_size`` samples in
+    micro-batches of ``micro`` (default: the whole batch; it must divide ``cfg.batch_size``). The samples of an
+    optimiser step and its loss (a mean over the step's kept tokens) do not depend on ``micro``. ``use_cpu`` (the
+    model is on the CPU) matters under ``torchrun``: without it Accelerate sees no GPU and no CPU request, so every
+    process would silently train alone on all the data instead of DDP over gloo."""
     from transformers import TrainingArguments
 
+    micro = micro or cfg.batch_size
     return TrainingArguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps * (cfg.batch_size // micro),
         optim=cfg.optimizer,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
@@ -317,7 +348,8 @@ def _masked_trainer(model, tokenizer, dataset, cfg: TrainConfig, ckpt_dir: Path,
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     trainer = _trainer_class()(
         model=model,
-        args=training_arguments(cfg, ckpt_dir, use_bf16, seed, use_cpu=device_type == "cpu"),
+        args=training_arguments(cfg, ckpt_dir, use_bf16, seed, use_cpu=device_type == "cpu",
+                                micro=micro_batch(cfg, device_type, online=keep_ratio is not None)),
         train_dataset=dataset,
         data_collator=PadCollator(pad_id),
         keep_ratio=keep_ratio,
