@@ -12,7 +12,9 @@ does with ``bf16=True``: weights and optimiser state stay fp32.
 ``--lora``: the model wrapped in the tool's default adapter (r 64, alpha 16, dropout 0.1, every linear layer), only
 the adapter trained. ``--curve N``: instead of timing, N optimizer steps (AdamW, lr 1e-4) on the first GSM8K chats,
 2 per step (response tokens only), from the same weights in fp32 and under bf16 autocast: the two loss curves side by
-side and their largest difference, against the step-to-step change of the fp32 curve.
+side and their largest difference, against the step-to-step change of the fp32 curve. ``--held-out K`` with it:
+every 10 steps both models' loss on K other chats, read in fp32 (what the weights learnt) and, for the bf16 run,
+also under autocast (what its own training loss reads).
 """
 
 from __future__ import annotations
@@ -58,8 +60,37 @@ def with_lora(model):
                                             target_modules="all-linear", task_type="CAUSAL_LM"))
 
 
-def loss_curves(name: str, steps: int, lora: bool) -> None:
-    """fp32 and bf16-autocast fine-tunes from the same weights on the same GSM8K batches: their per-step losses."""
+def padded_batch(rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``rows`` (one-sample token tables) right-padded into (ids, attention, labels), labels on response tokens."""
+    ids = [torch.tensor(r.flat_input_ids(), dtype=torch.long) for r in rows]
+    resp = [torch.as_tensor(r.flat_response_mask()) for r in rows]
+    width = max(len(x) for x in ids)
+    pad = lambda x, v: torch.cat([x, torch.full((width - len(x),), v, dtype=x.dtype)])  # noqa: E731
+    batch_ids = torch.stack([pad(x, 0) for x in ids])
+    labels = torch.stack([pad(torch.where(m, x, IGNORE_INDEX), IGNORE_INDEX) for x, m in zip(ids, resp)])
+    attention = torch.stack([pad(torch.ones_like(x), 0) for x in ids])
+    return batch_ids, attention, labels
+
+
+@torch.no_grad()
+def held_out_loss(model, batches, bf16: bool) -> float:
+    """Mean loss over every response token of ``batches`` (dropout off), in fp32 or under bf16 autocast."""
+    from tokenclean.compute.losses import kept_token_loss_sum
+
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss_sum, n = kept_token_loss_sum(model, *batch)
+        total, count = total + float(loss_sum), count + int(n)
+    model.train()
+    return total / max(count, 1)
+
+
+def loss_curves(name: str, steps: int, lora: bool, held_out: int = 0, every: int = 10) -> None:
+    """fp32 and bf16-autocast fine-tunes from the same weights on the same GSM8K batches: their per-step losses.
+    With ``held_out`` K: every ``every`` steps, each model's mean loss on K other chats, evaluated in fp32 (what
+    the weights have learnt) and, for the bf16 run, also under autocast (what its training loss reads)."""
     from common import gsm8k_conversations
 
     from tokenclean.compute.modeling import load_tokenizer
@@ -69,33 +100,32 @@ def loss_curves(name: str, steps: int, lora: bool) -> None:
     if path is None:
         print(f"{name}: skipped (its GGUF package is not installed)")
         return
-    tokens = tokenize(gsm8k_conversations(2 * steps), load_tokenizer(path), TokenizeConfig(template="default"))
-    batches = []
-    for i in range(0, 2 * steps, 2):
-        rows = [tokens.select([i]), tokens.select([i + 1])]
-        ids = [torch.tensor(r.flat_input_ids(), dtype=torch.long) for r in rows]
-        resp = [torch.as_tensor(r.flat_response_mask()) for r in rows]
-        width = max(len(x) for x in ids)
-        pad = lambda x, v: torch.cat([x, torch.full((width - len(x),), v, dtype=x.dtype)])  # noqa: E731
-        batch_ids = torch.stack([pad(x, 0) for x in ids])
-        labels = torch.stack([pad(torch.where(m, x, IGNORE_INDEX), IGNORE_INDEX) for x, m in zip(ids, resp)])
-        attention = torch.stack([pad(torch.ones_like(x), 0) for x in ids])
-        batches.append((batch_ids, attention, labels))
-    curves = {}
+    tokens = tokenize(gsm8k_conversations(2 * steps + held_out), load_tokenizer(path),
+                      TokenizeConfig(template="default"))
+    batches = [padded_batch([tokens.select([i]), tokens.select([i + 1])]) for i in range(0, 2 * steps, 2)]
+    held = [padded_batch([tokens.select([i])]) for i in range(2 * steps, 2 * steps + held_out)]
+    curves, evals = {}, {}
     for bf16 in (False, True):
+        run = "bf16 autocast" if bf16 else "fp32"
         torch.manual_seed(0)  # the same adapter initialisation and dropout masks in both runs
         model = load_model(path, "cpu", "float32").train()
         model = with_lora(model) if lora else model
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         losses = []
-        for batch in batches:
+        for step, batch in enumerate(batches, 1):
             with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
                 loss = kept_loss(model, *batch)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-        curves["bf16 autocast" if bf16 else "fp32"] = losses
+            if held and (step % every == 0 or step == steps):
+                rng = torch.get_rng_state()  # evaluation draws nothing, but keep the dropout stream untouched
+                evals[(run, step, "fp32")] = held_out_loss(model, held, bf16=False)
+                if bf16:
+                    evals[(run, step, "bf16")] = held_out_loss(model, held, bf16=True)
+                torch.set_rng_state(rng)
+        curves[run] = losses
         del model, opt
     fp32, bf16 = curves["fp32"], curves["bf16 autocast"]
     print(f"{name}, {'LoRA' if lora else 'full fine-tune'}: loss per step (2 GSM8K chats a step, lr 1e-4)")
@@ -104,6 +134,14 @@ def loss_curves(name: str, steps: int, lora: bool) -> None:
     moves = [abs(b - a) for a, b in zip(fp32, fp32[1:])]
     print(f"  largest |difference| {max(abs(b - a) for a, b in zip(fp32, bf16)):.4f} nats; the fp32 curve's own "
           f"step-to-step change: median {sorted(moves)[len(moves) // 2]:.4f}, largest {max(moves):.4f}")
+    if held:
+        n = sum(int((b[2][:, 1:] != IGNORE_INDEX).sum()) for b in held)
+        print(f"  held-out loss ({held_out} other chats, {n} response tokens; dropout off):")
+        for step in sorted({s for _, s, _ in evals}):
+            a, b, c = (evals[("fp32", step, "fp32")], evals[("bf16 autocast", step, "fp32")],
+                       evals[("bf16 autocast", step, "bf16")])
+            print(f"  step {step:2d}: fp32-trained {a:.4f} | bf16-trained, read in fp32 {b:.4f} ({b - a:+.4f}), "
+                  f"read under autocast {c:.4f} ({c - a:+.4f})")
 
 
 def bench_model(name: str, steps: int, batch: int, seq: int, kept: float, layers: int | None, fp32_only: bool,
@@ -159,11 +197,13 @@ def main() -> None:
     ap.add_argument("--fp32-only", action="store_true", help="skip the bf16 variants (slow without native bf16)")
     ap.add_argument("--lora", action="store_true", help="train the default LoRA adapter instead of every weight")
     ap.add_argument("--curve", type=int, metavar="N", help="compare the fp32 and bf16 loss curves over N steps")
+    ap.add_argument("--held-out", type=int, default=0, metavar="K", help="with --curve: every 10 steps, both "
+                    "models' loss on K other chats, read in fp32 (and the bf16 run's also under autocast)")
     args = ap.parse_args()
     print(run_facts())
     for name in args.models.split(","):
         if args.curve:
-            loss_curves(name, args.curve, args.lora)
+            loss_curves(name, args.curve, args.lora, args.held_out)
         else:
             bench_model(name, args.steps, args.batch, args.seq, args.kept, args.layers, args.fp32_only, args.lora)
     print(run_facts().splitlines()[-1].split("; ")[-1], "(at the end)")
