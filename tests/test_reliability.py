@@ -263,7 +263,7 @@ def test_out_of_memory_while_scoring_and_training(tmp_path, tiny_model_dir, gsm8
     assert not (tmp_path / "s").exists()
     monkeypatch.setattr("tokenclean.compute.training.kept_token_loss_sum", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes")))
-    with pytest.raises(ResourceError, match="training .*: out of memory .*--batch-size.*--gradient-checkpointing"):
+    with pytest.raises(ResourceError, match="training .*: out of memory .*--micro-batch-size.*--gradient-checkpointing"):
         tc.train(tiny_model_dir, data, tmp_path / "m", data_config=FIELDS,
                  train_config=tc.TrainConfig(max_steps=1, batch_size=2, gradient_accumulation_steps=1, lora_r=4))
     assert not (tmp_path / "m").exists()
