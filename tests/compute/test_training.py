@@ -58,26 +58,30 @@ def _table(tokenizer, n=8):
     return tokenize(convs, tokenizer)
 
 
-def _weights_after_one_step(tmp_path, tokenizer, table, keep, batch_size, accumulation, micro=None, rows=None):
-    """The weights after one SGD step; ``rows`` collects the rows of every forward pass."""
+def _weights_after_one_step(tmp_path, tokenizer, table, keep, batch_size, accumulation, micro=None, rows=None,
+                            lora=False):
+    """The saved weights after one SGD step (a LoRA adapter merged; no dropout); ``rows`` collects the rows of every
+    forward pass."""
+    from transformers import AutoModelForCausalLM
+
     model = tiny_llama(seed=1)
     if rows is not None:
         model.model.embed_tokens.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
-    cfg = TrainConfig(lora=False, batch_size=batch_size, gradient_accumulation_steps=accumulation, max_steps=1,
-                      micro_batch_size=micro, lr_warmup_ratio=0.0, learning_rate=1.0, lr_scheduler="constant",
-                      optimizer="sgd")
-    out = tmp_path / f"m{batch_size}x{accumulation}x{micro}"
+    cfg = TrainConfig(lora=lora, lora_r=4, lora_dropout=0.0, batch_size=batch_size,
+                      gradient_accumulation_steps=accumulation, max_steps=1, micro_batch_size=micro,
+                      lr_warmup_ratio=0.0, learning_rate=1.0, lr_scheduler="constant", optimizer="sgd")
+    out = tmp_path / f"m{batch_size}x{accumulation}x{micro}{'lora' if lora else ''}"
     train_model(model, tokenizer, table, out, cfg, keep, drop_empty=False, seed=0)
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    return AutoModelForCausalLM.from_pretrained(out).state_dict()
 
 
 def test_gradient_accumulation_gives_the_same_step(tmp_path, gpt2_tokenizer):
     table = _table(gpt2_tokenizer)
     keep = np.random.default_rng(0).random(len(table.flat_input_ids())) < 0.5
     one_rows, four_rows = [], []
-    one = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, 8, 1, micro=8, rows=one_rows)
-    four = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, 2, 4, micro=2, rows=four_rows)
-    assert one_rows == [8] and four_rows == [2, 2, 2, 2]
+    one = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, 8, 1, rows=one_rows)
+    four = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, 2, 4, rows=four_rows)
+    assert one_rows == [8] and four_rows == [2, 2, 2, 2]  # a full fine-tune passes its whole batch at once
     base = tiny_llama(seed=1).state_dict()
     changed = [k for k in one if not torch.equal(one[k], base[k])]
     assert changed, "the step changed no weight"
@@ -85,15 +89,19 @@ def test_gradient_accumulation_gives_the_same_step(tmp_path, gpt2_tokenizer):
         torch.testing.assert_close(one[k], four[k], rtol=1e-4, atol=1e-5)
 
 
-def test_cpu_passes_each_sample_alone_by_default_and_trains_the_same_step(tmp_path, gpt2_tokenizer):
-    """The default micro-batch on a CPU is one sample: eight passes of one row for a batch of 8, and the weights
-    after the step are those of one pass over all 8 (samples of unequal length, so padding differs too)."""
+def test_lora_on_a_cpu_passes_each_sample_alone_by_default_and_trains_the_same_step(tmp_path, gpt2_tokenizer):
+    """The default micro-batch of a LoRA fine-tune on a CPU is one sample: eight passes of one row for a batch of 8,
+    and the merged weights after the step are those of one pass over all 8 (rows of unequal length: padding
+    differs too)."""
     table = _table(gpt2_tokenizer)
     keep = np.random.default_rng(1).random(len(table.flat_input_ids())) < 0.5
     whole_rows, default_rows = [], []
-    whole = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, 8, 1, micro=8, rows=whole_rows)
-    default = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, 8, 1, rows=default_rows)
+    whole = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, 8, 1, micro=8, rows=whole_rows, lora=True)
+    default = _weights_after_one_step(tmp_path, gpt2_tokenizer, table, keep, 8, 1, rows=default_rows, lora=True)
     assert whole_rows == [8] and default_rows == [1] * 8
+    base = tiny_llama(seed=1).state_dict()
+    assert not torch.equal(whole["model.layers.0.self_attn.q_proj.weight"],
+                           base["model.layers.0.self_attn.q_proj.weight"]), "the step changed no weight"
     for k in whole:
         torch.testing.assert_close(whole[k], default[k], rtol=1e-4, atol=1e-5)
 
@@ -103,6 +111,7 @@ def test_micro_batch_defaults_and_bounds():
 
     cfg = TrainConfig(batch_size=4)
     assert micro_batch(cfg, "cpu") == 1 and micro_batch(cfg, "cuda") == 4
+    assert micro_batch(TrainConfig(batch_size=4, lora=False), "cpu") == 4  # full fine-tune: one pass per batch
     assert micro_batch(cfg, "cpu", online=True) == 4  # Rho-1 ranks tokens within the whole batch
     assert micro_batch(TrainConfig(batch_size=4, micro_batch_size=2), "cuda") == 2
     with pytest.raises(ConfigError, match="micro_batch_size must divide batch_size \\(4\\), got 3"):

@@ -54,10 +54,10 @@ class TrainConfig:
     batch_size: int = option(4, "samples per device per accumulation step (the paper's 4), passed through the model "
                              "in micro-batches of --micro-batch-size")
     micro_batch_size: int | None = option(None, "samples per forward/backward pass, dividing --batch-size "
-                                          "(default: 1 on a CPU, the whole --batch-size elsewhere). Changes speed "
-                                          "and memory only: an optimiser step trains the same samples with the same "
-                                          "loss (Rho-1's online selection always uses --batch-size, as it selects "
-                                          "within it)", speed_only=True)
+                                          "(default: 1 for LoRA on a CPU, the whole --batch-size otherwise). "
+                                          "Changes speed and memory only: an optimiser step trains the same samples "
+                                          "with the same loss (Rho-1's online selection always uses --batch-size, "
+                                          "as it selects within it)", speed_only=True)
     gradient_accumulation_steps: int = option(12, "accumulation steps per optimiser step (global batch = batch "
                                               "size x this x processes; the paper uses 48)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
@@ -198,21 +198,24 @@ def _trainer_class():
 
 
 CPU_MICRO_BATCH = 1
-"""Default micro-batch on a CPU. A CPU gains no speed from wider batches (one row of a few hundred tokens fills its
-cores) but pays for their padding, and a step's activations take host memory: measured on SmolLM2-135M (LoRA, bf16
-autocast, 300-token rows), one training step peaks at 5.08 GB RSS with 4 rows and 2.30 GB with 1; ``tokenclean
-compare`` with benchmarks took 391 s at micro-batches of 4 and 350 s at 1 x 4 (bench/README, issue 31)."""
+"""Default micro-batch of a LoRA fine-tune on a CPU. A CPU gains no speed from wider batches (one row of a few hundred
+tokens fills its cores) but pays for their padding, and a step's activations take host memory: measured on
+SmolLM2-135M (LoRA, bf16 autocast, 300-token rows), one training step peaks at 5.08 GB RSS with 4 rows and 2.30 GB
+with 1; ``tokenclean compare`` with benchmarks took 391 s and 5.33 GB at micro-batches of 4, 345 s and 3.12 GB at
+1 (bench/README, issue 31). Not for a full fine-tune: every pass then also casts all the weights to bf16 and adds
+into all their gradients, and the demo's four SmolLM2 fine-tunes (batches of 8 short rows) took 74-88 s each at 1
+against 49-57 s at 8."""
 
 
 def micro_batch(cfg: TrainConfig, device_type: str, online: bool = False) -> int:
-    """Samples per forward/backward pass: ``cfg.micro_batch_size``, else ``CPU_MICRO_BATCH`` on a CPU and the whole
-    ``cfg.batch_size`` elsewhere; always ``cfg.batch_size`` under online selection (``online``), which ranks the
-    tokens of a whole micro-batch."""
+    """Samples per forward/backward pass: ``cfg.micro_batch_size``, else ``CPU_MICRO_BATCH`` for a LoRA fine-tune on
+    a CPU and the whole ``cfg.batch_size`` otherwise; always ``cfg.batch_size`` under online selection (``online``),
+    which ranks the tokens of a whole micro-batch."""
     if online:
         return cfg.batch_size
     if cfg.micro_batch_size is not None:
         return cfg.micro_batch_size
-    return CPU_MICRO_BATCH if device_type == "cpu" else cfg.batch_size
+    return CPU_MICRO_BATCH if device_type == "cpu" and cfg.lora else cfg.batch_size
 
 
 def training_arguments(cfg: TrainConfig, output_dir: str | os.PathLike, use_bf16: bool, seed: int,
