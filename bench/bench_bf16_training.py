@@ -29,6 +29,7 @@ from bench_training import full_logits_loss, kept_loss
 from common import gguf_model_dir, run_facts
 
 from tokenclean.compute.modeling import load_model
+from tokenclean.compute.training import adapter_sums_in_fp32
 from tokenclean.core.tokens import IGNORE_INDEX
 
 VARIANTS = {  # name: (loss function, bf16 autocast)
@@ -37,6 +38,13 @@ VARIANTS = {  # name: (loss function, bf16 autocast)
     "fp32, full logits": (full_logits_loss, False),
     "bf16 autocast, full logits": (full_logits_loss, True),
 }
+SUMS = "bf16 autocast + fp32 adapter sums, kept positions"  # with --lora: how the tool trains an adapter in bf16
+
+
+def kept_loss_fp32_sums(model, ids, attention, labels):
+    """``kept_loss`` with each LoRA layer adding its adapter's output in fp32, as the tool trains under autocast."""
+    with adapter_sums_in_fp32(model):
+        return kept_loss(model, ids, attention, labels)
 
 
 def one_step(model, opt, loss_fn, bf16: bool, batch) -> float:
@@ -87,7 +95,8 @@ def held_out_loss(model, batches, bf16: bool) -> float:
     return total / max(count, 1)
 
 
-def loss_curves(name: str, steps: int, lora: bool, held_out: int = 0, every: int = 10) -> None:
+def loss_curves(name: str, steps: int, lora: bool, held_out: int = 0, every: int = 10,
+                fp32_sum: bool = False) -> None:
     """fp32 and bf16-autocast fine-tunes from the same weights on the same GSM8K batches: their per-step losses.
     With ``held_out`` K: every ``every`` steps, each model's mean loss on K other chats, evaluated in fp32 (what
     the weights have learnt) and, for the bf16 run, also under autocast (what its training loss reads)."""
@@ -112,8 +121,9 @@ def loss_curves(name: str, steps: int, lora: bool, held_out: int = 0, every: int
         model = with_lora(model) if lora else model
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         losses = []
+        sums = (lambda: adapter_sums_in_fp32(model)) if bf16 and fp32_sum else contextlib.nullcontext  # noqa: E731
         for step, batch in enumerate(batches, 1):
-            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            with sums(), torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
                 loss = kept_loss(model, *batch)
             loss.backward()
             opt.step()
@@ -123,12 +133,14 @@ def loss_curves(name: str, steps: int, lora: bool, held_out: int = 0, every: int
                 rng = torch.get_rng_state()  # evaluation draws nothing, but keep the dropout stream untouched
                 evals[(run, step, "fp32")] = held_out_loss(model, held, bf16=False)
                 if bf16:
-                    evals[(run, step, "bf16")] = held_out_loss(model, held, bf16=True)
+                    with sums():
+                        evals[(run, step, "bf16")] = held_out_loss(model, held, bf16=True)
                 torch.set_rng_state(rng)
         curves[run] = losses
         del model, opt
     fp32, bf16 = curves["fp32"], curves["bf16 autocast"]
-    print(f"{name}, {'LoRA' if lora else 'full fine-tune'}: loss per step (2 GSM8K chats a step, lr 1e-4)")
+    print(f"{name}, {'LoRA' if lora else 'full fine-tune'}{' (bf16 run: adapter sums in fp32)' if fp32_sum else ''}: "
+          "loss per step (2 GSM8K chats a step, lr 1e-4)")
     for i, (a, b) in enumerate(zip(fp32, bf16), 1):
         print(f"  step {i:2d}: fp32 {a:.4f}  bf16 autocast {b:.4f}  difference {b - a:+.4f}")
     moves = [abs(b - a) for a, b in zip(fp32, fp32[1:])]
@@ -157,6 +169,8 @@ def bench_model(name: str, steps: int, batch: int, seq: int, kept: float, layers
         if getattr(model.config, "layer_types", None):
             model.config.layer_types = model.config.layer_types[:layers]
     variants = {v: x for v, x in VARIANTS.items() if not (fp32_only and x[1])}
+    if lora and not fp32_only:
+        variants[SUMS] = (kept_loss_fp32_sums, True)
     vocab = model.config.vocab_size
     model = with_lora(model) if lora else model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)  # tiny steps: the weights barely move between variants
@@ -183,6 +197,9 @@ def bench_model(name: str, steps: int, batch: int, seq: int, kept: float, layers
         print(f"  bf16 autocast vs fp32 (kept positions): "
               f"{best['fp32, kept positions'] / best['bf16 autocast, kept positions']:.2f}x; kept vs full (bf16): "
               f"{best['bf16 autocast, full logits'] / best['bf16 autocast, kept positions']:.2f}x")
+    if SUMS in best:
+        print(f"  bf16 autocast with fp32 adapter sums (the tool's LoRA) vs fp32 (kept positions): "
+              f"{best['fp32, kept positions'] / best[SUMS]:.2f}x")
     del model, opt
 
 
@@ -199,11 +216,14 @@ def main() -> None:
     ap.add_argument("--curve", type=int, metavar="N", help="compare the fp32 and bf16 loss curves over N steps")
     ap.add_argument("--held-out", type=int, default=0, metavar="K", help="with --curve: every 10 steps, both "
                     "models' loss on K other chats, read in fp32 (and the bf16 run's also under autocast)")
+    ap.add_argument("--fp32-adapter-sum", action="store_true", help="with --curve --lora: the bf16 run adds each "
+                    "adapter's output to its frozen layer's in fp32, as the tool does (compute.training."
+                    "adapter_sums_in_fp32); without it, in bf16 as peft does alone")
     args = ap.parse_args()
     print(run_facts())
     for name in args.models.split(","):
         if args.curve:
-            loss_curves(name, args.curve, args.lora, args.held_out)
+            loss_curves(name, args.curve, args.lora, args.held_out, fp32_sum=args.fp32_adapter_sum)
         else:
             bench_model(name, args.steps, args.batch, args.seq, args.kept, args.layers, args.fp32_only, args.lora)
     print(run_facts().splitlines()[-1].split("; ")[-1], "(at the end)")

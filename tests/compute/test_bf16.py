@@ -157,3 +157,41 @@ def test_bf16_scores_agree_with_fp32(gpt2_tokenizer, gsm8k_rows, monkeypatch):
     assert d_max < 0.045 and d_mean < 0.011 and agree >= 0.97
     b_max, b_mean, b_agree = diff_and_agreement(buggy)
     assert b_mean >= 0.011 or b_agree < 0.97  # the bounds above would catch a bf16 log-softmax
+
+
+def test_lora_adds_its_adapter_in_fp32_under_bf16_autocast():
+    """A young adapter's contribution (here ~1e-4 of the frozen layer's output) is below bf16's resolution: peft's
+    bf16 sum returns the frozen layer's output unchanged almost everywhere; inside ``adapter_sums_in_fp32`` the layer returns the
+    frozen output plus the adapter's, in fp32. Leaving the block removes the hooks."""
+    from peft import LoraConfig, get_peft_model
+
+    from tokenclean.compute.training import adapter_sums_in_fp32
+
+    torch.manual_seed(0)
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(64, 64)),
+                           LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, target_modules=["0"]))
+    layer = model.base_model.model[0]
+    torch.nn.init.constant_(layer.lora_B["default"].weight, 1e-5)
+    x = torch.randn(8, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        frozen = layer.base_layer(x)
+        delta = layer.lora_B["default"](layer.lora_A["default"](x)).float() * layer.scaling["default"]
+        plain = layer(x)
+        with adapter_sums_in_fp32(model):
+            summed = layer(x)
+        after = layer(x)
+    assert frozen.dtype == plain.dtype == after.dtype == torch.bfloat16 and summed.dtype == torch.float32
+    assert delta.abs().max() < 1e-3 * frozen.abs().max()
+    assert (plain == frozen).float().mean() > 0.9  # rounded away, except where the frozen output is near 0
+    torch.testing.assert_close(summed - frozen.float(), delta, rtol=1e-3, atol=1e-7)
+    assert torch.equal(after, plain)
+
+
+def test_lora_training_under_bf16_leaves_no_hook_behind(tmp_path, gpt2_tokenizer):
+    from tokenclean.compute.training import train_model
+
+    model = tiny_llama(seed=3)
+    table = chat_table(gpt2_tokenizer, [("Say 1", "1 1"), ("Say 2", "2 2 2"), ("Hi", "Hello there"), ("Go", "ok")])
+    cfg = TrainConfig(lora_r=4, batch_size=2, gradient_accumulation_steps=1, max_steps=1, bf16="true")
+    train_model(model, gpt2_tokenizer, table, tmp_path / "m", cfg)
+    assert not [name for name, m in model.named_modules() if m._forward_hooks]

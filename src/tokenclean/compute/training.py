@@ -7,6 +7,7 @@ micro-batches and, under DDP, all processes). A step with no kept token contribu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -14,6 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -314,7 +316,8 @@ def train_model(
     trainer = _masked_trainer(model, tokenizer, dataset, cfg, ckpt_dir, seed, slm.keep_ratio if slm else None)
     start = time.perf_counter()
     last = last_complete_checkpoint(ckpt_dir)
-    result = trainer.train(resume_from_checkpoint=last)
+    with adapter_sums_in_fp32(trainer.model) if cfg.lora and trainer.args.bf16 else contextlib.nullcontext():
+        result = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - start
     _save_trained(trainer, tokenizer, cfg, out_dir, ckpt_dir, save_adapter)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -413,6 +416,33 @@ def _whole_model(trainer, lora: bool):
     if tied:
         copy.tie_weights()
     return copy
+
+
+@contextlib.contextmanager
+def adapter_sums_in_fp32(model) -> Iterator[None]:
+    """While the block runs, every LoRA layer of ``model`` adds its adapter's output to its frozen layer's output in
+    fp32 (a hook hands the frozen layer's bf16 output on as fp32) instead of in bf16. For LoRA training under bf16
+    autocast: bf16's resolution (~0.4% of a value) rounds away most of a young adapter's contribution, so the
+    training forward does not see what the adapter has learnt.
+
+    Measured (``bench/bench_bf16_training.py --curve 40 --lora --held-out 16 [--fp32-adapter-sum]``, SmolLM2,
+    bench/README): bf16 minus fp32 training loss at most +0.101 nats with bf16 sums, +0.015 with fp32 sums; held-out
+    loss of the trained adapters, read in fp32, +0.0083 nats at step 40 with bf16 sums, +0.0007 with fp32 sums. Only
+    the output projections (whose output meets the fp32 residual stream) in fp32: +0.066 and +0.0052, so every layer
+    gets it (an fp32 output that meets fp32 arithmetic before the next matmul, RoPE or the MLP's gating, keeps the
+    adapter's part). Cost: bf16 LoRA steps 1.80x fp32's instead of 1.92x. The hooks are removed on exit, before the
+    adapter is merged."""
+    handles = [module.base_layer.register_forward_hook(_output_in_fp32) for module in model.modules()
+               if hasattr(module, "base_layer") and hasattr(module, "lora_A")]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _output_in_fp32(module, args, output):
+    return output.float() if isinstance(output, torch.Tensor) and output.dtype == torch.bfloat16 else output
 
 
 def _with_lora(model, cfg: TrainConfig):
