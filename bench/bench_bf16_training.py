@@ -58,14 +58,11 @@ def one_step(model, opt, loss_fn, bf16: bool, batch) -> float:
 
 
 def with_lora(model):
-    """``model`` under the tool's default LoRA adapter (``compute.training.TrainConfig``'s defaults)."""
-    from peft import LoraConfig, get_peft_model
-
+    """``model`` under the tool's default LoRA adapter, as it trains one on a CPU (``compute.training.with_lora``)."""
     from tokenclean.compute.training import TrainConfig
+    from tokenclean.compute.training import with_lora as tool_lora
 
-    cfg = TrainConfig()
-    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                            target_modules="all-linear", task_type="CAUSAL_LM"))
+    return tool_lora(model, TrainConfig(), "cpu")
 
 
 def padded_batch(rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -160,3 +160,32 @@ def test_resume_skips_a_checkpoint_cut_off_by_a_kill(tmp_path):
             (d / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-final").mkdir()  # not a step: ignored
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # numeric order, not text order
+
+
+def test_rand_dropout_keeps_each_element_with_probability_1_minus_p_and_scales_it():
+    from tokenclean.compute.training import RandDropout
+
+    torch.manual_seed(0)
+    x = torch.rand(1000, 1000) + 0.5  # no zeros, so a zero output means dropped
+    drop = RandDropout(0.1)
+    x.requires_grad_(True)
+    out = drop(x)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.002  # 10^6 draws: sd 0.0003
+    torch.testing.assert_close(out[kept], x.detach()[kept] / 0.9)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.9)
+    assert torch.equal(drop.eval()(x), x)  # off outside training
+    bf16 = torch.ones(100_000, dtype=torch.bfloat16)
+    assert abs((drop.train()(bf16) != 0).float().mean().item() - 0.9) < 0.005  # fp32 uniforms for a bf16 input
+
+
+def test_lora_on_a_cpu_draws_dropout_with_rand_and_elsewhere_keeps_torch_dropout():
+    from tokenclean.compute.training import RandDropout, with_lora
+
+    def dropouts(model):
+        return {type(d) for m in model.modules() for d in getattr(m, "lora_dropout", {}).values()}
+
+    assert dropouts(with_lora(tiny_llama(), TrainConfig(lora_r=4), "cpu")) == {RandDropout}
+    assert dropouts(with_lora(tiny_llama(), TrainConfig(lora_r=4), "cuda")) == {torch.nn.Dropout}
+    assert dropouts(with_lora(tiny_llama(), TrainConfig(lora_r=4, lora_dropout=0.0), "cpu")) == {torch.nn.Identity}
