@@ -29,7 +29,7 @@ from bench_training import full_logits_loss, kept_loss
 from common import gguf_model_dir, run_facts
 
 from tokenclean.compute.modeling import load_model
-from tokenclean.compute.training import adapter_sums_in_fp32
+from tokenclean.compute.adapters import adapter_sums_in_fp32
 from tokenclean.core.tokens import IGNORE_INDEX
 
 VARIANTS = {  # name: (loss function, bf16 autocast)
@@ -58,9 +58,9 @@ def one_step(model, opt, loss_fn, bf16: bool, batch) -> float:
 
 
 def with_lora(model):
-    """``model`` under the tool's default LoRA adapter, as it trains one on a CPU (``compute.training.with_lora``)."""
+    """``model`` under the tool's default LoRA adapter, as it trains one on a CPU (``compute.adapters.with_lora``)."""
     from tokenclean.compute.training import TrainConfig
-    from tokenclean.compute.training import with_lora as tool_lora
+    from tokenclean.compute.adapters import with_lora as tool_lora
 
     return tool_lora(model, TrainConfig(), "cpu")
 

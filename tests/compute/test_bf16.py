@@ -165,7 +165,7 @@ def test_lora_adds_its_adapter_in_fp32_under_bf16_autocast():
     frozen output plus the adapter's, in fp32. Leaving the block removes the hooks."""
     from peft import LoraConfig, get_peft_model
 
-    from tokenclean.compute.training import adapter_sums_in_fp32
+    from tokenclean.compute.adapters import adapter_sums_in_fp32
 
     torch.manual_seed(0)
     model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(64, 64)),

@@ -163,7 +163,7 @@ def test_resume_skips_a_checkpoint_cut_off_by_a_kill(tmp_path):
 
 
 def test_rand_dropout_keeps_each_element_with_probability_1_minus_p_and_scales_it():
-    from tokenclean.compute.training import RandDropout
+    from tokenclean.compute.adapters import RandDropout
 
     torch.manual_seed(0)
     x = torch.rand(1000, 1000) + 0.5  # no zeros, so a zero output means dropped
@@ -181,7 +181,7 @@ def test_rand_dropout_keeps_each_element_with_probability_1_minus_p_and_scales_i
 
 
 def test_lora_on_a_cpu_draws_dropout_with_rand_and_elsewhere_keeps_torch_dropout():
-    from tokenclean.compute.training import RandDropout, with_lora
+    from tokenclean.compute.adapters import RandDropout, with_lora
 
     def dropouts(model):
         return {type(d) for m in model.modules() for d in getattr(m, "lora_dropout", {}).values()}
