@@ -1,6 +1,8 @@
 """Token-masked training: dropped tokens get exactly zero gradient; the loss is a mean over the step's kept
 tokens (correct under gradient accumulation); empty batches give zero, never NaN; models save and load."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -106,13 +108,16 @@ def test_lora_on_a_cpu_passes_each_sample_alone_by_default_and_trains_the_same_s
         torch.testing.assert_close(whole[k], default[k], rtol=1e-4, atol=1e-5)
 
 
-def test_micro_batch_defaults_and_bounds():
+def test_micro_batch_defaults_and_bounds(caplog):
     from tokenclean.compute.training import micro_batch
 
     cfg = TrainConfig(batch_size=4)
     assert micro_batch(cfg, "cpu") == 1 and micro_batch(cfg, "cuda") == 4
     assert micro_batch(TrainConfig(batch_size=4, lora=False), "cpu") == 4  # full fine-tune: one pass per batch
     assert micro_batch(cfg, "cpu", online=True) == 4  # Rho-1 ranks tokens within the whole batch
+    with caplog.at_level(logging.WARNING, logger="tokenclean"):
+        assert micro_batch(TrainConfig(batch_size=4, micro_batch_size=2), "cpu", online=True) == 4
+    assert "--micro-batch-size 2 is not used by online selection" in caplog.text  # said, not silently dropped
     assert micro_batch(TrainConfig(batch_size=4, micro_batch_size=2), "cuda") == 2
     with pytest.raises(ConfigError, match="micro_batch_size must divide batch_size \\(4\\), got 3"):
         TrainConfig(batch_size=4, micro_batch_size=3)

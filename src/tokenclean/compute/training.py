@@ -214,6 +214,9 @@ def micro_batch(cfg: TrainConfig, device_type: str, online: bool = False) -> int
     a CPU and the whole ``cfg.batch_size`` otherwise; always ``cfg.batch_size`` under online selection (``online``),
     which ranks the tokens of a whole micro-batch."""
     if online:
+        if cfg.micro_batch_size not in (None, cfg.batch_size):
+            log.warning("--micro-batch-size %d is not used by online selection (slm), which ranks the tokens of "
+                        "each whole --batch-size (%d)", cfg.micro_batch_size, cfg.batch_size)
         return cfg.batch_size
     if cfg.micro_batch_size is not None:
         return cfg.micro_batch_size
