@@ -33,10 +33,11 @@ means, whose standard error the harness computes in closed form (lm_eval's ``mea
 is; 0 would turn every standard error off."""
 CPU_BATCH_SIZE = 1
 """Default harness batch size on a CPU. The harness holds a batch's logits (rows x tokens x vocabulary) in fp32
-several times over, and a 5-shot MMLU prompt runs to thousands of tokens; measured on SmolLM2-135M (49k vocabulary),
-ARC-Challenge + BoolQ (10 questions each) + MMLU (1 per subject) peaked at 10.5 GB RSS with batches of 8, 3.5-3.7 GB
-with 2 and 2.44 GB with 1, in the same time (37.4 s at 2, 38.6 s at 1: a CPU gains nothing from wider batches once
-a row fills its cores). Scores move only by float rounding (another matmul shape): near-ties may flip."""
+several times over, and a 5-shot MMLU prompt runs to thousands of tokens. Measured on SmolLM2-135M (49k vocabulary):
+MMLU 5-shot peaked at 10.5 GB RSS with batches of 8; ARC-Challenge + BoolQ (10 questions each) + MMLU (1 per
+subject) at 3.5-3.7 GB with batches of 2 and 2.44 GB with 1, in the same time (37.4 s at 2, 38.6 s at 1: a CPU
+gains nothing from wider batches once a row fills its cores). Scores move only by float rounding (another matmul
+shape): near-ties may flip."""
 CUDA_BATCH_SIZE = 8
 """Default harness batch size on a GPU, where wider batches are faster and the memory is the GPU's."""
 INSTALL_HINT = "evaluation needs lm-evaluation-harness: pip install 'tokenclean[eval]'"
