@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import time
 
 import torch
@@ -118,7 +119,7 @@ def loss_curves(name: str, steps: int, lora: bool, held_out: int = 0, every: int
         model = with_lora(model) if lora else model
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         losses = []
-        sums = (lambda: adapter_sums_in_fp32(model)) if bf16 and fp32_sum else contextlib.nullcontext  # noqa: E731
+        sums = functools.partial(adapter_sums_in_fp32, model) if bf16 and fp32_sum else contextlib.nullcontext
         for step, batch in enumerate(batches, 1):
             with sums(), torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
                 loss = kept_loss(model, *batch)

@@ -39,8 +39,8 @@ def _output_in_fp32(module, args, output):
 
 def with_lora(model, cfg: Any, device_type: str = "cpu"):
     """``model`` wrapped in the LoRA adapter of ``cfg`` (a ``training.TrainConfig``: its ``lora_*`` settings; peft),
-    only the adapter trainable. On a CPU the adapter's dropout
-    draws its masks with ``RandDropout`` (same distribution, faster there)."""
+    only the adapter trainable. On a CPU the adapter's dropout draws its masks with ``RandDropout`` (same
+    distribution, faster there)."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
